@@ -1,0 +1,5 @@
+//! Applications built into the gateway.
+
+pub mod echo;
+
+pub use echo::{EchoApp, EngineEcho};

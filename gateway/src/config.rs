@@ -1,0 +1,142 @@
+//! Gateway configuration: one struct, from flags or `RINGWAY_*` variables.
+//! Defaults are the reference Socket.IO server's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::engineio::EngineConfig;
+use crate::socketio::SocketIoConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppKind {
+    /// The built-in echo application (docs/ECHO_APP.md).
+    Echo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ringway-gateway",
+    version,
+    about = "Ringway gateway node: Socket.IO (Engine.IO v4 + Socket.IO v5) over long-polling and WebSocket"
+)]
+pub struct Config {
+    /// Address of the HTTP / WebSocket listener.
+    #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Path of the Socket.IO endpoint.
+    #[arg(long, env = "RINGWAY_PATH", default_value = "/socket.io/")]
+    pub path: String,
+
+    /// Milliseconds between server pings.
+    #[arg(long, env = "RINGWAY_PING_INTERVAL", default_value_t = 25_000)]
+    pub ping_interval: u64,
+
+    /// Milliseconds to wait for a pong before closing the session.
+    #[arg(long, env = "RINGWAY_PING_TIMEOUT", default_value_t = 20_000)]
+    pub ping_timeout: u64,
+
+    /// Largest message or polling POST body accepted, in bytes.
+    #[arg(long, env = "RINGWAY_MAX_PAYLOAD", default_value_t = 1_000_000)]
+    pub max_payload: usize,
+
+    /// Bound of each session's outgoing queue in bytes; a client that lets
+    /// it fill up is disconnected as a slow consumer.
+    #[arg(long, env = "RINGWAY_MAX_QUEUED_BYTES", default_value_t = 4 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Milliseconds a WebSocket may take to complete the upgrade.
+    #[arg(long, env = "RINGWAY_UPGRADE_TIMEOUT", default_value_t = 10_000)]
+    pub upgrade_timeout: u64,
+
+    /// Milliseconds a new session may take to join a namespace.
+    #[arg(long, env = "RINGWAY_CONNECT_TIMEOUT", default_value_t = 45_000)]
+    pub connect_timeout: u64,
+
+    /// Initial WebSocket read buffer per connection, in bytes (it grows for
+    /// larger messages). Small values keep idle sessions cheap.
+    #[arg(long, env = "RINGWAY_WS_READ_BUFFER", default_value_t = 1024)]
+    pub ws_read_buffer: usize,
+
+    /// Allowed CORS origins (repeatable, or comma-separated); `*` allows
+    /// any origin. None: no CORS headers are sent.
+    #[arg(
+        long = "cors-origin",
+        env = "RINGWAY_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Application run by the gateway.
+    #[arg(long, env = "RINGWAY_APP", value_enum, default_value = "echo")]
+    pub app: AppKind,
+
+    /// Namespaces the application accepts (repeatable, or comma-separated).
+    #[arg(
+        long = "namespace",
+        env = "RINGWAY_NAMESPACE",
+        value_delimiter = ',',
+        default_value = "/"
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Milliseconds allowed for closing sessions on SIGTERM before exiting.
+    #[arg(long, env = "RINGWAY_SHUTDOWN_TIMEOUT", default_value_t = 10_000)]
+    pub shutdown_timeout: u64,
+
+    /// Log format on stderr (levels by RUST_LOG).
+    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Parse and check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') {
+            return Err(format!("--path must start with '/': {:?}", self.path));
+        }
+        if self.ping_interval == 0 || self.ping_timeout == 0 {
+            return Err("--ping-interval and --ping-timeout must be positive".into());
+        }
+        if self.max_payload == 0 {
+            return Err("--max-payload must be positive".into());
+        }
+        if self.max_queued_bytes < self.max_payload {
+            return Err("--max-queued-bytes must be at least --max-payload".into());
+        }
+        if let Some(ns) = self.namespaces.iter().find(|n| !n.starts_with('/')) {
+            return Err(format!("--namespace must start with '/': {ns:?}"));
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            ping_interval: Duration::from_millis(self.ping_interval),
+            ping_timeout: Duration::from_millis(self.ping_timeout),
+            max_payload: self.max_payload,
+            upgrade_timeout: Duration::from_millis(self.upgrade_timeout),
+            max_queued_bytes: self.max_queued_bytes,
+            ws_read_buffer: self.ws_read_buffer.max(256),
+            ws_write_buffer: 0,
+        }
+    }
+
+    pub fn socketio(&self) -> SocketIoConfig {
+        SocketIoConfig {
+            connect_timeout: Duration::from_millis(self.connect_timeout),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Engine.IO errors and their mapping to the wire.
+
+use thiserror::Error;
+
+/// A packet or payload that cannot be decoded. Any of these closes the
+/// session ("parse error").
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unknown packet type")]
+    UnknownType,
+    #[error("unexpected data after packet type")]
+    UnexpectedData,
+    #[error("payload is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("invalid base64 in binary packet")]
+    InvalidBase64,
+}
+
+/// A request the engine refuses. Each maps to the reference server's
+/// `{"code":N,"message":"..."}` answer.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("Transport unknown")]
+    UnknownTransport,
+    #[error("Session ID unknown")]
+    UnknownSid,
+    #[error("Bad handshake method")]
+    BadHandshakeMethod,
+    #[error("Bad request")]
+    BadRequest,
+    #[error("Forbidden")]
+    Forbidden,
+    #[error("Unsupported protocol version")]
+    UnsupportedProtocolVersion,
+}
+
+impl RequestError {
+    pub fn code(self) -> u8 {
+        match self {
+            RequestError::UnknownTransport => 0,
+            RequestError::UnknownSid => 1,
+            RequestError::BadHandshakeMethod => 2,
+            RequestError::BadRequest => 3,
+            RequestError::Forbidden => 4,
+            RequestError::UnsupportedProtocolVersion => 5,
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            RequestError::Forbidden => 403,
+            _ => 400,
+        }
+    }
+
+    /// The JSON body the reference server sends with this error.
+    pub fn body(self) -> String {
+        format!("{{\"code\":{},\"message\":\"{}\"}}", self.code(), self)
+    }
+}

@@ -1,0 +1,29 @@
+//! The one seam between Engine.IO and whatever runs on top of it
+//! (Socket.IO, or the plain Engine.IO echo). The engine never calls up
+//! except through this trait.
+
+use bytes::Bytes;
+
+use super::session::{CloseReason, SessionRef};
+
+/// A message received from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(Bytes),
+}
+
+pub trait EngineHandler: Send + Sync + 'static {
+    /// Per-session state of the layer above, stored inside the session.
+    type Data: Default + Send + Sync + 'static;
+
+    /// A session opened (after the open packet was queued).
+    fn on_open(&self, session: &SessionRef<Self::Data>);
+
+    /// A message arrived. Calls for one session never overlap and come in
+    /// the order the client sent them.
+    fn on_message(&self, session: &SessionRef<Self::Data>, message: Message<'_>);
+
+    /// The session ended; it is already gone from the engine.
+    fn on_close(&self, session: &SessionRef<Self::Data>, reason: CloseReason);
+}

@@ -1,0 +1,20 @@
+//! Engine.IO v4: sessions, heartbeats, the polling and WebSocket
+//! transports and the upgrade between them. Knows nothing of Socket.IO:
+//! the layer above plugs in through [`EngineHandler`].
+
+pub mod engine;
+pub mod errors;
+pub mod handler;
+pub mod packet;
+pub mod payload;
+pub mod query;
+pub mod session;
+pub mod sid;
+mod websocket;
+
+pub use engine::{Body, Engine, EngineConfig};
+pub use errors::{DecodeError, RequestError};
+pub use handler::{EngineHandler, Message};
+pub use packet::Frame;
+pub use session::{CloseReason, Handshake, SendError, Session, SessionRef, TransportKind};
+pub use sid::Sid;

@@ -1,0 +1,241 @@
+//! The HTTP server: accept loop, routes, CORS and graceful shutdown.
+//!
+//! Every connection is one task serving HTTP/1.1 (with upgrades for
+//! WebSocket). Shutdown follows the broadcast + completion pattern: stop
+//! accepting, close every session (clients see a close and reconnect
+//! elsewhere), let in-flight requests finish, then return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::app::EngineEcho;
+use crate::config::Config;
+use crate::engineio::{Body, CloseReason, Engine};
+use crate::socketio::{Application, SocketIo};
+
+/// Path of the plain Engine.IO endpoint of the echo application.
+pub const ENGINEIO_PATH: &str = "/engine.io/";
+
+/// One gateway node: its engines and HTTP settings.
+pub struct Gateway<A: Application> {
+    path: String,
+    socketio: Arc<Engine<SocketIo<A>>>,
+    engineio: Option<Arc<Engine<EngineEcho>>>,
+    cors: Cors,
+    shutdown_timeout: Duration,
+}
+
+impl<A: Application> Gateway<A> {
+    /// `engine_echo` also serves the plain Engine.IO echo at `/engine.io/`.
+    pub fn new(config: &Config, app: A, engine_echo: bool) -> Arc<Self> {
+        let socketio = Engine::new(
+            config.engine(),
+            SocketIo::new(Arc::new(app), config.socketio()),
+        );
+        let engineio = engine_echo.then(|| Engine::new(config.engine(), EngineEcho));
+        Arc::new(Gateway {
+            path: config.path.clone(),
+            socketio,
+            engineio,
+            cors: Cors::new(&config.cors_origins),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout),
+        })
+    }
+
+    pub fn socketio(&self) -> &Arc<Engine<SocketIo<A>>> {
+        &self.socketio
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session and
+    /// waits (at most the shutdown timeout) for connections to finish.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        // Broadcast to every connection task, and a channel whose closing
+        // tells that all of them have finished.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let (stream, remote) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => {
+                        backoff = Duration::from_millis(5);
+                        accepted
+                    }
+                    Err(err) => {
+                        // Out of file descriptors or similar: back off
+                        // rather than spin, and keep serving who is here.
+                        warn!(%err, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.clone();
+            let service = service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, remote).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut stop = stop_rx.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(err) = result {
+                    debug!(%err, "connection ended with an error");
+                }
+                drop(done);
+            });
+        }
+
+        drop(listener);
+        info!("shutting down: closing every session");
+        self.socketio.close_all(CloseReason::ServerShutdown);
+        if let Some(engineio) = &self.engineio {
+            engineio.close_all(CloseReason::ServerShutdown);
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let _ = stop_tx.send(true);
+        drop(done_tx);
+        if tokio::time::timeout_at(deadline, done_rx.recv())
+            .await
+            .is_err()
+        {
+            warn!("connections still open at the shutdown timeout");
+        }
+        // Sessions leave the table once their lifecycle task has run.
+        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    fn session_count(&self) -> usize {
+        self.socketio.session_count() + self.engineio.as_ref().map_or(0, |e| e.session_count())
+    }
+
+    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        if self.cors.enabled() && req.method() == Method::OPTIONS {
+            return self.cors.preflight(origin.as_ref(), req.headers());
+        }
+        let path = req.uri().path();
+        let mut resp = if path.starts_with(&self.path) {
+            self.socketio.handle(req, remote).await
+        } else if let Some(engineio) = self
+            .engineio
+            .as_ref()
+            .filter(|_| path.starts_with(ENGINEIO_PATH))
+        {
+            engineio.handle(req, remote).await
+        } else {
+            not_found()
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.cors.apply(origin.as_ref(), resp.headers_mut());
+        }
+        resp
+    }
+}
+
+fn not_found() -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from_static(b"Not Found")));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp
+}
+
+/// CORS for browsers on other origins: allowed origins are echoed back
+/// with credentials allowed; others get no CORS headers (the browser then
+/// blocks them).
+struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    fn new(origins: &[String]) -> Cors {
+        Cors {
+            any: origins.iter().any(|o| o == "*"),
+            origins: origins.iter().filter(|o| *o != "*").cloned().collect(),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.any || !self.origins.is_empty()
+    }
+
+    fn allowed<'a>(&self, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
+        let origin = origin?;
+        let text = origin.to_str().ok()?;
+        (self.any || self.origins.iter().any(|o| o == text)).then_some(origin)
+    }
+
+    /// Headers on every answer when CORS is on (errors included), as the
+    /// reference's cors middleware sends them.
+    fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        if !self.enabled() {
+            return;
+        }
+        if let Some(origin) = self.allowed(origin) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        }
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+
+    /// Preflight: always 204; only an allowed origin gets
+    /// `Access-Control-Allow-Origin`, which is what the browser checks.
+    fn preflight(&self, origin: Option<&HeaderValue>, req: &HeaderMap) -> Response<Body> {
+        let mut resp = Response::new(Body::default());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let h = resp.headers_mut();
+        self.apply(origin, h);
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, Access-Control-Request-Headers"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,HEAD,PUT,PATCH,POST,DELETE"),
+        );
+        if let Some(asked) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        resp
+    }
+}

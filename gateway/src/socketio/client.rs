@@ -1,0 +1,129 @@
+//! Per-session Socket.IO state: the sockets the session has in each
+//! namespace and a binary packet being reassembled.
+
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::socket::{Socket, SocketRef};
+
+/// A BINARY_EVENT / BINARY_ACK waiting for its attachments.
+pub(crate) struct Partial {
+    pub nsp: String,
+    pub id: Option<u64>,
+    /// `Some` for an event, `None` for an ack.
+    pub name: Option<String>,
+    pub args: String,
+    pub expected: usize,
+    pub received: Vec<Bytes>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sockets: Vec<SocketRef>,
+    /// Namespaces whose CONNECT is being authorized.
+    connecting: Vec<Box<str>>,
+    partial: Option<Box<Partial>>,
+    /// Set once the session closed: no socket may be added after.
+    closed: bool,
+    /// Whether any namespace was ever joined (for the connect timeout).
+    joined: bool,
+}
+
+/// Stored in every Engine.IO session by the Socket.IO layer.
+#[derive(Default)]
+pub struct ClientState {
+    inner: Mutex<Inner>,
+}
+
+impl ClientState {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn socket(&self, nsp: &str) -> Option<SocketRef> {
+        self.lock()
+            .sockets
+            .iter()
+            .find(|s| s.namespace().name() == nsp)
+            .cloned()
+    }
+
+    pub fn sockets(&self) -> Vec<SocketRef> {
+        self.lock().sockets.clone()
+    }
+
+    pub(crate) fn ever_joined(&self) -> bool {
+        self.lock().joined
+    }
+
+    /// Marks `nsp` as being connected. `Err(true)` if it is already joined,
+    /// `Err(false)` if a CONNECT for it is already being decided or the
+    /// session closed.
+    pub(crate) fn begin_connect(&self, nsp: &str) -> Result<(), bool> {
+        let mut inner = self.lock();
+        if inner.sockets.iter().any(|s| s.namespace().name() == nsp) {
+            return Err(true);
+        }
+        if inner.closed || inner.connecting.iter().any(|n| n.as_ref() == nsp) {
+            return Err(false);
+        }
+        inner.connecting.push(nsp.into());
+        Ok(())
+    }
+
+    pub(crate) fn is_connecting(&self, nsp: &str) -> bool {
+        self.lock().connecting.iter().any(|n| n.as_ref() == nsp)
+    }
+
+    /// Ends a CONNECT; adds the socket if one was accepted. False when the
+    /// session closed meanwhile (the caller must undo the socket).
+    pub(crate) fn end_connect(&self, nsp: &str, socket: Option<SocketRef>) -> bool {
+        let mut inner = self.lock();
+        inner.connecting.retain(|n| n.as_ref() != nsp);
+        match socket {
+            Some(_) if inner.closed => false,
+            Some(socket) => {
+                inner.joined = true;
+                inner.sockets.push(socket);
+                true
+            }
+            None => true,
+        }
+    }
+
+    pub(crate) fn remove_socket(&self, socket: &Socket) {
+        self.lock()
+            .sockets
+            .retain(|s| !std::ptr::eq(s.as_ref(), socket));
+    }
+
+    /// The session closed: hands out every socket, refuses new ones.
+    pub(crate) fn close(&self) -> Vec<SocketRef> {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.partial = None;
+        std::mem::take(&mut inner.sockets)
+    }
+
+    pub(crate) fn has_partial(&self) -> bool {
+        self.lock().partial.is_some()
+    }
+
+    pub(crate) fn start_partial(&self, partial: Partial) {
+        self.lock().partial = Some(Box::new(partial));
+    }
+
+    /// Adds one attachment. `Err(())` when no binary packet was expected;
+    /// `Ok(Some)` with the packet once it is complete.
+    #[allow(clippy::result_unit_err)]
+    pub(crate) fn push_attachment(&self, data: Bytes) -> Result<Option<Box<Partial>>, ()> {
+        let mut inner = self.lock();
+        let partial = inner.partial.as_mut().ok_or(())?;
+        partial.received.push(data);
+        if partial.received.len() < partial.expected {
+            return Ok(None);
+        }
+        Ok(inner.partial.take())
+    }
+}

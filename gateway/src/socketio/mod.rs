@@ -1,0 +1,17 @@
+//! Socket.IO v5 on top of Engine.IO: namespaces, sockets, rooms, events,
+//! acks and binary attachments. The application plugs in through
+//! [`Application`].
+
+pub mod app;
+pub mod client;
+pub mod namespace;
+pub mod packet;
+pub mod server;
+pub mod socket;
+
+pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
+pub use client::ClientState;
+pub use namespace::{Namespace, Target};
+pub use packet::Payload;
+pub use server::{SocketIo, SocketIoConfig};
+pub use socket::{AckError, AckSender, DisconnectReason, Socket, SocketRef};

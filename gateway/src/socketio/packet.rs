@@ -1,0 +1,490 @@
+//! Socket.IO v5 packet codec: pure functions, no I/O.
+//!
+//! Wire form: `<type>[<attachments>-][<namespace>,][<ack id>][JSON]`.
+//! Decoding borrows the input and checks the JSON payload against what the
+//! packet type allows, as the reference parser does. Event arguments stay
+//! raw JSON text (an array) with the binary attachments beside them: the
+//! echo of an event re-encodes nothing it does not have to.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::engineio::Frame;
+
+/// Event names a client may not emit (they are the client library's own).
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Bound on binary attachments per packet (the reference parser's limit).
+pub const MAX_ATTACHMENTS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    Connect = 0,
+    Disconnect = 1,
+    Event = 2,
+    Ack = 3,
+    ConnectError = 4,
+    BinaryEvent = 5,
+    BinaryAck = 6,
+}
+
+impl PacketKind {
+    fn from_digit(c: u8) -> Option<PacketKind> {
+        Some(match c {
+            b'0' => PacketKind::Connect,
+            b'1' => PacketKind::Disconnect,
+            b'2' => PacketKind::Event,
+            b'3' => PacketKind::Ack,
+            b'4' => PacketKind::ConnectError,
+            b'5' => PacketKind::BinaryEvent,
+            b'6' => PacketKind::BinaryAck,
+            _ => return None,
+        })
+    }
+
+    fn digit(self) -> char {
+        (b'0' + self as u8) as char
+    }
+
+    pub fn is_binary(self) -> bool {
+        matches!(self, PacketKind::BinaryEvent | PacketKind::BinaryAck)
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PacketError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unknown packet type")]
+    UnknownType,
+    #[error("illegal attachments")]
+    IllegalAttachments,
+    #[error("invalid ack id")]
+    InvalidAckId,
+    #[error("invalid JSON payload")]
+    InvalidJson,
+    #[error("invalid payload for packet type")]
+    InvalidPayload,
+    #[error("reserved event name")]
+    ReservedEvent,
+    #[error("binary data outside of a binary packet")]
+    UnexpectedBinary,
+    #[error("text packet while binary attachments were expected")]
+    UnexpectedText,
+}
+
+/// A decoded packet from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// `auth` is the raw CONNECT payload (a JSON object) if any.
+    Connect {
+        nsp: &'a str,
+        auth: Option<&'a str>,
+    },
+    Disconnect {
+        nsp: &'a str,
+    },
+    /// `args` is a JSON array of the arguments after the name;
+    /// `attachments` binary messages follow when it is non-zero.
+    Event {
+        nsp: &'a str,
+        id: Option<u64>,
+        name: String,
+        args: String,
+        attachments: usize,
+    },
+    Ack {
+        nsp: &'a str,
+        id: Option<u64>,
+        args: String,
+        attachments: usize,
+    },
+    /// Only servers send these; decoded for completeness and ignored.
+    ConnectError {
+        nsp: &'a str,
+    },
+}
+
+impl Packet<'_> {
+    pub fn attachments(&self) -> usize {
+        match self {
+            Packet::Event { attachments, .. } | Packet::Ack { attachments, .. } => *attachments,
+            _ => 0,
+        }
+    }
+}
+
+/// Decodes one text packet and checks its payload against what its type
+/// allows (the reference parser's `isPayloadValid`).
+pub fn decode(input: &str) -> Result<Packet<'_>, PacketError> {
+    let bytes = input.as_bytes();
+    let kind = PacketKind::from_digit(*bytes.first().ok_or(PacketError::Empty)?)
+        .ok_or(PacketError::UnknownType)?;
+    let mut i = 1;
+
+    let mut attachments = 0;
+    if kind.is_binary() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i >= bytes.len() || bytes[i] != b'-' || i - start > 3 {
+            return Err(PacketError::IllegalAttachments);
+        }
+        attachments = input[start..i]
+            .parse::<usize>()
+            .map_err(|_| PacketError::IllegalAttachments)?;
+        if attachments == 0 || attachments > MAX_ATTACHMENTS {
+            return Err(PacketError::IllegalAttachments);
+        }
+        i += 1;
+    }
+
+    let mut nsp = "/";
+    if bytes.get(i) == Some(&b'/') {
+        let start = i;
+        while i < bytes.len() && bytes[i] != b',' {
+            i += 1;
+        }
+        nsp = &input[start..i];
+        if i < bytes.len() {
+            i += 1; // the comma
+        }
+    }
+
+    let mut id = None;
+    let start = i;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i > start {
+        id = Some(
+            input[start..i]
+                .parse::<u64>()
+                .map_err(|_| PacketError::InvalidAckId)?,
+        );
+    }
+
+    let data = if i < bytes.len() {
+        Some(&input[i..])
+    } else {
+        None
+    };
+    Ok(match kind {
+        PacketKind::Connect => {
+            if let Some(d) = data {
+                is_json_object(d)?;
+            }
+            Packet::Connect { nsp, auth: data }
+        }
+        PacketKind::Disconnect => {
+            if data.is_some() {
+                return Err(PacketError::InvalidPayload);
+            }
+            Packet::Disconnect { nsp }
+        }
+        PacketKind::ConnectError => {
+            let v: serde_json::Value =
+                serde_json::from_str(data.ok_or(PacketError::InvalidPayload)?)
+                    .map_err(|_| PacketError::InvalidJson)?;
+            if !(v.is_string() || v.is_object()) {
+                return Err(PacketError::InvalidPayload);
+            }
+            Packet::ConnectError { nsp }
+        }
+        PacketKind::Event | PacketKind::BinaryEvent => {
+            let (name, args) = event_name(data.ok_or(PacketError::InvalidPayload)?)?;
+            Packet::Event {
+                nsp,
+                id,
+                name,
+                args,
+                attachments,
+            }
+        }
+        PacketKind::Ack | PacketKind::BinaryAck => {
+            let d = data.ok_or(PacketError::InvalidPayload)?;
+            parse_array(d)?;
+            Packet::Ack {
+                nsp,
+                id,
+                args: d.to_owned(),
+                attachments,
+            }
+        }
+    })
+}
+
+fn is_json_object(d: &str) -> Result<(), PacketError> {
+    let raw: &RawValue = serde_json::from_str(d).map_err(|_| PacketError::InvalidJson)?;
+    if raw.get().trim_start().starts_with('{') {
+        Ok(())
+    } else {
+        Err(PacketError::InvalidPayload)
+    }
+}
+
+fn parse_array(d: &str) -> Result<Vec<&RawValue>, PacketError> {
+    let trimmed = d.trim_start();
+    if !trimmed.starts_with('[') {
+        // Valid JSON but not an array, or not JSON at all.
+        return match serde_json::from_str::<&RawValue>(d) {
+            Ok(_) => Err(PacketError::InvalidPayload),
+            Err(_) => Err(PacketError::InvalidJson),
+        };
+    }
+    serde_json::from_str(d).map_err(|_| PacketError::InvalidJson)
+}
+
+/// Splits an event array into its name and the remaining arguments as a
+/// JSON array text.
+pub fn event_name(data: &str) -> Result<(String, String), PacketError> {
+    let items = parse_array(data)?;
+    let first = items.first().ok_or(PacketError::InvalidPayload)?;
+    let first_text = first.get();
+    let name = if first_text.starts_with('"') {
+        serde_json::from_str::<String>(first_text).map_err(|_| PacketError::InvalidJson)?
+    } else if first_text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        // The reference accepts numeric event names.
+        first_text.to_owned()
+    } else {
+        return Err(PacketError::InvalidPayload);
+    };
+    if RESERVED_EVENTS.contains(&name.as_str()) {
+        return Err(PacketError::ReservedEvent);
+    }
+    let args = match items.get(1) {
+        None => "[]".to_owned(),
+        Some(second) => {
+            // `second` borrows from `data`: everything from it to the end
+            // is the rest of the array, closing bracket included.
+            let offset = second.get().as_ptr() as usize - data.as_ptr() as usize;
+            let mut args = String::with_capacity(data.len() - offset + 1);
+            args.push('[');
+            args.push_str(&data[offset..]);
+            args
+        }
+    };
+    Ok((name, args))
+}
+
+/// Arguments of an event or ack: a JSON array, with binary attachments
+/// referenced from it by `{"_placeholder":true,"num":K}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    json: String,
+    attachments: Vec<Bytes>,
+}
+
+impl Payload {
+    /// Arguments from a JSON array text. The caller vouches it is an array
+    /// (use [`Payload::from_values`] otherwise).
+    pub fn from_json_array(json: String) -> Payload {
+        Payload {
+            json,
+            attachments: Vec::new(),
+        }
+    }
+
+    /// Arguments from values.
+    pub fn from_values(values: &[serde_json::Value]) -> Payload {
+        Payload::from_json_array(serde_json::to_string(values).unwrap_or_else(|_| "[]".into()))
+    }
+
+    pub fn empty() -> Payload {
+        Payload::from_json_array("[]".to_owned())
+    }
+
+    /// Arguments with binary attachments; `json` must reference every
+    /// attachment by placeholder.
+    pub fn with_attachments(json: String, attachments: Vec<Bytes>) -> Payload {
+        Payload { json, attachments }
+    }
+
+    /// Arguments of a BINARY_EVENT / BINARY_ACK: checks that every
+    /// placeholder points at one of the attachments, as the reference's
+    /// reconstruction does. Attachments that no placeholder references are
+    /// dropped when there are no placeholders at all.
+    pub fn checked(json: String, attachments: Vec<Bytes>) -> Result<Payload, PacketError> {
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|_| PacketError::InvalidJson)?;
+        let mut found = 0;
+        check_placeholders(&value, attachments.len(), 0, &mut found)?;
+        let attachments = if found == 0 { Vec::new() } else { attachments };
+        Ok(Payload { json, attachments })
+    }
+
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    pub fn attachments(&self) -> &[Bytes] {
+        &self.attachments
+    }
+
+    /// The arguments as JSON values (placeholders left in place).
+    pub fn values(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.json).unwrap_or_default()
+    }
+
+    /// The first argument as a string, if it is one.
+    pub fn first_str(&self) -> Option<String> {
+        let items: Vec<&RawValue> = serde_json::from_str(&self.json).ok()?;
+        serde_json::from_str::<String>(items.first()?.get()).ok()
+    }
+
+    /// Appends one argument (for example a recovery offset).
+    pub fn push_json(&mut self, value: &str) {
+        if let Some(body) = self.json.trim_end().strip_suffix(']') {
+            let has_items = !body.trim_end().ends_with('[');
+            let mut json = String::with_capacity(self.json.len() + value.len() + 1);
+            json.push_str(body);
+            if has_items {
+                json.push(',');
+            }
+            json.push_str(value);
+            json.push(']');
+            self.json = json;
+        }
+    }
+}
+
+fn check_placeholders(
+    v: &serde_json::Value,
+    count: usize,
+    depth: usize,
+    found: &mut usize,
+) -> Result<(), PacketError> {
+    use serde_json::Value;
+    if depth > 128 {
+        return Err(PacketError::InvalidPayload);
+    }
+    match v {
+        Value::Object(map) => {
+            if map.get("_placeholder") == Some(&Value::Bool(true)) {
+                let ok = map
+                    .get("num")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| (n as usize) < count);
+                *found += 1;
+                return if ok {
+                    Ok(())
+                } else {
+                    Err(PacketError::IllegalAttachments)
+                };
+            }
+            map.values()
+                .try_for_each(|x| check_placeholders(x, count, depth + 1, found))
+        }
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|x| check_placeholders(x, count, depth + 1, found)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the packet header after the Engine.IO `4`.
+fn header(out: &mut String, kind: PacketKind, attachments: usize, nsp: &str, id: Option<u64>) {
+    out.push('4');
+    let kind = match (kind, attachments > 0) {
+        (PacketKind::Event, true) => PacketKind::BinaryEvent,
+        (PacketKind::Ack, true) => PacketKind::BinaryAck,
+        (k, _) => k,
+    };
+    out.push(kind.digit());
+    if kind.is_binary() {
+        out.push_str(itoa_usize(attachments).as_str());
+        out.push('-');
+    }
+    if nsp != "/" {
+        out.push_str(nsp);
+        out.push(',');
+    }
+    if let Some(id) = id {
+        out.push_str(&id.to_string());
+    }
+}
+
+fn itoa_usize(n: usize) -> String {
+    n.to_string()
+}
+
+/// The frames of an EVENT (or BINARY_EVENT when there are attachments):
+/// the text packet first, then one binary message per attachment.
+pub fn encode_event(nsp: &str, event: &str, args: &Payload, id: Option<u64>) -> Vec<Frame> {
+    let name = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
+    let inner = args
+        .json
+        .trim()
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or("");
+    let mut out = String::with_capacity(16 + nsp.len() + name.len() + args.json.len());
+    header(&mut out, PacketKind::Event, args.attachments.len(), nsp, id);
+    out.push('[');
+    out.push_str(&name);
+    if !inner.trim().is_empty() {
+        out.push(',');
+        out.push_str(inner);
+    }
+    out.push(']');
+    frames_with_attachments(out, &args.attachments)
+}
+
+/// The frames of an ACK (or BINARY_ACK).
+pub fn encode_ack(nsp: &str, id: u64, args: &Payload) -> Vec<Frame> {
+    let mut out = String::with_capacity(16 + nsp.len() + args.json.len());
+    header(
+        &mut out,
+        PacketKind::Ack,
+        args.attachments.len(),
+        nsp,
+        Some(id),
+    );
+    out.push_str(&args.json);
+    frames_with_attachments(out, &args.attachments)
+}
+
+fn frames_with_attachments(text: String, attachments: &[Bytes]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(1 + attachments.len());
+    frames.push(Frame::encoded_message(text));
+    frames.extend(attachments.iter().cloned().map(Frame::binary));
+    frames
+}
+
+/// CONNECT answer: `40/nsp,{"sid":"..."}`.
+pub fn encode_connect(nsp: &str, data: &str) -> Frame {
+    let mut out = String::with_capacity(8 + nsp.len() + data.len());
+    header(&mut out, PacketKind::Connect, 0, nsp, None);
+    out.push_str(data);
+    Frame::encoded_message(out)
+}
+
+/// CONNECT_ERROR: `44/nsp,{"message":"..."}` (with `data` when given).
+pub fn encode_connect_error(nsp: &str, message: &str, data: Option<&serde_json::Value>) -> Frame {
+    let mut body = serde_json::Map::new();
+    body.insert("message".into(), serde_json::Value::String(message.into()));
+    if let Some(d) = data {
+        body.insert("data".into(), d.clone());
+    }
+    let json = serde_json::Value::Object(body).to_string();
+    let mut out = String::with_capacity(8 + nsp.len() + json.len());
+    header(&mut out, PacketKind::ConnectError, 0, nsp, None);
+    out.push_str(&json);
+    Frame::encoded_message(out)
+}
+
+/// DISCONNECT: `41` or `41/nsp,`.
+pub fn encode_disconnect(nsp: &str) -> Frame {
+    let mut out = String::with_capacity(4 + nsp.len());
+    header(&mut out, PacketKind::Disconnect, 0, nsp, None);
+    Frame::encoded_message(out)
+}

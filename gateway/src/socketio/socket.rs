@@ -1,0 +1,273 @@
+//! One Socket.IO socket: a client's connection to one namespace, with its
+//! own id, rooms and ack ids, carried by an Engine.IO session.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
+
+use super::client::ClientState;
+use super::namespace::Namespace;
+use super::packet::{encode_ack, encode_disconnect, encode_event, Payload};
+
+pub type SocketRef = Arc<Socket>;
+
+/// Why a socket left its namespace. The strings are the reference
+/// server's disconnect reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    ClientNamespaceDisconnect,
+    ServerNamespaceDisconnect,
+    /// The Engine.IO session ended for this reason.
+    Session(CloseReason),
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::Session(CloseReason::ForcedClose) => "forced server close",
+            DisconnectReason::Session(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum AckError {
+    #[error("the client did not acknowledge in time")]
+    Timeout,
+    #[error("the socket disconnected before acknowledging")]
+    Disconnected,
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+#[derive(Default)]
+struct PendingAcks {
+    next_id: u64,
+    waiting: HashMap<u64, oneshot::Sender<Payload>>,
+}
+
+pub struct Socket {
+    id: Sid,
+    ns: Arc<Namespace>,
+    session: SessionRef<ClientState>,
+    /// The CONNECT payload (a JSON object; `{}` when none was sent).
+    auth: Box<str>,
+    user: Option<Box<str>>,
+    rooms: Mutex<Vec<Box<str>>>,
+    /// Allocated on the first emit that waits for an ack.
+    acks: Mutex<Option<Box<PendingAcks>>>,
+    connected: AtomicBool,
+}
+
+impl Socket {
+    pub(crate) fn new(
+        ns: Arc<Namespace>,
+        session: SessionRef<ClientState>,
+        auth: Box<str>,
+        user: Option<Box<str>>,
+    ) -> SocketRef {
+        Arc::new(Socket {
+            id: Sid::random(),
+            ns,
+            session,
+            auth,
+            user,
+            rooms: Mutex::new(Vec::new()),
+            acks: Mutex::new(None),
+            connected: AtomicBool::new(true),
+        })
+    }
+
+    pub fn id(&self) -> Sid {
+        self.id
+    }
+
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    pub fn session(&self) -> &SessionRef<ClientState> {
+        &self.session
+    }
+
+    pub fn auth(&self) -> &str {
+        &self.auth
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn rooms_lock(&self) -> MutexGuard<'_, Vec<Box<str>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms_lock().iter().map(|r| r.to_string()).collect()
+    }
+
+    /// Queues frames on this socket's session; false if it is gone.
+    pub(crate) fn send_frames(&self, frames: impl IntoIterator<Item = Frame>) -> bool {
+        self.connected() && self.session.send_all(frames).is_ok()
+    }
+
+    /// Emits an event to this socket.
+    pub fn emit(&self, event: &str, args: &Payload) -> Result<(), SendError> {
+        if !self.connected() {
+            return Err(SendError::Closed);
+        }
+        self.session
+            .send_all(encode_event(self.ns.name(), event, args, None))
+    }
+
+    /// Emits an event and waits for the client's ack.
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        args: &Payload,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
+        if !self.connected() {
+            return Err(AckError::Send(SendError::Closed));
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            let pending = acks.get_or_insert_with(Box::default);
+            let id = pending.next_id;
+            pending.next_id += 1;
+            pending.waiting.insert(id, tx);
+            id
+        };
+        if let Err(err) = self
+            .session
+            .send_all(encode_event(self.ns.name(), event, args, Some(id)))
+        {
+            self.forget_ack(id);
+            return Err(err.into());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(payload)) => Ok(payload),
+            Ok(Err(_)) => Err(AckError::Disconnected),
+            Err(_) => {
+                self.forget_ack(id);
+                Err(AckError::Timeout)
+            }
+        }
+    }
+
+    fn forget_ack(&self, id: u64) {
+        if let Some(pending) = self.acks.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            pending.waiting.remove(&id);
+        }
+    }
+
+    /// An ACK from the client; unknown ids are ignored.
+    pub(crate) fn on_ack(&self, id: u64, payload: Payload) {
+        let waiter = self
+            .acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|p| p.waiting.remove(&id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(payload);
+        }
+    }
+
+    pub fn join(self: &Arc<Self>, room: &str) {
+        if !self.connected() {
+            return;
+        }
+        {
+            let mut rooms = self.rooms_lock();
+            if rooms.iter().any(|r| r.as_ref() == room) {
+                return;
+            }
+            rooms.push(room.into());
+        }
+        self.ns.join(self, room);
+    }
+
+    pub fn leave(&self, room: &str) {
+        {
+            let mut rooms = self.rooms_lock();
+            let Some(pos) = rooms.iter().position(|r| r.as_ref() == room) else {
+                return;
+            };
+            rooms.swap_remove(pos);
+        }
+        self.ns.leave(self, room);
+    }
+
+    pub(crate) fn take_rooms(&self) -> Vec<Box<str>> {
+        std::mem::take(&mut *self.rooms_lock())
+    }
+
+    /// Leaves the namespace. Returns false if it had already left.
+    pub(crate) fn detach(&self) -> bool {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.ns.remove(self);
+        // Waiters of pending acks see `Disconnected`.
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        true
+    }
+
+    /// Disconnects this socket from its namespace (the client gets a
+    /// DISCONNECT packet; the session stays for other namespaces).
+    pub fn disconnect(&self) {
+        if self.connected() {
+            let _ = self.session.send(encode_disconnect(self.ns.name()));
+        }
+        if self.detach() {
+            self.session.data().remove_socket(self);
+        }
+    }
+
+    /// Closes the whole Engine.IO session; every socket on it disconnects.
+    pub fn close_session(&self) {
+        self.session.close(CloseReason::ForcedClose);
+    }
+}
+
+/// The server's side of an ack the client asked for.
+pub struct AckSender {
+    socket: SocketRef,
+    id: u64,
+}
+
+impl AckSender {
+    pub(crate) fn new(socket: SocketRef, id: u64) -> AckSender {
+        AckSender { socket, id }
+    }
+
+    pub fn send(self, args: &Payload) -> Result<(), SendError> {
+        if !self.socket.connected() {
+            return Err(SendError::Closed);
+        }
+        self.socket
+            .session
+            .send_all(encode_ack(self.socket.ns.name(), self.id, args))
+    }
+}

@@ -1,0 +1,300 @@
+//! Test harness: starts real `ringway-gateway` processes on free ports and
+//! talks to them over real sockets (raw HTTP/1.1 and WebSocket).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A gateway process, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub addr: String,
+}
+
+impl Gateway {
+    /// Starts the gateway with the echo application on a free port.
+    pub fn start(extra: &[&str]) -> Gateway {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Gateway::start_raw(&args)
+    }
+
+    /// The options of the official protocol test suites.
+    pub fn start_suite() -> Gateway {
+        Gateway::start(&[
+            "--ping-interval",
+            "300",
+            "--ping-timeout",
+            "200",
+            "--namespace",
+            "/",
+            "--namespace",
+            "/custom",
+        ])
+    }
+
+    pub fn start_raw(args: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringway-gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("ringway-gateway listening on http://") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not report its address");
+        Gateway { child, addr }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", addr);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = sender.send_request(req).await.expect("send request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(addr: &str, pq: &str) -> Resp {
+    request(addr, "GET", pq, &[], Bytes::new()).await
+}
+
+pub async fn post(addr: &str, pq: &str, body: impl Into<Bytes>) -> Resp {
+    request(
+        addr,
+        "POST",
+        pq,
+        &[("content-type", "text/plain;charset=UTF-8")],
+        body,
+    )
+    .await
+}
+
+/// A polling session driven by hand.
+pub struct Polling {
+    pub addr: String,
+    pub path: String,
+    pub sid: String,
+    pub open: serde_json::Value,
+}
+
+impl Polling {
+    pub async fn open(addr: &str, path: &str) -> Polling {
+        let resp = get(addr, &format!("{path}?EIO=4&transport=polling")).await;
+        assert_eq!(resp.status, 200, "handshake: {}", resp.text());
+        let text = resp.text();
+        let json = text.strip_prefix('0').expect("open packet");
+        let open: serde_json::Value = serde_json::from_str(json).expect("open json");
+        let sid = open["sid"].as_str().expect("sid").to_owned();
+        Polling {
+            addr: addr.to_owned(),
+            path: path.to_owned(),
+            sid,
+            open,
+        }
+    }
+
+    pub fn query(&self) -> String {
+        format!("{}?EIO=4&transport=polling&sid={}", self.path, self.sid)
+    }
+
+    pub async fn get(&self) -> Resp {
+        get(&self.addr, &self.query()).await
+    }
+
+    /// GET and split the payload into packets.
+    pub async fn packets(&self) -> Vec<String> {
+        let resp = self.get().await;
+        assert_eq!(resp.status, 200, "poll: {}", resp.text());
+        resp.text().split('\u{1e}').map(str::to_owned).collect()
+    }
+
+    pub async fn post(&self, body: &str) -> Resp {
+        post(&self.addr, &self.query(), body.to_owned()).await
+    }
+
+    pub async fn send(&self, body: &str) {
+        let resp = self.post(body).await;
+        assert_eq!(resp.status, 200, "post {body:?}: {}", resp.text());
+        assert_eq!(resp.text(), "ok");
+    }
+
+    /// Polls until a packet that is not a ping arrives (answering pings).
+    pub async fn next_non_ping(&self) -> Vec<String> {
+        loop {
+            let packets = self.packets().await;
+            let rest: Vec<String> = packets.iter().filter(|p| *p != "2").cloned().collect();
+            if packets.iter().any(|p| p == "2") {
+                self.send("3").await;
+            }
+            if !rest.is_empty() {
+                return rest;
+            }
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(addr: &str, path_and_query: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path_and_query}"))
+        .await
+        .expect("websocket connect");
+    ws
+}
+
+/// Next text frame, answering server pings on the way. None on close.
+pub async fn ws_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("websocket read timed out")?;
+        match msg.ok()? {
+            Message::Text(t) if t.as_str() == "2" => {
+                ws.send(Message::text("3")).await.ok()?;
+            }
+            Message::Text(t) => return Some(t.as_str().to_owned()),
+            Message::Close(_) => return None,
+            Message::Binary(b) => panic!("unexpected binary frame {b:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Next frame of any kind (text or binary), answering pings.
+pub async fn ws_frame(ws: &mut Ws) -> Option<Message> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("websocket read timed out")?;
+        match msg.ok()? {
+            Message::Text(t) if t.as_str() == "2" => {
+                ws.send(Message::text("3")).await.ok()?;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => return None,
+            other => return Some(other),
+        }
+    }
+}
+
+pub async fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text.to_owned()))
+        .await
+        .expect("ws send");
+}
+
+/// Opens a direct WebSocket session on the Socket.IO path and returns it
+/// after the open packet.
+pub async fn ws_open(addr: &str) -> (Ws, serde_json::Value) {
+    let mut ws = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+    let open = ws_text(&mut ws).await.expect("open packet");
+    let json: serde_json::Value =
+        serde_json::from_str(open.strip_prefix('0').expect("open type")).expect("open json");
+    (ws, json)
+}

@@ -1,0 +1,126 @@
+//! Interop with the official clients, as real processes against a real
+//! gateway process: `socket.io-client` / `engine.io-client` from npm and
+//! `python-socketio` from PyPI (installed by `scripts/test.sh`). Each
+//! scenario (see `tests/interop/README.md`) asserts data, not just a
+//! connection.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Gateway;
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// The Python with the pinned client installed: `RINGWAY_TEST_PYTHON`, or
+/// the virtualenv `scripts/test.sh` makes at the repository root.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGWAY_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
+    assert!(
+        venv.exists(),
+        "no test virtualenv at {}: run scripts/test.sh (it installs the Python client)",
+        venv.display()
+    );
+    venv
+}
+
+fn run(program: &Path, script: &Path, scenario: &str) {
+    let gw = Gateway::start_suite();
+    let out = Command::new(program)
+        .arg(script)
+        .arg(scenario)
+        .env("RINGWAY_URL", format!("http://{}", gw.addr))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{scenario} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn js(scenario: &str) {
+    let dir = interop_dir().join("js");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "npm packages missing in {}: run scripts/test.sh (it runs npm ci)",
+        dir.display()
+    );
+    run(Path::new("node"), &dir.join("run.mjs"), scenario);
+}
+
+fn py(scenario: &str) {
+    run(&python(), &interop_dir().join("py/run.py"), scenario);
+}
+
+macro_rules! scenarios {
+    ($runner:ident: $($name:ident => $scenario:literal),* $(,)?) => {
+        mod $runner {
+            $(
+                #[test]
+                fn $name() {
+                    super::$runner($scenario);
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(js:
+    polling_upgrade => "polling-upgrade",
+    polling_only => "polling-only",
+    websocket_only => "websocket-only",
+    binary_ws => "binary-ws",
+    binary_polling => "binary-polling",
+    ack_client_to_server => "ack-client-to-server",
+    ack_server_to_client => "ack-server-to-client",
+    namespace => "namespace",
+    connect_error => "connect-error",
+    rooms_broadcast => "rooms-broadcast",
+    server_disconnect => "server-disconnect",
+    reconnect_after_close => "reconnect-after-close",
+    reconnect_after_close_polling => "reconnect-after-close-polling",
+    ping_timeout => "ping-timeout",
+    engineio_echo => "engineio-echo",
+    many_messages_upgrade => "many-messages-upgrade",
+);
+
+scenarios!(py:
+    polling_upgrade => "polling-upgrade",
+    polling_only => "polling-only",
+    websocket_only => "websocket-only",
+    binary => "binary",
+    ack_client_to_server => "ack-client-to-server",
+    ack_server_to_client => "ack-server-to-client",
+    namespace => "namespace",
+    connect_error => "connect-error",
+    rooms_broadcast => "rooms-broadcast",
+    server_disconnect => "server-disconnect",
+    reconnect_after_close => "reconnect-after-close",
+);
+
+/// Every scenario the runners list is wired up above.
+#[test]
+fn every_js_scenario_is_run() {
+    let out = Command::new("node")
+        .arg(interop_dir().join("js/run.mjs"))
+        .arg("--list")
+        .output()
+        .expect("node");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let source = include_str!("interop.rs");
+    for name in listed.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            source.contains(&format!("\"{name}\"")),
+            "scenario {name} is not run"
+        );
+    }
+}

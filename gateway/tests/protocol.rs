@@ -1,0 +1,760 @@
+//! The wire protocol against a real gateway process: the example exchanges
+//! of the protocol summary, what the official protocol test suites expect,
+//! and every bad request of the error table.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const SIO: &str = "/socket.io/";
+const EIO: &str = "/engine.io/";
+
+#[tokio::test]
+async fn polling_handshake_sends_the_open_packet() {
+    let gw = Gateway::start_suite();
+    let resp = get(&gw.addr, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
+    let text = resp.text();
+    let open: serde_json::Value = serde_json::from_str(&text[1..]).unwrap();
+    assert!(text.starts_with('0'));
+    assert_eq!(open["sid"].as_str().unwrap().len(), 20);
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 300);
+    assert_eq!(open["pingTimeout"], 200);
+    assert_eq!(open["maxPayload"], 1_000_000);
+}
+
+#[tokio::test]
+async fn reference_defaults_are_the_defaults() {
+    let gw = Gateway::start(&[]);
+    let s = Polling::open(&gw.addr, SIO).await;
+    assert_eq!(s.open["pingInterval"], 25_000);
+    assert_eq!(s.open["pingTimeout"], 20_000);
+    assert_eq!(s.open["maxPayload"], 1_000_000);
+}
+
+#[tokio::test]
+async fn example_exchange_over_polling() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, SIO).await;
+    s.send("40").await;
+    let packets = s.next_non_ping().await;
+    let connect = &packets[0];
+    assert!(connect.starts_with("40{\"sid\":\""), "{connect}");
+    let mut rest = packets[1..].to_vec();
+    if rest.is_empty() {
+        rest = s.next_non_ping().await;
+    }
+    assert_eq!(rest, vec!["42[\"auth\",{}]".to_owned()]);
+
+    s.send(r#"42["message",1,"2",{"3":[true]}]"#).await;
+    assert_eq!(
+        s.next_non_ping().await,
+        vec![r#"42["message-back",1,"2",{"3":[true]}]"#.to_owned()]
+    );
+    s.send(r#"421["message-with-ack",1]"#).await;
+    assert_eq!(s.next_non_ping().await, vec!["431[1]".to_owned()]);
+}
+
+#[tokio::test]
+async fn batched_post_delivers_every_message_in_order() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    // A JSON-escaped separator inside a message is data, not a separator.
+    s.send("4hello\u{1e}4world\u{1e}bAQID\u{1e}4\u{1e}4\"\\u001e\"")
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.extend(s.next_non_ping().await);
+    }
+    assert_eq!(got, ["4hello", "4world", "bAQID", "4", "4\"\\u001e\""]);
+}
+
+#[tokio::test]
+async fn error_table() {
+    let gw = Gateway::start_suite();
+    let a = &gw.addr;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&sid=nope",
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "POST",
+            "/socket.io/?EIO=4&transport=polling&sid=nope",
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=foo",
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4",
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+        (
+            "POST",
+            "/socket.io/?EIO=4&transport=polling",
+            400,
+            r#"{"code":2,"message":"Bad handshake method"}"#,
+        ),
+        (
+            "PUT",
+            "/socket.io/?EIO=4&transport=polling",
+            400,
+            r#"{"code":2,"message":"Bad handshake method"}"#,
+        ),
+        (
+            "DELETE",
+            "/socket.io/?EIO=4&transport=polling",
+            400,
+            r#"{"code":2,"message":"Bad handshake method"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=3&transport=polling",
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=5&transport=polling",
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?transport=polling",
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=websocket",
+            400,
+            r#"{"code":3,"message":"Bad request"}"#,
+        ),
+        (
+            "GET",
+            "/engine.io/?EIO=4&transport=foo",
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+    ];
+    for (method, pq, status, body) in cases {
+        let resp = request(a, method, pq, &[], bytes::Bytes::new()).await;
+        assert_eq!(resp.status, *status, "{method} {pq}");
+        assert_eq!(resp.text(), *body, "{method} {pq}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "{method} {pq}"
+        );
+    }
+    let resp = get(a, "/nowhere").await;
+    assert_eq!(resp.status, 404);
+}
+
+#[tokio::test]
+async fn wrong_transport_for_a_sid_is_a_bad_request() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, SIO).await;
+    let resp = get(
+        &gw.addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", s.sid),
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.text(), r#"{"code":3,"message":"Bad request"}"#);
+}
+
+#[tokio::test]
+async fn second_concurrent_get_closes_the_session() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let first = {
+        let addr = gw.addr.clone();
+        let q = s.query();
+        tokio::spawn(async move { get(&addr, &q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = s.get().await;
+    assert_eq!(second.status, 400);
+    assert_eq!(second.text(), "");
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = s.get().await;
+    assert_eq!(after.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
+}
+
+#[tokio::test]
+async fn post_over_max_payload_is_refused_with_413_and_the_session_lives() {
+    let gw = Gateway::start(&["--max-payload", "1000", "--max-queued-bytes", "100000"]);
+    let s = Polling::open(&gw.addr, EIO).await;
+    let big = format!("4{}", "x".repeat(2000));
+    let resp = s.post(&big).await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.text(), "");
+    // A chunked body without a length is cut at the limit too.
+    let resp = request(
+        &gw.addr,
+        "POST",
+        &s.query(),
+        &[("transfer-encoding", "chunked")],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(resp.status, 413);
+    // Exactly maxPayload bytes is fine, and the session still works.
+    let exact = format!("4{}", "y".repeat(999));
+    s.send(&exact).await;
+    assert_eq!(s.next_non_ping().await, vec![exact]);
+}
+
+#[tokio::test]
+async fn malformed_post_closes_the_session_after_the_good_packets() {
+    let gw = Gateway::start_suite();
+    for bad in ["9xyz", "", "b!!!", "0{}", "2", "2probe", "\u{1e}4hello"] {
+        let s = Polling::open(&gw.addr, EIO).await;
+        let resp = s.post(bad).await;
+        assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
+        let after = s.get().await;
+        assert_eq!(
+            after.text(),
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+            "{bad:?}"
+        );
+    }
+    // Packets before the bad one are delivered: the pending GET sees them.
+    let s = Polling::open(&gw.addr, EIO).await;
+    let pending = {
+        let addr = gw.addr.clone();
+        let q = s.query();
+        tokio::spawn(async move { get(&addr, &q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.send("4hello\u{1e}9x\u{1e}4world").await;
+    assert_eq!(pending.await.unwrap().text(), "4hello\u{1e}1");
+    assert_eq!(s.get().await.status, 400);
+    // An octet-stream body is refused and closes the session.
+    let s = Polling::open(&gw.addr, EIO).await;
+    let resp = request(
+        &gw.addr,
+        "POST",
+        &s.query(),
+        &[("content-type", "application/octet-stream")],
+        "4x",
+    )
+    .await;
+    assert_eq!((resp.status, resp.text().as_str()), (400, ""));
+    assert_eq!(s.get().await.status, 400);
+}
+
+#[tokio::test]
+async fn other_methods_and_protocol_mismatch_on_a_session() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let resp = request(&gw.addr, "PUT", &s.query(), &[], "4x").await;
+    assert_eq!((resp.status, resp.text().as_str()), (500, ""));
+    let resp = get(
+        &gw.addr,
+        &format!("/engine.io/?EIO=3&transport=polling&sid={}", s.sid),
+    )
+    .await;
+    assert_eq!(resp.text(), r#"{"code":3,"message":"Bad request"}"#);
+    // Neither closed the session; an empty sid is a new handshake.
+    s.send("4alive").await;
+    assert_eq!(s.next_non_ping().await, vec!["4alive"]);
+    let resp = get(&gw.addr, "/engine.io/?EIO=4&transport=polling&sid=").await;
+    assert!(resp.text().starts_with("0{\"sid\""));
+}
+
+#[tokio::test]
+async fn cors_headers_and_preflight() {
+    let gw = Gateway::start(&["--cors-origin", "http://allowed.example"]);
+    let pre = request(
+        &gw.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[
+            ("origin", "http://allowed.example"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type,x-foo"),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("http://allowed.example")
+    );
+    assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        pre.header("access-control-allow-headers"),
+        Some("content-type,x-foo")
+    );
+    assert!(pre
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    let evil = request(
+        &gw.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[
+            ("origin", "http://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(evil.status, 204);
+    assert_eq!(evil.header("access-control-allow-origin"), None);
+    let ok = request(
+        &gw.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("origin", "http://allowed.example")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("http://allowed.example")
+    );
+    assert_eq!(ok.header("vary"), Some("Origin"));
+    let err = request(
+        &gw.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=foo",
+        &[("origin", "http://allowed.example")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(err.status, 400);
+    assert_eq!(
+        err.header("access-control-allow-origin"),
+        Some("http://allowed.example")
+    );
+    // Without --cors-origin there are no CORS headers, and OPTIONS is a bad handshake.
+    let plain = Gateway::start(&[]);
+    let resp = request(
+        &plain.addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[("origin", "http://allowed.example")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        resp.text(),
+        r#"{"code":2,"message":"Bad handshake method"}"#
+    );
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn client_close_packet_ends_the_session() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let pending = {
+        let addr = gw.addr.clone();
+        let q = s.query();
+        tokio::spawn(async move { get(&addr, &q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.send("1").await;
+    let pending = pending.await.unwrap();
+    assert_eq!(pending.text(), "6");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(s.get().await.status, 400);
+}
+
+#[tokio::test]
+async fn polling_session_without_pong_is_closed_after_ping_timeout() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let started = Instant::now();
+    // The ping comes after pingInterval; we never answer it.
+    assert_eq!(s.packets().await, vec!["2"]);
+    let closed = s.get().await;
+    assert_eq!(closed.text(), "1");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn polling_session_with_pongs_stays_open() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    for _ in 0..4 {
+        assert_eq!(s.packets().await, vec!["2"]);
+        s.send("3").await;
+    }
+    s.send("4still-here").await;
+    assert_eq!(s.next_non_ping().await, vec!["4still-here"]);
+}
+
+#[tokio::test]
+async fn upgrade_to_websocket() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    // Something queued before the upgrade must arrive on the WebSocket.
+    s.send("4before").await;
+    assert_eq!(s.next_non_ping().await, vec!["4before"]);
+    let pending = {
+        let addr = gw.addr.clone();
+        let q = s.query();
+        tokio::spawn(async move { get(&addr, &q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut ws = ws_connect(
+        &gw.addr,
+        &format!("{EIO}?EIO=4&transport=websocket&sid={}", s.sid),
+    )
+    .await;
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    let pending = pending.await.unwrap();
+    assert_eq!(pending.text(), "6");
+    // Queued while the upgrade is in progress: must go out on the websocket.
+    s.send("4during").await;
+    ws_send(&mut ws, "5").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4during"));
+    ws_send(&mut ws, "4after").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4after"));
+    // Polling is over for this sid; a second websocket is refused.
+    let resp = s.get().await;
+    assert_eq!(resp.text(), r#"{"code":3,"message":"Bad request"}"#);
+    let resp = s.post("4x").await;
+    assert_eq!(resp.text(), r#"{"code":3,"message":"Bad request"}"#);
+    let second = tokio_tungstenite::connect_async(format!(
+        "ws://{}{EIO}?EIO=4&transport=websocket&sid={}",
+        gw.addr, s.sid
+    ))
+    .await;
+    assert!(second.is_err());
+}
+
+#[tokio::test]
+async fn websocket_upgrade_errors_are_plain_400s() {
+    let gw = Gateway::start_suite();
+    for pq in [
+        "/socket.io/?EIO=4&transport=websocket&sid=nope",
+        "/socket.io/?EIO=3&transport=websocket",
+        "/socket.io/?EIO=4&transport=foo",
+    ] {
+        let resp = request(
+            &gw.addr,
+            "GET",
+            pq,
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(resp.status, 400, "{pq}");
+        assert!(
+            [
+                "Session ID unknown",
+                "Unsupported protocol version",
+                "Transport unknown"
+            ]
+            .contains(&resp.text().as_str()),
+            "{pq}: {}",
+            resp.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn direct_websocket_namespace_with_auth() {
+    let gw = Gateway::start_suite();
+    let (mut ws, open) = ws_open(&gw.addr).await;
+    assert_eq!(open["upgrades"], serde_json::json!([]));
+    ws_send(&mut ws, r#"40/custom,{"token":"abc"}"#).await;
+    let connect = ws_text(&mut ws).await.unwrap();
+    assert!(connect.starts_with("40/custom,{\"sid\":\""), "{connect}");
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"42/custom,["auth",{"token":"abc"}]"#)
+    );
+    ws_send(&mut ws, r#"40/random,"#).await;
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"44/random,{"message":"Invalid namespace"}"#)
+    );
+    // Multiplexed on the same session.
+    ws_send(&mut ws, "40").await;
+    assert!(ws_text(&mut ws).await.unwrap().starts_with("40{\"sid\":"));
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some(r#"42["auth",{}]"#));
+    ws_send(&mut ws, r#"42/custom,["message","x"]"#).await;
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"42/custom,["message-back","x"]"#)
+    );
+}
+
+#[tokio::test]
+async fn binary_event_and_ack_round_trip() {
+    let gw = Gateway::start_suite();
+    let (mut ws, _) = ws_open(&gw.addr).await;
+    ws_send(&mut ws, "40").await;
+    ws_text(&mut ws).await.unwrap();
+    ws_text(&mut ws).await.unwrap();
+    ws_send(
+        &mut ws,
+        r#"452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#,
+    )
+    .await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    ws.send(Message::binary(vec![4u8, 5, 6])).await.unwrap();
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"452-["message-back",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+    );
+    assert_eq!(
+        ws_frame(&mut ws).await,
+        Some(Message::binary(vec![1u8, 2, 3]))
+    );
+    assert_eq!(
+        ws_frame(&mut ws).await,
+        Some(Message::binary(vec![4u8, 5, 6]))
+    );
+    ws_send(
+        &mut ws,
+        r#"451-7["message-with-ack",{"k":{"_placeholder":true,"num":0}}]"#,
+    )
+    .await;
+    ws.send(Message::binary(vec![9u8])).await.unwrap();
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"461-7[{"k":{"_placeholder":true,"num":0}}]"#)
+    );
+    assert_eq!(ws_frame(&mut ws).await, Some(Message::binary(vec![9u8])));
+}
+
+#[tokio::test]
+async fn binary_over_polling_is_base64() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, SIO).await;
+    s.send("40").await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(s.next_non_ping().await);
+    }
+    s.send("451-[\"message\",{\"_placeholder\":true,\"num\":0}]\u{1e}bAQID")
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(s.next_non_ping().await);
+    }
+    assert_eq!(
+        got,
+        vec![
+            r#"451-["message-back",{"_placeholder":true,"num":0}]"#.to_owned(),
+            "bAQID".to_owned()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn server_to_client_ack() {
+    let gw = Gateway::start_suite();
+    let (mut ws, _) = ws_open(&gw.addr).await;
+    ws_send(&mut ws, "40").await;
+    ws_text(&mut ws).await.unwrap();
+    ws_text(&mut ws).await.unwrap();
+    ws_send(&mut ws, r#"42["ask","q1"]"#).await;
+    let question = ws_text(&mut ws).await.unwrap();
+    let id: String = question
+        .strip_prefix("42")
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    assert_eq!(question, format!(r#"42{id}["question","q1"]"#));
+    ws_send(&mut ws, &format!(r#"43{id}["a1",2]"#)).await;
+    assert_eq!(
+        ws_text(&mut ws).await.as_deref(),
+        Some(r#"42["answer","a1",2]"#)
+    );
+}
+
+#[tokio::test]
+async fn rooms_and_broadcast_with_exclusions() {
+    let gw = Gateway::start_suite();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = ws_open(&gw.addr).await;
+        ws_send(&mut ws, "40").await;
+        ws_text(&mut ws).await.unwrap();
+        ws_text(&mut ws).await.unwrap();
+        clients.push(ws);
+    }
+    for ws in clients.iter_mut().take(2) {
+        ws_send(ws, r#"421["join","r1"]"#).await;
+        assert_eq!(ws_text(ws).await.as_deref(), Some("431[true]"));
+    }
+    ws_send(
+        &mut clients[0],
+        r#"422["broadcast",{"room":"r1","msg":{"n":1}}]"#,
+    )
+    .await;
+    assert_eq!(
+        ws_text(&mut clients[0]).await.as_deref(),
+        Some(r#"42["message",{"n":1}]"#)
+    );
+    assert_eq!(ws_text(&mut clients[0]).await.as_deref(), Some("432[2]"));
+    assert_eq!(
+        ws_text(&mut clients[1]).await.as_deref(),
+        Some(r#"42["message",{"n":1}]"#)
+    );
+    ws_send(&mut clients[1], r#"423["leave","r1"]"#).await;
+    assert_eq!(ws_text(&mut clients[1]).await.as_deref(), Some("433[true]"));
+    ws_send(
+        &mut clients[2],
+        r#"424["broadcast",{"room":"r1","msg":"two"}]"#,
+    )
+    .await;
+    assert_eq!(ws_text(&mut clients[2]).await.as_deref(), Some("434[1]"));
+    assert_eq!(
+        ws_text(&mut clients[0]).await.as_deref(),
+        Some(r#"42["message","two"]"#)
+    );
+    // Client 1 left and client 2 never joined: an echo is the next thing they see.
+    for ws in clients.iter_mut().skip(1) {
+        ws_send(ws, r#"42["echo","probe"]"#).await;
+        assert_eq!(ws_text(ws).await.as_deref(), Some(r#"42["echo","probe"]"#));
+    }
+}
+
+#[tokio::test]
+async fn malformed_socketio_packets_close_the_session() {
+    let gw = Gateway::start_suite();
+    for bad in [
+        "4",
+        "42[",
+        "49",
+        r#"42"notarray""#,
+        "42[]",
+        r#"42["connect"]"#,
+        r#"42["disconnect"]"#,
+        "40\"str\"",
+        "40[1]",
+        r#"451-["m",{"_placeholder":true,"num":3}]"#,
+        "45x-[]",
+        "450-[\"m\"]",
+        "4511-[\"m\"]",
+        r#"41{"a":1}"#,
+        r#"42/custom,["message"]"#,
+        "41/custom,",
+        "40",
+        r#"44{"message":"x"}"#,
+    ] {
+        let (mut ws, _) = ws_open(&gw.addr).await;
+        ws_send(&mut ws, "40").await;
+        ws_text(&mut ws).await.unwrap();
+        ws_text(&mut ws).await.unwrap();
+        ws_send(&mut ws, bad).await;
+        if bad.starts_with("451-") {
+            let _ = ws.send(Message::binary(vec![1u8])).await;
+        }
+        assert_eq!(ws_text(&mut ws).await, None, "{bad:?} should close");
+    }
+    // A binary frame that nothing announced.
+    let (mut ws, _) = ws_open(&gw.addr).await;
+    ws.send(Message::binary(vec![1u8])).await.unwrap();
+    assert_eq!(ws_text(&mut ws).await, None);
+}
+
+#[tokio::test]
+async fn server_disconnect_and_close() {
+    let gw = Gateway::start_suite();
+    let (mut ws, _) = ws_open(&gw.addr).await;
+    ws_send(&mut ws, "40/custom,").await;
+    ws_text(&mut ws).await.unwrap();
+    ws_text(&mut ws).await.unwrap();
+    ws_send(&mut ws, r#"42/custom,["server-disconnect"]"#).await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("41/custom,"));
+    // The session itself goes on.
+    ws_send(&mut ws, "40").await;
+    assert!(ws_text(&mut ws).await.unwrap().starts_with("40{"));
+    ws_text(&mut ws).await.unwrap();
+    ws_send(&mut ws, r#"42["server-close"]"#).await;
+    assert_eq!(ws_text(&mut ws).await, None);
+}
+
+#[tokio::test]
+async fn websocket_without_pong_is_closed_after_ping_timeout() {
+    let gw = Gateway::start_suite();
+    let mut ws = ws_connect(&gw.addr, "/engine.io/?EIO=4&transport=websocket").await;
+    let started = Instant::now();
+    let open = ws.next_text().await;
+    assert!(open.starts_with('0'));
+    assert_eq!(ws.next_text().await, "2");
+    // No pong: the server closes.
+    let end = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures_util::StreamExt::next(&mut ws),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            end,
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_)))
+        ),
+        "{end:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+}
+
+trait NextText {
+    async fn next_text(&mut self) -> String;
+}
+
+impl NextText for Ws {
+    async fn next_text(&mut self) -> String {
+        loop {
+            match futures_util::StreamExt::next(self).await {
+                Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+                Some(Ok(_)) => continue,
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+}
