@@ -9,6 +9,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -105,60 +108,90 @@ async fn probe<D>(
     }
 }
 
-/// Carries the session until it or the connection closes.
+/// Carries the session until it or the connection closes. Reading and
+/// writing run side by side, so a client that stops reading cannot stop
+/// the server from reading (and from noticing that its queue overflows),
+/// and a write stuck on a full socket gives up as soon as the session
+/// closes.
 async fn serve<H: EngineHandler>(
     engine: &Engine<H>,
     session: &SessionRef<H::Data>,
     mut sink: SplitSink<Ws, WsMessage>,
     mut stream: SplitStream<Ws>,
 ) {
+    let writer_done = Notify::new();
+    let reader = async {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                _ = writer_done.notified() => return,
+            };
+            let result = match msg {
+                Some(Ok(WsMessage::Text(text))) => engine.on_text_frame(session, text.as_str()),
+                Some(Ok(WsMessage::Binary(data))) => {
+                    engine.handler().on_message(session, Message::Binary(data));
+                    Ok(())
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Ok(()),
+                Some(Ok(WsMessage::Close(_))) | None => Err(CloseReason::TransportClose),
+                Some(Err(err)) => {
+                    debug!(sid = %session.sid(), %err, "websocket read failed");
+                    Err(CloseReason::TransportError)
+                }
+            };
+            if let Err(reason) = result {
+                session.close(reason);
+                return;
+            }
+        }
+    };
+    let writer = async {
+        write_loop(session, &mut sink).await;
+        writer_done.notify_one();
+        // Polite close frame, but never wait long on a client that does
+        // not read; dropping the socket closes it anyway.
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    };
+    tokio::join!(reader, writer);
+}
+
+/// How long a closing WebSocket may take to send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+async fn write_loop<D>(session: &SessionRef<D>, sink: &mut SplitSink<Ws, WsMessage>) {
     let mut out: Vec<Frame> = Vec::new();
     loop {
         let closed = session.drain_for_websocket(&mut out);
         if !out.is_empty() {
-            let mut failed = false;
-            for frame in out.drain(..) {
-                let msg = match frame {
+            let frames = out.drain(..).map(|frame| {
+                Ok(match frame {
                     Frame::Text(text) => WsMessage::Text(text),
                     Frame::Binary(data) => WsMessage::Binary(data),
-                };
-                if sink.feed(msg).await.is_err() {
-                    failed = true;
-                    break;
+                })
+            });
+            let mut frames = futures_util::stream::iter(frames);
+            // `send_all` feeds every frame then flushes; a full socket
+            // makes it wait, but a close of the session ends the wait.
+            let send = sink.send_all(&mut frames);
+            tokio::pin!(send);
+            let written = loop {
+                tokio::select! {
+                    result = &mut send => break result.is_ok(),
+                    _ = session.writer_event() => {
+                        if session.is_closed() {
+                            return;
+                        }
+                    }
                 }
-            }
-            if failed || sink.flush().await.is_err() {
-                out.clear();
+            };
+            if !written {
                 session.close(CloseReason::TransportError);
                 return;
             }
         }
         if closed.is_some() {
-            // Like the reference server: what was queued is flushed above,
-            // then a WebSocket close frame (no Engine.IO close packet).
-            let _ = sink.close().await;
             return;
         }
-        tokio::select! {
-            _ = session.writer_event() => {}
-            msg = stream.next() => {
-                let result = match msg {
-                    Some(Ok(WsMessage::Text(text))) => engine.on_text_frame(session, text.as_str()),
-                    Some(Ok(WsMessage::Binary(data))) => {
-                        engine.handler().on_message(session, Message::Binary(data));
-                        Ok(())
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Ok(()),
-                    Some(Ok(WsMessage::Close(_))) | None => Err(CloseReason::TransportClose),
-                    Some(Err(err)) => {
-                        debug!(sid = %session.sid(), %err, "websocket read failed");
-                        Err(CloseReason::TransportError)
-                    }
-                };
-                if let Err(reason) = result {
-                    session.close(reason);
-                }
-            }
-        }
+        session.writer_event().await;
     }
 }
