@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_WS_READ_BUFFER", default_value_t = 1024)]
     pub ws_read_buffer: usize,
 
+    /// Most packets in one polling answer (0: no limit); the rest waits
+    /// for the next poll. python-socketio drops a session whose polling
+    /// answer holds more than 16.
+    #[arg(long, env = "RINGWAY_MAX_POLL_PACKETS", default_value_t = 16)]
+    pub max_poll_packets: usize,
+
     /// Allowed CORS origins (repeatable, or comma-separated); `*` allows
     /// any origin. None: no CORS headers are sent.
     #[arg(
@@ -131,6 +137,7 @@ impl Config {
             max_queued_bytes: self.max_queued_bytes,
             ws_read_buffer: self.ws_read_buffer.max(256),
             ws_write_buffer: 0,
+            max_poll_packets: self.max_poll_packets,
         }
     }
 

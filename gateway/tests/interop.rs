@@ -96,6 +96,7 @@ scenarios!(js:
 scenarios!(py:
     polling_upgrade => "polling-upgrade",
     polling_only => "polling-only",
+    polling_burst => "polling-burst",
     websocket_only => "websocket-only",
     binary => "binary",
     ack_client_to_server => "ack-client-to-server",

@@ -758,3 +758,27 @@ impl NextText for Ws {
         }
     }
 }
+
+#[tokio::test]
+async fn polling_answers_hold_at_most_16_packets_and_keep_order() {
+    let gw = Gateway::start(&[]);
+    let s = Polling::open(&gw.addr, EIO).await;
+    let body: Vec<String> = (0..40).map(|i| format!("4m{i}")).collect();
+    s.send(&body.join("\u{1e}")).await;
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let packets = s.next_non_ping().await;
+        assert!(
+            packets.len() <= 16,
+            "{} packets in one answer",
+            packets.len()
+        );
+        got.extend(packets);
+    }
+    assert_eq!(got, body);
+    // 0 lifts the limit.
+    let gw = Gateway::start(&["--max-poll-packets", "0"]);
+    let s = Polling::open(&gw.addr, EIO).await;
+    s.send(&body.join("\u{1e}")).await;
+    assert_eq!(s.next_non_ping().await, body);
+}

@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer threshold per connection.
     pub ws_write_buffer: usize,
+    /// Most packets in one polling answer (0: no limit). python-engineio
+    /// refuses answers of more than 16 packets and drops the session.
+    pub max_poll_packets: usize,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             max_queued_bytes: 4 << 20,
             ws_read_buffer: 1024,
             ws_write_buffer: 0,
+            max_poll_packets: 16,
         }
     }
 }
@@ -305,7 +309,9 @@ impl<H: EngineHandler> Engine<H> {
         }
         let _guard = PollGuard(session);
         loop {
-            if let PollOutcome::Payload(payload) = session.poll_outcome() {
+            if let PollOutcome::Payload(payload) =
+                session.poll_outcome(self.config.max_poll_packets)
+            {
                 trace!(sid = %session.sid(), bytes = payload.len(), "poll answered");
                 return Ok(payload_response(payload));
             }

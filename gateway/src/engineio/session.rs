@@ -311,19 +311,32 @@ impl<D> Session<D> {
         self.lock().polling = false;
     }
 
-    /// Decides what a pending poll answers now.
-    pub(crate) fn poll_outcome(&self) -> PollOutcome {
+    /// Decides what a pending poll answers now: at most `max_packets`
+    /// packets (0: no limit), the rest stays queued for the next poll.
+    pub(crate) fn poll_outcome(&self, max_packets: usize) -> PollOutcome {
         let mut st = self.lock();
+        let take = if max_packets == 0 {
+            st.queue.len()
+        } else {
+            st.queue.len().min(max_packets)
+        };
         if let Some(reason) = st.close {
             // The client's own close packet releases its pending poll with
             // a noop; any other close sends a close packet, after what was
-            // still queued.
+            // still queued (as much as one answer holds).
             let last = if reason == CloseReason::TransportClose {
                 Frame::NOOP
             } else {
                 Frame::CLOSE
             };
-            let mut frames: Vec<Frame> = st.queue.drain(..).collect();
+            let room = if max_packets == 0 {
+                usize::MAX
+            } else {
+                max_packets - 1
+            };
+            let take = st.queue.len().min(room);
+            let mut frames: Vec<Frame> = st.queue.drain(..take).collect();
+            st.queue.clear();
             st.queued_bytes = 0;
             frames.push(Frame::control(last));
             return PollOutcome::Payload(encode_payload(&frames));
@@ -334,10 +347,14 @@ impl<D> Session<D> {
         if matches!(st.upgrade, UpgradeState::Probing | UpgradeState::Done) {
             return PollOutcome::Payload(Bytes::from_static(Frame::NOOP.as_bytes()));
         }
-        if !st.queue.is_empty() {
-            st.queued_bytes = 0;
-            let payload = encode_payload(st.queue.iter());
-            st.queue.clear();
+        if take > 0 {
+            let payload = encode_payload(st.queue.iter().take(take));
+            let released: usize = st
+                .queue
+                .drain(..take)
+                .map(|f| f.wire_len() + FRAME_OVERHEAD)
+                .sum();
+            st.queued_bytes = st.queued_bytes.saturating_sub(released);
             return PollOutcome::Payload(payload);
         }
         PollOutcome::Wait

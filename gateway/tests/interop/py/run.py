@@ -198,6 +198,20 @@ def polling_only():
     return f'50 emits (bursts of 8) echoed once each, in wire order + 10 sequential round trips over polling; {hb}'
 
 
+def polling_burst():
+    # Ringway caps a polling answer at 16 packets (--max-poll-packets), so a
+    # burst of replies reaches python-engineio over several polls instead of
+    # one answer it would refuse. (The reference server fails this one.)
+    sio = client()
+    step('connecting over polling')
+    connect(sio, transports=['polling'])
+    sio.events.wait('auth')
+    step('60 emits at once')
+    burst_in_order(sio, 60, 'one burst')
+    check(not sio.events.get('disconnect'), f"disconnected: {sio.events.get('disconnect')}")
+    return '60 emits in one burst echoed once each, in wire order, over polling'
+
+
 def heartbeat_check(sio):
     interval, timeout = sio.eio.ping_interval, sio.eio.ping_timeout
     if interval > 1:
@@ -465,6 +479,7 @@ def reconnect_after_close():
 SCENARIOS = {
     'polling-upgrade': (polling_upgrade, 10),
     'polling-only': (polling_only, 10),
+    'polling-burst': (polling_burst, 10),
     'websocket-only': (websocket_only, 10),
     'binary': (binary, 10),
     'ack-client-to-server': (ack_client_to_server, 10),
