@@ -108,6 +108,50 @@ scenarios!(py:
     reconnect_after_close => "reconnect-after-close",
 );
 
+/// SIGTERM closes the sessions the way the reference does, so the official
+/// client reconnects by itself once a server is back on the address.
+#[test]
+fn js_shutdown_reconnect() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    let dir = interop_dir().join("js");
+    let mut gw = Gateway::start_suite();
+    let addr = gw.addr.clone();
+    let mut child = Command::new("node")
+        .arg(dir.join("run.mjs"))
+        .arg("shutdown-reconnect")
+        .env("RINGWAY_URL", format!("http://{addr}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(ready.as_deref(), Some("READY"), "client did not get ready");
+    let status = gw.terminate(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "gateway exit: {status:?}"
+    );
+    let _restarted = Gateway::start_raw(&[
+        "--listen",
+        &addr,
+        "--ping-interval",
+        "300",
+        "--ping-timeout",
+        "200",
+    ]);
+    let out = child.wait_with_output().expect("node");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        out.status.success(),
+        "shutdown-reconnect failed: {}\n{}",
+        rest.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every scenario the runners list is wired up above.
 #[test]
 fn every_js_scenario_is_run() {
@@ -118,7 +162,10 @@ fn every_js_scenario_is_run() {
         .expect("node");
     let listed = String::from_utf8_lossy(&out.stdout);
     let source = include_str!("interop.rs");
-    for name in listed.lines().filter(|l| !l.is_empty()) {
+    for name in listed
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "shutdown-reconnect")
+    {
         assert!(
             source.contains(&format!("\"{name}\"")),
             "scenario {name} is not run"

@@ -557,6 +557,31 @@ function reconnectAfterCloseScenario(transports) {
   };
 }
 
+/**
+ * The test harness stops the server (SIGTERM) once this prints READY and
+ * starts a new one on the same address: the client must see the close,
+ * reconnect by itself and work again.
+ */
+async function shutdownReconnect() {
+  const socket = sio('/', { reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 300 });
+  step('connecting');
+  await connected(socket);
+  await upgradedToWebsocket(socket.io.engine);
+  const firstId = socket.id;
+  const disc = waitFor(socket, 'disconnect', 8000, 'server shutdown');
+  const reconnected = waitFor(socket.io, 'reconnect', 12000, 'reconnect to the new server');
+  process.stdout.write('READY\n');
+  step('waiting for the server to shut down');
+  const [reason] = await disc;
+  check(reason === 'transport close', `disconnect reason '${reason}', expected 'transport close'`);
+  step('reconnecting to the restarted server');
+  await reconnected;
+  if (!socket.connected) await connected(socket);
+  check(socket.id !== firstId, 'same socket id after the restart');
+  await roundTrip(socket, ['after-restart']);
+  return "SIGTERM: reason 'transport close', reconnected to the restarted server, round trip ok";
+}
+
 /** Measures how long the server takes to drop a client that never answers pings. */
 async function muteAndMeasure(transport) {
   // Control: a normal client survives several heartbeats.
@@ -733,6 +758,8 @@ const SCENARIOS = {
   'ping-timeout': { run: pingTimeout },
   'engineio-echo': { run: engineioEcho },
   'many-messages-upgrade': { run: manyMessagesUpgrade },
+  // Needs the harness to restart the server: gateway/tests/interop.rs.
+  'shutdown-reconnect': { run: shutdownReconnect, budget: 20000 },
 };
 
 async function main() {
