@@ -100,9 +100,9 @@ pub fn decode_text(input: &str) -> Result<Packet<'_>, DecodeError> {
     let Some((_, kind)) = chars.next() else {
         return Err(DecodeError::Empty);
     };
-    let rest = &input[1..];
-    // Every type digit is one ASCII byte, so slicing at 1 is safe once we
-    // know the first char is one of them.
+    // Slice after the whole first char: a client may send any char there
+    // (`"é"` must be an unknown type, not a panic on a char boundary).
+    let rest = &input[kind.len_utf8()..];
     match kind {
         '1' if rest.is_empty() => Ok(Packet::Close),
         '2' if rest.is_empty() => Ok(Packet::Ping),
