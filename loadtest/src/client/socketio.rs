@@ -1,0 +1,389 @@
+//! Socket.IO v5 client on top of an Engine.IO session: namespace CONNECT,
+//! EVENT encoding with optional ack id, and a parser for what the server
+//! sends (`<type>[<n>-][<nsp>,][<id>][json]`).
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::engineio::{clip, EioMessage, EioSession};
+use super::error::{ClientError, ErrorKind};
+use super::ClientConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    Connect,
+    Disconnect,
+    Event,
+    Ack,
+    ConnectError,
+    BinaryEvent,
+    BinaryAck,
+}
+
+impl PacketType {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            b'0' => PacketType::Connect,
+            b'1' => PacketType::Disconnect,
+            b'2' => PacketType::Event,
+            b'3' => PacketType::Ack,
+            b'4' => PacketType::ConnectError,
+            b'5' => PacketType::BinaryEvent,
+            b'6' => PacketType::BinaryAck,
+            _ => return None,
+        })
+    }
+}
+
+/// One Socket.IO packet received from the server. Holds the packet text;
+/// namespace and JSON data are slices of it.
+#[derive(Debug)]
+pub struct SioPacket {
+    pub kind: PacketType,
+    pub id: Option<u64>,
+    /// Binary attachments announced (`5N-...`), which follow as binary
+    /// Engine.IO messages.
+    pub attachments: usize,
+    text: String,
+    nsp: Option<(usize, usize)>,
+    data_start: usize,
+}
+
+impl SioPacket {
+    pub fn parse(text: String) -> Result<SioPacket, ClientError> {
+        let bytes = text.as_bytes();
+        let kind = bytes
+            .first()
+            .and_then(|b| PacketType::from_byte(*b))
+            .ok_or_else(|| {
+                ClientError::protocol(format!("bad socket.io packet type {}", clip(&text)))
+            })?;
+        let mut i = 1;
+        let mut attachments = 0;
+        if matches!(kind, PacketType::BinaryEvent | PacketType::BinaryAck) {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == start || bytes.get(i) != Some(&b'-') {
+                return Err(ClientError::protocol(format!(
+                    "bad attachment count {}",
+                    clip(&text)
+                )));
+            }
+            attachments = text[start..i].parse().map_err(|_| {
+                ClientError::protocol(format!("bad attachment count {}", clip(&text)))
+            })?;
+            i += 1;
+        }
+        let mut nsp = None;
+        if bytes.get(i) == Some(&b'/') {
+            let start = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            nsp = Some((start, i));
+            if i < bytes.len() {
+                i += 1; // the comma
+            }
+        }
+        let mut id = None;
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i > start {
+            id = Some(
+                text[start..i]
+                    .parse()
+                    .map_err(|_| ClientError::protocol(format!("bad ack id {}", clip(&text))))?,
+            );
+        }
+        Ok(SioPacket {
+            kind,
+            id,
+            attachments,
+            nsp,
+            data_start: i,
+            text,
+        })
+    }
+
+    /// The namespace (`/` when omitted).
+    pub fn nsp(&self) -> &str {
+        match self.nsp {
+            Some((a, b)) => &self.text[a..b],
+            None => "/",
+        }
+    }
+
+    /// The JSON payload, as received (empty when there is none).
+    pub fn data(&self) -> &str {
+        &self.text[self.data_start..]
+    }
+
+    /// The whole packet text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// For an EVENT: its name and raw arguments.
+    pub fn event(&self) -> Result<(String, Vec<&RawValue>), ClientError> {
+        let items: Vec<&RawValue> = serde_json::from_str(self.data()).map_err(|e| {
+            ClientError::protocol(format!("bad event payload {}: {e}", clip(self.data())))
+        })?;
+        let (first, args) = items
+            .split_first()
+            .ok_or_else(|| ClientError::protocol("event without a name"))?;
+        let name: String = serde_json::from_str(first.get()).map_err(|_| {
+            ClientError::protocol(format!("event name is not a string {}", clip(self.data())))
+        })?;
+        Ok((name, args.to_vec()))
+    }
+
+    /// The event name only, when this is an EVENT with a string name.
+    pub fn event_name(&self) -> Option<String> {
+        if self.kind != PacketType::Event {
+            return None;
+        }
+        self.event().ok().map(|(name, _)| name)
+    }
+}
+
+/// Parses one JSON argument into `T`.
+pub fn parse_arg<'a, T: Deserialize<'a>>(arg: &'a RawValue) -> Result<T, ClientError> {
+    serde_json::from_str(arg.get())
+        .map_err(|e| ClientError::protocol(format!("bad argument {}: {e}", clip(arg.get()))))
+}
+
+/// Timestamps of the handshake, from the start of the TCP connect.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTimes {
+    /// Engine.IO open packet received.
+    pub open: Duration,
+    /// Socket.IO CONNECT answer received.
+    pub connect: Duration,
+}
+
+/// A Socket.IO socket in one namespace over its own Engine.IO session.
+pub struct SioSession {
+    eio: EioSession,
+    /// `""` for `/`, `"/custom,"` otherwise.
+    nsp_prefix: String,
+    nsp: String,
+    /// Socket id given by the CONNECT answer.
+    pub sid: String,
+    next_ack_id: u64,
+    /// Binary attachments still expected for the last binary packet.
+    pending_attachments: usize,
+}
+
+#[derive(Deserialize)]
+struct ConnectAnswer {
+    sid: String,
+}
+
+impl SioSession {
+    /// Opens an Engine.IO session and joins the configured namespace, within
+    /// `cfg.handshake_timeout`.
+    pub async fn connect(cfg: &ClientConfig) -> Result<(SioSession, ConnectTimes), ClientError> {
+        let start = Instant::now();
+        tokio::time::timeout(cfg.handshake_timeout, Self::connect_inner(cfg, start))
+            .await
+            .map_err(|_| ClientError::timeout("handshake"))?
+    }
+
+    async fn connect_inner(
+        cfg: &ClientConfig,
+        start: Instant,
+    ) -> Result<(SioSession, ConnectTimes), ClientError> {
+        let (eio, times) = EioSession::open(cfg, start).await?;
+        let nsp = cfg.namespace.clone();
+        let nsp_prefix = if nsp == "/" {
+            String::new()
+        } else {
+            format!("{nsp},")
+        };
+        let mut session = SioSession {
+            eio,
+            nsp_prefix,
+            nsp,
+            sid: String::new(),
+            next_ack_id: 0,
+            pending_attachments: 0,
+        };
+        let connect = format!(
+            "0{}{}",
+            session.nsp_prefix,
+            cfg.auth.as_deref().unwrap_or("")
+        );
+        session.eio.send_message(&connect).await?;
+        loop {
+            let packet = session.recv_any().await?;
+            if packet.nsp() != session.nsp {
+                continue;
+            }
+            match packet.kind {
+                PacketType::Connect => {
+                    let answer: ConnectAnswer =
+                        serde_json::from_str(packet.data()).map_err(|e| {
+                            ClientError::protocol(format!(
+                                "bad CONNECT answer {}: {e}",
+                                clip(packet.text())
+                            ))
+                        })?;
+                    session.sid = answer.sid;
+                    break;
+                }
+                PacketType::ConnectError => {
+                    return Err(ClientError::new(
+                        ErrorKind::ConnectError,
+                        format!("CONNECT refused: {}", clip(packet.data())),
+                    ))
+                }
+                _ => {
+                    return Err(ClientError::protocol(format!(
+                        "expected CONNECT, got {}",
+                        clip(packet.text())
+                    )))
+                }
+            }
+        }
+        let connect = start.elapsed();
+        Ok((
+            session,
+            ConnectTimes {
+                open: times.open,
+                connect,
+            },
+        ))
+    }
+
+    /// A fresh ack id for [`SioSession::emit`].
+    pub fn next_ack_id(&mut self) -> u64 {
+        let id = self.next_ack_id;
+        self.next_ack_id += 1;
+        id
+    }
+
+    /// Encodes an EVENT: `2[nsp,][id]["event",args]`. `args` is the
+    /// comma-separated JSON of the arguments (empty for none).
+    pub fn encode_event(&self, event: &str, args: &str, ack: Option<u64>) -> String {
+        let name = serde_json::Value::from(event).to_string();
+        let id = ack.map(|id| id.to_string()).unwrap_or_default();
+        let sep = if args.is_empty() { "" } else { "," };
+        format!("2{}{id}[{name}{sep}{args}]", self.nsp_prefix)
+    }
+
+    /// Emits `event` with raw JSON `args` (see [`SioSession::encode_event`]).
+    pub async fn emit(
+        &mut self,
+        event: &str,
+        args: &str,
+        ack: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let packet = self.encode_event(event, args, ack);
+        self.eio.send_message(&packet).await
+    }
+
+    /// Sends an already encoded Socket.IO packet.
+    pub async fn send_encoded(&mut self, packet: &str) -> Result<(), ClientError> {
+        self.eio.send_message(packet).await
+    }
+
+    /// The next packet for this session's namespace (binary attachments are
+    /// skipped). A DISCONNECT from the server ends the session.
+    /// Cancel-safe in the same sense as [`EioSession::recv`].
+    pub async fn recv(&mut self) -> Result<SioPacket, ClientError> {
+        loop {
+            let packet = self.recv_any().await?;
+            if packet.nsp() != self.nsp {
+                continue;
+            }
+            if packet.kind == PacketType::Disconnect {
+                return Err(ClientError::closed("server sent DISCONNECT"));
+            }
+            return Ok(packet);
+        }
+    }
+
+    async fn recv_any(&mut self) -> Result<SioPacket, ClientError> {
+        loop {
+            match self.eio.recv().await? {
+                EioMessage::Binary(_) => {
+                    if self.pending_attachments == 0 {
+                        return Err(ClientError::protocol(
+                            "binary message without a binary packet",
+                        ));
+                    }
+                    self.pending_attachments -= 1;
+                }
+                EioMessage::Text(text) => {
+                    if self.pending_attachments > 0 {
+                        return Err(ClientError::protocol(
+                            "packet while binary attachments were due",
+                        ));
+                    }
+                    let packet = SioPacket::parse(text)?;
+                    self.pending_attachments = packet.attachments;
+                    return Ok(packet);
+                }
+            }
+        }
+    }
+
+    /// Leaves the namespace and closes the session, best effort.
+    pub async fn close(mut self) {
+        let disconnect = format!("1{}", self.nsp_prefix);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.eio.send_message(&disconnect)).await;
+        self.eio.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> SioPacket {
+        SioPacket::parse(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn parses_packets() {
+        let p = parse(r#"2["message-back",1,"2"]"#);
+        assert_eq!(p.kind, PacketType::Event);
+        assert_eq!(p.nsp(), "/");
+        assert_eq!(p.id, None);
+        let (name, args) = p.event().unwrap();
+        assert_eq!(name, "message-back");
+        assert_eq!(args.len(), 2);
+
+        let p = parse("31[1]");
+        assert_eq!(p.kind, PacketType::Ack);
+        assert_eq!(p.id, Some(1));
+        assert_eq!(p.data(), "[1]");
+
+        let p = parse(r#"0/custom,{"sid":"Y"}"#);
+        assert_eq!(p.kind, PacketType::Connect);
+        assert_eq!(p.nsp(), "/custom");
+        assert_eq!(p.data(), r#"{"sid":"Y"}"#);
+
+        let p = parse(r#"4/random,{"message":"Invalid namespace"}"#);
+        assert_eq!(p.kind, PacketType::ConnectError);
+
+        let p = parse(r#"52-/chat,7["m",{"_placeholder":true,"num":0}]"#);
+        assert_eq!(p.kind, PacketType::BinaryEvent);
+        assert_eq!(p.attachments, 2);
+        assert_eq!(p.nsp(), "/chat");
+        assert_eq!(p.id, Some(7));
+
+        assert_eq!(parse("1").kind, PacketType::Disconnect);
+        assert!(SioPacket::parse("9".into()).is_err());
+        assert!(SioPacket::parse("".into()).is_err());
+        assert!(SioPacket::parse("5x".into()).is_err());
+        assert!(SioPacket::parse("2[1]".into()).unwrap().event().is_err());
+    }
+}

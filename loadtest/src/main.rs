@@ -1,0 +1,76 @@
+//! `ringway-loadtest`: load scenarios against any Socket.IO v5 server (the
+//! Ringway gateway, the reference Node.js server, socketioxide, ...), all
+//! running the echo application of docs/ECHO_APP.md.
+
+mod client;
+mod metrics;
+mod report;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+use scenarios::{connect, echo, fanout, hold};
+
+const LONG_ABOUT: &str = "\
+Load-testing client for Socket.IO servers (Engine.IO v4 / Socket.IO v5 over
+WebSocket or long-polling) that run the echo application of docs/ECHO_APP.md.
+
+Every scenario prints a human summary (or one JSON object with --json):
+p50/p90/p99/p99.9 latency, throughput, errors by kind and, given
+--server-pid, the servers' RSS and CPU time read from /proc.
+
+File descriptors: a WebSocket session holds 1 descriptor, a polling session 2.
+The limit here is 20,000 per process (hard), so one ringway-loadtest process
+holds at most ~19,900 WebSocket or ~9,900 polling sessions; for more, run
+several processes side by side and add up their results. Client sockets are
+bound to 127.0.0.1..127.0.0.N in turn (--source-ips) so that tens of
+thousands of connections fit in the loopback ephemeral port range.";
+
+#[derive(Debug, Parser)]
+#[command(name = "ringway-loadtest", version, about = "Load-testing client for Socket.IO servers", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Connection storm: N sessions at a given rate; handshake latency and failures.
+    Connect(connect::ConnectArgs),
+    /// N idle sessions held T seconds; server RSS per session.
+    Hold(hold::HoldArgs),
+    /// Closed-loop echo round trips; throughput, latency, server CPU per message.
+    Echo(echo::EchoArgs),
+    /// Room broadcast to R receivers at a rate; delivery, loss, latency, CPU per delivery.
+    Fanout(fanout::FanoutArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let json = match &cli.scenario {
+        Scenario::Connect(a) => a.common.json,
+        Scenario::Hold(a) => a.common.json,
+        Scenario::Echo(a) => a.common.json,
+        Scenario::Fanout(a) => a.common.json,
+    };
+    let result = match cli.scenario {
+        Scenario::Connect(a) => connect::run(a).await,
+        Scenario::Hold(a) => hold::run(a).await,
+        Scenario::Echo(a) => echo::run(a).await,
+        Scenario::Fanout(a) => fanout::run(a).await,
+    };
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_human());
+            }
+        }
+        Err(e) => {
+            eprintln!("ringway-loadtest: {e}");
+            std::process::exit(2);
+        }
+    }
+}
