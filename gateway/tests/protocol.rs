@@ -237,7 +237,17 @@ async fn post_over_max_payload_is_refused_with_413_and_the_session_lives() {
 #[tokio::test]
 async fn malformed_post_closes_the_session_after_the_good_packets() {
     let gw = Gateway::start_suite();
-    for bad in ["9xyz", "", "b!!!", "0{}", "2", "2probe", "\u{1e}4hello", "é", "😀x"] {
+    for bad in [
+        "9xyz",
+        "",
+        "b!!!",
+        "0{}",
+        "2",
+        "2probe",
+        "\u{1e}4hello",
+        "é",
+        "😀x",
+    ] {
         let s = Polling::open(&gw.addr, EIO).await;
         let resp = s.post(bad).await;
         assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
