@@ -187,7 +187,7 @@ impl<H: EngineHandler> Engine<H> {
         let handshake = Handshake {
             remote_addr,
             query: raw_query.clone(),
-            headers: req.headers().clone(),
+            raw_headers: Handshake::pack_headers(req.headers()),
             issued_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -256,12 +256,23 @@ impl<H: EngineHandler> Engine<H> {
         self.handler.on_close(&session, reason);
     }
 
-    async fn heartbeat(&self, session: &Session<H::Data>) -> CloseReason {
+    async fn heartbeat(&self, session: &SessionRef<H::Data>) -> CloseReason {
+        // The layer above may want one check a while after the open (the
+        // Socket.IO connect timeout); done here, it costs no extra task.
+        let mut open_check = self.handler.open_timeout().map(|t| Instant::now() + t);
         loop {
             let deadline = Instant::now() + self.config.ping_interval;
             loop {
+                let check_at = open_check.unwrap_or(deadline).min(deadline);
                 tokio::select! {
-                    _ = sleep_until(deadline) => break,
+                    _ = sleep_until(check_at) => {
+                        if open_check.is_some_and(|at| at <= Instant::now()) {
+                            open_check = None;
+                            self.handler.on_open_timeout(session);
+                            continue;
+                        }
+                        break;
+                    }
                     _ = session.lifecycle_event() => {
                         if let Some(reason) = session.close_reason() {
                             return reason;

@@ -24,6 +24,15 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// the order the client sent them.
     fn on_message(&self, session: &SessionRef<Self::Data>, message: Message<'_>);
 
+    /// How long after the open [`EngineHandler::on_open_timeout`] should be
+    /// called (once), if at all.
+    fn open_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Called once, `open_timeout` after the open, if the session lives.
+    fn on_open_timeout(&self, _session: &SessionRef<Self::Data>) {}
+
     /// The session ended; it is already gone from the engine.
     fn on_close(&self, session: &SessionRef<Self::Data>, reason: CloseReason);
 }

@@ -107,9 +107,39 @@ pub struct Handshake {
     pub remote_addr: SocketAddr,
     /// The raw query string of the handshake request.
     pub query: String,
-    pub headers: HeaderMap,
+    /// The request headers, `name: value` lines in one string: compact for
+    /// sessions that live for hours (see [`Handshake::headers`]).
+    pub raw_headers: Box<str>,
     /// Milliseconds since the Unix epoch.
     pub issued_ms: u64,
+}
+
+impl Handshake {
+    /// Keeps the headers of a request in one owned allocation. (hyper's
+    /// header values are slices of the connection's 8 KiB read buffer:
+    /// keeping those would keep the whole buffer alive per session.)
+    pub fn pack_headers(headers: &HeaderMap) -> Box<str> {
+        let mut out = String::new();
+        for (name, value) in headers {
+            out.push_str(name.as_str());
+            out.push_str(": ");
+            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            out.push('\n');
+        }
+        out.into_boxed_str()
+    }
+
+    /// The request headers as `(lower-case name, value)` pairs, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.raw_headers
+            .lines()
+            .filter_map(|line| line.split_once(": "))
+    }
+
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
 }
 
 struct State {

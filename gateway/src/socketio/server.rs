@@ -242,18 +242,19 @@ fn finish_connect<A: Application>(
 impl<A: Application> EngineHandler for SocketIo<A> {
     type Data = ClientState;
 
-    fn on_open(&self, session: &SessionRef<ClientState>) {
-        let weak = Arc::downgrade(session);
-        let timeout = self.config.connect_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(session) = weak.upgrade() {
-                if !session.data().ever_joined() {
-                    debug!(sid = %session.sid(), "no namespace joined in time");
-                    session.close(CloseReason::ForcedClose);
-                }
-            }
-        });
+    fn on_open(&self, _session: &SessionRef<ClientState>) {}
+
+    fn open_timeout(&self) -> Option<Duration> {
+        Some(self.config.connect_timeout)
+    }
+
+    /// A session that joined no namespace in time is closed (the
+    /// reference's connectTimeout), so bare handshakes hold nothing.
+    fn on_open_timeout(&self, session: &SessionRef<ClientState>) {
+        if !session.data().ever_joined() {
+            debug!(sid = %session.sid(), "no namespace joined in time");
+            session.close(CloseReason::ForcedClose);
+        }
     }
 
     fn on_message(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
