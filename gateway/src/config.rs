@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
+    /// Listen backlog (pending connections the kernel queues; capped by
+    /// net.core.somaxconn).
+    #[arg(long, env = "RINGWAY_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// Path of the Socket.IO endpoint.
     #[arg(long, env = "RINGWAY_PATH", default_value = "/socket.io/")]
     pub path: String,

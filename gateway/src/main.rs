@@ -8,7 +8,7 @@ use clap::Parser;
 use ringway_gateway::app::EchoApp;
 use ringway_gateway::config::{AppKind, Config, LogFormat};
 use ringway_gateway::http::Gateway;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -55,8 +55,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = listen(config.listen, config.listen_backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener
         .local_addr()
@@ -74,6 +73,20 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))?;
     info!("ringway-gateway stopped");
     Ok(())
+}
+
+/// Binds with an explicit backlog: tokio's default (1024) overflows in
+/// connection storms, and every dropped SYN costs the client a 1 s retry.
+/// The kernel caps it at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn shutdown_signal() {
