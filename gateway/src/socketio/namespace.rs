@@ -193,3 +193,105 @@ impl Namespace {
         excluded
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::engineio::{Handshake, Session, TransportKind};
+    use crate::socketio::client::ClientState;
+
+    fn socket(ns: &Arc<Namespace>) -> SocketRef {
+        let session = Arc::new(Session::new(
+            Sid::random(),
+            TransportKind::WebSocket,
+            1 << 20,
+            Handshake {
+                remote_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                query: String::new(),
+                raw_headers: "".into(),
+                issued_ms: 0,
+            },
+            ClientState::default(),
+        ));
+        let socket = Socket::new(ns.clone(), session, "{}".into(), None);
+        ns.insert(socket.clone());
+        socket
+    }
+
+    fn reached(ns: &Namespace, target: &Target) -> Vec<Sid> {
+        let mut ids = Vec::new();
+        ns.for_each_target(target, |s| ids.push(s.id()));
+        ids.sort();
+        ids
+    }
+
+    fn sorted(mut ids: Vec<Sid>) -> Vec<Sid> {
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn targets_rooms_unions_and_exclusions() {
+        let ns = Namespace::new("/");
+        let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
+        a.join("r1");
+        b.join("r1");
+        b.join("r2");
+        c.join("r2");
+        c.join("vip");
+        let everyone = sorted(vec![a.id(), b.id(), c.id(), d.id()]);
+        assert_eq!(reached(&ns, &Target::all()), everyone);
+        assert_eq!(
+            reached(&ns, &Target::room("r1")),
+            sorted(vec![a.id(), b.id()])
+        );
+        // Several rooms: each member once.
+        let both = Target {
+            rooms: vec!["r1".into(), "r2".into()],
+            ..Target::default()
+        };
+        assert_eq!(reached(&ns, &both), sorted(vec![a.id(), b.id(), c.id()]));
+        // Except rooms and except socket.
+        let except = Target {
+            rooms: vec!["r1".into(), "r2".into()],
+            except_rooms: vec!["vip".into()],
+            except_socket: Some(a.id()),
+        };
+        assert_eq!(reached(&ns, &except), vec![b.id()]);
+        // Everyone but a room.
+        let all_but = Target {
+            except_rooms: vec!["r2".into()],
+            ..Target::default()
+        };
+        assert_eq!(reached(&ns, &all_but), sorted(vec![a.id(), d.id()]));
+        // A socket id is a room of its own.
+        assert_eq!(
+            reached(&ns, &Target::room(d.id().to_string())),
+            vec![d.id()]
+        );
+        // Unknown rooms reach nobody.
+        assert!(reached(&ns, &Target::room("nope")).is_empty());
+    }
+
+    #[test]
+    fn leaving_and_disconnecting_update_the_rooms() {
+        let ns = Namespace::new("/");
+        let a = socket(&ns);
+        let b = socket(&ns);
+        a.join("r");
+        b.join("r");
+        a.join("r"); // joining twice is one membership
+        assert_eq!(ns.room_size("r"), 2);
+        a.leave("r");
+        assert_eq!(reached(&ns, &Target::room("r")), vec![b.id()]);
+        b.detach();
+        assert_eq!(ns.room_size("r"), 0);
+        assert!(ns.room_names().is_empty());
+        assert_eq!(ns.socket_count(), 1);
+        // A room emit is queued once per receiver, on the shared bytes.
+        let n = ns.emit(&Target::all(), "hi", &crate::socketio::Payload::empty());
+        assert_eq!(n, 1);
+    }
+}
