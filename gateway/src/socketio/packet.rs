@@ -401,7 +401,7 @@ fn header(out: &mut String, kind: PacketKind, attachments: usize, nsp: &str, id:
     };
     out.push(kind.digit());
     if kind.is_binary() {
-        out.push_str(itoa_usize(attachments).as_str());
+        out.push_str(&attachments.to_string());
         out.push('-');
     }
     if nsp != "/" {
@@ -411,10 +411,6 @@ fn header(out: &mut String, kind: PacketKind, attachments: usize, nsp: &str, id:
     if let Some(id) = id {
         out.push_str(&id.to_string());
     }
-}
-
-fn itoa_usize(n: usize) -> String {
-    n.to_string()
 }
 
 /// The frames of an EVENT (or BINARY_EVENT when there are attachments):
