@@ -15,7 +15,7 @@ use crate::engineio::{CloseReason, EngineHandler, Message, SessionRef};
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::namespace::Namespace;
-use super::packet::{decode, encode_connect, encode_connect_error, Packet, Payload};
+use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::socket::{AckSender, DisconnectReason, Socket};
 
 #[derive(Debug, Clone)]
@@ -262,8 +262,7 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         match message {
             Message::Text(text) => {
                 if state.has_partial() {
-                    return self
-                        .parse_error(session, "text packet while attachments were expected");
+                    return self.parse_error(session, PacketError::UnexpectedText);
                 }
                 let packet = match decode(text) {
                     Ok(packet) => packet,
@@ -301,7 +300,7 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 state.start_partial(partial);
             }
             Message::Binary(data) => match state.push_attachment(data) {
-                Err(()) => self.parse_error(session, "binary data outside of a binary packet"),
+                Err(()) => self.parse_error(session, PacketError::UnexpectedBinary),
                 Ok(None) => {}
                 Ok(Some(partial)) => {
                     let Partial {
