@@ -146,7 +146,12 @@ impl<A: Application> Gateway<A> {
     }
 
     async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        let origin = req.headers().get(header::ORIGIN).cloned();
+        // Only CORS needs the Origin after the request is consumed.
+        let origin = self
+            .cors
+            .enabled()
+            .then(|| req.headers().get(header::ORIGIN).cloned())
+            .flatten();
         if self.cors.enabled() && req.method() == Method::OPTIONS {
             return self.cors.preflight(origin.as_ref(), req.headers());
         }

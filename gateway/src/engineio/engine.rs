@@ -88,11 +88,14 @@ impl<H: EngineHandler> Engine<H> {
         &self.handler
     }
 
+    /// A live session. A closed one is gone for everyone at once, even
+    /// before its lifecycle task has removed it from the table.
     pub fn session(&self, sid: &Sid) -> Option<SessionRef<H::Data>> {
         self.sessions
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(sid)
+            .filter(|session| !session.is_closed())
             .cloned()
     }
 
@@ -147,11 +150,8 @@ impl<H: EngineHandler> Engine<H> {
 
         // An empty sid counts as none (a new handshake), as in the reference.
         if let Some(sid) = query.sid.as_deref().filter(|s| !s.is_empty()) {
-            // A closed session is gone for new requests even before its
-            // lifecycle task has removed it from the table.
             let session = Sid::parse(sid)
                 .and_then(|sid| self.session(&sid))
-                .filter(|session| !session.is_closed())
                 .ok_or(RequestError::UnknownSid)?;
             if query.eio.as_deref() != Some("4") {
                 return Err(RequestError::BadRequest);
