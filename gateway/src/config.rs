@@ -107,6 +107,44 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
+    /// Coordinator address (`host:port` or `http://host:port`). With
+    /// `--redis-url` it turns cluster mode on; without both the gateway is
+    /// a one-node cluster with in-memory state.
+    #[arg(long, env = "RINGWAY_COORDINATOR")]
+    pub coordinator: Option<String>,
+
+    /// Redis URL of the session registry (`redis://host:port/db`), cluster
+    /// mode only.
+    #[arg(long, env = "RINGWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's id in the cluster, unique (default: the hostname).
+    #[arg(long, env = "RINGWAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address of the node-to-node gRPC listener (cluster mode).
+    #[arg(long, env = "RINGWAY_GRPC_LISTEN", default_value = "0.0.0.0:7100")]
+    pub grpc_listen: SocketAddr,
+
+    /// `host:port` other gateways use to reach this node's gRPC listener
+    /// (default: the listen address, with the hostname for 0.0.0.0).
+    #[arg(long, env = "RINGWAY_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+
+    /// `host:port` of this node's HTTP listener as operators see it
+    /// (default: the listen address, with the hostname for 0.0.0.0).
+    #[arg(long, env = "RINGWAY_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// Milliseconds a session's registry entry lives without a refresh
+    /// (the owner refreshes it every third of this while it lives).
+    #[arg(long, env = "RINGWAY_REGISTRY_TTL", default_value_t = 120_000)]
+    pub registry_ttl: u64,
+
+    /// Prefix of every Redis key the cluster writes.
+    #[arg(long, env = "RINGWAY_KEY_PREFIX", default_value = "ringway")]
+    pub key_prefix: String,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -130,9 +168,58 @@ impl Config {
         if let Some(ns) = self.namespaces.iter().find(|n| !n.starts_with('/')) {
             return Err(format!("--namespace must start with '/': {ns:?}"));
         }
+        if self.coordinator.is_some() != self.redis_url.is_some() {
+            return Err("cluster mode needs both --coordinator and --redis-url".into());
+        }
+        if self.registry_ttl < 1000 {
+            return Err("--registry-ttl must be at least 1000 ms".into());
+        }
+        if self
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.contains(char::is_whitespace))
+        {
+            return Err("--node-id must be non-empty, without spaces".into());
+        }
         Ok(())
     }
 
+    /// Whether the gateway runs as a member of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.coordinator.is_some() && self.redis_url.is_some()
+    }
+
+    /// The node id: `--node-id`, else the hostname.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(hostname)
+    }
+}
+
+/// The machine's hostname (the pod name on Kubernetes).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The address to advertise for a bound listener: the given one, else the
+/// bound address with the hostname in place of an unspecified IP.
+pub fn advertised(given: Option<&str>, bound: SocketAddr) -> String {
+    match given {
+        Some(addr) => addr.to_owned(),
+        None if bound.ip().is_unspecified() => format!("{}:{}", hostname(), bound.port()),
+        None => bound.to_string(),
+    }
+}
+
+impl Config {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             ping_interval: Duration::from_millis(self.ping_interval),

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::app::EngineEcho;
+use crate::cluster::{Cluster, ClusterDirectory};
 use crate::config::Config;
-use crate::engineio::{Body, CloseReason, Engine};
+use crate::engineio::{Body, CloseReason, Engine, LocalDirectory};
 use crate::socketio::{Application, SocketIo};
 
 /// Path of the plain Engine.IO endpoint of the echo application.
@@ -38,13 +39,16 @@ pub struct Gateway<A: Application> {
 }
 
 impl<A: Application> Gateway<A> {
-    /// `engine_echo` also serves the plain Engine.IO echo at `/engine.io/`.
-    pub fn new(config: &Config, app: A, engine_echo: bool) -> Arc<Self> {
+    /// `engine_echo` also serves the plain Engine.IO echo at `/engine.io/`
+    /// (sessions of this node only: not routed across a cluster).
+    pub fn new(config: &Config, app: A, engine_echo: bool, cluster: Arc<Cluster>) -> Arc<Self> {
         let socketio = Engine::new(
             config.engine(),
-            SocketIo::new(Arc::new(app), config.socketio()),
+            SocketIo::new(Arc::new(app), config.socketio(), cluster.clone()),
+            Arc::new(ClusterDirectory(cluster)),
         );
-        let engineio = engine_echo.then(|| Engine::new(config.engine(), EngineEcho));
+        let engineio =
+            engine_echo.then(|| Engine::new(config.engine(), EngineEcho, Arc::new(LocalDirectory)));
         Arc::new(Gateway {
             path: config.path.clone(),
             socketio,

@@ -1,10 +1,13 @@
 //! Ringway gateway: a Socket.IO (Engine.IO v4 + Socket.IO v5) server node.
 //!
 //! Data flows one way: transport -> [`engineio`] -> [`socketio`] ->
-//! application ([`app`]).
+//! application ([`app`]); [`cluster`] tells the engine where sessions live
+//! (backed by the [`store`] registry) and carries emits to other nodes.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod engineio;
 pub mod http;
 pub mod socketio;
+pub mod store;

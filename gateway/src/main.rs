@@ -3,14 +3,35 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use ringway_gateway::app::EchoApp;
-use ringway_gateway::config::{AppKind, Config, LogFormat};
+use ringway_gateway::cluster::membership::{MembershipClientTask, Registration};
+use ringway_gateway::cluster::ring::DEFAULT_VNODES;
+use ringway_gateway::cluster::service::NodeService;
+use ringway_gateway::cluster::{refresh_interval, Cluster};
+use ringway_gateway::config::{advertised, AppKind, Config, LogFormat};
 use ringway_gateway::http::Gateway;
+use ringway_gateway::socketio::Application;
+use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
+use ringway_proto::cluster::v1::node_server::NodeServer;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
+
+/// Why the gateway stopped with an error; each has its exit code.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Redis did not answer at start (exit code 3).
+    #[error("{0}")]
+    Redis(String),
+    #[error("{0}")]
+    Other(String),
+}
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -33,12 +54,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = match config.app {
+        AppKind::Echo => {
+            let app = EchoApp::new(config.namespaces.clone());
+            runtime.block_on(run(config, app))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");
             eprintln!("ringway-gateway: {err}");
-            ExitCode::FAILURE
+            match err {
+                Failure::Redis(_) => ExitCode::from(3),
+                Failure::Other(_) => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -54,23 +84,102 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
+    let node_id = config.node_id();
     let listener = listen(config.listen, config.listen_backlog)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    let gateway = match config.app {
-        AppKind::Echo => Gateway::new(&config, EchoApp::new(config.namespaces.clone()), true),
+        .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
+
+    let registry: Arc<dyn Registry> = match &config.redis_url {
+        Some(url) if config.clustered() => {
+            let ttl = Duration::from_millis(config.registry_ttl);
+            let registry = RedisRegistry::connect(url, &config.key_prefix, ttl)
+                .await
+                .map_err(|e| Failure::Redis(format!("cannot reach Redis at {url}: {e}")))?;
+            Arc::new(registry)
+        }
+        _ => Arc::new(MemoryRegistry::default()),
     };
-    info!(%addr, path = %config.path, "ringway-gateway listening");
+    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry);
+    let gateway = Gateway::new(&config, app, true, cluster.clone());
+
+    // Cluster mode: the node-to-node service, membership and the registry
+    // refresher.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut membership = None;
+    let mut grpc_task = None;
+    if let Some(coordinator) = config.coordinator.as_deref().filter(|_| config.clustered()) {
+        let grpc_listener = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.grpc_listen)))?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
+        let service = NodeService::new(gateway.socketio().clone(), cluster.clone());
+        let mut grpc_stop = stop_rx.clone();
+        grpc_task = Some(tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .max_concurrent_streams(Some(1 << 20))
+                .add_service(NodeServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    let _ = grpc_stop.wait_for(|stop| *stop).await;
+                }),
+        ));
+        let registration = Registration {
+            grpc_addr: advertised(config.advertise_grpc.as_deref(), grpc_addr),
+            http_addr: advertised(config.advertise_http.as_deref(), addr),
+        };
+        info!(node = %node_id, grpc = %registration.grpc_addr, %coordinator, "cluster mode");
+        let task = MembershipClientTask::new(cluster.clone(), coordinator, registration);
+        tokio::spawn(task.clone().run(stop_rx.clone()));
+        membership = Some(task);
+        let refresher = cluster.clone();
+        let every = refresh_interval(Duration::from_millis(config.registry_ttl));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                let stopped = tokio::select! {
+                    _ = ticker.tick() => false,
+                    _ = stop.wait_for(|stop| *stop) => true,
+                };
+                if stopped {
+                    return;
+                }
+                refresher.refresh_registry().await;
+            }
+        });
+        println!("ringway-gateway grpc listening on {grpc_addr}");
+    }
+
+    info!(%addr, path = %config.path, node = %node_id, "ringway-gateway listening");
     // Tests and scripts read the bound address from this line.
     println!("ringway-gateway listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    gateway
-        .serve(listener, shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
+
+    let drain = {
+        let cluster = cluster.clone();
+        let membership = membership.clone();
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            // Drain: no new sessions here, out of the ring at once.
+            cluster.start_draining();
+            let _ = stop_tx.send(true);
+            if let Some(membership) = membership {
+                membership.leave().await;
+            }
+        }
+    };
+    let served = gateway.serve(listener, drain).await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = grpc_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    served.map_err(|e| Failure::Other(format!("server failed: {e}")))?;
     info!("ringway-gateway stopped");
     Ok(())
 }

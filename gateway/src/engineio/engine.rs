@@ -2,26 +2,29 @@
 //! an Engine.IO path comes here, is checked the way the reference server
 //! checks it, and goes to the polling or WebSocket transport.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use ringway_proto::cluster::v1::{Disposition, ForwardReply, HandoffReply, SessionState};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, trace};
 
+use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
 use super::errors::RequestError;
 use super::handler::{EngineHandler, Message};
 use super::packet::{Frame, Packet};
 use super::payload::{decode_item, decode_payload, PayloadItem};
 use super::query::EngineQuery;
 use super::session::{
-    CloseReason, Handshake, PollGuard, PollOutcome, PostGuard, Session, SessionRef, TransportKind,
+    BeginError, CloseReason, Handshake, PollGuard, PollOutcome, PostGuard, Session, SessionRef,
+    TransportKind,
 };
 use super::sid::Sid;
 use super::websocket;
@@ -65,19 +68,127 @@ impl Default for EngineConfig {
     }
 }
 
+/// How long requests that still come here follow a session handed off
+/// to another node.
+const MOVED_MEMORY: Duration = Duration::from_secs(60);
+/// How long a request waits for a handoff in progress to finish.
+const MOVE_WAIT: Duration = Duration::from_secs(2);
+
 pub struct Engine<H: EngineHandler> {
     config: EngineConfig,
     handler: H,
+    directory: Arc<dyn Directory>,
     sessions: RwLock<HashMap<Sid, SessionRef<H::Data>>>,
+    /// Sessions handed off lately, and the node they went to.
+    moved: Mutex<HashMap<Sid, (String, Instant)>>,
+    /// Sessions being taken over from another node right now.
+    arriving: Mutex<HashSet<Sid>>,
+}
+
+/// The body of a polling POST: still on the connection, or already read
+/// (forwarded by another node).
+pub(crate) enum PostBody {
+    Stream {
+        body: Incoming,
+        binary: bool,
+        length: Option<u64>,
+    },
+    Read {
+        body: Bytes,
+        binary: bool,
+    },
+}
+
+/// Why a POST body could not be read.
+enum ReadError {
+    TooLarge,
+    Aborted,
+}
+
+impl PostBody {
+    fn of(req: Request<Incoming>) -> PostBody {
+        let binary = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes()
+                .eq_ignore_ascii_case(b"application/octet-stream")
+        });
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        PostBody::Stream {
+            body: req.into_body(),
+            binary,
+            length,
+        }
+    }
+
+    fn binary(&self) -> bool {
+        match self {
+            PostBody::Stream { binary, .. } | PostBody::Read { binary, .. } => *binary,
+        }
+    }
+
+    async fn read(self, limit: usize) -> Result<Bytes, ReadError> {
+        match self {
+            PostBody::Read { body, .. } if body.len() > limit => Err(ReadError::TooLarge),
+            PostBody::Read { body, .. } => Ok(body),
+            PostBody::Stream { length, .. } if length.is_some_and(|l| l > limit as u64) => {
+                Err(ReadError::TooLarge)
+            }
+            PostBody::Stream { body, .. } => match Limited::new(body, limit).collect().await {
+                Ok(collected) => Ok(collected.to_bytes()),
+                Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                    Err(ReadError::TooLarge)
+                }
+                Err(_) => Err(ReadError::Aborted),
+            },
+        }
+    }
 }
 
 impl<H: EngineHandler> Engine<H> {
-    pub fn new(config: EngineConfig, handler: H) -> Arc<Self> {
+    pub fn new(config: EngineConfig, handler: H, directory: Arc<dyn Directory>) -> Arc<Self> {
         Arc::new(Engine {
             config,
             handler,
+            directory,
             sessions: RwLock::new(HashMap::new()),
+            moved: Mutex::new(HashMap::new()),
+            arriving: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The node a session was handed off to, if that happened lately.
+    fn moved_to(&self, sid: &Sid) -> Option<String> {
+        let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        moved
+            .get(sid)
+            .filter(|(_, at)| at.elapsed() < MOVED_MEMORY)
+            .map(|(node, _)| node.clone())
+    }
+
+    fn remember_move(&self, sid: Sid, node: &str) {
+        let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        moved.retain(|_, (_, at)| at.elapsed() < MOVED_MEMORY);
+        moved.insert(sid, (node.to_owned(), Instant::now()));
+    }
+
+    fn is_arriving(&self, sid: &Sid) -> bool {
+        self.arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(sid)
+    }
+
+    /// Ids of every live session here.
+    pub fn sids(&self) -> Vec<Sid> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -150,9 +261,12 @@ impl<H: EngineHandler> Engine<H> {
 
         // An empty sid counts as none (a new handshake), as in the reference.
         if let Some(sid) = query.sid.as_deref().filter(|s| !s.is_empty()) {
-            let session = Sid::parse(sid)
-                .and_then(|sid| self.session(&sid))
-                .ok_or(RequestError::UnknownSid)?;
+            let sid = Sid::parse(sid).ok_or(RequestError::UnknownSid)?;
+            let Some(session) = self.session(&sid) else {
+                return self
+                    .route_elsewhere(sid, req, raw_query.clone(), &query, transport, is_upgrade)
+                    .await;
+            };
             if query.eio.as_deref() != Some("4") {
                 return Err(RequestError::BadRequest);
             }
@@ -162,21 +276,19 @@ impl<H: EngineHandler> Engine<H> {
                 }
                 return self.upgrade_existing(req, session);
             }
-            if session.transport() != transport {
-                return Err(RequestError::BadRequest);
-            }
-            return match *req.method() {
-                Method::GET => self.poll(&session).await,
-                Method::POST => self.post(&session, req).await,
-                // The reference's polling transport answers other methods
-                // with a bare 500 and leaves the session alone.
-                _ => Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR)),
-            };
+            let method = req.method().clone();
+            let body = (method == Method::POST).then(|| PostBody::of(req));
+            return self
+                .serve_polling(&session, transport, method, body, &raw_query)
+                .await;
         }
 
         // Handshake.
         if req.method() != Method::GET {
             return Err(RequestError::BadHandshakeMethod);
+        }
+        if !self.directory.open_for_handshakes() {
+            return Err(RequestError::Unavailable);
         }
         if transport == TransportKind::WebSocket && !is_upgrade {
             return Err(RequestError::BadRequest);
@@ -198,10 +310,298 @@ impl<H: EngineHandler> Engine<H> {
                 let session = self.open_session(TransportKind::Polling, handshake);
                 // The open packet is the first thing queued: answer with it
                 // right away.
-                self.poll(&session).await
+                self.poll(&session, &raw_query).await
             }
             TransportKind::WebSocket => self.upgrade_direct(req, handshake),
         }
+    }
+
+    /// A polling request of a session held here: the same checks and
+    /// answers whether it landed here or was forwarded by another node.
+    async fn serve_polling(
+        &self,
+        session: &SessionRef<H::Data>,
+        transport: TransportKind,
+        method: Method,
+        body: Option<PostBody>,
+        raw_query: &str,
+    ) -> Result<Response<Body>, RequestError> {
+        if session.transport() != transport {
+            return Err(RequestError::BadRequest);
+        }
+        match (method, body) {
+            (Method::GET, _) => self.poll(session, raw_query).await,
+            (Method::POST, Some(body)) => self.post(session, body, raw_query).await,
+            // The reference's polling transport answers other methods
+            // with a bare 500 and leaves the session alone.
+            _ => Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR)),
+        }
+    }
+
+    /// A request for a session this node does not hold: forwarded to its
+    /// owner, or (a WebSocket upgrade) the session is taken over.
+    async fn route_elsewhere(
+        self: &Arc<Self>,
+        sid: Sid,
+        req: Request<Incoming>,
+        raw_query: String,
+        query: &EngineQuery<'_>,
+        transport: TransportKind,
+        is_upgrade: bool,
+    ) -> Result<Response<Body>, RequestError> {
+        let hint = self.moved_to(&sid);
+        if is_upgrade {
+            if query.eio.as_deref() != Some("4") || transport != TransportKind::WebSocket {
+                return Err(RequestError::BadRequest);
+            }
+            websocket_accept_key(req.headers()).ok_or(RequestError::BadRequest)?;
+            let session = self.take_over(sid, hint).await?;
+            return self.upgrade_existing(req, session);
+        }
+        let method = req.method().clone();
+        let body = if method == Method::POST {
+            PostBody::of(req)
+        } else {
+            PostBody::Read {
+                body: Bytes::new(),
+                binary: false,
+            }
+        };
+        self.forward(sid, hint, method, body, raw_query).await
+    }
+
+    async fn forward(
+        &self,
+        sid: Sid,
+        hint: Option<String>,
+        method: Method,
+        body: PostBody,
+        query: String,
+    ) -> Result<Response<Body>, RequestError> {
+        let binary_body = body.binary();
+        let body = match body.read(self.config.max_payload).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge) => return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE)),
+            Err(ReadError::Aborted) => return Err(RequestError::BadRequest),
+        };
+        let request = ForwardedRequest {
+            method,
+            query,
+            body,
+            binary_body,
+        };
+        let answer = self.directory.forward(sid, hint, request).await?;
+        Ok(forwarded_response(answer))
+    }
+
+    /// A request met a session in the middle of a handoff: waits for it to
+    /// finish and follows the session to its new node.
+    async fn follow_move(
+        &self,
+        sid: Sid,
+        method: Method,
+        body: PostBody,
+        query: &str,
+    ) -> Result<Response<Body>, RequestError> {
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            if let Some(node) = self.moved_to(&sid) {
+                return self
+                    .forward(sid, Some(node), method, body, query.to_owned())
+                    .await;
+            }
+            match self.session(&sid) {
+                // The handoff was given up: serve here after all.
+                Some(session) if !session.is_moving() => {
+                    return Box::pin(self.serve_polling(
+                        &session,
+                        TransportKind::Polling,
+                        method,
+                        Some(body),
+                        query,
+                    ))
+                    .await;
+                }
+                Some(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                _ => return Err(RequestError::UnknownSid),
+            }
+        }
+    }
+
+    // ----- cluster: the owner's side --------------------------------------
+
+    /// Serves a polling request another node forwarded here.
+    pub async fn serve_forwarded(&self, sid: Sid, request: ForwardedRequest) -> ForwardReply {
+        let Some(session) = self.local_or_arriving(&sid).await else {
+            return match self.moved_to(&sid) {
+                Some(node) => ForwardReply {
+                    disposition: Disposition::Moved as i32,
+                    moved_to: node,
+                    ..ForwardReply::default()
+                },
+                None => ForwardReply {
+                    disposition: Disposition::Unknown as i32,
+                    ..ForwardReply::default()
+                },
+            };
+        };
+        let query = EngineQuery::parse(&request.query);
+        let result = if query.eio.as_deref() != Some("4") {
+            Err(RequestError::BadRequest)
+        } else {
+            let transport = match query.transport.as_deref() {
+                Some("polling") => TransportKind::Polling,
+                Some("websocket") => TransportKind::WebSocket,
+                _ => return answer_reply(error_response(RequestError::UnknownTransport)).await,
+            };
+            let body = PostBody::Read {
+                body: request.body,
+                binary: request.binary_body,
+            };
+            let body = (request.method == Method::POST).then_some(body);
+            self.serve_polling(&session, transport, request.method, body, &request.query)
+                .await
+        };
+        answer_reply(result.unwrap_or_else(error_response)).await
+    }
+
+    /// The session if it is here, waiting a little if it is being taken
+    /// over right now (a request forwarded by its old owner can overtake
+    /// the end of the handoff).
+    async fn local_or_arriving(&self, sid: &Sid) -> Option<SessionRef<H::Data>> {
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            if let Some(session) = self.session(sid) {
+                return Some(session);
+            }
+            if !self.is_arriving(sid) || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Hands a session held here over to `new_owner`: waits for a POST
+    /// being applied, exports the state, answers the pending poll with a
+    /// noop and closes the session here as handed off.
+    pub async fn hand_off(&self, sid: Sid, new_owner: &str) -> Result<HandoffReply, NotHandedOff> {
+        let Some(session) = self.session(&sid) else {
+            return Ok(match self.moved_to(&sid) {
+                Some(node) => HandoffReply {
+                    disposition: Disposition::Moved as i32,
+                    moved_to: node,
+                    ..HandoffReply::default()
+                },
+                None => HandoffReply {
+                    disposition: Disposition::Unknown as i32,
+                    ..HandoffReply::default()
+                },
+            });
+        };
+        if !session.begin_move() {
+            return Err(NotHandedOff::Busy);
+        }
+        let deadline = Instant::now() + MOVE_WAIT;
+        while session.is_posting() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let socketio = match self.handler.export(&session) {
+            Ok(state) => state,
+            Err(_) => {
+                session.cancel_move();
+                return Err(NotHandedOff::Busy);
+            }
+        };
+        self.remember_move(sid, new_owner);
+        let (queue, awaiting_pong) = session.take_for_move();
+        let handshake = session.handshake();
+        debug!(sid = %sid, to = new_owner, queued = queue.len(), "session handed off");
+        Ok(HandoffReply {
+            disposition: Disposition::Served as i32,
+            moved_to: String::new(),
+            epoch: session.epoch(),
+            session: Some(SessionState {
+                sid: sid.to_string(),
+                remote_addr: handshake.remote_addr.to_string(),
+                query: handshake.query.clone(),
+                headers: handshake.raw_headers.to_string(),
+                issued_ms: handshake.issued_ms,
+                queue: queue.iter().map(Frame::to_proto).collect(),
+                awaiting_pong,
+                socketio,
+            }),
+        })
+    }
+
+    /// Takes a session over from its owner and installs it here.
+    async fn take_over(
+        self: &Arc<Self>,
+        sid: Sid,
+        hint: Option<String>,
+    ) -> Result<SessionRef<H::Data>, RequestError> {
+        self.arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid);
+        let result = match self.directory.take_over(sid, hint).await {
+            Ok(taken) => self.adopt(sid, taken),
+            Err(err) => Err(err),
+        };
+        self.arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sid);
+        result
+    }
+
+    fn adopt(
+        self: &Arc<Self>,
+        sid: Sid,
+        taken: TakenOver,
+    ) -> Result<SessionRef<H::Data>, RequestError> {
+        let TakenOver { state, epoch } = taken;
+        let handshake = Handshake {
+            remote_addr: state
+                .remote_addr
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            query: state.query,
+            raw_headers: state.headers.into_boxed_str(),
+            issued_ms: state.issued_ms,
+        };
+        let queue = state
+            .queue
+            .into_iter()
+            .filter_map(Frame::from_proto)
+            .collect();
+        let session = Arc::new(Session::restored(
+            sid,
+            epoch + 1,
+            self.config.max_queued_bytes,
+            handshake,
+            H::Data::default(),
+            queue,
+            state.awaiting_pong,
+        ));
+        {
+            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+            if sessions.contains_key(&sid) {
+                return Err(RequestError::BadRequest);
+            }
+            sessions.insert(sid, session.clone());
+        }
+        self.handler.restore(&session, state.socketio);
+        self.directory.opened(sid, session.epoch());
+        debug!(sid = %sid, epoch = session.epoch(), "session taken over");
+        // The old owner's last ping may be up to a ping interval old: ping
+        // sooner, so the client's ping timer never runs out across a move.
+        let first_ping = self.config.ping_interval / 2;
+        let engine = self.clone();
+        let lifecycle_session = session.clone();
+        tokio::spawn(async move { engine.lifecycle(lifecycle_session, first_ping).await });
+        Ok(session)
     }
 
     /// Creates a session, queues its open packet and starts its lifecycle.
@@ -211,9 +611,15 @@ impl<H: EngineHandler> Engine<H> {
         handshake: Handshake,
     ) -> SessionRef<H::Data> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        // The sid must map to this node on the ring, so that any node
+        // finds the owner without I/O while membership holds still.
+        // (With n members a try succeeds with odds 1/n; past 256 tries the
+        // ring is taken as a hint only.)
+        let mut tries = 0u32;
         let sid = loop {
             let sid = Sid::random();
-            if !sessions.contains_key(&sid) {
+            tries += 1;
+            if !sessions.contains_key(&sid) && (tries > 256 || self.directory.accepts(&sid)) {
                 break sid;
             }
         };
@@ -236,32 +642,38 @@ impl<H: EngineHandler> Engine<H> {
         );
         // A fresh session cannot be closed or full yet.
         let _ = session.send(open);
+        self.directory.opened(sid, session.epoch());
         debug!(sid = %sid, transport = transport.as_str(), "session opened");
         self.handler.on_open(&session);
+        let first_ping = self.config.ping_interval;
         let engine = self.clone();
         let lifecycle_session = session.clone();
-        tokio::spawn(async move { engine.lifecycle(lifecycle_session).await });
+        tokio::spawn(async move { engine.lifecycle(lifecycle_session, first_ping).await });
         session
     }
 
     /// Heartbeats until the session closes, then removes it and tells the
     /// handler. Every session has exactly one of these tasks.
-    async fn lifecycle(self: Arc<Self>, session: SessionRef<H::Data>) {
-        let reason = self.heartbeat(&session).await;
+    async fn lifecycle(self: Arc<Self>, session: SessionRef<H::Data>, first_ping: Duration) {
+        let reason = self.heartbeat(&session, first_ping).await;
         self.sessions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&session.sid());
         debug!(sid = %session.sid(), %reason, "session closed");
+        self.directory
+            .closed(session.sid(), session.epoch(), reason);
         self.handler.on_close(&session, reason);
     }
 
-    async fn heartbeat(&self, session: &SessionRef<H::Data>) -> CloseReason {
+    async fn heartbeat(&self, session: &SessionRef<H::Data>, first_ping: Duration) -> CloseReason {
         // The layer above may want one check a while after the open (the
         // Socket.IO connect timeout); done here, it costs no extra task.
         let mut open_check = self.handler.open_timeout().map(|t| Instant::now() + t);
+        let mut interval = first_ping;
         loop {
-            let deadline = Instant::now() + self.config.ping_interval;
+            let deadline = Instant::now() + interval;
+            interval = self.config.ping_interval;
             loop {
                 let check_at = open_check.unwrap_or(deadline).min(deadline);
                 tokio::select! {
@@ -307,16 +719,30 @@ impl<H: EngineHandler> Engine<H> {
 
     // ----- polling ---------------------------------------------------------
 
-    async fn poll(&self, session: &SessionRef<H::Data>) -> Result<Response<Body>, RequestError> {
-        if let Err(overlap) = session.begin_poll() {
-            if overlap {
+    async fn poll(
+        &self,
+        session: &SessionRef<H::Data>,
+        raw_query: &str,
+    ) -> Result<Response<Body>, RequestError> {
+        match session.begin_poll() {
+            Ok(()) => {}
+            Err(BeginError::Overlap) => {
                 // A second concurrent GET: the reference closes the session
                 // (the pending GET gets a close packet) and answers a bare
                 // 400.
                 session.close(CloseReason::TransportError);
                 return Ok(status_only(StatusCode::BAD_REQUEST));
             }
-            return Err(RequestError::BadRequest);
+            Err(BeginError::Moving) => {
+                let empty = PostBody::Read {
+                    body: Bytes::new(),
+                    binary: false,
+                };
+                return self
+                    .follow_move(session.sid(), Method::GET, empty, raw_query)
+                    .await;
+            }
+            Err(BeginError::NotPolling) => return Err(RequestError::BadRequest),
         }
         let _guard = PollGuard(session);
         loop {
@@ -333,44 +759,33 @@ impl<H: EngineHandler> Engine<H> {
     async fn post(
         &self,
         session: &SessionRef<H::Data>,
-        req: Request<Incoming>,
+        body: PostBody,
+        raw_query: &str,
     ) -> Result<Response<Body>, RequestError> {
-        if let Err(overlap) = session.begin_post() {
-            if overlap {
+        match session.begin_post() {
+            Ok(()) => {}
+            Err(BeginError::Overlap) => {
                 session.close(CloseReason::TransportError);
                 return Ok(status_only(StatusCode::BAD_REQUEST));
             }
-            return Err(RequestError::BadRequest);
+            Err(BeginError::Moving) => {
+                return self
+                    .follow_move(session.sid(), Method::POST, body, raw_query)
+                    .await;
+            }
+            Err(BeginError::NotPolling) => return Err(RequestError::BadRequest),
         }
         let _guard = PostGuard(session);
-        let binary_body = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
-            v.as_bytes()
-                .eq_ignore_ascii_case(b"application/octet-stream")
-        });
-        if binary_body {
+        if body.binary() {
             // Engine.IO v4 polling bodies are text; the reference closes
             // the session ("invalid content").
             session.close(CloseReason::TransportError);
             return Ok(status_only(StatusCode::BAD_REQUEST));
         }
-        let too_large = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len > self.config.max_payload as u64);
-        if too_large {
-            return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE));
-        }
-        let body = match Limited::new(req.into_body(), self.config.max_payload)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                if err.is::<http_body_util::LengthLimitError>() {
-                    return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE));
-                }
+        let body = match body.read(self.config.max_payload).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge) => return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE)),
+            Err(ReadError::Aborted) => {
                 // The client went away mid-body.
                 session.close(CloseReason::TransportError);
                 return Err(RequestError::BadRequest);
@@ -528,6 +943,56 @@ fn payload_response(payload: Bytes) -> Response<Body> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Why a session could not be handed off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotHandedOff {
+    /// Upgrading, already on WebSocket, moving, or the layer above is
+    /// busy with it.
+    #[error("the session cannot be handed off now")]
+    Busy,
+}
+
+/// The client's answer built from what the owner node answered.
+fn forwarded_response(answer: ForwardedAnswer) -> Response<Body> {
+    let mut resp = Response::new(Body::new(answer.body));
+    *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
+        if !answer.content_type.is_empty() {
+            h.insert(header::CONTENT_TYPE, value);
+        }
+    }
+    if answer.status == 200 {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// A local answer, packed for the node that forwarded the request.
+async fn answer_reply(resp: Response<Body>) -> ForwardReply {
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    // A full body is ready at once; it cannot fail.
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    ForwardReply {
+        disposition: Disposition::Served as i32,
+        moved_to: String::new(),
+        status: status as u32,
+        content_type,
+        body,
+    }
 }
 
 fn ok_response() -> Response<Body> {

@@ -34,6 +34,10 @@ pub enum RequestError {
     Forbidden,
     #[error("Unsupported protocol version")]
     UnsupportedProtocolVersion,
+    /// This node is draining and takes no new sessions (the load balancer
+    /// sends the retry elsewhere). Not a reference error: 503, code 3.
+    #[error("Server draining")]
+    Unavailable,
 }
 
 impl RequestError {
@@ -42,7 +46,7 @@ impl RequestError {
             RequestError::UnknownTransport => 0,
             RequestError::UnknownSid => 1,
             RequestError::BadHandshakeMethod => 2,
-            RequestError::BadRequest => 3,
+            RequestError::BadRequest | RequestError::Unavailable => 3,
             RequestError::Forbidden => 4,
             RequestError::UnsupportedProtocolVersion => 5,
         }
@@ -51,6 +55,7 @@ impl RequestError {
     pub fn status(self) -> u16 {
         match self {
             RequestError::Forbidden => 403,
+            RequestError::Unavailable => 503,
             _ => 400,
         }
     }

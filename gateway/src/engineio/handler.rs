@@ -3,8 +3,15 @@
 //! except through this trait.
 
 use bytes::Bytes;
+use ringway_proto::cluster::v1::SocketIoState;
 
 use super::session::{CloseReason, SessionRef};
+
+/// The layer above cannot hand this session over now (a CONNECT is being
+/// decided, for example); the upgrade is refused and the session stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("session busy: cannot be handed off now")]
+pub struct NotMovable;
 
 /// A message received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,20 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// Called once, `open_timeout` after the open, if the session lives.
     fn on_open_timeout(&self, _session: &SessionRef<Self::Data>) {}
 
-    /// The session ended; it is already gone from the engine.
+    /// The session ended; it is already gone from the engine. With
+    /// `HandedOff` it lives on at another node: nothing ended for the
+    /// application.
     fn on_close(&self, session: &SessionRef<Self::Data>, reason: CloseReason);
+
+    /// The state of the layer above, for a handoff to another node.
+    fn export(
+        &self,
+        _session: &SessionRef<Self::Data>,
+    ) -> Result<Option<SocketIoState>, NotMovable> {
+        Ok(None)
+    }
+
+    /// Restores what [`EngineHandler::export`] gave, in a session taken
+    /// over from another node (before its first message here).
+    fn restore(&self, _session: &SessionRef<Self::Data>, _state: Option<SocketIoState>) {}
 }

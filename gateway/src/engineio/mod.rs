@@ -2,6 +2,7 @@
 //! transports and the upgrade between them. Knows nothing of Socket.IO:
 //! the layer above plugs in through [`EngineHandler`].
 
+pub mod directory;
 pub mod engine;
 pub mod errors;
 pub mod handler;
@@ -12,9 +13,12 @@ pub mod session;
 pub mod sid;
 mod websocket;
 
+pub use directory::{
+    BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, LocalDirectory, TakenOver,
+};
 pub use engine::{Body, Engine, EngineConfig};
 pub use errors::{DecodeError, RequestError};
-pub use handler::{EngineHandler, Message};
+pub use handler::{EngineHandler, Message, NotMovable};
 pub use packet::Frame;
 pub use session::{CloseReason, Handshake, SendError, Session, SessionRef, TransportKind};
 pub use sid::Sid;

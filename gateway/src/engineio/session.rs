@@ -57,6 +57,9 @@ pub enum CloseReason {
     ServerShutdown,
     /// The outgoing queue hit its bound: the client does not read.
     SlowConsumer,
+    /// Another node took the session over (a WebSocket upgrade landed
+    /// there): it lives on, elsewhere.
+    HandedOff,
 }
 
 impl CloseReason {
@@ -69,6 +72,7 @@ impl CloseReason {
             CloseReason::ForcedClose => "forced close",
             CloseReason::ServerShutdown => "server shutting down",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::HandedOff => "handed off",
         }
     }
 }
@@ -77,6 +81,18 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Why a polling GET or POST cannot start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeginError {
+    /// Not a polling session (any more): a plain bad request.
+    NotPolling,
+    /// One is already pending: the session must be closed.
+    Overlap,
+    /// The session is being handed off to another node: the request
+    /// waits and follows it there.
+    Moving,
 }
 
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +168,8 @@ struct State {
     /// A polling POST is being read or processed.
     posting: bool,
     awaiting_pong: bool,
+    /// A handoff to another node has begun: no new GET or POST starts here.
+    moving: bool,
     close: Option<CloseReason>,
 }
 
@@ -159,6 +177,9 @@ struct State {
 /// application through `Arc`.
 pub struct Session<D> {
     sid: Sid,
+    /// The registry epoch of this ownership: 1 for a new session, one more
+    /// at each handoff.
+    epoch: u64,
     state: Mutex<State>,
     /// Wakes the current writer (pending GET or WebSocket task).
     writer: Notify,
@@ -185,16 +206,34 @@ impl<D> Session<D> {
         handshake: Handshake,
         data: D,
     ) -> Self {
+        Self::restored(sid, 1, max_queued_bytes, handshake, data, Vec::new(), false)
+            .with_transport(transport)
+    }
+
+    /// A polling session taken over from another node, with what it had
+    /// queued and its heartbeat state.
+    pub(crate) fn restored(
+        sid: Sid,
+        epoch: u64,
+        max_queued_bytes: usize,
+        handshake: Handshake,
+        data: D,
+        queue: Vec<Frame>,
+        awaiting_pong: bool,
+    ) -> Self {
+        let queued_bytes = queue.iter().map(|f| f.wire_len() + FRAME_OVERHEAD).sum();
         Session {
             sid,
+            epoch,
             state: Mutex::new(State {
-                transport,
+                transport: TransportKind::Polling,
                 upgrade: UpgradeState::None,
-                queue: VecDeque::new(),
-                queued_bytes: 0,
+                queue: queue.into(),
+                queued_bytes,
                 polling: false,
                 posting: false,
-                awaiting_pong: false,
+                awaiting_pong,
+                moving: false,
                 close: None,
             }),
             writer: Notify::new(),
@@ -205,8 +244,17 @@ impl<D> Session<D> {
         }
     }
 
+    fn with_transport(self, transport: TransportKind) -> Self {
+        self.lock().transport = transport;
+        self
+    }
+
     pub fn sid(&self) -> Sid {
         self.sid
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn data(&self) -> &D {
@@ -323,15 +371,17 @@ impl<D> Session<D> {
 
     // ----- polling ---------------------------------------------------------
 
-    /// Registers a polling GET. `Err(true)` means the session must be
-    /// closed (an overlapping GET); `Err(false)` a plain bad request.
-    pub(crate) fn begin_poll(&self) -> Result<(), bool> {
+    /// Registers a polling GET.
+    pub(crate) fn begin_poll(&self) -> Result<(), BeginError> {
         let mut st = self.lock();
+        if st.moving {
+            return Err(BeginError::Moving);
+        }
         if st.transport != TransportKind::Polling || st.upgrade == UpgradeState::Done {
-            return Err(false);
+            return Err(BeginError::NotPolling);
         }
         if st.polling {
-            return Err(true);
+            return Err(BeginError::Overlap);
         }
         st.polling = true;
         Ok(())
@@ -354,7 +404,7 @@ impl<D> Session<D> {
             // The client's own close packet releases its pending poll with
             // a noop; any other close sends a close packet, after what was
             // still queued (as much as one answer holds).
-            let last = if reason == CloseReason::TransportClose {
+            let last = if matches!(reason, CloseReason::TransportClose | CloseReason::HandedOff) {
                 Frame::NOOP
             } else {
                 Frame::CLOSE
@@ -390,13 +440,16 @@ impl<D> Session<D> {
         PollOutcome::Wait
     }
 
-    pub(crate) fn begin_post(&self) -> Result<(), bool> {
+    pub(crate) fn begin_post(&self) -> Result<(), BeginError> {
         let mut st = self.lock();
+        if st.moving {
+            return Err(BeginError::Moving);
+        }
         if st.transport != TransportKind::Polling || st.upgrade == UpgradeState::Done {
-            return Err(false);
+            return Err(BeginError::NotPolling);
         }
         if st.posting {
-            return Err(true);
+            return Err(BeginError::Overlap);
         }
         st.posting = true;
         Ok(())
@@ -404,6 +457,54 @@ impl<D> Session<D> {
 
     pub(crate) fn end_post(&self) {
         self.lock().posting = false;
+    }
+
+    // ----- handoff ---------------------------------------------------------
+
+    /// Starts a handoff: no new GET or POST begins here. False if the
+    /// session cannot move (closed, not polling, upgrading, or already
+    /// moving).
+    pub(crate) fn begin_move(&self) -> bool {
+        let mut st = self.lock();
+        if st.close.is_some()
+            || st.moving
+            || st.transport != TransportKind::Polling
+            || st.upgrade != UpgradeState::None
+        {
+            return false;
+        }
+        st.moving = true;
+        true
+    }
+
+    /// A handoff of this session has begun.
+    pub(crate) fn is_moving(&self) -> bool {
+        self.lock().moving
+    }
+
+    /// A POST is being applied (the handoff waits for it).
+    pub(crate) fn is_posting(&self) -> bool {
+        self.lock().posting
+    }
+
+    /// Ends a handoff that could not finish: the session stays here.
+    pub(crate) fn cancel_move(&self) {
+        self.lock().moving = false;
+    }
+
+    /// Finishes a handoff: takes what is queued and closes the session
+    /// here as handed off (a pending poll gets a noop).
+    pub(crate) fn take_for_move(&self) -> (Vec<Frame>, bool) {
+        let mut st = self.lock();
+        let frames: Vec<Frame> = st.queue.drain(..).collect();
+        st.queued_bytes = 0;
+        let awaiting = st.awaiting_pong;
+        if st.close.is_none() {
+            st.close = Some(CloseReason::HandedOff);
+        }
+        drop(st);
+        self.wake_all();
+        (frames, awaiting)
     }
 
     // ----- upgrade ---------------------------------------------------------

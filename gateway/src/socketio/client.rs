@@ -4,6 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
+use ringway_proto::cluster::v1::{PartialPacket, SocketIoState, SocketState};
 
 use super::socket::{Socket, SocketRef};
 
@@ -104,6 +105,63 @@ impl ClientState {
         inner.closed = true;
         inner.partial = None;
         std::mem::take(&mut inner.sockets)
+    }
+
+    /// What a handoff carries: the sockets (ids, auth, user, rooms, ack
+    /// numbering), whether any namespace was joined, and a binary packet
+    /// still waiting for attachments. `None` while a CONNECT is being
+    /// decided (its answer belongs to this node).
+    pub(crate) fn export(&self) -> Option<SocketIoState> {
+        let inner = self.lock();
+        if !inner.connecting.is_empty() {
+            return None;
+        }
+        let sockets = inner
+            .sockets
+            .iter()
+            .map(|s| SocketState {
+                namespace: s.namespace().name().to_owned(),
+                id: s.id().to_string(),
+                auth: s.auth().to_owned(),
+                user: s.user().map(str::to_owned),
+                rooms: s.rooms(),
+                next_ack_id: s.next_ack_id(),
+            })
+            .collect();
+        let partial = inner.partial.as_ref().map(|p| PartialPacket {
+            namespace: p.nsp.clone(),
+            id: p.id,
+            name: p.name.clone(),
+            args: p.args.clone(),
+            expected: p.expected as u32,
+            received: p.received.clone(),
+        });
+        Some(SocketIoState {
+            sockets,
+            ever_joined: inner.joined,
+            partial,
+        })
+    }
+
+    /// Restores the flags of an exported state; sockets are added one by
+    /// one with [`ClientState::add_restored`].
+    pub(crate) fn restore_flags(&self, ever_joined: bool, partial: Option<PartialPacket>) {
+        let mut inner = self.lock();
+        inner.joined = ever_joined;
+        inner.partial = partial.map(|p| {
+            Box::new(Partial {
+                nsp: p.namespace,
+                id: p.id,
+                name: p.name,
+                args: p.args,
+                expected: p.expected as usize,
+                received: p.received,
+            })
+        });
+    }
+
+    pub(crate) fn add_restored(&self, socket: SocketRef) {
+        self.lock().sockets.push(socket);
     }
 
     pub(crate) fn has_partial(&self) -> bool {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod client;
+pub mod fabric;
 pub mod namespace;
 pub mod packet;
 pub mod server;
@@ -11,6 +12,7 @@ pub mod socket;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
+pub use fabric::{Fabric, LocalFabric};
 pub use namespace::{Namespace, Target};
 pub use packet::Payload;
 pub use server::{SocketIo, SocketIoConfig};

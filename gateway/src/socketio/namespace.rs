@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::engineio::{Frame, Sid};
 
+use super::fabric::Fabric;
 use super::packet::{encode_event, Payload};
 use super::socket::{Socket, SocketRef};
 
@@ -13,6 +14,7 @@ type Members = HashMap<Sid, SocketRef>;
 
 pub struct Namespace {
     name: Box<str>,
+    fabric: Arc<dyn Fabric>,
     sockets: RwLock<Members>,
     rooms: RwLock<HashMap<Box<str>, Members>>,
 }
@@ -43,9 +45,10 @@ impl Target {
 }
 
 impl Namespace {
-    pub fn new(name: &str) -> Arc<Namespace> {
+    pub fn new(name: &str, fabric: Arc<dyn Fabric>) -> Arc<Namespace> {
         Arc::new(Namespace {
             name: name.into(),
+            fabric,
             sockets: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
         })
@@ -100,40 +103,46 @@ impl Namespace {
         }
         let mut map = self.rooms_mut();
         for room in rooms {
-            if let Some(members) = map.get_mut(room.as_ref()) {
-                members.remove(&socket.id());
-                if members.is_empty() {
-                    map.remove(room.as_ref());
-                }
-            }
+            self.leave_locked(&mut map, socket, &room);
         }
     }
 
     pub(crate) fn join(&self, socket: &SocketRef, room: &str) {
-        self.rooms_mut()
-            .entry(room.into())
-            .or_default()
-            .insert(socket.id(), socket.clone());
+        let mut map = self.rooms_mut();
+        let members = map.entry(room.into()).or_default();
+        let first = members.is_empty();
+        members.insert(socket.id(), socket.clone());
+        if first {
+            // Under the lock: announcements of one room stay in order.
+            self.fabric.room_changed(&self.name, room, true);
+        }
     }
 
     pub(crate) fn leave(&self, socket: &Socket, room: &str) {
         let mut map = self.rooms_mut();
+        self.leave_locked(&mut map, socket, room);
+    }
+
+    fn leave_locked(&self, map: &mut HashMap<Box<str>, Members>, socket: &Socket, room: &str) {
         if let Some(members) = map.get_mut(room) {
             members.remove(&socket.id());
             if members.is_empty() {
                 map.remove(room);
+                self.fabric.room_changed(&self.name, room, false);
             }
         }
     }
 
-    /// Emits an event to the target; returns how many sockets it was
-    /// queued on. The packet is encoded once.
+    /// Emits an event to the target on every node; returns how many
+    /// sockets of this node it was queued on. The packet is encoded once.
     pub fn emit(&self, target: &Target, event: &str, args: &Payload) -> usize {
         let frames = encode_event(&self.name, event, args, None);
+        self.fabric.publish(&self.name, target, &frames);
         self.send_frames(target, &frames)
     }
 
-    /// Queues already-encoded frames on every socket of the target.
+    /// Queues already-encoded frames on every socket of the target on this
+    /// node (only).
     pub fn send_frames(&self, target: &Target, frames: &[Frame]) -> usize {
         let mut sent = 0;
         self.for_each_target(target, |socket| {
@@ -234,7 +243,7 @@ mod tests {
 
     #[test]
     fn targets_rooms_unions_and_exclusions() {
-        let ns = Namespace::new("/");
+        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric));
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
         a.join("r1");
         b.join("r1");
@@ -277,7 +286,7 @@ mod tests {
 
     #[test]
     fn leaving_and_disconnecting_update_the_rooms() {
-        let ns = Namespace::new("/");
+        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric));
         let a = socket(&ns);
         let b = socket(&ns);
         a.join("r");

@@ -10,10 +10,13 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::debug;
 
-use crate::engineio::{CloseReason, EngineHandler, Message, SessionRef};
+use ringway_proto::cluster::v1::SocketIoState;
+
+use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
+use super::fabric::Fabric;
 use super::namespace::Namespace;
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::socket::{AckSender, DisconnectReason, Socket};
@@ -36,14 +39,16 @@ impl Default for SocketIoConfig {
 pub struct SocketIo<A: Application> {
     app: Arc<A>,
     config: SocketIoConfig,
+    fabric: Arc<dyn Fabric>,
     namespaces: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
 }
 
 impl<A: Application> SocketIo<A> {
-    pub fn new(app: Arc<A>, config: SocketIoConfig) -> SocketIo<A> {
+    pub fn new(app: Arc<A>, config: SocketIoConfig, fabric: Arc<dyn Fabric>) -> SocketIo<A> {
         SocketIo {
             app,
             config,
+            fabric,
             namespaces: RwLock::new(HashMap::new()),
         }
     }
@@ -78,7 +83,7 @@ impl<A: Application> SocketIo<A> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.into())
-            .or_insert_with(|| Namespace::new(name))
+            .or_insert_with(|| Namespace::new(name, self.fabric.clone()))
             .clone()
     }
 
@@ -334,9 +339,46 @@ impl<A: Application> EngineHandler for SocketIo<A> {
 
     fn on_close(&self, session: &SessionRef<ClientState>, reason: CloseReason) {
         for socket in session.data().close() {
-            if socket.detach() {
+            // A session handed off lives on elsewhere: its sockets leave
+            // this node without the application seeing a disconnect.
+            if socket.detach() && reason != CloseReason::HandedOff {
                 self.app
                     .on_disconnect(&socket, DisconnectReason::Session(reason));
+            }
+        }
+    }
+
+    fn export(
+        &self,
+        session: &SessionRef<ClientState>,
+    ) -> Result<Option<SocketIoState>, NotMovable> {
+        session.data().export().map(Some).ok_or(NotMovable)
+    }
+
+    fn restore(&self, session: &SessionRef<ClientState>, state: Option<SocketIoState>) {
+        let Some(state) = state else {
+            return;
+        };
+        let client = session.data();
+        client.restore_flags(state.ever_joined, state.partial);
+        for s in state.sockets {
+            let Some(id) = Sid::parse(&s.id) else {
+                debug!(sid = %session.sid(), "handed-off socket with a bad id dropped");
+                continue;
+            };
+            let ns = self.namespace_or_create(&s.namespace);
+            let socket = Socket::restored(
+                ns.clone(),
+                session.clone(),
+                id,
+                s.auth.into_boxed_str(),
+                s.user.map(String::into_boxed_str),
+                s.next_ack_id,
+            );
+            ns.insert(socket.clone());
+            client.add_restored(socket.clone());
+            for room in &s.rooms {
+                socket.join(room);
             }
         }
     }

@@ -81,16 +81,44 @@ impl Socket {
         auth: Box<str>,
         user: Option<Box<str>>,
     ) -> SocketRef {
+        Self::restored(ns, session, Sid::random(), auth, user, 0)
+    }
+
+    /// A socket moved here from another node with its session, keeping
+    /// its id and its ack numbering.
+    pub(crate) fn restored(
+        ns: Arc<Namespace>,
+        session: SessionRef<ClientState>,
+        id: Sid,
+        auth: Box<str>,
+        user: Option<Box<str>>,
+        next_ack_id: u64,
+    ) -> SocketRef {
+        let acks = (next_ack_id > 0).then(|| {
+            Box::new(PendingAcks {
+                next_id: next_ack_id,
+                waiting: HashMap::new(),
+            })
+        });
         Arc::new(Socket {
-            id: Sid::random(),
+            id,
             ns,
             session,
             auth,
             user,
             rooms: Mutex::new(Vec::new()),
-            acks: Mutex::new(None),
+            acks: Mutex::new(acks),
             connected: AtomicBool::new(true),
         })
+    }
+
+    /// The id the next emit with ack will use.
+    pub(crate) fn next_ack_id(&self) -> u64 {
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |p| p.next_id)
     }
 
     pub fn id(&self) -> Sid {

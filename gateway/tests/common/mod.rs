@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -78,6 +80,12 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL: the node dies without a word.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status (at most `within`).
@@ -196,6 +204,16 @@ impl Polling {
             path: path.to_owned(),
             sid,
             open,
+        }
+    }
+
+    /// The same session, with requests sent to another node.
+    pub fn on(&self, addr: &str) -> Polling {
+        Polling {
+            addr: addr.to_owned(),
+            path: self.path.clone(),
+            sid: self.sid.clone(),
+            open: self.open.clone(),
         }
     }
 

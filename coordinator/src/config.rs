@@ -1,0 +1,242 @@
+//! Coordinator configuration: one struct, from flags or `RINGWAY_*`
+//! variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Shortest lease the coordinator accepts, in milliseconds.
+pub const MIN_LEASE_TTL_MS: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Parser)]
+#[command(
+    name = "ringway-coordinator",
+    version,
+    about = "Ringway coordinator: cluster membership (leases, versioned views) for the gateways"
+)]
+pub struct Config {
+    /// Address of the gRPC `Membership` service (port 0: any free port).
+    #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:7000")]
+    pub listen: SocketAddr,
+
+    /// Redis holding the persisted view and the coordinator lock, e.g.
+    /// `redis://127.0.0.1:6379/0`.
+    #[arg(long, env = "RINGWAY_REDIS_URL")]
+    pub redis_url: String,
+
+    /// Milliseconds a lease lives after the last heartbeat.
+    #[arg(long, env = "RINGWAY_LEASE_TTL", default_value_t = 5_000)]
+    pub lease_ttl: u64,
+
+    /// Milliseconds between gateway heartbeats (told to gateways on Join);
+    /// must be below half the lease TTL.
+    #[arg(long, env = "RINGWAY_HEARTBEAT_INTERVAL", default_value_t = 1_000)]
+    pub heartbeat_interval: u64,
+
+    /// Prefix of the Redis keys (`{prefix}:membership`, `{prefix}:coordinator`).
+    #[arg(long, env = "RINGWAY_KEY_PREFIX", default_value = "ringway")]
+    pub key_prefix: String,
+
+    /// Log format on stderr (levels by RUST_LOG).
+    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Parse and check the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A configuration value the coordinator cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--lease-ttl must be between {MIN_LEASE_TTL_MS} and {max} ms, got {got}", max = u32::MAX)]
+    LeaseTtl { got: u64 },
+    #[error("--heartbeat-interval must be positive")]
+    ZeroHeartbeatInterval,
+    #[error("--heartbeat-interval ({interval} ms) must be below half of --lease-ttl ({ttl} ms)")]
+    HeartbeatTooSlow { interval: u64, ttl: u64 },
+    #[error("--key-prefix must be non-empty and without whitespace, got {0:?}")]
+    KeyPrefix(String),
+    #[error("--redis-url is not a valid Redis URL ({url}): {reason}")]
+    RedisUrl { url: String, reason: String },
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_ttl < MIN_LEASE_TTL_MS || self.lease_ttl > u64::from(u32::MAX) {
+            return Err(ConfigError::LeaseTtl {
+                got: self.lease_ttl,
+            });
+        }
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError::ZeroHeartbeatInterval);
+        }
+        if self.heartbeat_interval.saturating_mul(2) >= self.lease_ttl {
+            return Err(ConfigError::HeartbeatTooSlow {
+                interval: self.heartbeat_interval,
+                ttl: self.lease_ttl,
+            });
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.chars().any(char::is_whitespace) {
+            return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
+        }
+        if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
+            return Err(ConfigError::RedisUrl {
+                url: redact_url(&self.redis_url),
+                reason: err.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval)
+    }
+
+    /// How often lapsed leases are looked for: half a heartbeat interval,
+    /// so a lapse reaches watchers well within one interval.
+    pub fn reap_interval(&self) -> Duration {
+        Duration::from_millis((self.heartbeat_interval / 2).max(1))
+    }
+
+    /// `{prefix}:membership`: the persisted view.
+    pub fn membership_key(&self) -> String {
+        format!("{}:membership", self.key_prefix)
+    }
+
+    /// `{prefix}:coordinator`: the lock naming the acting coordinator.
+    pub fn owner_key(&self) -> String {
+        format!("{}:coordinator", self.key_prefix)
+    }
+
+    /// The Redis URL with its password (if any) replaced by `***`.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// Debug without the Redis password (`--check-config` prints this).
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("redis_url", &self.redis_url_redacted())
+            .field("lease_ttl", &self.lease_ttl)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("key_prefix", &self.key_prefix)
+            .field("log_format", &self.log_format)
+            .field("check_config", &self.check_config)
+            .finish()
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host...` by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let redacted_userinfo = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        // `redis://password@host` is not a thing, but `redis://:pw@host`
+        // is; a bare user name is not secret.
+        None => userinfo.to_owned(),
+    };
+    format!(
+        "{}{}{}",
+        &url[..rest_start],
+        redacted_userinfo,
+        &url[rest_start + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["ringway-coordinator"];
+        if !args.contains(&"--redis-url") {
+            all.extend_from_slice(&["--redis-url", "redis://127.0.0.1:1/"]);
+        }
+        all.extend_from_slice(args);
+        match Config::try_parse_from(all) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.lease_ttl, 5_000);
+        assert_eq!(c.heartbeat_interval, 1_000);
+        assert_eq!(c.key_prefix, "ringway");
+        assert_eq!(c.membership_key(), "ringway:membership");
+        assert_eq!(c.owner_key(), "ringway:coordinator");
+        assert_eq!(c.listen.port(), 7000);
+    }
+
+    #[test]
+    fn heartbeat_must_be_below_half_ttl() {
+        let c = parse(&["--lease-ttl", "1000", "--heartbeat-interval", "500"]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+        let c = parse(&["--lease-ttl", "1000", "--heartbeat-interval", "499"]);
+        assert_eq!(c.validate(), Ok(()));
+        let c = parse(&["--heartbeat-interval", "0"]);
+        assert_eq!(c.validate(), Err(ConfigError::ZeroHeartbeatInterval));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(
+            parse(&["--lease-ttl", "10"]).validate(),
+            Err(ConfigError::LeaseTtl { .. })
+        ));
+        assert!(matches!(
+            parse(&["--key-prefix", ""]).validate(),
+            Err(ConfigError::KeyPrefix(_))
+        ));
+        assert!(matches!(
+            parse(&["--redis-url", "http://nope"]).validate(),
+            Err(ConfigError::RedisUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        let c = parse(&["--redis-url", "redis://:hunter2@127.0.0.1/"]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,541 @@
+//! Ringway coordinator: owns the cluster membership.
+//!
+//! Gateways `Join` (and get a lease), `Heartbeat` to keep it, `Leave` to
+//! drain, and `Watch` a versioned view of the live members
+//! (`ringway.cluster.v1.Membership`, see `proto/`). The view is persisted
+//! in Redis so that a restarted coordinator continues the same epochs.
+//!
+//! - [`membership`]: the state machine (pure, no I/O).
+//! - [`service`]: the shared state, the reaper and the tonic service.
+//! - [`store`]: Redis persistence and the coordinator lock.
+//! - [`run`]: the whole coordinator, as the binary runs it.
+//!
+//! # One acting coordinator
+//!
+//! Several coordinators may run (e.g. two replicas), but only one acts: at
+//! start each tries to take the lock `{prefix}:coordinator` (`SET NX PX`,
+//! TTL one lease TTL, value a random instance id). While another live
+//! coordinator holds it, a starting coordinator waits (retrying every
+//! heartbeat interval, not listening yet). The acting coordinator renews
+//! the lock every heartbeat interval and deletes it on a clean shutdown, so
+//! a standby takes over at once after a clean stop, and within one lease
+//! TTL after a crash. If the acting coordinator finds the lock held by
+//! someone else (it could not renew it in time, e.g. Redis was away longer
+//! than a TTL, and a standby took over), it stops with
+//! [`CoordinatorError::LostOwnership`] rather than serve a second view.
+//! This is a simple lock, not a consensus protocol: while Redis is
+//! unreachable, the acting coordinator keeps serving from memory.
+//!
+//! # Persistence
+//!
+//! Every new view is written to `{prefix}:membership` by a background task
+//! (RPCs never wait on Redis). The write is a Lua script that only replaces
+//! a lower epoch. A failed write is retried with back-off, at the next
+//! change, and by a periodic re-check every lease TTL (which also restores
+//! the key if Redis lost its data). On start the stored view is loaded:
+//! its members stay, with a grace lease of one TTL, and the epoch goes on
+//! from one past the stored one (see [`membership::Membership::restore`]).
+
+pub mod config;
+pub mod membership;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringway_proto::cluster::v1::View;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::membership::Membership;
+use crate::service::{reap_loop, stopped, MembershipHub, MembershipService};
+use crate::store::{Ownership, SaveOutcome, Store, StoreError};
+
+pub use ringway_proto::cluster::v1 as proto;
+
+/// How long in-flight RPCs may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Least and most delay between retries of a failed persistence write.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// At most one warning per this period for a failing Redis.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot reach Redis at {url}: {source}")]
+    RedisUnavailable {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{0}; delete the key (losing the epoch) or fix it")]
+    StoredView(#[source] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("another coordinator ({holder}) took the coordinator lock")]
+    LostOwnership { holder: String },
+}
+
+impl CoordinatorError {
+    /// Process exit code: 2 bad configuration, 3 Redis unreachable at
+    /// start, 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CoordinatorError::Config(_) => 2,
+            CoordinatorError::RedisUnavailable { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the coordinator until `shutdown` resolves, as the binary does:
+/// once listening, prints `ringway-coordinator listening on ADDR` on
+/// stdout (ADDR the bound `host:port`).
+pub async fn run<F>(config: Config, shutdown: F) -> Result<(), CoordinatorError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    run_with(config, shutdown, |addr| {
+        // Tests and scripts read the bound address from this line.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ringway-coordinator listening on {addr}");
+        let _ = out.flush();
+    })
+    .await
+}
+
+/// [`run`], calling `on_ready` with the bound address instead of printing.
+pub async fn run_with<F>(
+    config: Config,
+    shutdown: F,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), CoordinatorError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    config.validate()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signal_task = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop_tx.send_replace(true);
+        })
+    };
+    let result = run_inner(&config, stop_tx, stop_rx, on_ready).await;
+    signal_task.abort();
+    result
+}
+
+async fn run_inner(
+    config: &Config,
+    stop_tx: Arc<watch::Sender<bool>>,
+    mut stop_rx: watch::Receiver<bool>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), CoordinatorError> {
+    let redis_unavailable = |source| CoordinatorError::RedisUnavailable {
+        url: config.redis_url_redacted(),
+        source,
+    };
+    let instance_id = format!("{:016x}-pid{}", rand::random::<u64>(), std::process::id());
+    let store = Store::connect(&config.redis_url, &config.key_prefix, instance_id)
+        .await
+        .map_err(redis_unavailable)?;
+    info!(redis = %config.redis_url_redacted(), instance = store.instance_id(), "connected to Redis");
+
+    if !acquire_ownership(&store, config, &mut stop_rx)
+        .await
+        .map_err(redis_unavailable)?
+    {
+        info!("stopped before taking the coordinator lock");
+        return Ok(());
+    }
+
+    let membership = match store.load_view().await {
+        Ok(Some(view)) => {
+            let m = Membership::restore(view, config.lease_ttl(), Instant::now());
+            info!(
+                epoch = m.epoch(),
+                members = m.len(),
+                "restored the stored view; members have one lease TTL to join again"
+            );
+            m
+        }
+        Ok(None) => {
+            info!(
+                key = store.membership_key(),
+                "no stored view, starting at epoch 0"
+            );
+            Membership::new(config.lease_ttl())
+        }
+        Err(err @ StoreError::Corrupt { .. }) => {
+            let _ = store.release_owner().await;
+            return Err(CoordinatorError::StoredView(err));
+        }
+        Err(err) => {
+            let _ = store.release_owner().await;
+            return Err(redis_unavailable(err));
+        }
+    };
+    let hub = MembershipHub::new(membership, config.heartbeat_interval());
+
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            let _ = store.release_owner().await;
+            return Err(CoordinatorError::Bind {
+                addr: config.listen,
+                source,
+            });
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+    let reaper = tokio::spawn(reap_loop(
+        hub.clone(),
+        config.reap_interval(),
+        stop_rx.clone(),
+    ));
+    let persister = tokio::spawn(persist_loop(
+        store.clone(),
+        hub.subscribe(),
+        stop_rx.clone(),
+        config.lease_ttl(),
+    ));
+    let owner: JoinHandle<Result<(), CoordinatorError>> = tokio::spawn(owner_loop(
+        store.clone(),
+        config.lease_ttl(),
+        config.heartbeat_interval(),
+        stop_tx.clone(),
+        stop_rx.clone(),
+    ));
+
+    info!(
+        %addr,
+        lease_ttl_ms = config.lease_ttl,
+        heartbeat_interval_ms = config.heartbeat_interval,
+        epoch = hub.epoch(),
+        "ringway-coordinator listening"
+    );
+    on_ready(addr);
+
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(MembershipService::new(hub.clone(), stop_rx.clone()).into_server())
+        .serve_with_incoming_shutdown(incoming, {
+            let mut stop = stop_rx.clone();
+            async move { stopped(&mut stop).await }
+        });
+    let served = {
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            r = server => r.map_err(CoordinatorError::from),
+            _ = async { stopped(&mut stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                warn!("in-flight requests did not finish in {SHUTDOWN_GRACE:?}, stopping anyway");
+                Ok(())
+            }
+        }
+    };
+    info!("gRPC server stopped");
+    stop_tx.send_replace(true);
+
+    let _ = reaper.await;
+    // The persister makes one last write attempt if a view is unsaved.
+    let _ = tokio::time::timeout(store::OP_TIMEOUT * 2, persister).await;
+    let owned = match owner.await {
+        Ok(r) => r,
+        Err(join_err) => {
+            error!(%join_err, "the lock task failed");
+            Ok(())
+        }
+    };
+    if owned.is_ok() {
+        match store.release_owner().await {
+            Ok(_) => info!("released the coordinator lock"),
+            Err(err) => warn!(%err, "cannot release the coordinator lock; it lapses by itself"),
+        }
+    }
+    served?;
+    owned?;
+    info!(epoch = hub.epoch(), "ringway-coordinator stopped");
+    Ok(())
+}
+
+/// Waits for the coordinator lock. Ok(false): stopped while waiting. A
+/// Redis error on the first try is returned (Redis unreachable at start);
+/// later ones, while waiting for another coordinator, are logged and
+/// retried.
+async fn acquire_ownership(
+    store: &Store,
+    config: &Config,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, StoreError> {
+    let mut waiting_log = RateLimit::new(Duration::from_secs(30));
+    let mut error_log = RateLimit::new(WARN_EVERY);
+    let mut first_try = true;
+    loop {
+        match store.claim_owner(config.lease_ttl()).await {
+            Ok(Ownership::Ours) => {
+                info!(key = store.owner_key(), "took the coordinator lock");
+                return Ok(true);
+            }
+            Ok(Ownership::HeldBy(holder)) => {
+                if waiting_log.allow().is_some() {
+                    warn!(
+                        key = store.owner_key(),
+                        %holder,
+                        "another coordinator is acting; waiting for its lock to be released or to lapse"
+                    );
+                }
+            }
+            Err(err) if first_try => return Err(err),
+            Err(err) => {
+                if let Some(suppressed) = error_log.allow() {
+                    warn!(%err, suppressed, "cannot read the coordinator lock; retrying");
+                }
+            }
+        }
+        first_try = false;
+        tokio::select! {
+            _ = stopped(stop) => return Ok(false),
+            _ = tokio::time::sleep(config.heartbeat_interval()) => {}
+        }
+    }
+}
+
+/// Renews the coordinator lock every `every`. Redis errors are logged and
+/// retried at the next tick; the lock held by another coordinator stops
+/// everything.
+async fn owner_loop(
+    store: Store,
+    ttl: Duration,
+    every: Duration,
+    stop_tx: Arc<watch::Sender<bool>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), CoordinatorError> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut warn_log = RateLimit::new(WARN_EVERY);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match store.claim_owner(ttl).await {
+            Ok(Ownership::Ours) => {
+                if failing {
+                    info!("coordinator lock renewed again");
+                    failing = false;
+                    warn_log.reset();
+                }
+            }
+            Ok(Ownership::HeldBy(holder)) => {
+                error!(%holder, "another coordinator holds the coordinator lock; stopping");
+                stop_tx.send_replace(true);
+                return Err(CoordinatorError::LostOwnership { holder });
+            }
+            Err(err) => {
+                failing = true;
+                if let Some(suppressed) = warn_log.allow() {
+                    warn!(%err, suppressed, "cannot renew the coordinator lock; serving from memory");
+                }
+            }
+        }
+    }
+}
+
+/// Writes every new view to Redis, retrying failed writes; re-checks the
+/// stored view every `resync` (idempotent: an equal epoch is not
+/// rewritten). On stop, one last attempt if a view is unsaved.
+async fn persist_loop(
+    store: Store,
+    mut views: watch::Receiver<View>,
+    mut stop: watch::Receiver<bool>,
+    resync: Duration,
+) {
+    let mut pending: Option<View> = Some(views.borrow_and_update().clone());
+    let mut next_attempt = tokio::time::Instant::now();
+    let mut backoff = RETRY_MIN;
+    let mut warn_log = RateLimit::new(WARN_EVERY);
+    let mut failing = false;
+    let mut resync_tick = tokio::time::interval(resync);
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync_tick.tick().await;
+    loop {
+        if let Some(view) = &pending {
+            if tokio::time::Instant::now() >= next_attempt {
+                match store.save_view(view).await {
+                    Ok(outcome) => {
+                        if failing {
+                            info!(epoch = view.epoch, "persisting the view works again");
+                            failing = false;
+                            warn_log.reset();
+                        }
+                        match outcome {
+                            SaveOutcome::Written => {
+                                info!(
+                                    epoch = view.epoch,
+                                    members = view.members.len(),
+                                    "view persisted"
+                                )
+                            }
+                            SaveOutcome::AlreadyAtOrPast { stored_epoch }
+                                if stored_epoch > view.epoch =>
+                            {
+                                warn!(
+                                    stored_epoch,
+                                    epoch = view.epoch,
+                                    "Redis holds a later epoch than this coordinator (another coordinator?)"
+                                )
+                            }
+                            SaveOutcome::AlreadyAtOrPast { .. } => {}
+                        }
+                        pending = None;
+                        backoff = RETRY_MIN;
+                    }
+                    Err(err) => {
+                        failing = true;
+                        if let Some(suppressed) = warn_log.allow() {
+                            warn!(
+                                %err,
+                                epoch = view.epoch,
+                                suppressed,
+                                "cannot persist the view; serving from memory, will retry"
+                            );
+                        }
+                        next_attempt = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            changed = views.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                pending = Some(views.borrow_and_update().clone());
+                next_attempt = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(next_attempt), if pending.is_some() => {}
+            _ = resync_tick.tick() => {
+                if pending.is_none() {
+                    pending = Some(views.borrow().clone());
+                    next_attempt = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+    // Last chance for a view made just before the stop.
+    if views.has_changed().unwrap_or(false) {
+        pending = Some(views.borrow_and_update().clone());
+    }
+    if let Some(view) = pending {
+        match store.save_view(&view).await {
+            Ok(_) => info!(epoch = view.epoch, "view persisted at shutdown"),
+            Err(err) => warn!(%err, epoch = view.epoch, "cannot persist the last view at shutdown"),
+        }
+    }
+}
+
+/// Lets a log line through at most once per period, counting the rest.
+#[derive(Debug)]
+struct RateLimit {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(every: Duration) -> Self {
+        RateLimit {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Some(lines suppressed since the last one) if a line may go out now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.last = None;
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_suppressed_lines() {
+        let mut r = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.last = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(r.allow(), Some(2));
+        r.reset();
+        assert_eq!(r.allow(), Some(0));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(
+            CoordinatorError::Config(ConfigError::ZeroHeartbeatInterval).exit_code(),
+            2
+        );
+        let e = CoordinatorError::RedisUnavailable {
+            url: "redis://x".into(),
+            source: StoreError::Timeout {
+                op: "connect",
+                timeout: Duration::from_secs(1),
+            },
+        };
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(
+            CoordinatorError::LostOwnership { holder: "x".into() }.exit_code(),
+            1
+        );
+    }
+}

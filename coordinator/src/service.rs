@@ -1,0 +1,389 @@
+//! The gRPC `Membership` service over a shared [`Membership`].
+//!
+//! [`MembershipHub`] owns the state machine and a `tokio::sync::watch`
+//! channel of views: every change is published at once, to the `Watch`
+//! streams and to whoever else subscribes (the persister). It does no I/O,
+//! so it can also be served in-process without Redis (tests, tools).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ringway_proto::cluster::v1::membership_server::{self, MembershipServer};
+use ringway_proto::cluster::v1::{
+    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, View,
+    WatchRequest,
+};
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::membership::{MemberStats, Membership, MembershipError};
+
+/// The membership state shared by the RPCs, the reaper and the persister.
+#[derive(Debug)]
+pub struct MembershipHub {
+    state: Mutex<Membership>,
+    views: watch::Sender<View>,
+    heartbeat_interval: Duration,
+}
+
+impl MembershipHub {
+    pub fn new(membership: Membership, heartbeat_interval: Duration) -> Arc<Self> {
+        let (views, _) = watch::channel(membership.view());
+        Arc::new(MembershipHub {
+            state: Mutex::new(membership),
+            views,
+            heartbeat_interval,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Membership> {
+        // The state machine has no invariant a panic could break halfway
+        // that matters more than staying up.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the view; called with the lock held so views go out in
+    /// epoch order.
+    fn publish(&self, membership: &Membership) {
+        self.views.send_replace(membership.view());
+    }
+
+    /// Receives the current view, then every new one.
+    pub fn subscribe(&self) -> watch::Receiver<View> {
+        self.views.subscribe()
+    }
+
+    pub fn view(&self) -> View {
+        self.views.borrow().clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.views.borrow().epoch
+    }
+
+    /// Per-member bookkeeping (session counts, last heartbeats).
+    pub fn stats(&self) -> Vec<MemberStats> {
+        self.lock().stats()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    pub fn join(&self, request: &JoinRequest) -> Result<JoinReply, MembershipError> {
+        let lease_id = new_lease_id();
+        let mut m = self.lock();
+        let out = m.join(request, lease_id, Instant::now())?;
+        if out.changed {
+            self.publish(&m);
+            info!(
+                node_id = %request.node_id,
+                grpc_addr = %request.grpc_addr,
+                http_addr = %request.http_addr,
+                incarnation = request.incarnation,
+                epoch = out.epoch,
+                members = m.len(),
+                "member joined"
+            );
+        } else {
+            info!(node_id = %request.node_id, epoch = out.epoch, "member re-joined unchanged");
+        }
+        Ok(JoinReply {
+            lease_id: out.lease_id,
+            lease_ttl_ms: millis_u32(m.lease_ttl()),
+            heartbeat_interval_ms: millis_u32(self.heartbeat_interval),
+            view: Some(m.view()),
+        })
+    }
+
+    pub fn heartbeat(&self, request: &HeartbeatRequest) -> HeartbeatReply {
+        let out = self.lock().heartbeat(
+            &request.node_id,
+            request.lease_id,
+            request.sessions,
+            Instant::now(),
+        );
+        if out.known {
+            debug!(node_id = %request.node_id, sessions = request.sessions, "heartbeat");
+        } else {
+            info!(node_id = %request.node_id, lease_id = request.lease_id, "heartbeat for an unknown lease");
+        }
+        HeartbeatReply {
+            known: out.known,
+            epoch: out.epoch,
+        }
+    }
+
+    pub fn leave(&self, request: &LeaveRequest) -> Result<LeaveReply, MembershipError> {
+        let mut m = self.lock();
+        let out = m.leave(&request.node_id, request.lease_id)?;
+        if out.removed {
+            self.publish(&m);
+            info!(node_id = %request.node_id, epoch = out.epoch, members = m.len(), "member left");
+        }
+        Ok(LeaveReply { epoch: out.epoch })
+    }
+
+    /// Removes the members whose lease lapsed; returns their ids.
+    pub fn reap(&self, now: Instant) -> Vec<String> {
+        let mut m = self.lock();
+        let lapsed = m.reap(now);
+        if !lapsed.is_empty() {
+            self.publish(&m);
+            warn!(nodes = ?lapsed, epoch = m.epoch(), members = m.len(), "leases lapsed, members removed");
+        }
+        lapsed
+    }
+}
+
+/// Reaps lapsed leases every `every` until `shutdown` turns true.
+pub async fn reap_loop(
+    hub: Arc<MembershipHub>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            _ = tick.tick() => {
+                hub.reap(Instant::now());
+            }
+        }
+    }
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+pub async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+fn new_lease_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        // 0 is what a gateway without a lease sends.
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn status(err: MembershipError) -> Status {
+    match err {
+        MembershipError::EmptyNodeId
+        | MembershipError::EmptyAddress { .. }
+        | MembershipError::TooLong { .. } => Status::invalid_argument(err.to_string()),
+        MembershipError::LeaseMismatch { .. } => Status::failed_precondition(err.to_string()),
+    }
+}
+
+/// The tonic implementation of `ringway.cluster.v1.Membership`.
+#[derive(Debug, Clone)]
+pub struct MembershipService {
+    hub: Arc<MembershipHub>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl MembershipService {
+    /// `shutdown` turning true ends the open `Watch` streams, so a
+    /// graceful server shutdown does not wait for them forever.
+    pub fn new(hub: Arc<MembershipHub>, shutdown: watch::Receiver<bool>) -> Self {
+        MembershipService { hub, shutdown }
+    }
+
+    pub fn into_server(self) -> MembershipServer<Self> {
+        MembershipServer::new(self)
+    }
+}
+
+type ViewStream = Pin<Box<dyn Stream<Item = Result<View, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl membership_server::Membership for MembershipService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.hub
+            .join(request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        Ok(Response::new(self.hub.heartbeat(request.get_ref())))
+    }
+
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.hub
+            .leave(request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type WatchStream = ViewStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Cloned before the check: a shutdown after it is still seen below.
+        let shutdown = self.shutdown.clone();
+        if *shutdown.borrow() {
+            return Err(Status::unavailable("the coordinator is shutting down"));
+        }
+        let watcher = request.into_inner().node_id;
+        info!(watcher = %watcher, epoch = self.hub.epoch(), "watch opened");
+        // Views as Some(view); shutdown as one None that ends the stream.
+        // Nothing is spawned: when the client goes away tonic drops the
+        // stream and with it both receivers.
+        let views = WatchStream::new(self.hub.subscribe()).map(Some);
+        let stop = WatchStream::from_changes(shutdown)
+            .filter(|stop| *stop)
+            .map(|_| None);
+        let stream = views
+            .merge(stop)
+            .map_while(|item: Option<View>| item)
+            .map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership_server::Membership as _;
+    use ringway_proto::cluster::v1::MemberState;
+
+    const TTL: Duration = Duration::from_millis(1000);
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn req(node: &str) -> JoinRequest {
+        JoinRequest {
+            node_id: node.into(),
+            grpc_addr: "127.0.0.1:7001".into(),
+            http_addr: "127.0.0.1:3000".into(),
+            incarnation: 1,
+        }
+    }
+
+    async fn next(stream: &mut ViewStream) -> Option<View> {
+        tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a stream item in time")
+            .map(|r| r.expect("a view"))
+    }
+
+    #[tokio::test]
+    async fn watch_streams_views_and_ends_on_shutdown() {
+        let hub = MembershipHub::new(Membership::new(TTL), INTERVAL);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let svc = MembershipService::new(hub.clone(), stop_rx);
+        let mut stream = svc
+            .watch(Request::new(WatchRequest::default()))
+            .await
+            .expect("watch")
+            .into_inner();
+        assert_eq!(next(&mut stream).await.map(|v| v.epoch), Some(0));
+        let reply = svc.join(Request::new(req("a"))).await.expect("join");
+        let reply = reply.into_inner();
+        assert_eq!(reply.lease_ttl_ms, 1000);
+        assert_eq!(reply.heartbeat_interval_ms, 200);
+        let view = next(&mut stream).await.expect("a view");
+        assert_eq!(view.epoch, 1);
+        assert_eq!(view.members[0].state, MemberState::Active as i32);
+
+        // A dropped stream releases its receiver (nothing left behind).
+        assert_eq!(hub.views.receiver_count(), 1);
+        drop(stream);
+        assert_eq!(hub.views.receiver_count(), 0);
+
+        let mut stream = svc
+            .watch(Request::new(WatchRequest::default()))
+            .await
+            .expect("watch")
+            .into_inner();
+        assert_eq!(next(&mut stream).await.map(|v| v.epoch), Some(1));
+        stop_tx.send_replace(true);
+        assert_eq!(next(&mut stream).await, None);
+        let refused = svc.watch(Request::new(WatchRequest::default())).await;
+        assert_eq!(
+            refused.err().map(|s| s.code()),
+            Some(tonic::Code::Unavailable)
+        );
+    }
+
+    #[tokio::test]
+    async fn rpc_errors_map_to_grpc_codes() {
+        let hub = MembershipHub::new(Membership::new(TTL), INTERVAL);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let svc = MembershipService::new(hub.clone(), stop_rx);
+        let err = svc.join(Request::new(req(""))).await.expect_err("empty id");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let lease = svc
+            .join(Request::new(req("a")))
+            .await
+            .expect("join")
+            .into_inner()
+            .lease_id;
+        assert_ne!(lease, 0);
+        let err = svc
+            .leave(Request::new(LeaveRequest {
+                node_id: "a".into(),
+                lease_id: lease ^ 1,
+            }))
+            .await
+            .expect_err("wrong lease");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let hb = svc
+            .heartbeat(Request::new(HeartbeatRequest {
+                node_id: "a".into(),
+                lease_id: lease,
+                sessions: 42,
+            }))
+            .await
+            .expect("heartbeat")
+            .into_inner();
+        assert!(hb.known);
+        assert_eq!(hub.stats()[0].sessions, 42);
+        let left = svc
+            .leave(Request::new(LeaveRequest {
+                node_id: "unknown".into(),
+                lease_id: 1,
+            }))
+            .await
+            .expect("idempotent")
+            .into_inner();
+        assert_eq!(left.epoch, 1);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_publishes_lapses() {
+        let hub = MembershipHub::new(Membership::new(Duration::from_millis(100)), INTERVAL);
+        let mut views = hub.subscribe();
+        hub.join(&req("a")).expect("join");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reaper = tokio::spawn(reap_loop(hub.clone(), Duration::from_millis(20), stop_rx));
+        let view = tokio::time::timeout(WAIT, views.wait_for(|v| v.epoch == 2))
+            .await
+            .expect("lapse in time")
+            .expect("hub alive")
+            .clone();
+        assert!(view.members.is_empty());
+        stop_tx.send_replace(true);
+        tokio::time::timeout(WAIT, reaper)
+            .await
+            .expect("the reaper stops")
+            .expect("no panic");
+    }
+}

@@ -1,0 +1,488 @@
+//! Helpers of the coordinator's integration tests: real `redis-server` and
+//! `ringway-coordinator` processes (killed on drop), a tonic client, and a
+//! watcher that records every view it receives.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringway_coordinator::proto::membership_client::MembershipClient;
+use ringway_coordinator::proto::{JoinRequest, View, WatchRequest};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Upper bound of any wait that should take far less on an idle machine.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub const REDIS_BIN: &str = "/usr/bin/redis-server";
+pub const COORDINATOR_BIN: &str = env!("CARGO_BIN_EXE_ringway-coordinator");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    fn new(child: Child) -> Self {
+        ChildGuard { child: Some(child) }
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(id) = self.id() {
+            let status = Command::new("kill")
+                .args(["-TERM", &id.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -TERM {id} failed");
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Polls for the exit for up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throw-away `redis-server` on a free port, no persistence.
+pub struct RedisServer {
+    pub port: u16,
+    proc: Option<ChildGuard>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                proc: None,
+            };
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("cannot start redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (its data is lost: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + WAIT;
+        while !self.try_start() {
+            assert!(
+                Instant::now() < deadline,
+                "cannot restart redis-server on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_start(&mut self) -> bool {
+        let child = Command::new(REDIS_BIN)
+            .args(["--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let mut guard = ChildGuard::new(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if guard.try_wait().is_some() {
+                // Exited: most likely the port was taken meanwhile.
+                return false;
+            }
+            if redis_ping(self.port) {
+                self.proc = Some(guard);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The view stored by the coordinator (default key prefix).
+    pub async fn stored_view(&self) -> Option<View> {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut con = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg("ringway:membership")
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        raw.map(|r| ringway_coordinator::store::decode_view(&r).expect("stored view is readable"))
+    }
+
+    /// The holder of the coordinator lock.
+    pub async fn lock_holder(&self) -> Option<String> {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut con = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("GET")
+            .arg("ringway:coordinator")
+            .query_async(&mut con)
+            .await
+            .ok()?
+    }
+}
+
+fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A `ringway-coordinator` process.
+pub struct Coordinator {
+    proc: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    addr: Option<SocketAddr>,
+}
+
+/// Lease TTL and heartbeat interval (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ttl: u64,
+    pub interval: u64,
+}
+
+pub const FAST: Timing = Timing {
+    ttl: 1000,
+    interval: 200,
+};
+pub const RELAXED: Timing = Timing {
+    ttl: 3000,
+    interval: 500,
+};
+
+impl Coordinator {
+    /// Spawns the binary without waiting for it to listen.
+    pub fn spawn(redis_url: &str, timing: Timing, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(COORDINATOR_BIN);
+        for var in [
+            "RINGWAY_LISTEN",
+            "RINGWAY_REDIS_URL",
+            "RINGWAY_LEASE_TTL",
+            "RINGWAY_HEARTBEAT_INTERVAL",
+            "RINGWAY_KEY_PREFIX",
+            "RINGWAY_LOG_FORMAT",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0", "--redis-url", redis_url])
+            .args(["--lease-ttl", &timing.ttl.to_string()])
+            .args(["--heartbeat-interval", &timing.interval.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info,ringway_coordinator=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringway-coordinator");
+        let pid = child.id();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err_pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                // Shown by the test harness when a test fails.
+                eprintln!("[coordinator {pid}] {line}");
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        Coordinator {
+            proc: ChildGuard::new(child),
+            lines,
+            stderr,
+            addr: None,
+        }
+    }
+
+    /// Spawns it and waits for its `listening on` line.
+    pub fn start(redis_url: &str, timing: Timing) -> Self {
+        let mut c = Self::spawn(redis_url, timing, &[]);
+        if c.wait_listening(WAIT).is_none() {
+            panic!(
+                "the coordinator did not print its address in {WAIT:?}; stderr:\n{}",
+                c.stderr()
+            );
+        }
+        c
+    }
+
+    /// Waits up to `timeout` for the `listening on` line.
+    pub fn wait_listening(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        if self.addr.is_some() {
+            return self.addr;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
+                let addr: SocketAddr = addr
+                    .trim()
+                    .parse()
+                    .expect("an address after 'listening on'");
+                self.addr = Some(addr);
+                return self.addr;
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the coordinator is listening")
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    pub fn terminate(&self) {
+        self.proc.terminate();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_exit(timeout)
+    }
+
+    pub async fn client(&self) -> MembershipClient<Channel> {
+        connect(self.addr()).await
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> MembershipClient<Channel> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match MembershipClient::connect(format!("http://{addr}")).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub fn join_req(node: &str, incarnation: u64) -> JoinRequest {
+    JoinRequest {
+        node_id: node.into(),
+        grpc_addr: format!("{node}.local:7001"),
+        http_addr: format!("{node}.local:3000"),
+        incarnation,
+    }
+}
+
+pub fn ids(view: &View) -> Vec<String> {
+    view.members.iter().map(|m| m.node_id.clone()).collect()
+}
+
+/// Reads a `Watch` stream in a task and keeps every view received.
+pub struct Watcher {
+    latest: watch::Receiver<Option<View>>,
+    history: Arc<Mutex<Vec<View>>>,
+    ended: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Watcher {
+    pub async fn open(client: &mut MembershipClient<Channel>, node_id: &str) -> Self {
+        let mut stream = client
+            .watch(WatchRequest {
+                node_id: node_id.into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let (tx, latest) = watch::channel(None);
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(Mutex::new(None));
+        let (h, e) = (history.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(view)) => {
+                        if let Ok(mut h) = h.lock() {
+                            h.push(view.clone());
+                        }
+                        tx.send_replace(Some(view));
+                    }
+                    Ok(None) => break "end of stream".to_string(),
+                    Err(status) => break format!("error: {status}"),
+                }
+            };
+            if let Ok(mut e) = e.lock() {
+                *e = Some(end);
+            }
+            // Wake waiters so they notice the end.
+            tx.send_modify(|_| {});
+        });
+        Watcher {
+            latest,
+            history,
+            ended,
+            task,
+        }
+    }
+
+    /// Waits up to `timeout` for a view matching `pred`.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&View) -> bool,
+    ) -> View {
+        let found = tokio::time::timeout(
+            timeout,
+            self.latest.wait_for(|v| v.as_ref().is_some_and(&pred)),
+        )
+        .await;
+        let found = found.ok().and_then(|r| r.ok()).and_then(|v| v.clone());
+        match found {
+            Some(v) => v,
+            None => panic!(
+                "no view with {what} within {timeout:?}; last view: {:?}; stream: {:?}",
+                self.latest.borrow().clone(),
+                self.ended()
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the stream to end; its reason.
+    pub async fn wait_end(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(end) = self.ended() {
+                return Some(end);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub fn ended(&self) -> Option<String> {
+        self.ended.lock().ok().and_then(|e| e.clone())
+    }
+
+    pub fn history(&self) -> Vec<View> {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    pub fn latest(&self) -> Option<View> {
+        self.latest.borrow().clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `f` every 50 ms until it is true; panics after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not true within {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,555 @@
+//! The cluster as one gateway sees it: the membership view and the hash
+//! ring built from it, the session registry, the other gateways (peers)
+//! and the room index. It is the engine's [`Directory`] (where sessions
+//! live) and the Socket.IO layer's [`Fabric`] (emits to other nodes).
+//!
+//! A node alone is the same cluster with one member, no peers and the
+//! in-memory registry.
+
+pub mod membership;
+pub mod peer;
+pub mod ring;
+pub mod rooms;
+pub mod service;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ringway_proto::cluster::v1::{
+    deliver_item, DeliverItem, Disposition, Emit, ForwardRequest, HandoffRequest, Member,
+    MemberState, RoomChange, View,
+};
+use tracing::{debug, info, warn};
+
+use crate::engineio::{
+    BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, RequestError, Sid,
+    TakenOver,
+};
+use crate::socketio::{Fabric, Target};
+use crate::store::{Entry, Registry};
+
+use self::peer::Peer;
+use self::ring::Ring;
+use self::rooms::{LocalRooms, RoomIndex};
+
+/// Owners learnt per node are cached up to this many sessions.
+const OWNER_CACHE_MAX: usize = 200_000;
+/// Attempts to reach a session's owner (registry, moves) per request.
+const ROUTE_ATTEMPTS: usize = 4;
+
+pub struct Cluster {
+    node_id: String,
+    incarnation: u64,
+    vnodes: u32,
+    registry: Arc<dyn Registry>,
+    view: RwLock<Arc<ClusterView>>,
+    peers: RwLock<HashMap<String, Arc<Peer>>>,
+    rooms: RoomIndex,
+    local_rooms: Arc<LocalRooms>,
+    /// sid -> owner, learnt from the registry and from moves.
+    owners: Mutex<HashMap<Sid, String>>,
+    /// Sessions held here, with their epochs (refreshed in the registry).
+    local: Mutex<HashMap<Sid, u64>>,
+    draining: AtomicBool,
+}
+
+/// One membership view and its ring.
+pub struct ClusterView {
+    pub epoch: u64,
+    pub members: Vec<Member>,
+    pub ring: Ring,
+}
+
+impl Cluster {
+    /// `members` is the first view (the node itself when alone).
+    pub fn new(node_id: &str, vnodes: u32, registry: Arc<dyn Registry>) -> Arc<Cluster> {
+        let incarnation = rand::random::<u64>();
+        let me = Member {
+            node_id: node_id.to_owned(),
+            state: MemberState::Active as i32,
+            incarnation,
+            ..Member::default()
+        };
+        let view = ClusterView {
+            epoch: 0,
+            ring: Ring::new([node_id], vnodes),
+            members: vec![me],
+        };
+        Arc::new(Cluster {
+            node_id: node_id.to_owned(),
+            incarnation,
+            vnodes,
+            registry,
+            view: RwLock::new(Arc::new(view)),
+            peers: RwLock::new(HashMap::new()),
+            rooms: RoomIndex::default(),
+            local_rooms: Arc::new(LocalRooms::default()),
+            owners: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn rooms(&self) -> &RoomIndex {
+        &self.rooms
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new sessions (drain).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn peer(&self, node: &str) -> Option<Arc<Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Applies a membership view: rebuilds the ring over the active
+    /// members, opens peers for new members and drops departed ones.
+    /// Views older than the current one are ignored, unless `fresh`: the
+    /// first view of a new coordinator stream is the truth whatever its
+    /// epoch (a coordinator that lost unsaved views starts lower).
+    pub fn apply_view(&self, view: View, fresh: bool) {
+        let current = self.view();
+        if view.epoch < current.epoch && !fresh {
+            return;
+        }
+        let mut members = view.members;
+        // This node serves on its last view even if the coordinator lost
+        // it for a moment; it joins again on its own.
+        if !members.iter().any(|m| m.node_id == self.node_id) {
+            if let Some(me) = current.members.iter().find(|m| m.node_id == self.node_id) {
+                members.push(me.clone());
+            }
+        }
+        let active = members
+            .iter()
+            .filter(|m| {
+                m.state == MemberState::Active as i32
+                    && !(m.node_id == self.node_id && self.is_draining())
+            })
+            .map(|m| m.node_id.as_str());
+        let ring = Ring::new(active, self.vnodes);
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+            let before: Vec<String> = peers.keys().cloned().collect();
+            for member in &members {
+                if member.node_id == self.node_id || member.grpc_addr.is_empty() {
+                    continue;
+                }
+                let fresh = peers
+                    .get(&member.node_id)
+                    .is_none_or(|p| p.addr() != member.grpc_addr);
+                if !fresh {
+                    continue;
+                }
+                match Peer::new(
+                    &self.node_id,
+                    &member.node_id,
+                    &member.grpc_addr,
+                    self.local_rooms.clone(),
+                ) {
+                    Ok(peer) => {
+                        info!(peer = %member.node_id, addr = %member.grpc_addr, "peer added");
+                        peers.insert(member.node_id.clone(), peer);
+                    }
+                    Err(err) => warn!(peer = %member.node_id, %err, "bad peer address"),
+                }
+            }
+            for node in before {
+                if !members.iter().any(|m| m.node_id == node) {
+                    info!(peer = %node, "peer removed");
+                    peers.remove(&node);
+                    self.rooms.forget(&node);
+                }
+            }
+        }
+        info!(
+            epoch = view.epoch,
+            members = members.len(),
+            ring = ring.members().len(),
+            "membership view"
+        );
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ClusterView {
+            epoch: view.epoch,
+            members,
+            ring,
+        });
+    }
+
+    fn ring_owner(&self, sid: &Sid) -> Option<String> {
+        self.view().ring.owner(sid.as_str()).map(str::to_owned)
+    }
+
+    fn cached_owner(&self, sid: &Sid) -> Option<String> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sid)
+            .cloned()
+    }
+
+    fn cache_owner(&self, sid: Sid, node: Option<String>) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        match node {
+            Some(node) => {
+                if owners.len() >= OWNER_CACHE_MAX {
+                    owners.clear();
+                }
+                owners.insert(sid, node);
+            }
+            None => {
+                owners.remove(&sid);
+            }
+        }
+    }
+
+    /// Where a session lives: the cache, else the registry (one round
+    /// trip, then cached), else the ring (a session not registered yet, or
+    /// the registry unreachable).
+    async fn locate(&self, sid: Sid, use_cache: bool) -> Option<String> {
+        if use_cache {
+            if let Some(node) = self.cached_owner(&sid) {
+                return Some(node);
+            }
+        }
+        match self.registry.get(sid).await {
+            Ok(Some(entry)) => {
+                self.cache_owner(sid, Some(entry.owner.clone()));
+                Some(entry.owner)
+            }
+            Ok(None) => self.ring_owner(&sid),
+            Err(err) => {
+                warn!(%sid, %err, "registry lookup failed: trying the ring owner");
+                self.ring_owner(&sid)
+            }
+        }
+    }
+
+    /// Serves a request at the session's owner, following moves and
+    /// asking the registry again when a cached owner no longer has it.
+    async fn route<T, F, Fut>(
+        &self,
+        sid: Sid,
+        hint: Option<String>,
+        call: F,
+    ) -> Result<T, RequestError>
+    where
+        F: Fn(Arc<Peer>) -> Fut,
+        Fut: std::future::Future<Output = Result<Routed<T>, RequestError>>,
+    {
+        let mut asked_registry = hint.is_none() && self.cached_owner(&sid).is_none();
+        let mut target = match hint {
+            Some(node) => Some(node),
+            None => self.locate(sid, true).await,
+        };
+        for _ in 0..ROUTE_ATTEMPTS {
+            let peer = target
+                .as_deref()
+                .filter(|node| *node != self.node_id)
+                .and_then(|node| self.peer(node));
+            let Some(peer) = peer else {
+                // Nobody (else) to ask: the session is unknown, unless a
+                // fresh registry read says otherwise.
+                self.cache_owner(sid, None);
+                if asked_registry {
+                    return Err(RequestError::UnknownSid);
+                }
+                asked_registry = true;
+                target = self.locate(sid, false).await;
+                continue;
+            };
+            match call(peer).await? {
+                Routed::Done(value) => return Ok(value),
+                Routed::Moved(node) => {
+                    self.cache_owner(sid, Some(node.clone()));
+                    target = Some(node);
+                }
+                Routed::Unknown => {
+                    self.cache_owner(sid, None);
+                    if asked_registry {
+                        return Err(RequestError::UnknownSid);
+                    }
+                    asked_registry = true;
+                    target = self.locate(sid, false).await;
+                }
+            }
+        }
+        Err(RequestError::UnknownSid)
+    }
+
+    /// Keeps the registry entries of live sessions from expiring.
+    pub async fn refresh_registry(&self) {
+        let sids: Vec<Sid> = self
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        if sids.is_empty() {
+            return;
+        }
+        if let Err(err) = self.registry.refresh(sids).await {
+            warn!(%err, "registry refresh failed");
+        }
+    }
+
+    fn spawn_registry_write(self: &Arc<Self>, sid: Sid, entry: Entry, remove: bool) {
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let result = if remove {
+                registry.remove(sid, entry).await
+            } else {
+                match registry.put(sid, entry).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        warn!(%sid, "registry holds a later owner for this session");
+                        Ok(())
+                    }
+                    Err(err) => Err(err),
+                }
+            };
+            if let Err(err) = result {
+                warn!(%sid, %err, "registry write failed");
+            }
+        });
+    }
+}
+
+/// What a peer said about a session.
+enum Routed<T> {
+    Done(T),
+    Moved(String),
+    Unknown,
+}
+
+fn disposition<T>(raw: i32, moved_to: String, done: impl FnOnce() -> T) -> Routed<T> {
+    match Disposition::try_from(raw) {
+        Ok(Disposition::Served) => Routed::Done(done()),
+        Ok(Disposition::Moved) if !moved_to.is_empty() => Routed::Moved(moved_to),
+        _ => Routed::Unknown,
+    }
+}
+
+/// The directory, as `Arc<Cluster>` (registry writes run in their own
+/// tasks).
+#[derive(Clone)]
+pub struct ClusterDirectory(pub Arc<Cluster>);
+
+impl Directory for ClusterDirectory {
+    fn accepts(&self, sid: &Sid) -> bool {
+        let view = self.0.view();
+        // Out of the ring (draining, or not in the view yet): any sid; the
+        // registry says where the session lives.
+        if !view.ring.members().iter().any(|m| **m == *self.0.node_id) {
+            return true;
+        }
+        view.ring.owner(sid.as_str()) == Some(self.0.node_id.as_str())
+    }
+
+    fn open_for_handshakes(&self) -> bool {
+        !self.0.is_draining()
+    }
+
+    fn opened(&self, sid: Sid, epoch: u64) {
+        self.0
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid, epoch);
+        let entry = Entry {
+            owner: self.0.node_id.clone(),
+            epoch,
+        };
+        self.0.spawn_registry_write(sid, entry, false);
+    }
+
+    fn closed(&self, sid: Sid, epoch: u64, reason: CloseReason) {
+        self.0
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sid);
+        if reason == CloseReason::HandedOff {
+            // The new owner writes the next epoch.
+            return;
+        }
+        let entry = Entry {
+            owner: self.0.node_id.clone(),
+            epoch,
+        };
+        self.0.spawn_registry_write(sid, entry, true);
+    }
+
+    fn forward(
+        &self,
+        sid: Sid,
+        hint: Option<String>,
+        request: ForwardedRequest,
+    ) -> BoxFuture<'_, Result<ForwardedAnswer, RequestError>> {
+        let request = ForwardRequest {
+            sid: sid.to_string(),
+            method: request.method.as_str().to_owned(),
+            query: request.query,
+            body: request.body,
+            binary_body: request.binary_body,
+        };
+        Box::pin(self.0.route(sid, hint, move |peer| {
+            let request = request.clone();
+            async move {
+                match peer.forward(request).await {
+                    Ok(reply) => Ok(disposition(
+                        reply.disposition,
+                        reply.moved_to.clone(),
+                        || ForwardedAnswer {
+                            status: reply.status as u16,
+                            content_type: reply.content_type,
+                            body: reply.body,
+                        },
+                    )),
+                    Err(status) => {
+                        debug!(peer = peer.node_id(), %status, "forward failed");
+                        Err(RequestError::UnknownSid)
+                    }
+                }
+            }
+        }))
+    }
+
+    fn take_over(
+        &self,
+        sid: Sid,
+        hint: Option<String>,
+    ) -> BoxFuture<'_, Result<TakenOver, RequestError>> {
+        let request = HandoffRequest {
+            sid: sid.to_string(),
+            new_owner: self.0.node_id.clone(),
+        };
+        Box::pin(self.0.route(sid, hint, move |peer| {
+            let request = request.clone();
+            async move {
+                match peer.handoff(request).await {
+                    Ok(reply) => {
+                        let epoch = reply.epoch;
+                        match disposition(reply.disposition, reply.moved_to, || reply.session) {
+                            Routed::Done(Some(state)) => {
+                                Ok(Routed::Done(TakenOver { state, epoch }))
+                            }
+                            Routed::Done(None) => Err(RequestError::BadRequest),
+                            Routed::Moved(node) => Ok(Routed::Moved(node)),
+                            Routed::Unknown => Ok(Routed::Unknown),
+                        }
+                    }
+                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                        // Upgrading or upgraded already: as a local upgrade
+                        // of such a session, a bad request.
+                        Err(RequestError::BadRequest)
+                    }
+                    Err(status) => {
+                        debug!(peer = peer.node_id(), %status, "handoff failed");
+                        Err(RequestError::UnknownSid)
+                    }
+                }
+            }
+        }))
+    }
+}
+
+impl Fabric for Cluster {
+    fn publish(&self, namespace: &str, target: &Target, frames: &[Frame]) {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        if peers.is_empty() {
+            return;
+        }
+        let receivers: Vec<&Arc<Peer>> = if target.rooms.is_empty() {
+            peers.values().collect()
+        } else {
+            self.rooms
+                .nodes_for(namespace, &target.rooms)
+                .iter()
+                .filter_map(|node| peers.get(node))
+                .collect()
+        };
+        if receivers.is_empty() {
+            return;
+        }
+        let item = DeliverItem {
+            kind: Some(deliver_item::Kind::Emit(Emit {
+                namespace: namespace.to_owned(),
+                rooms: target.rooms.clone(),
+                except_rooms: target.except_rooms.clone(),
+                except_socket: target
+                    .except_socket
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                frames: frames.iter().map(Frame::to_proto).collect(),
+            })),
+        };
+        for peer in receivers {
+            peer.send(item.clone());
+        }
+    }
+
+    fn room_changed(&self, namespace: &str, room: &str, present: bool) {
+        self.local_rooms.set(namespace, room, present);
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        if peers.is_empty() {
+            return;
+        }
+        let item = DeliverItem {
+            kind: Some(deliver_item::Kind::Room(RoomChange {
+                namespace: namespace.to_owned(),
+                room: room.to_owned(),
+                joined: present,
+            })),
+        };
+        for peer in peers.values() {
+            peer.send(item.clone());
+        }
+    }
+}
+
+/// How often live sessions' registry entries are refreshed: a third of
+/// their TTL.
+pub fn refresh_interval(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}

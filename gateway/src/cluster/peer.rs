@@ -1,0 +1,185 @@
+//! Another gateway: one HTTP/2 channel for forwarded requests and
+//! handoffs, and one long-lived ordered delivery stream fed by a bounded
+//! queue. Items queued for the stream go out in batches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringway_proto::cluster::v1::node_client::NodeClient;
+use ringway_proto::cluster::v1::{
+    deliver_item, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest, HandoffReply,
+    HandoffRequest,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+use super::rooms::LocalRooms;
+
+/// Items waiting for the delivery stream of one peer; past this a peer
+/// that cannot keep up loses items (counted), instead of growing memory.
+const QUEUE_ITEMS: usize = 65_536;
+/// Most items in one batch.
+const BATCH_ITEMS: usize = 512;
+/// Bound of a handoff call.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Peer {
+    node_id: String,
+    addr: String,
+    client: NodeClient<Channel>,
+    queue: mpsc::Sender<DeliverItem>,
+    dropped: AtomicU64,
+    pump: JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl Peer {
+    /// A peer at `addr` (host:port of its gRPC listener). Connects lazily.
+    pub fn new(
+        self_id: &str,
+        node_id: &str,
+        addr: &str,
+        local_rooms: Arc<LocalRooms>,
+    ) -> Result<Arc<Peer>, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = NodeClient::new(channel);
+        let (queue, rx) = mpsc::channel(QUEUE_ITEMS);
+        let pump = tokio::spawn(pump(
+            self_id.to_owned(),
+            node_id.to_owned(),
+            client.clone(),
+            rx,
+            local_rooms,
+        ));
+        Ok(Arc::new(Peer {
+            node_id: node_id.to_owned(),
+            addr: addr.to_owned(),
+            client,
+            queue,
+            dropped: AtomicU64::new(0),
+            pump,
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Items lost because the peer's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues an item for the delivery stream; never blocks.
+    pub fn send(&self, item: DeliverItem) {
+        if self.queue.try_send(item).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                warn!(peer = %self.node_id, dropped = n + 1, "peer delivery queue full: items dropped");
+            }
+        }
+    }
+
+    pub async fn forward(&self, request: ForwardRequest) -> Result<ForwardReply, tonic::Status> {
+        let mut client = self.client.clone();
+        Ok(client.forward(request).await?.into_inner())
+    }
+
+    pub async fn handoff(&self, request: HandoffRequest) -> Result<HandoffReply, tonic::Status> {
+        let mut client = self.client.clone();
+        let call = client.handoff(request);
+        match tokio::time::timeout(HANDOFF_TIMEOUT, call).await {
+            Ok(reply) => Ok(reply?.into_inner()),
+            Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
+        }
+    }
+}
+
+/// Feeds the delivery stream: opens it with a snapshot of this node's
+/// rooms, then sends queued items in batches; reopens it after a failure.
+async fn pump(
+    self_id: String,
+    peer_id: String,
+    client: NodeClient<Channel>,
+    mut rx: mpsc::Receiver<DeliverItem>,
+    local_rooms: Arc<LocalRooms>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (tx, stream_rx) = mpsc::channel::<DeliverBatch>(64);
+        let opening = DeliverBatch {
+            from_node: self_id.clone(),
+            items: vec![DeliverItem {
+                kind: Some(deliver_item::Kind::Snapshot(local_rooms.snapshot())),
+            }],
+        };
+        if tx.send(opening).await.is_err() {
+            return;
+        }
+        let mut client = client.clone();
+        let mut call =
+            tokio::spawn(async move { client.deliver(ReceiverStream::new(stream_rx)).await });
+        let mut sent_any = false;
+        let ended = loop {
+            let first = tokio::select! {
+                item = rx.recv() => item,
+                // The stream failed (peer down, restarted): reopen it.
+                ended = &mut call => break Some(ended),
+            };
+            let Some(first) = first else {
+                // The peer left the view: this task ends.
+                call.abort();
+                return;
+            };
+            let mut items = Vec::with_capacity(16);
+            items.push(first);
+            while items.len() < BATCH_ITEMS {
+                match rx.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            let batch = DeliverBatch {
+                from_node: String::new(),
+                items,
+            };
+            if tx.send(batch).await.is_err() {
+                break None;
+            }
+            sent_any = true;
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => call.await,
+        };
+        match ended {
+            Ok(Err(status)) => debug!(peer = %peer_id, %status, "delivery stream ended"),
+            Ok(Ok(_)) => debug!(peer = %peer_id, "delivery stream closed"),
+            Err(_) => {}
+        }
+        if sent_any {
+            backoff = Duration::from_millis(50);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

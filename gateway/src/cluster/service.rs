@@ -1,0 +1,130 @@
+//! The node-to-node gRPC service every gateway serves: forwarded polling
+//! requests, handoffs, and the delivery streams of the other nodes.
+
+use std::sync::Arc;
+
+use http::Method;
+use ringway_proto::cluster::v1::node_server::Node;
+use ringway_proto::cluster::v1::{
+    deliver_item, DeliverBatch, DeliverSummary, Disposition, ForwardReply, ForwardRequest,
+    HandoffReply, HandoffRequest,
+};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::engineio::{Engine, ForwardedRequest, Frame, Sid};
+use crate::socketio::{Application, SocketIo, Target};
+
+use super::Cluster;
+
+pub struct NodeService<A: Application> {
+    engine: Arc<Engine<SocketIo<A>>>,
+    cluster: Arc<Cluster>,
+}
+
+impl<A: Application> NodeService<A> {
+    pub fn new(engine: Arc<Engine<SocketIo<A>>>, cluster: Arc<Cluster>) -> Self {
+        NodeService { engine, cluster }
+    }
+}
+
+fn unknown() -> ForwardReply {
+    ForwardReply {
+        disposition: Disposition::Unknown as i32,
+        ..ForwardReply::default()
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Application> Node for NodeService<A> {
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let request = request.into_inner();
+        let Some(sid) = Sid::parse(&request.sid) else {
+            return Ok(Response::new(unknown()));
+        };
+        let method = match request.method.as_str() {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            _ => return Err(Status::invalid_argument("only GET and POST are forwarded")),
+        };
+        let forwarded = ForwardedRequest {
+            method,
+            query: request.query,
+            body: request.body,
+            binary_body: request.binary_body,
+        };
+        Ok(Response::new(
+            self.engine.serve_forwarded(sid, forwarded).await,
+        ))
+    }
+
+    async fn handoff(
+        &self,
+        request: Request<HandoffRequest>,
+    ) -> Result<Response<HandoffReply>, Status> {
+        let request = request.into_inner();
+        let Some(sid) = Sid::parse(&request.sid) else {
+            return Ok(Response::new(HandoffReply {
+                disposition: Disposition::Unknown as i32,
+                ..HandoffReply::default()
+            }));
+        };
+        if request.new_owner.is_empty() {
+            return Err(Status::invalid_argument("new_owner is required"));
+        }
+        match self.engine.hand_off(sid, &request.new_owner).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(err) => Err(Status::failed_precondition(err.to_string())),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<Streaming<DeliverBatch>>,
+    ) -> Result<Response<DeliverSummary>, Status> {
+        let mut stream = request.into_inner();
+        let mut from = String::new();
+        let mut items = 0u64;
+        while let Some(batch) = stream.message().await? {
+            if from.is_empty() {
+                if batch.from_node.is_empty() {
+                    return Err(Status::invalid_argument("the first batch names its node"));
+                }
+                from = batch.from_node;
+                debug!(peer = %from, "delivery stream opened");
+            }
+            for item in batch.items {
+                items += 1;
+                match item.kind {
+                    Some(deliver_item::Kind::Emit(emit)) => {
+                        let Some(ns) = self.engine.handler().namespace(&emit.namespace) else {
+                            continue;
+                        };
+                        let target = Target {
+                            rooms: emit.rooms,
+                            except_rooms: emit.except_rooms,
+                            except_socket: Sid::parse(&emit.except_socket),
+                        };
+                        let frames: Vec<Frame> = emit
+                            .frames
+                            .into_iter()
+                            .filter_map(Frame::from_proto)
+                            .collect();
+                        ns.send_frames(&target, &frames);
+                    }
+                    Some(deliver_item::Kind::Room(change)) => {
+                        self.cluster.rooms().apply(&from, &change)
+                    }
+                    Some(deliver_item::Kind::Snapshot(snapshot)) => {
+                        self.cluster.rooms().replace(&from, &snapshot)
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(Response::new(DeliverSummary { items }))
+    }
+}

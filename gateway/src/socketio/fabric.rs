@@ -1,0 +1,26 @@
+//! The Socket.IO layer's one seam to other nodes: emits that must reach
+//! sockets elsewhere, and the rooms this node has members in.
+
+use crate::engineio::Frame;
+
+use super::namespace::Target;
+
+pub trait Fabric: Send + Sync + 'static {
+    /// An emit was delivered here; deliver it on every other node the
+    /// target may reach. `frames` are encoded once, for every receiver.
+    fn publish(&self, namespace: &str, target: &Target, frames: &[Frame]);
+
+    /// A room of this node got its first member (`present`) or lost its
+    /// last. Called under the namespace's room lock, so calls for one room
+    /// come in order; it must not block.
+    fn room_changed(&self, namespace: &str, room: &str, present: bool);
+}
+
+/// No other nodes: nothing to publish.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalFabric;
+
+impl Fabric for LocalFabric {
+    fn publish(&self, _namespace: &str, _target: &Target, _frames: &[Frame]) {}
+    fn room_changed(&self, _namespace: &str, _room: &str, _present: bool) {}
+}

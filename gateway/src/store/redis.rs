@@ -1,0 +1,148 @@
+//! The registry in Redis: one key per session,
+//! `{prefix}:sid:{sid}` = `"<epoch> <owner>"`, with a TTL that the owner
+//! refreshes while the session lives (so a dead node's entries go away by
+//! themselves).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::{Entry, Registry, StoreError};
+use crate::engineio::{BoxFuture, Sid};
+
+/// Bound of every Redis call: a lost Redis fails calls, never hangs them.
+const CALL_TIMEOUT: Duration = Duration::from_millis(800);
+/// Keys refreshed per pipeline.
+const REFRESH_BATCH: usize = 1000;
+
+/// Writes the entry unless the stored epoch is the same or later.
+const PUT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local e = tonumber(string.match(cur, '^(%d+) '))
+  if e and e >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Deletes the key only if it still holds exactly this entry.
+const REMOVE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+pub struct RedisRegistry {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    put: Script,
+    remove: Script,
+}
+
+impl RedisRegistry {
+    /// Connects (failing fast if Redis does not answer).
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            CALL_TIMEOUT * 3,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        let registry = RedisRegistry {
+            conn,
+            prefix: prefix.to_owned(),
+            ttl,
+            put: Script::new(PUT),
+            remove: Script::new(REMOVE),
+        };
+        registry.ping().await?;
+        Ok(registry)
+    }
+
+    fn key(&self, sid: Sid) -> String {
+        format!("{}:sid:{}", self.prefix, sid)
+    }
+}
+
+async fn bounded<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+impl Registry for RedisRegistry {
+    fn put(&self, sid: Sid, entry: Entry) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = self.key(sid);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let mut call = self.put.key(key);
+            call.arg(entry.epoch)
+                .arg(&entry.owner)
+                .arg(self.ttl.as_millis() as u64);
+            let written: i64 = bounded(call.invoke_async(&mut conn)).await?;
+            Ok(written == 1)
+        })
+    }
+
+    fn get(&self, sid: Sid) -> BoxFuture<'_, Result<Option<Entry>, StoreError>> {
+        let key = self.key(sid);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let raw: Option<String> =
+                bounded(redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+            match raw {
+                None => Ok(None),
+                Some(raw) => Entry::decode(&raw)
+                    .map(Some)
+                    .ok_or(StoreError::Corrupt(key)),
+            }
+        })
+    }
+
+    fn remove(&self, sid: Sid, entry: Entry) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.key(sid);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let mut call = self.remove.key(key);
+            call.arg(entry.encode());
+            let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn refresh(&self, sids: Vec<Sid>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let ttl = self.ttl.as_millis() as u64;
+            for chunk in sids.chunks(REFRESH_BATCH) {
+                let mut pipe = redis::pipe();
+                for sid in chunk {
+                    pipe.cmd("PEXPIRE").arg(self.key(*sid)).arg(ttl).ignore();
+                }
+                let () = bounded(pipe.query_async(&mut conn)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let _: String = bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,508 @@
+//! The cluster with real parts: a `redis-server`, a `ringway-coordinator`
+//! and three (or four) gateway processes, all started here. Every HTTP
+//! request of a session may land on any node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{start_node, Cluster, LEASE_TTL_MS};
+use common::{get, ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
+use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
+
+/// Polls `p` (answering pings) until packets starting with each of
+/// `want` came, in this order; returns everything received.
+async fn expect_packets(p: &Polling, want: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got: Vec<String> = Vec::new();
+    loop {
+        let matched = want
+            .iter()
+            .scan(0usize, |from, w| {
+                let pos = got[*from..].iter().position(|g| g.starts_with(w));
+                pos.map(|p| {
+                    *from += p + 1;
+                })
+            })
+            .count();
+        if matched == want.len() {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited for {want:?}, got {got:?}"
+        );
+        got.extend(p.next_non_ping().await);
+    }
+}
+
+/// Reads WebSocket text frames until one starts with `prefix`.
+async fn ws_expect(ws: &mut Ws, prefix: &str) -> String {
+    loop {
+        let text = ws_text(ws).await.expect("websocket closed");
+        if text.starts_with(prefix) {
+            return text;
+        }
+    }
+}
+
+/// A WebSocket client connected to the main namespace of `addr`.
+async fn ws_client(addr: &str) -> Ws {
+    let (mut ws, _) = ws_open(addr).await;
+    ws_send(&mut ws, "40").await;
+    ws_expect(&mut ws, "40{\"sid\"").await;
+    ws_expect(&mut ws, "42[\"auth\"").await;
+    ws
+}
+
+async fn ws_join(ws: &mut Ws, room: &str) {
+    ws_send(ws, &format!("421[\"join\",\"{room}\"]")).await;
+    ws_expect(ws, "431[true]").await;
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ring(nodes: &[&str]) -> Ring {
+    Ring::new(nodes.iter().copied(), DEFAULT_VNODES)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_requests_of_one_session_land_on_every_node() {
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+
+    // Handshake on node 1: the sid maps to node 1 on the ring, and the
+    // registry says so.
+    let p = Polling::open(n1, "/socket.io/").await;
+    assert_eq!(ring(&["n1", "n2", "n3"]).owner(&p.sid), Some("n1"));
+    wait_for("the registry entry", || {
+        c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1")
+    })
+    .await;
+
+    // CONNECT posted on node 2, its answer polled on node 3.
+    p.on(n2).send("40").await;
+    expect_packets(&p.on(n3), &["40{\"sid\"", "42[\"auth\",{}]"]).await;
+
+    // A long-poll held open on node 2 across the hop, answered by an
+    // event posted on node 1 (the owner).
+    let waiting = {
+        let on2 = p.on(n2);
+        tokio::spawn(async move { expect_packets(&on2, &["42[\"message-back\",\"hi\"]"]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the forwarded poll must wait");
+    p.on(n1).send("42[\"message\",\"hi\"]").await;
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the forwarded poll is answered")
+        .expect("poll task");
+
+    // Errors are the owner's, whichever node answers: a GET with the wrong
+    // transport for this sid.
+    let wrong = format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid);
+    let local = get(n1, &wrong).await;
+    let forwarded = get(n3, &wrong).await;
+    assert_eq!(local.status, 400);
+    assert_eq!(
+        (forwarded.status, forwarded.text()),
+        (local.status, local.text())
+    );
+    assert_eq!(local.text(), r#"{"code":3,"message":"Bad request"}"#);
+
+    // An acked event posted on node 3, the ack polled on node 2.
+    p.on(n3).send("421[\"message-with-ack\",1,2]").await;
+    expect_packets(&p.on(n2), &["431[1,2]"]).await;
+
+    // The client closes from node 2: the session is gone everywhere and
+    // leaves the registry.
+    p.on(n2).send("1").await;
+    wait_for("the registry entry to go", || {
+        c.redis.registry_entry(&p.sid).is_none()
+    })
+    .await;
+    for addr in [n1, n2, n3] {
+        let resp = p.on(addr).get().await;
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_on_another_node_hands_the_session_off() {
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.on(n2).send("40").await;
+    expect_packets(&p.on(n1), &["40{\"sid\"", "42[\"auth\""]).await;
+    p.on(n2).send("421[\"join\",\"lobby\"]").await;
+    expect_packets(&p.on(n3), &["431[true]"]).await;
+    // Something queued for the client before the move travels with it.
+    p.on(n1).send("42[\"message\",\"queued\"]").await;
+
+    // A client on node 2 in the same room.
+    let mut other = ws_client(n2).await;
+    ws_join(&mut other, "lobby").await;
+
+    // A poll pending on node 2 (forwarded to node 1) while the WebSocket
+    // upgrade lands on node 3.
+    let pending = {
+        let on2 = p.on(n2);
+        tokio::spawn(async move { on2.get().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut ws = ws_connect(
+        n3,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
+    )
+    .await;
+    let handoff = started.elapsed();
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    let pending = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the pending poll is released")
+        .expect("poll task");
+    assert_eq!(pending.status, 200);
+    // Either the queued event came on the poll before the move, or the
+    // poll got the noop and the event travels on the WebSocket.
+    let queued_on_poll = pending.text().contains("queued");
+    ws_send(&mut ws, "5").await;
+    if !queued_on_poll {
+        assert_eq!(pending.text(), "6");
+        assert_eq!(
+            ws_text(&mut ws).await.as_deref(),
+            Some("42[\"message-back\",\"queued\"]")
+        );
+    }
+    wait_for("the registry to move to node 3", || {
+        c.redis.registry_entry(&p.sid).as_deref() == Some("2 n3")
+    })
+    .await;
+    eprintln!("handoff + upgrade request: {handoff:?}");
+
+    // The session works on node 3, its socket id, namespace and room came
+    // along: a broadcast from node 2 reaches it.
+    ws_send(&mut ws, "42[\"message\",\"over ws\"]").await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[\"message-back\"").await,
+        "42[\"message-back\",\"over ws\"]"
+    );
+    ws_send(
+        &mut other,
+        "421[\"broadcast\",{\"room\":\"lobby\",\"msg\":\"to all\"}]",
+    )
+    .await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[\"message\"").await,
+        "42[\"message\",\"to all\"]"
+    );
+    // Polling requests that still come are answered by the new owner.
+    let late = p.on(n1).get().await;
+    assert_eq!(late.status, 400, "{}", late.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_broadcasts_reach_members_on_every_node_once() {
+    let c = Cluster::start(3, &[]).await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut ws = ws_client(c.addr(i)).await;
+        ws_join(&mut ws, "r").await;
+        members.push(ws);
+    }
+    // Not in the room: gets nothing.
+    let mut outsider = ws_client(c.addr(1)).await;
+    // Room announcements travel one hop; give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for round in 0..3 {
+        let sender = round % 3;
+        let msg = format!("m{round}");
+        ws_send(
+            &mut members[sender],
+            &format!("421[\"broadcast\",{{\"room\":\"r\",\"msg\":\"{msg}\"}}]"),
+        )
+        .await;
+        for ws in members.iter_mut() {
+            assert_eq!(
+                ws_expect(ws, "42[\"message\"").await,
+                format!("42[\"message\",\"{msg}\"]")
+            );
+        }
+    }
+    // Exactly once each: an echo round trip on every member comes before
+    // any further message.
+    for ws in members.iter_mut() {
+        ws_send(ws, "42[\"message\",\"sync\"]").await;
+        assert_eq!(
+            ws_expect(ws, "42[").await,
+            "42[\"message-back\",\"sync\"]",
+            "a broadcast arrived twice"
+        );
+    }
+    ws_send(&mut outsider, "42[\"message\",\"sync\"]").await;
+    assert_eq!(
+        ws_expect(&mut outsider, "42[").await,
+        "42[\"message-back\",\"sync\"]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_unknown_and_dead_sids_get_the_protocol_error() {
+    let mut c = Cluster::start(3, &[]).await;
+    let unknown = r#"{"code":1,"message":"Session ID unknown"}"#;
+    for i in 0..3 {
+        for sid in ["garbage", "AAAAAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAAAAAA!"] {
+            let resp = get(
+                c.addr(i),
+                &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            )
+            .await;
+            assert_eq!((resp.status, resp.text().as_str()), (400, unknown), "{sid}");
+        }
+    }
+
+    // A session of node 3, then node 3 dies.
+    let p = Polling::open(c.addr(2), "/socket.io/").await;
+    p.on(c.addr(0)).send("40").await;
+    expect_packets(&p.on(c.addr(1)), &["40{\"sid\""]).await;
+    let mut survivor = ws_client(c.addr(0)).await;
+    c.nodes[2].kill();
+    for i in 0..2 {
+        let started = Instant::now();
+        let resp = p.on(c.addr(i)).get().await;
+        assert_eq!((resp.status, resp.text().as_str()), (400, unknown));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered in time"
+        );
+        let resp = p.on(c.addr(i)).post("42[\"message\",1]").await;
+        assert_eq!(resp.status, 400);
+    }
+    // Nobody else noticed.
+    ws_send(&mut survivor, "42[\"message\",\"still here\"]").await;
+    assert_eq!(
+        ws_expect(&mut survivor, "42[").await,
+        "42[\"message-back\",\"still here\"]"
+    );
+    // Node 3 leaves the view when its lease lapses.
+    let deadline = Duration::from_millis(LEASE_TTL_MS * 4);
+    tokio::time::timeout(deadline, c.coordinator.wait_members(&["n1", "n2"]))
+        .await
+        .expect("node 3 leaves the view");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_die_during_traffic() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut a = ws_client(c.addr(0)).await;
+    let mut b = ws_client(c.addr(1)).await;
+    ws_join(&mut a, "r").await;
+    ws_join(&mut b, "r").await;
+    let polling = Polling::open(c.addr(0), "/socket.io/").await;
+    polling.on(c.addr(1)).send("40").await;
+    expect_packets(&polling.on(c.addr(1)), &["40{\"sid\""]).await;
+
+    c.nodes[2].kill();
+    c.coordinator.wait_members(&["n1", "n2"]).await;
+    // New sessions follow the new ring at once (within a heartbeat).
+    tokio::time::sleep(Duration::from_millis(2 * common::cluster::HEARTBEAT_MS)).await;
+    for _ in 0..5 {
+        let p = Polling::open(c.addr(1), "/socket.io/").await;
+        assert_eq!(ring(&["n1", "n2"]).owner(&p.sid), Some("n2"));
+    }
+
+    // A fourth node joins.
+    let n4 = start_node("n4", &c.coordinator, &c.redis, &[]);
+    c.coordinator.wait_members(&["n1", "n2", "n4"]).await;
+    tokio::time::sleep(Duration::from_millis(2 * common::cluster::HEARTBEAT_MS)).await;
+    for _ in 0..5 {
+        let p = Polling::open(&n4.addr, "/socket.io/").await;
+        assert_eq!(ring(&["n1", "n2", "n4"]).owner(&p.sid), Some("n4"));
+        // And its sessions are reachable from the old nodes.
+        p.on(c.addr(0)).send("40").await;
+        expect_packets(&p.on(c.addr(1)), &["40{\"sid\""]).await;
+    }
+    let mut d = ws_client(&n4.addr).await;
+    ws_join(&mut d, "r").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Old sessions stayed on their owners and the room spans the nodes.
+    polling.on(&n4.addr).send("42[\"message\",\"old\"]").await;
+    expect_packets(&polling.on(c.addr(1)), &["42[\"message-back\",\"old\"]"]).await;
+    ws_send(&mut a, "421[\"broadcast\",{\"room\":\"r\",\"msg\":\"x\"}]").await;
+    for ws in [&mut a, &mut b, &mut d] {
+        assert_eq!(
+            ws_expect(ws, "42[\"message\"").await,
+            "42[\"message\",\"x\"]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_established_sessions_and_recovers() {
+    let mut c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (
+        c.addr(0).to_owned(),
+        c.addr(1).to_owned(),
+        c.addr(2).to_owned(),
+    );
+    // A polling session of node 1 that node 2 has already served.
+    let p = Polling::open(&n1, "/socket.io/").await;
+    p.on(&n2).send("40").await;
+    expect_packets(&p.on(&n2), &["40{\"sid\""]).await;
+    let mut ws = ws_client(&n3).await;
+    let mut peer = ws_client(&n1).await;
+    ws_join(&mut ws, "r").await;
+    ws_join(&mut peer, "r").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    c.redis.stop();
+    // Established sessions work on their owners, and across nodes.
+    ws_send(&mut ws, "42[\"message\",\"no redis\"]").await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[").await,
+        "42[\"message-back\",\"no redis\"]"
+    );
+    ws_send(
+        &mut peer,
+        "421[\"broadcast\",{\"room\":\"r\",\"msg\":\"b\"}]",
+    )
+    .await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[\"message\"").await,
+        "42[\"message\",\"b\"]"
+    );
+    let started = Instant::now();
+    p.on(&n2).send("42[\"message\",\"via 2\"]").await;
+    expect_packets(&p.on(&n2), &["42[\"message-back\",\"via 2\"]"]).await;
+    // A node that never saw this session finds it by the ring (its sid
+    // maps to its owner), without hanging on Redis.
+    p.on(&n3).send("42[\"message\",\"via 3\"]").await;
+    expect_packets(&p.on(&n3), &["42[\"message-back\",\"via 3\"]"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+    // New sessions still open; unknown sids still get the protocol error.
+    let fresh = Polling::open(&n2, "/socket.io/").await;
+    fresh.on(&n1).send("40").await;
+    expect_packets(&fresh.on(&n3), &["40{\"sid\""]).await;
+    let resp = get(
+        &n1,
+        "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+
+    // Redis comes back (empty): new sessions are registered again.
+    c.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let again = Polling::open(&n2, "/socket.io/").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if c.redis.registry_entry(&again.sid).as_deref() == Some("1 n2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "registry writes did not recover");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_outage_serves_on_the_last_view_and_rejoins() {
+    let mut c = Cluster::start(3, &[]).await;
+    let before = c.coordinator.view().await.epoch;
+    c.coordinator.stop();
+    tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS)).await;
+
+    // Everything still works across nodes on the last view.
+    let p = Polling::open(c.addr(2), "/socket.io/").await;
+    assert_eq!(ring(&["n1", "n2", "n3"]).owner(&p.sid), Some("n3"));
+    p.on(c.addr(0)).send("40").await;
+    expect_packets(&p.on(c.addr(1)), &["40{\"sid\""]).await;
+    let mut a = ws_client(c.addr(0)).await;
+    let mut b = ws_client(c.addr(1)).await;
+    ws_join(&mut a, "r").await;
+    ws_join(&mut b, "r").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_send(&mut a, "421[\"broadcast\",{\"room\":\"r\",\"msg\":\"c\"}]").await;
+    assert_eq!(
+        ws_expect(&mut b, "42[\"message\"").await,
+        "42[\"message\",\"c\"]"
+    );
+
+    // The coordinator comes back: every gateway is in the view again, at
+    // a later epoch.
+    c.coordinator.restart();
+    let view = c.coordinator.wait_members(&["n1", "n2", "n3"]).await;
+    assert!(view.epoch > before, "epoch {} after {before}", view.epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_out_of_the_cluster() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut on2 = ws_client(c.addr(1)).await;
+    let p = Polling::open(c.addr(1), "/socket.io/").await;
+    p.on(c.addr(0)).send("40").await;
+    expect_packets(&p.on(c.addr(2)), &["40{\"sid\""]).await;
+
+    let started = Instant::now();
+    let status = c.nodes[1]
+        .terminate(Duration::from_secs(15))
+        .expect("node 2 exits");
+    assert!(status.success(), "exit status {status:?}");
+    // It left the view by itself, well before its lease would lapse.
+    let view = c.coordinator.wait_members(&["n1", "n3"]).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(LEASE_TTL_MS * 3),
+        "left in {:?}",
+        started.elapsed()
+    );
+    assert!(view.members.iter().all(|m| m.node_id != "n2"));
+    // Its clients were closed so they reconnect elsewhere.
+    assert_eq!(ws_text(&mut on2).await, None);
+    let resp = p.on(c.addr(0)).get().await;
+    assert_eq!(resp.status, 400);
+    // The others serve on.
+    let q = Polling::open(c.addr(2), "/socket.io/").await;
+    assert_eq!(ring(&["n1", "n3"]).owner(&q.sid), Some("n3"));
+}
+
+#[test]
+fn redis_unreachable_at_start_is_a_clear_error() {
+    let dead = format!("redis://127.0.0.1:{}/", common::cluster::free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "lonely",
+            "--coordinator",
+            "127.0.0.1:1",
+            "--redis-url",
+            &dead,
+        ])
+        .output()
+        .expect("run the gateway");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Redis at"), "{stderr}");
+    // Half a cluster configuration is refused as a configuration error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
+        .args(["--redis-url", &dead, "--check-config"])
+        .output()
+        .expect("run the gateway");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -1,0 +1,298 @@
+//! Cluster fixtures: a real `redis-server`, a real `ringway-coordinator`
+//! and real gateway processes on 127.0.0.1, each on a free port, started
+//! and stopped by the tests themselves.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ringway_proto::cluster::v1::membership_client::MembershipClient;
+use ringway_proto::cluster::v1::{View, WatchRequest};
+
+use super::Gateway;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `redis-server` of the test's own, never the machine's 6379.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is running");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start redis-server (installed by scripts/test.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.command(&["PING"]).as_deref() == Some("+PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on {}", self.port);
+    }
+
+    /// Kills the server (an outage); `restart` brings it back empty.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// One command over RESP; the first line of the answer.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // Bulk strings: `$len\r\nvalue\r\n`; others: the line itself.
+        let mut lines = text.split("\r\n");
+        let first = lines.next()?.to_owned();
+        if first.starts_with('$') && first != "$-1" {
+            return lines.next().map(str::to_owned);
+        }
+        Some(first)
+    }
+
+    /// A registry entry: `"<epoch> <owner>"`.
+    pub fn registry_entry(&self, sid: &str) -> Option<String> {
+        self.command(&["GET", &format!("ringway:sid:{sid}")])
+            .filter(|v| v != "$-1")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The binary of another package of the workspace, next to the gateway's.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_ringway-gateway"));
+    let path = gateway.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A `ringway-coordinator` process.
+pub struct Coordinator {
+    child: Option<Child>,
+    pub addr: String,
+    redis_url: String,
+    port: u16,
+}
+
+/// Lease settings of the tests: short, so that failures show quickly.
+pub const LEASE_TTL_MS: u64 = 1500;
+pub const HEARTBEAT_MS: u64 = 300;
+
+impl Coordinator {
+    pub fn start(redis_url: &str) -> Coordinator {
+        let mut c = Coordinator {
+            child: None,
+            addr: String::new(),
+            redis_url: redis_url.to_owned(),
+            port: free_port(),
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "coordinator is running");
+        let mut child = Command::new(sibling_binary("ringway-coordinator"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--redis-url",
+                &self.redis_url,
+                "--lease-ttl",
+                &LEASE_TTL_MS.to_string(),
+                "--heartbeat-interval",
+                &HEARTBEAT_MS.to_string(),
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringway-coordinator");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        self.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("coordinator did not report its address");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// The current membership view (the first message of a watch).
+    pub async fn view(&self) -> View {
+        let mut client = MembershipClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the coordinator");
+        let mut stream = client
+            .watch(WatchRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("view").expect("a first view")
+    }
+
+    /// Waits until the view has exactly these members.
+    pub async fn wait_members(&self, ids: &[&str]) -> View {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = self.view().await;
+            let mut have: Vec<&str> = view.members.iter().map(|m| m.node_id.as_str()).collect();
+            have.sort();
+            let mut want = ids.to_vec();
+            want.sort();
+            if have == want {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members {have:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A clustered gateway: `--node-id`, with the coordinator and Redis.
+pub fn start_node(
+    node_id: &str,
+    coordinator: &Coordinator,
+    redis: &Redis,
+    extra: &[&str],
+) -> Gateway {
+    let coordinator_addr = coordinator.addr.clone();
+    let redis_url = redis.url();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--node-id",
+        node_id,
+        "--coordinator",
+        &coordinator_addr,
+        "--redis-url",
+        &redis_url,
+    ];
+    args.extend_from_slice(extra);
+    Gateway::start_raw(&args)
+}
+
+/// Redis, a coordinator and `n` gateways `n1..`, with every gateway in
+/// the view.
+pub struct Cluster {
+    pub redis: Redis,
+    pub coordinator: Coordinator,
+    pub nodes: Vec<Gateway>,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let redis = Redis::start();
+        let coordinator = Coordinator::start(&redis.url());
+        let nodes: Vec<Gateway> = (1..=n)
+            .map(|i| start_node(&format!("n{i}"), &coordinator, &redis, extra))
+            .collect();
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        coordinator.wait_members(&ids).await;
+        // Views reach the gateways by their watch streams at once; leave
+        // them a moment to apply it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Cluster {
+            redis,
+            coordinator,
+            nodes,
+        }
+    }
+
+    pub fn addr(&self, i: usize) -> &str {
+        &self.nodes[i].addr
+    }
+}
