@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use ringway_gateway::app::EchoApp;
 use ringway_gateway::cluster::membership::{MembershipClientTask, Registration};
+use ringway_gateway::cluster::peer::MAX_MESSAGE;
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
@@ -123,7 +124,11 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .max_concurrent_streams(Some(1 << 20))
-                .add_service(NodeServer::new(service))
+                .add_service(
+                    NodeServer::new(service)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                )
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                     let _ = grpc_stop.wait_for(|stop| *stop).await;
                 }),

@@ -506,3 +506,40 @@ fn redis_unreachable_at_start_is_a_clear_error() {
         .expect("run the gateway");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_cross_nodes_within_the_limits() {
+    let c = Cluster::start(3, &["--max-payload", "900000"]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.on(n2).send("40").await;
+    expect_packets(&p.on(n3), &["40{\"sid\"", "42[\"auth\""]).await;
+
+    // 800 KB in through node 2, echoed back out through node 3 (beyond
+    // gRPC's default 4 MiB it would also pass: several such packets may
+    // share one answer).
+    let big = "x".repeat(800_000);
+    for _ in 0..3 {
+        p.on(n2).send(&format!("42[\"message\",\"{big}\"]")).await;
+    }
+    let got = expect_packets(
+        &p.on(n3),
+        &[
+            "42[\"message-back\"",
+            "42[\"message-back\"",
+            "42[\"message-back\"",
+        ],
+    )
+    .await;
+    let expected = format!("42[\"message-back\",\"{big}\"]");
+    assert_eq!(got.iter().filter(|g| **g == expected).count(), 3);
+
+    // Over the limit on a non-owner: 413, and the session lives on.
+    let resp = p
+        .on(n3)
+        .post(&format!("42[\"message\",\"{}\"]", "y".repeat(950_000)))
+        .await;
+    assert_eq!(resp.status, 413);
+    p.on(n2).send("42[\"message\",\"small\"]").await;
+    expect_packets(&p.on(n1), &["42[\"message-back\",\"small\"]"]).await;
+}

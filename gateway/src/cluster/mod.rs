@@ -297,8 +297,16 @@ impl Cluster {
                 target = self.locate(sid, false).await;
                 continue;
             };
+            let node = peer.node_id().to_owned();
             match call(peer).await? {
-                Routed::Done(value) => return Ok(value),
+                Routed::Done(value) => {
+                    // Whatever found it (registry, ring, a move), the next
+                    // request goes straight there.
+                    if self.cached_owner(&sid).as_deref() != Some(node.as_str()) {
+                        self.cache_owner(sid, Some(node));
+                    }
+                    return Ok(value);
+                }
                 Routed::Moved(node) => {
                     self.cache_owner(sid, Some(node.clone()));
                     target = Some(node);

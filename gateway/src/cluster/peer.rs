@@ -24,6 +24,11 @@ use super::rooms::LocalRooms;
 const QUEUE_ITEMS: usize = 65_536;
 /// Most items in one batch.
 const BATCH_ITEMS: usize = 512;
+/// Largest node-to-node message: a polling answer (up to 16 packets of
+/// `--max-payload`) or a handed-off session (its queue, up to
+/// `--max-queued-bytes`, and a binary packet being reassembled) must fit;
+/// tonic's default of 4 MiB does not.
+pub const MAX_MESSAGE: usize = 256 << 20;
 /// Bound of a handoff call.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,7 +62,9 @@ impl Peer {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = NodeClient::new(channel);
+        let client = NodeClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         let (queue, rx) = mpsc::channel(QUEUE_ITEMS);
         let pump = tokio::spawn(pump(
             self_id.to_owned(),

@@ -739,6 +739,288 @@ async function manyMessagesUpgrade() {
 }
 
 // ---------------------------------------------------------------------------
+// Cluster scenarios: RINGWAY_URL is a round-robin proxy without sticky
+// sessions (nginx) in front of several gateways, so consecutive HTTP
+// requests of one session land on different nodes (gateway/tests/
+// cluster_interop.rs). Each summary ends with `[sids <engine ids>]` so that
+// the harness can check, with the proxy's access log and the ring, which
+// nodes served which session.
+
+/** Emits `ev` with a callback ack; resolves with every ack arg. */
+function ackArgs(socket, ev, args, timeout = 5000) {
+  return new Promise((resolve, reject) => {
+    socket.timeout(timeout).emit(ev, ...args, (err, ...got) => {
+      if (err) reject(new Error(`no ack for '${ev}' ${short(args)} within ${timeout} ms`));
+      else resolve(got);
+    });
+  });
+}
+
+/** Records everything that would mean the session broke. */
+function watchHealth(socket, label) {
+  const problems = [];
+  socket.on('disconnect', (reason) => problems.push(`${label}: disconnect (${reason})`));
+  socket.on('connect_error', (err) => problems.push(`${label}: connect_error (${err.message})`));
+  socket.io.on('error', (err) => problems.push(`${label}: manager error (${err && err.message})`));
+  socket.io.on('reconnect_attempt', () => problems.push(`${label}: reconnect attempt`));
+  const engine = socket.io.engine;
+  engine.on('error', (err) => problems.push(`${label}: engine error (${err && err.message ? err.message : err})`));
+  engine.on('close', (reason) => problems.push(`${label}: engine close (${reason})`));
+  return problems;
+}
+
+/** Fails if any watched session broke. */
+function checkHealthy(...lists) {
+  const all = lists.flat();
+  check(all.length === 0, `sessions broke: ${all.join('; ')}`);
+}
+
+/** The engine's transport at creation, then one entry per upgrade. */
+function transportLog(engine) {
+  const log = [engine.transport.name];
+  engine.on('upgrade', (t) => log.push(t.name));
+  return log;
+}
+
+/** Holds engine.io-client's private _probe back until the returned release() is called. */
+function holdProbe(engine) {
+  check(typeof engine._probe === 'function', 'engine.io-client has no _probe to delay (version changed?)');
+  const probe = engine._probe;
+  let release;
+  const gate = new Promise((resolve) => (release = resolve));
+  engine._probe = function (name) {
+    gate.then(() => probe.call(this, name));
+  };
+  return release;
+}
+
+/** n sequential acked emits of `message-with-ack`; every ack carries the emitted args. */
+async function sequentialAcks(socket, n, tag) {
+  for (let i = 0; i < n; i++) {
+    const args = [i, `${tag}-${i}`, { i, tag, odd: i % 2 === 1, list: [i, String(i)] }];
+    assertSame(await ackArgs(socket, 'message-with-ack', args), args, `${tag} ack #${i}`);
+  }
+}
+
+/** n concurrent acked emits; each ack reaches its own callback. */
+async function concurrentAcks(socket, n, tag) {
+  const values = Array.from({ length: n }, (_, i) => [{ i, tag }, `c${i}`]);
+  const results = await Promise.all(values.map((v) => ackArgs(socket, 'message-with-ack', v, 8000)));
+  assertSame(results, values, `${n} concurrent acks (${tag})`);
+}
+
+/** n `message` emits at once; the message-back replies come once each, in order. */
+async function orderedBurst(socket, n, tag) {
+  const backs = collector(socket, 'message-back');
+  const expected = Array.from({ length: n }, (_, i) => [tag, i, `${'y'.repeat(i * 11)}`]);
+  for (const args of expected) socket.emit('message', ...args);
+  const got = await backs.until(n, 10000);
+  got.forEach((args, i) => assertSame(args, expected[i], `${tag} message-back #${i} (order/content)`));
+  await sleep(100);
+  check(backs.items.length === n, `${tag}: ${backs.items.length} replies for ${n} emits`);
+}
+
+async function clusterUpgrade() {
+  // Client 1: the upgrade left to the client, so the probe races the
+  // CONNECT and the first polls, each on another node.
+  step('client 1: connecting over polling (upgrade left to the client)');
+  const s1 = sio('/');
+  const e1 = s1.io.engine;
+  const h1 = watchHealth(s1, 'client 1');
+  const t1 = transportLog(e1);
+  const auth1 = waitFor(s1, 'auth', 10000);
+  const up1 = waitFor(e1, 'upgrade', 10000, 'client 1 upgrade to websocket');
+  check(e1.transport.name === 'polling', `client 1 first transport '${e1.transport.name}'`);
+  await connected(s1, 10000);
+  assertSame(await auth1, [{}], "client 1 'auth' event");
+  const sid1 = e1.id;
+  await up1;
+  check(e1.transport.name === 'websocket', `client 1 transport '${e1.transport.name}' after the upgrade`);
+  assertSame(t1, ['polling', 'websocket'], 'client 1 transports (initial, then upgrades)');
+
+  step('client 1: acks and message-back over websocket');
+  await sequentialAcks(s1, 10, 'c1-ws');
+  await roundTrip(s1, MIXED_ARGS, 'client 1 message-back (mixed args)');
+  await concurrentAcks(s1, 20, 'c1-ws');
+  check(e1.id === sid1, `client 1 engine id changed: ${sid1} -> ${e1.id}`);
+
+  // Client 2: the probe held back until acked emits flowed over polling
+  // (each POST and GET on another node), then the upgrade.
+  step('client 2: connecting over polling, probe held back');
+  const s2 = sio('/');
+  const e2 = s2.io.engine;
+  const h2 = watchHealth(s2, 'client 2');
+  const t2 = transportLog(e2);
+  const releaseProbe = holdProbe(e2);
+  const up2 = waitFor(e2, 'upgrade', 10000, 'client 2 upgrade to websocket');
+  await connected(s2, 10000);
+  const sid2 = e2.id;
+  const id2 = s2.id;
+
+  step('client 2: acks and message-back over polling');
+  await sequentialAcks(s2, 10, 'c2-polling');
+  for (let i = 0; i < 5; i++) await roundTrip(s2, ['c2-polling', i, MIXED_ARGS[i]], `client 2 message-back #${i} over polling`);
+  await orderedBurst(s2, 30, 'c2-polling-burst');
+  check(e2.transport.name === 'polling', `client 2 left polling early: '${e2.transport.name}'`);
+
+  step('client 2: upgrade');
+  releaseProbe();
+  await up2;
+  check(e2.transport.name === 'websocket', `client 2 transport '${e2.transport.name}' after the upgrade`);
+  assertSame(t2, ['polling', 'websocket'], 'client 2 transports (initial, then upgrades)');
+  check(e2.id === sid2 && s2.id === id2, `client 2 ids changed across the upgrade: ${sid2}/${id2} -> ${e2.id}/${s2.id}`);
+
+  step('client 2: acks, echo, rooms over websocket');
+  await sequentialAcks(s2, 10, 'c2-ws');
+  await orderedBurst(s2, 30, 'c2-ws-burst');
+  const echoed = waitFor(s2, 'echo', 5000, "'echo' event");
+  assertSame(await ackArgs(s2, 'echo', ['e1', { e: 2 }]), ['e1', { e: 2 }], "'echo' ack");
+  assertSame(await echoed, ['e1', { e: 2 }], "'echo' event back");
+  const own = collector(s2, 'message');
+  assertSame(await ackArgs(s2, 'join', ['upgrade-room']), [true], 'join ack');
+  const [reached] = await ackArgs(s2, 'broadcast', [{ room: 'upgrade-room', msg: { to: 'self' } }]);
+  check(reached === 1, `broadcast ack ${JSON.stringify(reached)}, expected 1 socket reached`);
+  assertSame((await own.until(1))[0], [{ to: 'self' }], 'broadcast to own room');
+
+  await sleep(200);
+  checkHealthy(h1, h2);
+  check(e1.transport.name === 'websocket' && e2.transport.name === 'websocket', 'a client left websocket');
+  return 'client 1: upgraded by itself (polling -> websocket), 10 acks + mixed message-back + 20 concurrent acks; ' +
+    'client 2: 10 acks + 5 message-back + 30 ordered over polling, upgraded with the same ids, 10 acks + 30 ordered + echo + room over websocket; ' +
+    `no disconnect [sids ${sid1} ${sid2}]`;
+}
+
+async function clusterPolling() {
+  const socket = sio('/', { transports: ['polling'] });
+  const engine = socket.io.engine;
+  const health = watchHealth(socket, 'client');
+  const handshake = waitFor(engine, 'handshake', 10000);
+  const auth = waitFor(socket, 'auth', 10000);
+  let upgrades = 0;
+  engine.on('upgrade', () => upgrades++);
+  let pings = 0;
+  engine.on('ping', () => pings++);
+
+  step('connecting over polling');
+  await connected(socket, 10000);
+  assertSame(await auth, [{}], "'auth' event");
+  const [hs] = await handshake;
+  const sid = engine.id;
+
+  step('50 sequential acked emits');
+  await sequentialAcks(socket, 50, 'polling');
+  step('20 sequential message round trips');
+  for (let i = 0; i < 20; i++) await roundTrip(socket, ['rt', i, MIXED_ARGS[i % MIXED_ARGS.length]], `message-back #${i}`);
+  step('60 messages at once');
+  await orderedBurst(socket, 60, 'burst');
+  step('30 concurrent acks');
+  await concurrentAcks(socket, 30, 'polling');
+
+  let hb = 'heartbeat not checked (pingInterval > 2 s)';
+  if (hs.pingInterval <= 2000) {
+    step('idle through heartbeats');
+    const before = pings;
+    await sleep(2 * hs.pingInterval + 500);
+    check(pings - before >= 2, `${pings - before} pings in ${2 * hs.pingInterval + 500} ms (pingInterval ${hs.pingInterval})`);
+    await roundTrip(socket, ['after-heartbeats'], 'message-back after heartbeats');
+    hb = `${pings - before} pings while idle`;
+  }
+
+  checkHealthy(health);
+  check(upgrades === 0 && engine.transport.name === 'polling', `transport left polling: '${engine.transport.name}'`);
+  check(engine.id === sid, `engine id changed: ${sid} -> ${engine.id}`);
+  return `polling only: 50 sequential acks, 20 round trips, 60 ordered replies, 30 concurrent acks, ${hb}; no disconnect or error [sids ${sid}]`;
+}
+
+async function clusterRooms() {
+  const ROOM = 'cluster-room';
+  const K = 10;
+  const kinds = [['polling'], ['websocket'], ['polling', 'websocket']];
+  const members = kinds.map((transports) => sio('/', { transports }));
+  const outsider = sio('/', { transports: ['polling'] });
+  const all = [...members, outsider];
+  const labels = [...kinds.map((k) => k.join('+')), 'outsider'];
+  const health = all.map((s, i) => watchHealth(s, labels[i]));
+  const inbox = all.map((s) => collector(s, 'message'));
+
+  step('connecting 4 clients at once');
+  await Promise.all(all.map((s) => connected(s, 10000)));
+  const third = members[2].io.engine;
+  if (third.transport.name !== 'websocket') await upgradedToWebsocket(third, 10000);
+
+  step('3 clients join the room');
+  for (const [i, s] of members.entries()) assertSame(await ackArgs(s, 'join', [ROOM]), [true], `join ack (${labels[i]})`);
+
+  step(`each member broadcasts ${K} messages`);
+  const acks = await Promise.all(
+    members.map((s, from) =>
+      Promise.all(Array.from({ length: K }, (_, n) => ackArgs(s, 'broadcast', [{ room: ROOM, msg: { from, n } }], 8000))),
+    ),
+  );
+  const reachedCounts = acks.flat().map(([reached]) => reached);
+  check(reachedCounts.every((r) => Number.isInteger(r) && r >= 0), `broadcast acks ${JSON.stringify(reachedCounts)}`);
+
+  step('every member receives every broadcast exactly once');
+  const total = members.length * K;
+  for (const [i] of members.entries()) {
+    await inbox[i].until(total, 10000).catch((err) => {
+      throw new Error(`${labels[i]}: ${err.message}; got ${short(inbox[i].items)}`);
+    });
+  }
+
+  step('the outsider (not a member) broadcasts');
+  const [outsiderReached] = await ackArgs(outsider, 'broadcast', [{ room: ROOM, msg: { from: 'outsider' } }]);
+  check(Number.isInteger(outsiderReached), `outsider's broadcast ack ${JSON.stringify(outsiderReached)}`);
+  for (const [i] of members.entries()) await inbox[i].until(total + 1, 10000);
+
+  await sleep(500);
+  for (const [i] of members.entries()) {
+    const got = inbox[i].items.map(([m]) => m);
+    check(got.length === total + 1, `${labels[i]} got ${got.length} messages, expected ${total + 1}: ${short(got)}`);
+    for (let from = 0; from < members.length; from++) {
+      const ns = got.filter((m) => m.from === from).map((m) => m.n);
+      assertSame(ns, Array.from({ length: K }, (_, n) => n), `${labels[i]}: broadcasts of member ${from} (once each, in order)`);
+    }
+    assertSame(got.filter((m) => m.from === 'outsider'), [{ from: 'outsider' }], `${labels[i]}: the outsider's broadcast`);
+  }
+  check(inbox[3].items.length === 0, `the outsider received ${short(inbox[3].items)}`);
+  checkHealthy(...health);
+  const sids = all.map((s) => s.io.engine.id);
+  return `3 members (${labels.slice(0, 3).join(', ')}) got all ${total} broadcasts + the outsider's once each, per-sender order kept; ` +
+    `outsider got none; broadcast acks (sockets reached) ${JSON.stringify(reachedCounts)} [sids ${sids.join(' ')}]`;
+}
+
+async function clusterUpgradeBlocked() {
+  const socket = sio('/');
+  const engine = socket.io.engine;
+  const health = watchHealth(socket, 'client');
+  const t = transportLog(engine);
+  const failedProbe = waitFor(engine, 'upgradeError', 10000, 'the websocket probe to fail');
+
+  step('connecting over polling');
+  await connected(socket, 10000);
+  const sid = engine.id;
+  step('waiting for the websocket probe to fail');
+  const [err] = await failedProbe;
+  check(err && err.transport === 'websocket', `upgradeError for '${err && err.transport}'`);
+  check(engine.transport.name === 'polling' && !engine.upgrading, `transport '${engine.transport.name}' after the failed probe`);
+
+  step('30 acked emits over polling');
+  await sequentialAcks(socket, 30, 'fallback');
+  step('10 message round trips');
+  for (let i = 0; i < 10; i++) await roundTrip(socket, ['fallback', i], `message-back #${i}`);
+  step('40 messages at once');
+  await orderedBurst(socket, 40, 'fallback-burst');
+  await concurrentAcks(socket, 20, 'fallback');
+
+  await sleep(300);
+  checkHealthy(health);
+  assertSame(t, ['polling'], 'transports (no upgrade)');
+  check(engine.id === sid, `engine id changed: ${sid} -> ${engine.id}`);
+  return `websocket probe failed (${err.message}), stayed on polling: 30 acks, 10 round trips, 40 ordered replies, 20 concurrent acks; no disconnect [sids ${sid}]`;
+}
+
+// ---------------------------------------------------------------------------
 // CLI
 
 const SCENARIOS = {
@@ -758,6 +1040,11 @@ const SCENARIOS = {
   'ping-timeout': { run: pingTimeout },
   'engineio-echo': { run: engineioEcho },
   'many-messages-upgrade': { run: manyMessagesUpgrade },
+  // Through a round-robin proxy in front of a cluster: gateway/tests/cluster_interop.rs.
+  'cluster-upgrade': { run: clusterUpgrade, budget: 30000 },
+  'cluster-polling': { run: clusterPolling, budget: 30000 },
+  'cluster-rooms': { run: clusterRooms, budget: 30000 },
+  'cluster-upgrade-blocked': { run: clusterUpgradeBlocked, budget: 30000 },
   // Needs the harness to restart the server: gateway/tests/interop.rs.
   'shutdown-reconnect': { run: shutdownReconnect, budget: 20000 },
 };
