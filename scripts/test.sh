@@ -10,11 +10,23 @@ log() { printf '\n== %s\n' "$*"; }
 
 # Debian packages some tests need, installed only when missing.
 apt_packages=()
-need_apt() { command -v "$1" >/dev/null 2>&1 || apt_packages+=("$2"); }
-# (later issues add redis-server, nginx, chromium here)
+need_apt() { # command, package; daemons live in /usr/sbin, often not on PATH
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || apt_packages+=("$2")
+}
+need_apt redis-server redis-server # cluster tests: the registry (own port each)
+need_apt nginx nginx               # cluster_interop: round-robin proxy, no sticky sessions
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing ${apt_packages[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  # The tests start their own redis-server and nginx on free ports: keep
+  # the packages from starting their services (nginx's would want port 80,
+  # and a service that fails to start fails the install).
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod 755 "$policy"
+    trap '$sudo_cmd rm -f "$policy"' EXIT
+  fi
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}"
 fi
@@ -29,6 +41,9 @@ fi
 .venv-test/bin/pip install --quiet --disable-pip-version-check -r gateway/tests/interop/py/requirements.txt
 
 log "building and running the tests"
+# The cluster tests start target/debug/ringway-coordinator next to the
+# gateway binary. Building the workspace's tests builds it: cargo builds a
+# package's binaries for its integration tests (coordinator/tests/).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -161,7 +161,12 @@ fn every_js_scenario_is_run() {
         .output()
         .expect("node");
     let listed = String::from_utf8_lossy(&out.stdout);
-    let source = include_str!("interop.rs");
+    // The cluster scenarios run through nginx in cluster_interop.rs.
+    let source = [
+        include_str!("interop.rs"),
+        include_str!("cluster_interop.rs"),
+    ]
+    .concat();
     for name in listed
         .lines()
         .filter(|l| !l.is_empty() && *l != "shutdown-reconnect")

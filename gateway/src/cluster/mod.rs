@@ -21,6 +21,7 @@ use ringway_proto::cluster::v1::{
     deliver_item, DeliverItem, Disposition, Emit, ForwardRequest, HandoffRequest, Member,
     MemberState, RoomChange, View,
 };
+use futures_util::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::engineio::{
@@ -343,7 +344,7 @@ impl Cluster {
 
     fn spawn_registry_write(self: &Arc<Self>, sid: Sid, entry: Entry, remove: bool) {
         let registry = self.registry.clone();
-        tokio::spawn(async move {
+        let mut write = Box::pin(async move {
             let result = if remove {
                 registry.remove(sid, entry).await
             } else {
@@ -360,6 +361,10 @@ impl Cluster {
                 warn!(%sid, %err, "registry write failed");
             }
         });
+        // The in-memory registry answers at once: no task for it.
+        if (&mut write).now_or_never().is_none() {
+            tokio::spawn(write);
+        }
     }
 }
 

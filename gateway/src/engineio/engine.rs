@@ -504,7 +504,14 @@ impl<H: EngineHandler> Engine<H> {
             return Err(NotHandedOff::Busy);
         }
         let deadline = Instant::now() + MOVE_WAIT;
-        while session.is_posting() && Instant::now() < deadline {
+        while session.is_posting() {
+            if Instant::now() >= deadline {
+                // A POST still uploading: moving now would lose it. The
+                // session stays; the upgrade is refused (the client keeps
+                // polling).
+                session.cancel_move();
+                return Err(NotHandedOff::Busy);
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let socketio = match self.handler.export(&session) {

@@ -53,11 +53,12 @@ function waitFor(emitter, event, timeout = 5000, what = '') {
   return p;
 }
 
-/** Records every `event` and lets the scenario wait for the first n of them. */
-function collector(emitter, event) {
+/** Records every `event` (for which `keep(...args)` holds) and lets the scenario wait for the first n of them. */
+function collector(emitter, event, keep = () => true) {
   const items = [];
   let waiters = [];
   emitter.on(event, (...args) => {
+    if (!keep(...args)) return;
     items.push(args);
     waiters = waiters.filter((w) => {
       if (items.length < w.n) return true;
@@ -941,7 +942,10 @@ async function clusterRooms() {
   const all = [...members, outsider];
   const labels = [...kinds.map((k) => k.join('+')), 'outsider'];
   const health = all.map((s, i) => watchHealth(s, labels[i]));
-  const inbox = all.map((s) => collector(s, 'message'));
+  const isSync = (m) => m && m.sync !== undefined;
+  // Members: the counted broadcasts; the outsider: everything.
+  const inbox = all.map((s, i) => collector(s, 'message', (m) => i === 3 || !isSync(m)));
+  const syncs = members.map((s) => collector(s, 'message', isSync));
 
   step('connecting 4 clients at once');
   await Promise.all(all.map((s) => connected(s, 10000)));
@@ -950,6 +954,22 @@ async function clusterRooms() {
 
   step('3 clients join the room');
   for (const [i, s] of members.entries()) assertSame(await ackArgs(s, 'join', [ROOM]), [true], `join ack (${labels[i]})`);
+
+  // A join is acked before the other nodes learn that its node has members
+  // in the room (cluster-join-race tests that window): until every member
+  // sees every member's sync broadcast, broadcasts may miss members.
+  step('sync broadcasts until every member hears every member');
+  let rounds = 0;
+  const settleDeadline = Date.now() + 15000;
+  const heardAll = (round) =>
+    syncs.every((c) => members.every((_, from) => c.items.some(([m]) => m.sync === round && m.from === from)));
+  for (let done = false; !done; ) {
+    rounds++;
+    members.forEach((s, from) => s.emit('broadcast', { room: ROOM, msg: { sync: rounds, from } }));
+    const roundEnd = Date.now() + 1000;
+    while (!(done = heardAll(rounds)) && Date.now() < roundEnd) await sleep(20);
+    check(done || Date.now() < settleDeadline, `members never all heard each other's sync broadcasts (${rounds} rounds)`);
+  }
 
   step(`each member broadcasts ${K} messages`);
   const acks = await Promise.all(
@@ -986,8 +1006,41 @@ async function clusterRooms() {
   check(inbox[3].items.length === 0, `the outsider received ${short(inbox[3].items)}`);
   checkHealthy(...health);
   const sids = all.map((s) => s.io.engine.id);
-  return `3 members (${labels.slice(0, 3).join(', ')}) got all ${total} broadcasts + the outsider's once each, per-sender order kept; ` +
+  return `3 members (${labels.slice(0, 3).join(', ')}) heard each other after ${rounds} sync round(s), then got all ${total} broadcasts + the outsider's once each, per-sender order kept; ` +
     `outsider got none; broadcast acks (sockets reached) ${JSON.stringify(reachedCounts)} [sids ${sids.join(' ')}]`;
+}
+
+async function clusterJoinRace() {
+  // B joins a fresh room; the moment its join is acked, A (on another
+  // node) broadcasts to that room: B must get it, as with one server.
+  const ROUNDS = 40;
+  const [a, b] = ['A', 'B'].map(() => sio('/', { transports: ['websocket'] }));
+  const health = [watchHealth(a, 'A'), watchHealth(b, 'B')];
+  const got = collector(b, 'message');
+  step('connecting A and B');
+  await Promise.all([connected(a, 10000), connected(b, 10000)]);
+  const missed = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    step(`round ${i}: B joins race-${i}, A broadcasts on the ack`);
+    const room = `race-${i}`;
+    await new Promise((resolve, reject) => {
+      b.timeout(5000).emit('join', room, (err, ok) => {
+        if (err || ok !== true) return reject(new Error(`join ack ${err ? 'timed out' : JSON.stringify(ok)}`));
+        a.emit('broadcast', { room, msg: { i } });
+        resolve();
+      });
+    });
+    const until = Date.now() + 2000;
+    while (!got.items.some(([m]) => m.i === i) && Date.now() < until) await sleep(10);
+    if (!got.items.some(([m]) => m.i === i)) missed.push(i);
+  }
+  await sleep(200);
+  checkHealthy(...health);
+  check(missed.length === 0,
+    `B missed the broadcast right after its join ack in ${missed.length} of ${ROUNDS} rounds (${missed.join(', ')}): ` +
+    'the join was acked before the node of A knew that the node of B has members in the room');
+  assertSame(got.items.map(([m]) => m.i), Array.from({ length: ROUNDS }, (_, i) => i), 'broadcasts B got (once each, in order)');
+  return `${ROUNDS} rounds: a broadcast from A right after B's join ack always reached B, once [sids ${a.io.engine.id} ${b.io.engine.id}]`;
 }
 
 async function clusterUpgradeBlocked() {
@@ -1045,6 +1098,7 @@ const SCENARIOS = {
   'cluster-polling': { run: clusterPolling, budget: 30000 },
   'cluster-rooms': { run: clusterRooms, budget: 30000 },
   'cluster-upgrade-blocked': { run: clusterUpgradeBlocked, budget: 30000 },
+  'cluster-join-race': { run: clusterJoinRace, budget: 30000 },
   // Needs the harness to restart the server: gateway/tests/interop.rs.
   'shutdown-reconnect': { run: shutdownReconnect, budget: 20000 },
 };
