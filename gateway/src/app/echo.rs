@@ -50,14 +50,25 @@ impl Application for EchoApp {
                 ack_with(ack, &args);
             }
             "join" | "leave" => {
-                if let Some(room) = args.first_str() {
-                    if name == "join" {
-                        socket.join(&room);
-                    } else {
-                        socket.leave(&room);
-                    }
+                let done = Payload::from_json_array("[true]".into());
+                let Some(room) = args.first_str() else {
+                    return ack_with(ack, &done);
+                };
+                if name == "leave" {
+                    socket.leave(&room);
+                    return ack_with(ack, &done);
                 }
-                ack_with(ack, &Payload::from_json_array("[true]".into()));
+                match socket.join(&room) {
+                    // The room is new on this node: ack once every node
+                    // knows, so a broadcast sent after the ack reaches us.
+                    Some(receipt) => {
+                        tokio::spawn(async move {
+                            receipt.await;
+                            ack_with(ack, &done);
+                        });
+                    }
+                    None => ack_with(ack, &done),
+                }
             }
             "broadcast" => {
                 let values = args.values();

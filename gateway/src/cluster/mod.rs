@@ -17,18 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
     deliver_item, DeliverItem, Disposition, Emit, ForwardRequest, HandoffRequest, Member,
     MemberState, RoomChange, View,
 };
-use futures_util::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::engineio::{
     BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, RequestError, Sid,
     TakenOver,
 };
-use crate::socketio::{Fabric, Target};
+use crate::socketio::{Fabric, RoomReceipt, Target};
 use crate::store::{Entry, Registry};
 
 use self::peer::Peer;
@@ -37,6 +37,8 @@ use self::rooms::{LocalRooms, RoomIndex};
 
 /// Owners learnt per node are cached up to this many sessions.
 const OWNER_CACHE_MAX: usize = 200_000;
+/// Longest a join waits for the other nodes to confirm a new room.
+const ROOM_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to reach a session's owner (registry, moves) per request.
 const ROUTE_ATTEMPTS: usize = 4;
 
@@ -542,11 +544,11 @@ impl Fabric for Cluster {
         }
     }
 
-    fn room_changed(&self, namespace: &str, room: &str, present: bool) {
+    fn room_changed(&self, namespace: &str, room: &str, present: bool) -> Option<RoomReceipt> {
         self.local_rooms.set(namespace, room, present);
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         if peers.is_empty() {
-            return;
+            return None;
         }
         let item = DeliverItem {
             kind: Some(deliver_item::Kind::Room(RoomChange {
@@ -555,9 +557,24 @@ impl Fabric for Cluster {
                 joined: present,
             })),
         };
-        for peer in peers.values() {
-            peer.send(item.clone());
+        if !present {
+            for peer in peers.values() {
+                peer.send(item.clone());
+            }
+            return None;
         }
+        let confirmations: Vec<_> = peers
+            .values()
+            .map(|peer| peer.send_confirmed(item.clone()))
+            .collect();
+        Some(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + ROOM_CONFIRM_TIMEOUT;
+            for confirmed in confirmations {
+                // A peer that is down or slow does not hold the join up
+                // for longer than the bound.
+                let _ = tokio::time::timeout_at(deadline, confirmed).await;
+            }
+        }))
     }
 }
 

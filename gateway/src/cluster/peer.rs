@@ -2,8 +2,9 @@
 //! handoffs, and one long-lived ordered delivery stream fed by a bounded
 //! queue. Items queued for the stream go out in batches.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringway_proto::cluster::v1::node_client::NodeClient;
@@ -11,7 +12,7 @@ use ringway_proto::cluster::v1::{
     deliver_item, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest, HandoffReply,
     HandoffRequest,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -32,11 +33,21 @@ pub const MAX_MESSAGE: usize = 256 << 20;
 /// Bound of a handoff call.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// An item for the delivery stream, and who waits for the peer to have
+/// applied it.
+struct Outgoing {
+    item: DeliverItem,
+    applied: Option<oneshot::Sender<()>>,
+}
+
+/// Batches sent and not acknowledged yet, with their waiters.
+type Unacked = Arc<Mutex<VecDeque<(u64, Vec<oneshot::Sender<()>>)>>>;
+
 pub struct Peer {
     node_id: String,
     addr: String,
     client: NodeClient<Channel>,
-    queue: mpsc::Sender<DeliverItem>,
+    queue: mpsc::Sender<Outgoing>,
     dropped: AtomicU64,
     pump: JoinHandle<()>,
 }
@@ -98,7 +109,25 @@ impl Peer {
 
     /// Queues an item for the delivery stream; never blocks.
     pub fn send(&self, item: DeliverItem) {
-        if self.queue.try_send(item).is_err() {
+        self.enqueue(Outgoing {
+            item,
+            applied: None,
+        });
+    }
+
+    /// Queues an item and returns what resolves once the peer applied it
+    /// (or the stream failed: a receiver that errs counts as done).
+    pub fn send_confirmed(&self, item: DeliverItem) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Outgoing {
+            item,
+            applied: Some(tx),
+        });
+        rx
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) {
+        if self.queue.try_send(outgoing).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 warn!(peer = %self.node_id, dropped = n + 1, "peer delivery queue full: items dropped");
@@ -127,7 +156,7 @@ async fn pump(
     self_id: String,
     peer_id: String,
     client: NodeClient<Channel>,
-    mut rx: mpsc::Receiver<DeliverItem>,
+    mut rx: mpsc::Receiver<Outgoing>,
     local_rooms: Arc<LocalRooms>,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -138,13 +167,33 @@ async fn pump(
             items: vec![DeliverItem {
                 kind: Some(deliver_item::Kind::Snapshot(local_rooms.snapshot())),
             }],
+            seq: 1,
+            ack: false,
         };
         if tx.send(opening).await.is_err() {
             return;
         }
+        let mut seq = 1u64;
+        let unacked: Unacked = Arc::default();
         let mut client = client.clone();
-        let mut call =
-            tokio::spawn(async move { client.deliver(ReceiverStream::new(stream_rx)).await });
+        let acks = unacked.clone();
+        let mut call = tokio::spawn(async move {
+            let mut acked = client
+                .deliver(ReceiverStream::new(stream_rx))
+                .await?
+                .into_inner();
+            while let Some(ack) = acked.message().await? {
+                let mut unacked = acks.lock().unwrap_or_else(|e| e.into_inner());
+                while unacked.front().is_some_and(|(seq, _)| *seq <= ack.seq) {
+                    if let Some((_, waiters)) = unacked.pop_front() {
+                        for waiter in waiters {
+                            let _ = waiter.send(());
+                        }
+                    }
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        });
         let mut sent_any = false;
         let ended = loop {
             let first = tokio::select! {
@@ -158,16 +207,28 @@ async fn pump(
                 return;
             };
             let mut items = Vec::with_capacity(16);
-            items.push(first);
-            while items.len() < BATCH_ITEMS {
-                match rx.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
+            let mut waiters = Vec::new();
+            let mut next = Some(first);
+            while let Some(outgoing) = next.take() {
+                items.push(outgoing.item);
+                waiters.extend(outgoing.applied);
+                if items.len() < BATCH_ITEMS {
+                    next = rx.try_recv().ok();
                 }
+            }
+            seq += 1;
+            let ack = !waiters.is_empty();
+            if ack {
+                unacked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back((seq, waiters));
             }
             let batch = DeliverBatch {
                 from_node: String::new(),
                 items,
+                seq,
+                ack,
             };
             if tx.send(batch).await.is_err() {
                 break None;
@@ -180,9 +241,11 @@ async fn pump(
         };
         match ended {
             Ok(Err(status)) => debug!(peer = %peer_id, %status, "delivery stream ended"),
-            Ok(Ok(_)) => debug!(peer = %peer_id, "delivery stream closed"),
+            Ok(Ok(())) => debug!(peer = %peer_id, "delivery stream closed"),
             Err(_) => {}
         }
+        // Waiters of a broken stream are released (their receivers err).
+        unacked.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if sent_any {
             backoff = Duration::from_millis(50);
         }

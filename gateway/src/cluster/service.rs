@@ -6,9 +6,11 @@ use std::sync::Arc;
 use http::Method;
 use ringway_proto::cluster::v1::node_server::Node;
 use ringway_proto::cluster::v1::{
-    deliver_item, DeliverBatch, DeliverSummary, Disposition, ForwardReply, ForwardRequest,
+    deliver_item, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply, ForwardRequest,
     HandoffReply, HandoffRequest,
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -25,6 +27,36 @@ pub struct NodeService<A: Application> {
 impl<A: Application> NodeService<A> {
     pub fn new(engine: Arc<Engine<SocketIo<A>>>, cluster: Arc<Cluster>) -> Self {
         NodeService { engine, cluster }
+    }
+}
+
+/// Applies one item of a peer's delivery stream.
+fn apply<A: Application>(
+    engine: &Engine<SocketIo<A>>,
+    cluster: &Cluster,
+    from: &str,
+    item: DeliverItem,
+) {
+    match item.kind {
+        Some(deliver_item::Kind::Emit(emit)) => {
+            let Some(ns) = engine.handler().namespace(&emit.namespace) else {
+                return;
+            };
+            let target = Target {
+                rooms: emit.rooms,
+                except_rooms: emit.except_rooms,
+                except_socket: Sid::parse(&emit.except_socket),
+            };
+            let frames: Vec<Frame> = emit
+                .frames
+                .into_iter()
+                .filter_map(Frame::from_proto)
+                .collect();
+            ns.send_frames(&target, &frames);
+        }
+        Some(deliver_item::Kind::Room(change)) => cluster.rooms().apply(from, &change),
+        Some(deliver_item::Kind::Snapshot(snapshot)) => cluster.rooms().replace(from, &snapshot),
+        None => {}
     }
 }
 
@@ -81,50 +113,44 @@ impl<A: Application> Node for NodeService<A> {
         }
     }
 
+    type DeliverStream = ReceiverStream<Result<DeliverAck, Status>>;
+
     async fn deliver(
         &self,
         request: Request<Streaming<DeliverBatch>>,
-    ) -> Result<Response<DeliverSummary>, Status> {
+    ) -> Result<Response<Self::DeliverStream>, Status> {
         let mut stream = request.into_inner();
-        let mut from = String::new();
-        let mut items = 0u64;
-        while let Some(batch) = stream.message().await? {
-            if from.is_empty() {
-                if batch.from_node.is_empty() {
-                    return Err(Status::invalid_argument("the first batch names its node"));
+        let (acks, acks_rx) = mpsc::channel(64);
+        let engine = self.engine.clone();
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let mut from = String::new();
+            loop {
+                let batch = match stream.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(peer = %from, %status, "delivery stream broken");
+                        break;
+                    }
+                };
+                if from.is_empty() {
+                    if batch.from_node.is_empty() {
+                        let refusal = Status::invalid_argument("the first batch names its node");
+                        let _ = acks.send(Err(refusal)).await;
+                        return;
+                    }
+                    from = batch.from_node;
+                    debug!(peer = %from, "delivery stream opened");
                 }
-                from = batch.from_node;
-                debug!(peer = %from, "delivery stream opened");
-            }
-            for item in batch.items {
-                items += 1;
-                match item.kind {
-                    Some(deliver_item::Kind::Emit(emit)) => {
-                        let Some(ns) = self.engine.handler().namespace(&emit.namespace) else {
-                            continue;
-                        };
-                        let target = Target {
-                            rooms: emit.rooms,
-                            except_rooms: emit.except_rooms,
-                            except_socket: Sid::parse(&emit.except_socket),
-                        };
-                        let frames: Vec<Frame> = emit
-                            .frames
-                            .into_iter()
-                            .filter_map(Frame::from_proto)
-                            .collect();
-                        ns.send_frames(&target, &frames);
-                    }
-                    Some(deliver_item::Kind::Room(change)) => {
-                        self.cluster.rooms().apply(&from, &change)
-                    }
-                    Some(deliver_item::Kind::Snapshot(snapshot)) => {
-                        self.cluster.rooms().replace(&from, &snapshot)
-                    }
-                    None => {}
+                for item in batch.items {
+                    apply(&engine, &cluster, &from, item);
+                }
+                if batch.ack && acks.send(Ok(DeliverAck { seq: batch.seq })).await.is_err() {
+                    break;
                 }
             }
-        }
-        Ok(Response::new(DeliverSummary { items }))
+        });
+        Ok(Response::new(ReceiverStream::new(acks_rx)))
     }
 }

@@ -367,6 +367,17 @@ impl<H: EngineHandler> Engine<H> {
                 binary: false,
             }
         };
+        // Being taken over here right now: wait for it and serve it here.
+        if self.is_arriving(&sid) {
+            if let Some(session) = self.local_or_arriving(&sid).await {
+                if query.eio.as_deref() != Some("4") {
+                    return Err(RequestError::BadRequest);
+                }
+                let body = (method == Method::POST).then_some(body);
+                return Box::pin(self.serve_polling(&session, transport, method, body, &raw_query))
+                    .await;
+            }
+        }
         self.forward(sid, hint, method, body, raw_query).await
     }
 
@@ -390,8 +401,42 @@ impl<H: EngineHandler> Engine<H> {
             body,
             binary_body,
         };
-        let answer = self.directory.forward(sid, hint, request).await?;
-        Ok(forwarded_response(answer))
+        match self.directory.forward(sid, hint, request.clone()).await {
+            Ok(answer) => Ok(forwarded_response(answer)),
+            // The session may have moved here meanwhile (a handoff to this
+            // node finishing while the owner already answered "moved
+            // here").
+            Err(RequestError::UnknownSid) => match self.local_or_arriving(&sid).await {
+                Some(session) => Box::pin(self.serve_here(&session, request)).await,
+                None => Err(RequestError::UnknownSid),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Serves a request that came with its body already read (forwarded,
+    /// or routed back here), with the checks of a local request.
+    async fn serve_here(
+        &self,
+        session: &SessionRef<H::Data>,
+        request: ForwardedRequest,
+    ) -> Result<Response<Body>, RequestError> {
+        let query = EngineQuery::parse(&request.query);
+        if query.eio.as_deref() != Some("4") {
+            return Err(RequestError::BadRequest);
+        }
+        let transport = match query.transport.as_deref() {
+            Some("polling") => TransportKind::Polling,
+            Some("websocket") => TransportKind::WebSocket,
+            _ => return Err(RequestError::UnknownTransport),
+        };
+        let body = PostBody::Read {
+            body: request.body,
+            binary: request.binary_body,
+        };
+        let body = (request.method == Method::POST).then_some(body);
+        self.serve_polling(session, transport, request.method, body, &request.query)
+            .await
     }
 
     /// A request met a session in the middle of a handoff: waits for it to
@@ -447,23 +492,7 @@ impl<H: EngineHandler> Engine<H> {
                 },
             };
         };
-        let query = EngineQuery::parse(&request.query);
-        let result = if query.eio.as_deref() != Some("4") {
-            Err(RequestError::BadRequest)
-        } else {
-            let transport = match query.transport.as_deref() {
-                Some("polling") => TransportKind::Polling,
-                Some("websocket") => TransportKind::WebSocket,
-                _ => return answer_reply(error_response(RequestError::UnknownTransport)).await,
-            };
-            let body = PostBody::Read {
-                body: request.body,
-                binary: request.binary_body,
-            };
-            let body = (request.method == Method::POST).then_some(body);
-            self.serve_polling(&session, transport, request.method, body, &request.query)
-                .await
-        };
+        let result = self.serve_here(&session, request).await;
         answer_reply(result.unwrap_or_else(error_response)).await
     }
 

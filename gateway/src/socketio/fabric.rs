@@ -1,7 +1,7 @@
 //! The Socket.IO layer's one seam to other nodes: emits that must reach
 //! sockets elsewhere, and the rooms this node has members in.
 
-use crate::engineio::Frame;
+use crate::engineio::{BoxFuture, Frame};
 
 use super::namespace::Target;
 
@@ -12,9 +12,16 @@ pub trait Fabric: Send + Sync + 'static {
 
     /// A room of this node got its first member (`present`) or lost its
     /// last. Called under the namespace's room lock, so calls for one room
-    /// come in order; it must not block.
-    fn room_changed(&self, namespace: &str, room: &str, present: bool);
+    /// come in order; it must not block. For a first member it may return
+    /// a [`RoomReceipt`]: whoever tells the client that the join is done
+    /// should await it first.
+    fn room_changed(&self, namespace: &str, room: &str, present: bool) -> Option<RoomReceipt>;
 }
+
+/// Resolves once every other node knows that this node has members in a
+/// room (or gave up waiting, bounded): from then on emits into the room
+/// from any node reach the new member.
+pub type RoomReceipt = BoxFuture<'static, ()>;
 
 /// No other nodes: nothing to publish.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,5 +29,7 @@ pub struct LocalFabric;
 
 impl Fabric for LocalFabric {
     fn publish(&self, _namespace: &str, _target: &Target, _frames: &[Frame]) {}
-    fn room_changed(&self, _namespace: &str, _room: &str, _present: bool) {}
+    fn room_changed(&self, _namespace: &str, _room: &str, _present: bool) -> Option<RoomReceipt> {
+        None
+    }
 }

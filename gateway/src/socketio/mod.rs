@@ -12,7 +12,7 @@ pub mod socket;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
-pub use fabric::{Fabric, LocalFabric};
+pub use fabric::{Fabric, LocalFabric, RoomReceipt};
 pub use namespace::{Namespace, Target};
 pub use packet::Payload;
 pub use server::{SocketIo, SocketIoConfig};

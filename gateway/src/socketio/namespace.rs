@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::engineio::{Frame, Sid};
 
-use super::fabric::Fabric;
+use super::fabric::{Fabric, RoomReceipt};
 use super::packet::{encode_event, Payload};
 use super::socket::{Socket, SocketRef};
 
@@ -107,15 +107,15 @@ impl Namespace {
         }
     }
 
-    pub(crate) fn join(&self, socket: &SocketRef, room: &str) {
+    pub(crate) fn join(&self, socket: &SocketRef, room: &str) -> Option<RoomReceipt> {
         let mut map = self.rooms_mut();
         let members = map.entry(room.into()).or_default();
         let first = members.is_empty();
         members.insert(socket.id(), socket.clone());
-        if first {
-            // Under the lock: announcements of one room stay in order.
-            self.fabric.room_changed(&self.name, room, true);
-        }
+        // Under the lock: announcements of one room stay in order.
+        first
+            .then(|| self.fabric.room_changed(&self.name, room, true))
+            .flatten()
     }
 
     pub(crate) fn leave(&self, socket: &Socket, room: &str) {
@@ -128,7 +128,9 @@ impl Namespace {
             members.remove(&socket.id());
             if members.is_empty() {
                 map.remove(room);
-                self.fabric.room_changed(&self.name, room, false);
+                // Nobody waits for a departure: a stale entry elsewhere
+                // only costs a message this node drops.
+                let _ = self.fabric.room_changed(&self.name, room, false);
             }
         }
     }

@@ -185,7 +185,7 @@ impl<A: Application> SocketIo<A> {
                 let auth = auth.to_owned();
                 tokio::spawn(async move {
                     let result = decision.await;
-                    finish_connect(&*app, &ns, &session, &auth, result);
+                    finish_connect(&app, &ns, &session, &auth, result);
                 });
             }
         }
@@ -199,12 +199,12 @@ impl<A: Application> SocketIo<A> {
         result: Result<Grant, Refusal>,
     ) {
         let ns = self.namespace_or_create(nsp);
-        finish_connect(&*self.app, &ns, session, auth, result);
+        finish_connect(&self.app, &ns, session, auth, result);
     }
 }
 
 fn finish_connect<A: Application>(
-    app: &A,
+    app: &Arc<A>,
     ns: &Arc<Namespace>,
     session: &SessionRef<ClientState>,
     auth: &str,
@@ -235,13 +235,30 @@ fn finish_connect<A: Application>(
         socket.detach();
         return;
     }
-    for room in &grant.rooms {
-        socket.join(room);
-    }
+    let receipts: Vec<_> = grant
+        .rooms
+        .iter()
+        .filter_map(|room| socket.join(room))
+        .collect();
     let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
-    if session.send(encode_connect(ns.name(), &answer)).is_ok() {
-        app.on_connect(&socket);
+    let (ns, session) = (ns.clone(), session.clone());
+    let connected = move |app: &A| {
+        if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
+            app.on_connect(&socket);
+        }
+    };
+    if receipts.is_empty() {
+        return connected(app);
     }
+    // Rooms new on this node: answer the CONNECT once every node knows of
+    // them, so emits into them from anywhere reach the new socket.
+    let app = app.clone();
+    tokio::spawn(async move {
+        for receipt in receipts {
+            receipt.await;
+        }
+        connected(&app);
+    });
 }
 
 impl<A: Application> EngineHandler for SocketIo<A> {

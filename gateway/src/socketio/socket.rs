@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
 
 use super::client::ClientState;
+use super::fabric::RoomReceipt;
 use super::namespace::Namespace;
 use super::packet::{encode_ack, encode_disconnect, encode_event, Payload};
 
@@ -222,18 +223,22 @@ impl Socket {
         }
     }
 
-    pub fn join(self: &Arc<Self>, room: &str) {
+    /// Joins a room. In a cluster, when this is the room's first member
+    /// on this node, the other nodes learn of it one hop later: await the
+    /// receipt before telling anyone (an ack) that the join is done, so
+    /// that emits into the room from any node reach this socket.
+    pub fn join(self: &Arc<Self>, room: &str) -> Option<RoomReceipt> {
         if !self.connected() {
-            return;
+            return None;
         }
         {
             let mut rooms = self.rooms_lock();
             if rooms.iter().any(|r| r.as_ref() == room) {
-                return;
+                return None;
             }
             rooms.push(room.into());
         }
-        self.ns.join(self, room);
+        self.ns.join(self, room)
     }
 
     pub fn leave(&self, room: &str) {
