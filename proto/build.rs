@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/ringway/cluster/v1/membership.proto",
         "proto/ringway/cluster/v1/node.proto",
+        "proto/ringway/v1/push.proto",
+        "proto/ringway/v1/upstream.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

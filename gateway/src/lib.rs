@@ -4,6 +4,7 @@
 //! application ([`app`]); [`cluster`] tells the engine where sessions live
 //! (backed by the [`store`] registry) and carries emits to other nodes.
 
+pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;

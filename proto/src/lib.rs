@@ -7,3 +7,9 @@ pub mod cluster {
         tonic::include_proto!("ringway.cluster.v1");
     }
 }
+
+/// The public API: `Push` (backends call the gateways) and `Upstream`
+/// (gateways call the backend).
+pub mod v1 {
+    tonic::include_proto!("ringway.v1");
+}

@@ -1,0 +1,2 @@
+//! The public gRPC API (`ringway.v1`): the `Push` service backends call,
+//! and the applications that call backends (the `Upstream` hooks, JWT).
