@@ -2,6 +2,7 @@
 //! Defaults are the reference Socket.IO server's.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -13,6 +14,25 @@ use crate::socketio::SocketIoConfig;
 pub enum AppKind {
     /// The built-in echo application (docs/ECHO_APP.md).
     Echo,
+}
+
+/// A secret given on the command line or in the environment: kept out of
+/// `Debug` (and so out of `--check-config` and logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,6 +165,71 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_KEY_PREFIX", default_value = "ringway")]
     pub key_prefix: String,
 
+    /// URL of the backend's `ringway.v1.Upstream` service
+    /// (`http://host:port`): its hooks decide CONNECTs and receive events
+    /// and disconnects, in place of the built-in application.
+    #[arg(long, env = "RINGWAY_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// Milliseconds each upstream call may take (queueing behind the same
+    /// socket's earlier events included).
+    #[arg(long, env = "RINGWAY_UPSTREAM_TIMEOUT", default_value_t = 5_000)]
+    pub upstream_timeout: u64,
+
+    /// Most upstream calls in flight on this node; past it calls fail at
+    /// once ("upstream busy").
+    #[arg(long, env = "RINGWAY_UPSTREAM_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub upstream_max_in_flight: usize,
+
+    /// Verify the CONNECT `auth.token` as an HS256 JWT with this secret.
+    #[arg(long, env = "RINGWAY_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<Secret>,
+
+    /// As --jwt-hs256-secret, with the secret read from this file (one
+    /// trailing newline is ignored).
+    #[arg(long, env = "RINGWAY_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// Verify the CONNECT `auth.token` as an RS256 JWT with the RSA public
+    /// key in this PEM file.
+    #[arg(long, env = "RINGWAY_JWT_RS256_PUBLIC_KEY")]
+    pub jwt_rs256_public_key: Option<PathBuf>,
+
+    /// Accepted JWT audiences (repeatable, or comma-separated); when set,
+    /// a token must carry one of them in `aud`.
+    #[arg(
+        long = "jwt-audience",
+        env = "RINGWAY_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub jwt_audiences: Vec<String>,
+
+    /// Accepted JWT issuers (repeatable, or comma-separated); when set, a
+    /// token must carry one of them in `iss`.
+    #[arg(long = "jwt-issuer", env = "RINGWAY_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuers: Vec<String>,
+
+    /// Seconds of clock skew allowed on the JWT `exp` and `nbf` claims.
+    #[arg(long, env = "RINGWAY_JWT_LEEWAY", default_value_t = 5)]
+    pub jwt_leeway: u64,
+
+    /// Bearer tokens accepted by the `Push` API (repeatable, or
+    /// comma-separated). With none (and no --api-token-file) every Push
+    /// call is refused (UNAUTHENTICATED). Tokens turn the gRPC listener on
+    /// for a node alone too.
+    #[arg(
+        long = "api-token",
+        env = "RINGWAY_API_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<Secret>,
+
+    /// A file of `Push` API tokens, one per line (blank lines and lines
+    /// starting with `#` are ignored).
+    #[arg(long, env = "RINGWAY_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -181,7 +266,69 @@ impl Config {
         {
             return Err("--node-id must be non-empty, without spaces".into());
         }
-        Ok(())
+        self.validate_backend()
+    }
+
+    /// The upstream and JWT settings: one way of deciding CONNECTs.
+    fn validate_backend(&self) -> Result<(), String> {
+        if let Some(url) = &self.upstream {
+            crate::api::upstream::check_url(url).map_err(|e| format!("--upstream: {e}"))?;
+            if self.upstream_timeout == 0 {
+                return Err("--upstream-timeout must be positive".into());
+            }
+            if self.upstream_max_in_flight == 0 {
+                return Err("--upstream-max-in-flight must be positive".into());
+            }
+        }
+        let keys = [
+            self.jwt_hs256_secret.is_some(),
+            self.jwt_hs256_secret_file.is_some(),
+            self.jwt_rs256_public_key.is_some(),
+        ];
+        match keys.iter().filter(|k| **k).count() {
+            0 if !self.jwt_audiences.is_empty() || !self.jwt_issuers.is_empty() => Err(
+                "--jwt-audience and --jwt-issuer need --jwt-hs256-secret(-file) or --jwt-rs256-public-key"
+                    .into(),
+            ),
+            0 => Ok(()),
+            1 if self.upstream.is_some() => Err(
+                "--upstream and --jwt-* cannot be combined: with an upstream, its OnConnect hook decides who connects"
+                    .into(),
+            ),
+            1 if self.jwt_hs256_secret.as_ref().is_some_and(|s| s.0.is_empty()) => {
+                Err("--jwt-hs256-secret must not be empty".into())
+            }
+            // The key itself: a missing file or a bad PEM is a configuration
+            // error too (and `--check-config` reports it).
+            1 => crate::api::jwt::Verifier::from_config(self)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            _ => Err(
+                "give one JWT key: --jwt-hs256-secret, --jwt-hs256-secret-file or --jwt-rs256-public-key"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Every accepted API token: the flags' and the file's.
+    pub fn api_tokens(&self) -> Result<Vec<String>, String> {
+        let mut tokens: Vec<String> = self
+            .api_tokens
+            .iter()
+            .map(|t| t.0.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if let Some(path) = &self.api_token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --api-token-file {}: {e}", path.display()))?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(tokens)
     }
 
     /// Whether the gateway runs as a member of a cluster.

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use ringway_gateway::api::jwt::{Jwt, Verifier};
+use ringway_gateway::api::push::{ApiAuth, LocalPush, PushService};
+use ringway_gateway::api::upstream::{UpstreamApp, UpstreamSettings};
 use ringway_gateway::app::EchoApp;
 use ringway_gateway::cluster::membership::{MembershipClientTask, Registration};
 use ringway_gateway::cluster::peer::MAX_MESSAGE;
@@ -18,6 +21,7 @@ use ringway_gateway::http::Gateway;
 use ringway_gateway::socketio::Application;
 use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
 use ringway_proto::cluster::v1::node_server::NodeServer;
+use ringway_proto::v1::push_server::PushServer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -55,8 +59,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match config.app {
-        AppKind::Echo => {
+    // The application: the backend's hooks (--upstream), else the built-in
+    // one, behind JWT verification when a key is set.
+    let jwt = match Verifier::from_config(&config) {
+        Ok(jwt) => jwt,
+        Err(err) => {
+            eprintln!("ringway-gateway: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match (UpstreamSettings::from_config(&config), config.app, jwt) {
+        (Some(settings), _, _) => runtime.block_on(async {
+            let app = UpstreamApp::new(settings)
+                .map_err(|e| Failure::Other(format!("--upstream: {e}")))?;
+            run(config, app).await
+        }),
+        (None, AppKind::Echo, Some(jwt)) => {
+            let app = Jwt::new(EchoApp::new(config.namespaces.clone()), jwt);
+            runtime.block_on(run(config, app))
+        }
+        (None, AppKind::Echo, None) => {
             let app = EchoApp::new(config.namespaces.clone());
             runtime.block_on(run(config, app))
         }
@@ -106,57 +128,70 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry);
     let gateway = Gateway::new(&config, app, true, cluster.clone());
 
-    // Cluster mode: the node-to-node service, membership and the registry
-    // refresher.
+    // The gRPC listener: the Push API (with tokens), and in cluster mode
+    // the node-to-node service; then membership and the registry refresher.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut membership = None;
     let mut grpc_task = None;
-    if let Some(coordinator) = config.coordinator.as_deref().filter(|_| config.clustered()) {
+    let api_tokens = config.api_tokens().map_err(Failure::Other)?;
+    if config.clustered() || !api_tokens.is_empty() {
         let grpc_listener = TcpListener::bind(config.grpc_listen)
             .await
             .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.grpc_listen)))?;
         let grpc_addr = grpc_listener
             .local_addr()
             .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
-        let service = NodeService::new(gateway.socketio().clone(), cluster.clone());
+        let local_push = LocalPush::new(gateway.socketio().clone());
+        let push = PushService::new(local_push, cluster.clone(), config.max_payload);
+        let push = tonic::service::interceptor::InterceptedService::new(
+            PushServer::new(push).max_decoding_message_size(MAX_MESSAGE),
+            ApiAuth::new(api_tokens),
+        );
+        let node = config.clustered().then(|| {
+            NodeServer::new(NodeService::new(
+                gateway.socketio().clone(),
+                cluster.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+        });
         let mut grpc_stop = stop_rx.clone();
         grpc_task = Some(tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .max_concurrent_streams(Some(1 << 20))
-                .add_service(
-                    NodeServer::new(service)
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .max_encoding_message_size(MAX_MESSAGE),
-                )
+                .add_service(push)
+                .add_optional_service(node)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                     let _ = grpc_stop.wait_for(|stop| *stop).await;
                 }),
         ));
-        let registration = Registration {
-            grpc_addr: advertised(config.advertise_grpc.as_deref(), grpc_addr),
-            http_addr: advertised(config.advertise_http.as_deref(), addr),
-        };
-        info!(node = %node_id, grpc = %registration.grpc_addr, %coordinator, "cluster mode");
-        let task = MembershipClientTask::new(cluster.clone(), coordinator, registration);
-        tokio::spawn(task.clone().run(stop_rx.clone()));
-        membership = Some(task);
-        let refresher = cluster.clone();
-        let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            loop {
-                let stopped = tokio::select! {
-                    _ = ticker.tick() => false,
-                    _ = stop.wait_for(|stop| *stop) => true,
-                };
-                if stopped {
-                    return;
+        if let Some(coordinator) = config.coordinator.as_deref().filter(|_| config.clustered()) {
+            let registration = Registration {
+                grpc_addr: advertised(config.advertise_grpc.as_deref(), grpc_addr),
+                http_addr: advertised(config.advertise_http.as_deref(), addr),
+            };
+            info!(node = %node_id, grpc = %registration.grpc_addr, %coordinator, "cluster mode");
+            let task = MembershipClientTask::new(cluster.clone(), coordinator, registration);
+            tokio::spawn(task.clone().run(stop_rx.clone()));
+            membership = Some(task);
+            let refresher = cluster.clone();
+            let every = refresh_interval(Duration::from_millis(config.registry_ttl));
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    let stopped = tokio::select! {
+                        _ = ticker.tick() => false,
+                        _ = stop.wait_for(|stop| *stop) => true,
+                    };
+                    if stopped {
+                        return;
+                    }
+                    refresher.refresh_registry().await;
                 }
-                refresher.refresh_registry().await;
-            }
-        });
+            });
+        }
         println!("ringway-gateway grpc listening on {grpc_addr}");
     }
 

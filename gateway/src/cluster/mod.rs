@@ -128,6 +128,16 @@ impl Cluster {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// The peer of another member.
+    pub fn peer_for(&self, node: &str) -> Option<Arc<Peer>> {
+        self.peer(node)
+    }
+
+    /// Other nodes with members in any of these rooms.
+    pub fn room_nodes(&self, namespace: &str, rooms: &[String]) -> Vec<String> {
+        self.rooms.nodes_for(namespace, rooms)
+    }
+
     fn peer(&self, node: &str) -> Option<Arc<Peer>> {
         self.peers
             .read()
@@ -269,7 +279,7 @@ impl Cluster {
 
     /// Serves a request at the session's owner, following moves and
     /// asking the registry again when a cached owner no longer has it.
-    async fn route<T, F, Fut>(
+    pub(crate) async fn route<T, F, Fut>(
         &self,
         sid: Sid,
         hint: Option<String>,
@@ -371,7 +381,7 @@ impl Cluster {
 }
 
 /// What a peer said about a session.
-enum Routed<T> {
+pub(crate) enum Routed<T> {
     Done(T),
     Moved(String),
     Unknown,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ringway_proto::cluster::v1::node_client::NodeClient;
 use ringway_proto::cluster::v1::{
     deliver_item, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest, HandoffReply,
-    HandoffRequest,
+    HandoffRequest, LocalReply, LocalRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -138,6 +138,12 @@ impl Peer {
     pub async fn forward(&self, request: ForwardRequest) -> Result<ForwardReply, tonic::Status> {
         let mut client = self.client.clone();
         Ok(client.forward(request).await?.into_inner())
+    }
+
+    /// A Push operation on the peer's own sockets.
+    pub async fn local(&self, request: LocalRequest) -> Result<LocalReply, tonic::Status> {
+        let mut client = self.client.clone();
+        Ok(client.local(request).await?.into_inner())
     }
 
     pub async fn handoff(&self, request: HandoffRequest) -> Result<HandoffReply, tonic::Status> {

@@ -72,6 +72,15 @@ impl RoomIndex {
         });
     }
 
+    /// Rooms of `namespace` with members on other nodes.
+    pub fn rooms_of(&self, namespace: &str) -> Vec<String> {
+        let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .get(namespace)
+            .map(|ns| ns.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The nodes with members in any of `rooms` of `namespace`.
     pub fn nodes_for(&self, namespace: &str, rooms: &[String]) -> Vec<String> {
         let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());

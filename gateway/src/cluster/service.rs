@@ -7,13 +7,14 @@ use http::Method;
 use ringway_proto::cluster::v1::node_server::Node;
 use ringway_proto::cluster::v1::{
     deliver_item, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply, ForwardRequest,
-    HandoffReply, HandoffRequest,
+    HandoffReply, HandoffRequest, LocalReply, LocalRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::api::push::LocalPush;
 use crate::engineio::{Engine, ForwardedRequest, Frame, Sid};
 use crate::socketio::{Application, SocketIo, Target};
 
@@ -22,11 +23,17 @@ use super::Cluster;
 pub struct NodeService<A: Application> {
     engine: Arc<Engine<SocketIo<A>>>,
     cluster: Arc<Cluster>,
+    push: Arc<LocalPush<A>>,
 }
 
 impl<A: Application> NodeService<A> {
     pub fn new(engine: Arc<Engine<SocketIo<A>>>, cluster: Arc<Cluster>) -> Self {
-        NodeService { engine, cluster }
+        let push = LocalPush::new(engine.clone());
+        NodeService {
+            engine,
+            cluster,
+            push,
+        }
     }
 }
 
@@ -111,6 +118,10 @@ impl<A: Application> Node for NodeService<A> {
             Ok(reply) => Ok(Response::new(reply)),
             Err(err) => Err(Status::failed_precondition(err.to_string())),
         }
+    }
+
+    async fn local(&self, request: Request<LocalRequest>) -> Result<Response<LocalReply>, Status> {
+        Ok(Response::new(self.push.apply(request.into_inner()).await?))
     }
 
     type DeliverStream = ReceiverStream<Result<DeliverAck, Status>>;

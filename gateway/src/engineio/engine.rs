@@ -217,6 +217,16 @@ impl<H: EngineHandler> Engine<H> {
             .len()
     }
 
+    /// Live sessions here by transport: (polling, websocket).
+    pub fn transport_counts(&self) -> (u64, u64) {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let websocket = sessions
+            .values()
+            .filter(|s| s.transport() == TransportKind::WebSocket)
+            .count() as u64;
+        (sessions.len() as u64 - websocket, websocket)
+    }
+
     /// Closes every session (server shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         let sessions: Vec<_> = self

@@ -275,6 +275,11 @@ impl<D> Session<D> {
         self.lock().transport
     }
 
+    /// Nothing waits to be sent (a volatile emit goes out only then).
+    pub fn queue_is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.lock().close.is_some()
     }

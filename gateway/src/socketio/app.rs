@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
+
 use crate::engineio::SessionRef;
 
 use super::client::ClientState;
@@ -34,6 +36,9 @@ pub struct Grant {
     pub user: Option<String>,
     /// Rooms the socket joins before the application sees it.
     pub rooms: Vec<String>,
+    /// Opaque data kept with the socket for its lifetime (moved with it
+    /// by a handoff): the upstream hook's session data.
+    pub data: Option<Bytes>,
 }
 
 /// A refused CONNECT: the client gets CONNECT_ERROR with this message

@@ -108,7 +108,7 @@ impl ClientState {
     }
 
     /// What a handoff carries: the sockets (ids, auth, user, rooms, ack
-    /// numbering), whether any namespace was joined, and a binary packet
+    /// numbering, application data), whether any namespace was joined, and a binary packet
     /// still waiting for attachments. `None` while a CONNECT is being
     /// decided (its answer belongs to this node).
     pub(crate) fn export(&self) -> Option<SocketIoState> {
@@ -126,6 +126,7 @@ impl ClientState {
                 user: s.user().map(str::to_owned),
                 rooms: s.rooms(),
                 next_ack_id: s.next_ack_id(),
+                data: s.data().cloned().unwrap_or_default(),
             })
             .collect();
         let partial = inner.partial.as_ref().map(|p| PartialPacket {

@@ -16,4 +16,6 @@ pub use fabric::{Fabric, LocalFabric, RoomReceipt};
 pub use namespace::{Namespace, Target};
 pub use packet::Payload;
 pub use server::{SocketIo, SocketIoConfig};
-pub use socket::{AckError, AckSender, DisconnectReason, Socket, SocketRef};
+pub use socket::{
+    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, Socket, SocketRef,
+};

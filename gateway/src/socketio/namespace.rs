@@ -82,8 +82,20 @@ impl Namespace {
         self.sockets().len()
     }
 
+    /// Rooms with members here (not the hidden ones).
     pub fn room_names(&self) -> Vec<String> {
-        self.rooms().keys().map(|r| r.to_string()).collect()
+        self.rooms()
+            .keys()
+            .filter(|r| !super::socket::is_hidden_room(r))
+            .map(|r| r.to_string())
+            .collect()
+    }
+
+    /// Every socket the target reaches here.
+    pub fn sockets_of(&self, target: &Target) -> Vec<SocketRef> {
+        let mut out = Vec::new();
+        self.for_each_target(target, |s| out.push(s.clone()));
+        out
     }
 
     pub fn room_size(&self, room: &str) -> usize {
@@ -226,7 +238,7 @@ mod tests {
             },
             ClientState::default(),
         ));
-        let socket = Socket::new(ns.clone(), session, "{}".into(), None);
+        let socket = Socket::new(ns.clone(), session, "{}".into(), None, None);
         ns.insert(socket.clone());
         socket
     }

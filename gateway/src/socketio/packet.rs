@@ -330,6 +330,11 @@ impl Payload {
         &self.attachments
     }
 
+    /// The JSON array text and the attachments, without copies.
+    pub fn into_parts(self) -> (String, Vec<Bytes>) {
+        (self.json, self.attachments)
+    }
+
     /// The arguments as JSON values (placeholders left in place).
     pub fn values(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.json).unwrap_or_default()

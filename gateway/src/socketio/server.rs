@@ -228,6 +228,7 @@ fn finish_connect<A: Application>(
         session.clone(),
         auth.into(),
         grant.user.map(String::into_boxed_str),
+        grant.data,
     );
     ns.insert(socket.clone());
     if !state.end_connect(ns.name(), Some(socket.clone())) {
@@ -235,10 +236,12 @@ fn finish_connect<A: Application>(
         socket.detach();
         return;
     }
+    let user_room = socket.user().map(super::socket::user_room);
     let receipts: Vec<_> = grant
         .rooms
         .iter()
         .filter_map(|room| socket.join(room))
+        .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
     let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
     let (ns, session) = (ns.clone(), session.clone());
@@ -390,12 +393,13 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 id,
                 s.auth.into_boxed_str(),
                 s.user.map(String::into_boxed_str),
+                (!s.data.is_empty()).then_some(s.data),
                 s.next_ack_id,
             );
             ns.insert(socket.clone());
             client.add_restored(socket.clone());
             for room in &s.rooms {
-                socket.join(room);
+                socket.join_any(room);
             }
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
@@ -18,6 +19,19 @@ use super::namespace::Namespace;
 use super::packet::{encode_ack, encode_disconnect, encode_event, Payload};
 
 pub type SocketRef = Arc<Socket>;
+
+/// Rooms whose names start with this are the gateway's own (a user's
+/// sockets are in one): clients and the API cannot join or list them.
+pub const HIDDEN_ROOM_PREFIX: char = '\u{1}';
+
+/// The hidden room of every socket of a user.
+pub fn user_room(user: &str) -> String {
+    format!("{HIDDEN_ROOM_PREFIX}user:{user}")
+}
+
+pub fn is_hidden_room(room: &str) -> bool {
+    room.starts_with(HIDDEN_ROOM_PREFIX)
+}
 
 /// Why a socket left its namespace. The strings are the reference
 /// server's disconnect reasons.
@@ -69,6 +83,9 @@ pub struct Socket {
     /// The CONNECT payload (a JSON object; `{}` when none was sent).
     auth: Box<str>,
     user: Option<Box<str>>,
+    /// Opaque data the application attached at CONNECT (see
+    /// [`super::Grant::data`]).
+    data: Option<Bytes>,
     rooms: Mutex<Vec<Box<str>>>,
     /// Allocated on the first emit that waits for an ack.
     acks: Mutex<Option<Box<PendingAcks>>>,
@@ -81,8 +98,9 @@ impl Socket {
         session: SessionRef<ClientState>,
         auth: Box<str>,
         user: Option<Box<str>>,
+        data: Option<Bytes>,
     ) -> SocketRef {
-        Self::restored(ns, session, Sid::random(), auth, user, 0)
+        Self::restored(ns, session, Sid::random(), auth, user, data, 0)
     }
 
     /// A socket moved here from another node with its session, keeping
@@ -93,6 +111,7 @@ impl Socket {
         id: Sid,
         auth: Box<str>,
         user: Option<Box<str>>,
+        data: Option<Bytes>,
         next_ack_id: u64,
     ) -> SocketRef {
         let acks = (next_ack_id > 0).then(|| {
@@ -107,6 +126,7 @@ impl Socket {
             session,
             auth,
             user,
+            data,
             rooms: Mutex::new(Vec::new()),
             acks: Mutex::new(acks),
             connected: AtomicBool::new(true),
@@ -142,6 +162,11 @@ impl Socket {
         self.user.as_deref()
     }
 
+    /// The opaque data the application attached at CONNECT.
+    pub fn data(&self) -> Option<&Bytes> {
+        self.data.as_ref()
+    }
+
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
@@ -150,8 +175,18 @@ impl Socket {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every room of the socket, the hidden ones included.
     pub fn rooms(&self) -> Vec<String> {
         self.rooms_lock().iter().map(|r| r.to_string()).collect()
+    }
+
+    /// The rooms the application and the API see.
+    pub fn public_rooms(&self) -> Vec<String> {
+        self.rooms_lock()
+            .iter()
+            .filter(|r| !is_hidden_room(r))
+            .map(|r| r.to_string())
+            .collect()
     }
 
     /// Queues frames on this socket's session; false if it is gone.
@@ -227,7 +262,16 @@ impl Socket {
     /// on this node, the other nodes learn of it one hop later: await the
     /// receipt before telling anyone (an ack) that the join is done, so
     /// that emits into the room from any node reach this socket.
+    /// Hidden room names (see [`HIDDEN_ROOM_PREFIX`]) are refused.
     pub fn join(self: &Arc<Self>, room: &str) -> Option<RoomReceipt> {
+        if is_hidden_room(room) {
+            return None;
+        }
+        self.join_any(room)
+    }
+
+    /// Joins any room, hidden ones included.
+    pub(crate) fn join_any(self: &Arc<Self>, room: &str) -> Option<RoomReceipt> {
         if !self.connected() {
             return None;
         }

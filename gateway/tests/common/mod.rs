@@ -24,6 +24,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub struct Gateway {
     child: Child,
     pub addr: String,
+    /// The gRPC listener (cluster mode, or with API tokens).
+    pub grpc: Option<String>,
 }
 
 impl Gateway {
@@ -64,15 +66,26 @@ impl Gateway {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("ringway-gateway grpc listening on ") {
+                    let _ = tx.send((true, addr.to_owned()));
+                }
                 if let Some(url) = line.strip_prefix("ringway-gateway listening on http://") {
-                    let _ = tx.send(url.to_owned());
+                    let _ = tx.send((false, url.to_owned()));
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not report its address");
-        Gateway { child, addr }
+        // The gRPC line, when there is one, comes first.
+        let mut grpc = None;
+        let addr = loop {
+            let (is_grpc, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("gateway did not report its address");
+            if !is_grpc {
+                break addr;
+            }
+            grpc = Some(addr);
+        };
+        Gateway { child, addr, grpc }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {

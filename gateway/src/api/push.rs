@@ -1,0 +1,801 @@
+//! The `Push` service: backends push to clients, manage rooms, disconnect
+//! and look at presence through any gateway. The gateway that takes a call
+//! applies it to its own sockets and fans it out, once, to the nodes that
+//! may have sockets of the target (`Node.Local`), then sums the answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use ringway_proto::cluster::v1::{local_request, Disposition, LocalReply, LocalRequest};
+use ringway_proto::v1::push_server::Push;
+use ringway_proto::v1::{
+    target, DisconnectReply, DisconnectRequest, EmitReply, EmitRequest, EmitWithAckReply,
+    EmitWithAckRequest, NodeStats, PresenceReply, PresenceRequest, RoomsChange, RoomsChangeReply,
+    RoomsReply, RoomsRequest, SessionInfo, SessionsReply, SessionsRequest, StatsReply,
+    StatsRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Interceptor;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::cluster::{Cluster, Routed};
+use crate::engineio::{Engine, Sid};
+use crate::socketio::packet::{encode_event, RESERVED_EVENTS};
+use crate::socketio::{
+    is_hidden_room, user_room, AckError, Application, Namespace, Payload, SocketIo, SocketRef,
+    Target,
+};
+
+/// Longest wait for an ack (`EmitWithAckRequest.timeout_ms`).
+const MAX_ACK_TIMEOUT_MS: u32 = 300_000;
+const DEFAULT_ACK_TIMEOUT_MS: u32 = 5_000;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// Applies Push operations to the sockets of this node.
+pub struct LocalPush<A: Application> {
+    engine: Arc<Engine<SocketIo<A>>>,
+}
+
+/// What a Push operation is for, on one node.
+enum Scope {
+    /// One session: `None` when it is not here.
+    Session(Option<Vec<SocketRef>>),
+    /// Sockets of the namespace matching a target.
+    Sockets(Vec<SocketRef>),
+}
+
+fn namespace_name(ns: &str) -> &str {
+    if ns.is_empty() {
+        "/"
+    } else {
+        ns
+    }
+}
+
+fn target_of(t: &Option<ringway_proto::v1::Target>) -> Result<&ringway_proto::v1::Target, Status> {
+    t.as_ref()
+        .filter(|t| t.to.is_some())
+        .ok_or_else(|| Status::invalid_argument("a target is required"))
+}
+
+fn parse_sid(sid: &str) -> Result<Sid, Status> {
+    Sid::parse(sid).ok_or_else(|| Status::not_found(format!("unknown session {sid:?}")))
+}
+
+/// Checks an event name and its arguments.
+fn payload(event: &str, args_json: &str, attachments: &[Bytes]) -> Result<Payload, Status> {
+    if event.is_empty() || RESERVED_EVENTS.contains(&event) {
+        return Err(Status::invalid_argument(format!(
+            "invalid event name {event:?} (empty or reserved)"
+        )));
+    }
+    let json = if args_json.trim().is_empty() {
+        "[]".to_owned()
+    } else {
+        args_json.to_owned()
+    };
+    if !json.trim_start().starts_with('[') {
+        return Err(Status::invalid_argument("args_json must be a JSON array"));
+    }
+    let payload = Payload::checked(json, attachments.to_vec())
+        .map_err(|err| Status::invalid_argument(format!("args_json: {err}")))?;
+    let array = serde_json::from_str::<serde_json::Value>(payload.json())
+        .map(|v| v.is_array())
+        .unwrap_or(false);
+    if !array {
+        return Err(Status::invalid_argument("args_json must be a JSON array"));
+    }
+    Ok(payload)
+}
+
+fn served(sockets: u64) -> LocalReply {
+    LocalReply {
+        disposition: Disposition::Served as i32,
+        sockets,
+        ..LocalReply::default()
+    }
+}
+
+fn not_here() -> LocalReply {
+    LocalReply {
+        disposition: Disposition::Unknown as i32,
+        ..LocalReply::default()
+    }
+}
+
+impl<A: Application> LocalPush<A> {
+    pub fn new(engine: Arc<Engine<SocketIo<A>>>) -> Arc<Self> {
+        Arc::new(LocalPush { engine })
+    }
+
+    fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.engine.handler().namespace(namespace_name(name))
+    }
+
+    /// The sockets an operation is for, here.
+    fn scope(&self, ns: &str, target: &ringway_proto::v1::Target) -> Result<Scope, Status> {
+        let ns_name = namespace_name(ns);
+        let except = target.except_rooms.clone();
+        let socket_target = |rooms: Vec<String>| Target {
+            rooms,
+            except_rooms: except.clone(),
+            except_socket: None,
+        };
+        let in_ns = |t: Target| {
+            self.namespace(ns_name)
+                .map(|n| n.sockets_of(&t))
+                .unwrap_or_default()
+        };
+        Ok(match target.to.as_ref() {
+            Some(target::To::Sid(sid)) => {
+                let sid = parse_sid(sid)?;
+                Scope::Session(self.engine.session(&sid).map(|session| {
+                    session
+                        .data()
+                        .socket(ns_name)
+                        .into_iter()
+                        .filter(|s| {
+                            let excluded = s.rooms().iter().any(|r| except.contains(r));
+                            !excluded
+                        })
+                        .collect()
+                }))
+            }
+            Some(target::To::User(user)) => {
+                Scope::Sockets(in_ns(socket_target(vec![user_room(user)])))
+            }
+            Some(target::To::Rooms(list)) => {
+                if list.rooms.is_empty() {
+                    return Err(Status::invalid_argument("rooms: at least one room"));
+                }
+                Scope::Sockets(in_ns(socket_target(list.rooms.clone())))
+            }
+            Some(target::To::Namespace(_)) => Scope::Sockets(in_ns(socket_target(Vec::new()))),
+            Some(target::To::Everyone(_)) => Scope::Sockets(
+                self.engine
+                    .handler()
+                    .namespaces()
+                    .iter()
+                    .flat_map(|n| n.sockets_of(&socket_target(Vec::new())))
+                    .collect(),
+            ),
+            None => return Err(Status::invalid_argument("a target is required")),
+        })
+    }
+
+    /// Runs `f` on every socket in scope; the reply counts them.
+    fn each(&self, scope: Scope, mut f: impl FnMut(&SocketRef) -> bool) -> LocalReply {
+        let sockets = match scope {
+            Scope::Session(None) => return not_here(),
+            Scope::Session(Some(sockets)) | Scope::Sockets(sockets) => sockets,
+        };
+        served(sockets.iter().filter(|s| f(s)).count() as u64)
+    }
+
+    pub async fn apply(&self, request: LocalRequest) -> Result<LocalReply, Status> {
+        match request.op {
+            Some(local_request::Op::Emit(req)) => self.emit(&req),
+            Some(local_request::Op::EmitWithAck(req)) => self.emit_with_ack(req).await,
+            Some(local_request::Op::Join(req)) => self.rooms(&req, true).await,
+            Some(local_request::Op::Leave(req)) => self.rooms(&req, false).await,
+            Some(local_request::Op::Disconnect(req)) => self.disconnect(&req),
+            Some(local_request::Op::Sessions(req)) => Ok(self.sessions(&req)),
+            Some(local_request::Op::Presence(req)) => Ok(self.presence(&req)),
+            Some(local_request::Op::Stats(_)) => {
+                let (polling, websocket) = self.engine.transport_counts();
+                Ok(LocalReply {
+                    polling_sessions: polling,
+                    websocket_sessions: websocket,
+                    ..served(0)
+                })
+            }
+            None => Err(Status::invalid_argument("empty operation")),
+        }
+    }
+
+    fn emit(&self, req: &EmitRequest) -> Result<LocalReply, Status> {
+        let target = target_of(&req.target)?;
+        let args = payload(&req.event, &req.args_json, &req.attachments)?;
+        let scope = self.scope(&req.namespace, target)?;
+        // Encoded once per namespace, the same bytes for every socket.
+        let mut encoded: BTreeMap<String, Vec<crate::engineio::Frame>> = BTreeMap::new();
+        Ok(self.each(scope, |socket| {
+            let ns = socket.namespace().name();
+            let frames = encoded
+                .entry(ns.to_owned())
+                .or_insert_with(|| encode_event(ns, &req.event, &args, None));
+            if req.volatile && !socket.session().queue_is_empty() {
+                return false;
+            }
+            socket.send_frames(frames.iter().cloned())
+        }))
+    }
+
+    async fn emit_with_ack(&self, req: EmitWithAckRequest) -> Result<LocalReply, Status> {
+        let args = payload(&req.event, &req.args_json, &req.attachments)?;
+        let sid = parse_sid(&req.sid)?;
+        let Some(session) = self.engine.session(&sid) else {
+            return Ok(not_here());
+        };
+        let Some(socket) = session.data().socket(namespace_name(&req.namespace)) else {
+            return Err(Status::not_found(format!(
+                "session {} has no socket in {}",
+                req.sid,
+                namespace_name(&req.namespace)
+            )));
+        };
+        let timeout_ms = match req.timeout_ms {
+            0 => DEFAULT_ACK_TIMEOUT_MS,
+            t => t.min(MAX_ACK_TIMEOUT_MS),
+        };
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        match socket.emit_with_ack(&req.event, &args, timeout).await {
+            Ok(answer) => Ok(LocalReply {
+                ack: Some(EmitWithAckReply {
+                    args_json: answer.json().to_owned(),
+                    attachments: answer.attachments().to_vec(),
+                }),
+                ..served(1)
+            }),
+            Err(AckError::Timeout) => Err(Status::deadline_exceeded(format!(
+                "no ack within {timeout_ms} ms"
+            ))),
+            Err(AckError::Disconnected) => Err(Status::aborted(
+                "the socket disconnected before acknowledging",
+            )),
+            Err(AckError::Send(err)) => Err(Status::not_found(format!("session gone: {err}"))),
+        }
+    }
+
+    async fn rooms(&self, req: &RoomsChange, join: bool) -> Result<LocalReply, Status> {
+        let target = target_of(&req.target)?;
+        if !matches!(target.to, Some(target::To::Sid(_) | target::To::User(_))) {
+            return Err(Status::invalid_argument(
+                "rooms change: target a sid or a user",
+            ));
+        }
+        check_rooms(&req.rooms)?;
+        let scope = self.scope(&req.namespace, target)?;
+        let mut receipts = Vec::new();
+        let reply = self.each(scope, |socket| {
+            for room in &req.rooms {
+                if join {
+                    receipts.extend(socket.join(room));
+                } else {
+                    socket.leave(room);
+                }
+            }
+            true
+        });
+        // Answered once every node knows of rooms new here, as a client's
+        // join is.
+        for receipt in receipts {
+            receipt.await;
+        }
+        Ok(reply)
+    }
+
+    fn disconnect(&self, req: &DisconnectRequest) -> Result<LocalReply, Status> {
+        let target = target_of(&req.target)?;
+        if !matches!(target.to, Some(target::To::Sid(_) | target::To::User(_))) {
+            return Err(Status::invalid_argument(
+                "disconnect: target a sid or a user",
+            ));
+        }
+        let scope = self.scope(&req.namespace, target)?;
+        Ok(self.each(scope, |socket| {
+            debug!(socket = %socket.id(), reason = %req.reason, "disconnected by the API");
+            if req.close_session {
+                socket.close_session();
+            } else {
+                socket.disconnect();
+            }
+            true
+        }))
+    }
+
+    fn sessions(&self, req: &SessionsRequest) -> LocalReply {
+        let ns = namespace_name(&req.namespace);
+        let Some(namespace) = self.namespace(ns) else {
+            return served(0);
+        };
+        let target = if !req.user.is_empty() {
+            Target::room(user_room(&req.user))
+        } else if !req.room.is_empty() {
+            Target::room(req.room.clone())
+        } else {
+            Target::all()
+        };
+        let page = page_size(req.page_size) as usize;
+        let mut sessions: Vec<SessionInfo> = namespace
+            .sockets_of(&target)
+            .iter()
+            .filter(|s| s.user().unwrap_or("") == req.user || req.user.is_empty())
+            .map(|s| SessionInfo {
+                sid: s.session().sid().to_string(),
+                socket_id: s.id().to_string(),
+                user: s.user().unwrap_or("").to_owned(),
+                node_id: String::new(),
+                transport: s.session().transport().as_str().to_owned(),
+                rooms: s.public_rooms(),
+            })
+            .filter(|s| s.sid.as_str() > req.page_token.as_str())
+            .collect();
+        sessions.sort_by(|a, b| a.sid.cmp(&b.sid));
+        sessions.truncate(page + 1);
+        LocalReply {
+            sessions,
+            ..served(0)
+        }
+    }
+
+    fn presence(&self, req: &PresenceRequest) -> LocalReply {
+        let namespace = self.namespace(&req.namespace);
+        let counts = req
+            .rooms
+            .iter()
+            .map(|room| {
+                let n = namespace.as_ref().map_or(0, |ns| ns.room_size(room)) as u64;
+                (room.clone(), n)
+            })
+            .collect();
+        LocalReply {
+            counts,
+            ..served(0)
+        }
+    }
+}
+
+fn page_size(asked: u32) -> u32 {
+    match asked {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn check_rooms(rooms: &[String]) -> Result<(), Status> {
+    if rooms.is_empty() {
+        return Err(Status::invalid_argument("at least one room"));
+    }
+    if let Some(room) = rooms.iter().find(|r| r.is_empty() || is_hidden_room(r)) {
+        return Err(Status::invalid_argument(format!(
+            "invalid room name {room:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `Push` service of one gateway, for the whole cluster.
+pub struct PushService<A: Application> {
+    local: Arc<LocalPush<A>>,
+    cluster: Arc<Cluster>,
+    max_payload: usize,
+}
+
+impl<A: Application> PushService<A> {
+    pub fn new(local: Arc<LocalPush<A>>, cluster: Arc<Cluster>, max_payload: usize) -> Self {
+        PushService {
+            local,
+            cluster,
+            max_payload,
+        }
+    }
+
+    /// Runs an operation for one session, wherever it lives.
+    async fn on_session(&self, sid: &str, request: LocalRequest) -> Result<LocalReply, Status> {
+        let parsed = parse_sid(sid)?;
+        let reply = self.local.apply(request.clone()).await?;
+        if reply.disposition != Disposition::Unknown as i32 {
+            return Ok(reply);
+        }
+        let routed = self
+            .cluster
+            .route(parsed, None, move |peer| {
+                let request = request.clone();
+                async move {
+                    match peer.local(request).await {
+                        Ok(reply) => Ok(match Disposition::try_from(reply.disposition) {
+                            Ok(Disposition::Served) => Routed::Done(Ok(reply)),
+                            Ok(Disposition::Moved) if !reply.moved_to.is_empty() => {
+                                Routed::Moved(reply.moved_to)
+                            }
+                            _ => Routed::Unknown,
+                        }),
+                        // The owner answered with an error of the
+                        // operation itself (timeout, bad argument).
+                        Err(status) if status.code() != tonic::Code::Unavailable => {
+                            Ok(Routed::Done(Err(status)))
+                        }
+                        Err(status) => {
+                            warn!(peer = peer.node_id(), %status, "push to a peer failed");
+                            Ok(Routed::Unknown)
+                        }
+                    }
+                }
+            })
+            .await;
+        match routed {
+            Ok(result) => result,
+            Err(_) => Err(Status::not_found(format!("unknown session {sid:?}"))),
+        }
+    }
+
+    /// Runs an operation here and on `nodes`, concurrently; the replies of
+    /// the nodes that answered.
+    async fn fan_out(
+        &self,
+        nodes: Vec<String>,
+        request: LocalRequest,
+    ) -> Result<Vec<LocalReply>, Status> {
+        let here = self.local.apply(request.clone());
+        let remote = nodes
+            .into_iter()
+            .filter(|n| n != self.cluster.node_id())
+            .filter_map(|n| self.cluster.peer_for(&n))
+            .map(|peer| {
+                let request = request.clone();
+                async move {
+                    match peer.local(request).await {
+                        Ok(reply) => Some(reply),
+                        Err(status) => {
+                            warn!(peer = peer.node_id(), %status, "push to a peer failed");
+                            None
+                        }
+                    }
+                }
+            });
+        let (here, remote) = tokio::join!(here, join_all(remote));
+        let mut replies = vec![here?];
+        replies.extend(remote.into_iter().flatten());
+        Ok(replies)
+    }
+
+    /// The nodes that may hold sockets of a target.
+    fn nodes_for(&self, ns: &str, target: &ringway_proto::v1::Target) -> Vec<String> {
+        let ns = namespace_name(ns);
+        match target.to.as_ref() {
+            Some(target::To::User(user)) => self.cluster.room_nodes(ns, &[user_room(user)]),
+            Some(target::To::Rooms(list)) => self.cluster.room_nodes(ns, &list.rooms),
+            _ => self.cluster.peer_ids(),
+        }
+    }
+
+    async fn emit_one(&self, req: EmitRequest) -> Result<EmitReply, Status> {
+        let target = target_of(&req.target)?.clone();
+        let args = payload(&req.event, &req.args_json, &req.attachments)?;
+        let size: usize = encode_event(namespace_name(&req.namespace), &req.event, &args, None)
+            .iter()
+            .map(|f| f.wire_len())
+            .sum();
+        if size > self.max_payload {
+            return Err(Status::resource_exhausted(format!(
+                "the event is {size} bytes, over the {} byte limit",
+                self.max_payload
+            )));
+        }
+        if !namespace_name(&req.namespace).starts_with('/') {
+            return Err(Status::invalid_argument("a namespace starts with '/'"));
+        }
+        let request = LocalRequest {
+            op: Some(local_request::Op::Emit(req.clone())),
+        };
+        if let Some(target::To::Sid(sid)) = target.to.as_ref() {
+            let reply = self.on_session(sid, request).await?;
+            return Ok(EmitReply {
+                sockets: reply.sockets,
+                nodes: 1,
+            });
+        }
+        let replies = self
+            .fan_out(self.nodes_for(&req.namespace, &target), request)
+            .await?;
+        Ok(EmitReply {
+            sockets: replies.iter().map(|r| r.sockets).sum(),
+            nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+        })
+    }
+
+    async fn change(&self, req: RoomsChange, join: bool) -> Result<RoomsChangeReply, Status> {
+        let target = target_of(&req.target)?.clone();
+        check_rooms(&req.rooms)?;
+        let op = if join {
+            local_request::Op::Join(req.clone())
+        } else {
+            local_request::Op::Leave(req.clone())
+        };
+        let request = LocalRequest { op: Some(op) };
+        let sockets = match target.to.as_ref() {
+            Some(target::To::Sid(sid)) => self.on_session(sid, request).await?.sockets,
+            Some(target::To::User(_)) => self
+                .fan_out(self.nodes_for(&req.namespace, &target), request)
+                .await?
+                .iter()
+                .map(|r| r.sockets)
+                .sum(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "rooms change: target a sid or a user",
+                ))
+            }
+        };
+        Ok(RoomsChangeReply { sockets })
+    }
+}
+
+type ServiceResult<T> = Result<Response<T>, Status>;
+
+impl<A: Application> Clone for PushService<A> {
+    fn clone(&self) -> Self {
+        PushService {
+            local: self.local.clone(),
+            cluster: self.cluster.clone(),
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Application> Push for PushService<A> {
+    async fn emit(&self, request: Request<EmitRequest>) -> ServiceResult<EmitReply> {
+        Ok(Response::new(self.emit_one(request.into_inner()).await?))
+    }
+
+    type EmitStreamStream = ReceiverStream<Result<EmitReply, Status>>;
+
+    async fn emit_stream(
+        &self,
+        request: Request<Streaming<EmitRequest>>,
+    ) -> ServiceResult<Self::EmitStreamStream> {
+        let mut stream = request.into_inner();
+        // A small window: a publisher that reads no replies, or that is
+        // faster than the cluster, is held back by gRPC flow control.
+        let (tx, rx) = mpsc::channel(32);
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = match stream.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(%status, "emit stream ended");
+                        return;
+                    }
+                };
+                // One at a time: emits of one stream keep their order on
+                // every node.
+                let reply = service.emit_one(req).await;
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn emit_with_ack(
+        &self,
+        request: Request<EmitWithAckRequest>,
+    ) -> ServiceResult<EmitWithAckReply> {
+        let req = request.into_inner();
+        payload(&req.event, &req.args_json, &req.attachments)?;
+        let sid = req.sid.clone();
+        let reply = self
+            .on_session(
+                &sid,
+                LocalRequest {
+                    op: Some(local_request::Op::EmitWithAck(req)),
+                },
+            )
+            .await?;
+        reply
+            .ack
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("no ack in the owner's answer"))
+    }
+
+    async fn join_rooms(&self, request: Request<RoomsChange>) -> ServiceResult<RoomsChangeReply> {
+        Ok(Response::new(
+            self.change(request.into_inner(), true).await?,
+        ))
+    }
+
+    async fn leave_rooms(&self, request: Request<RoomsChange>) -> ServiceResult<RoomsChangeReply> {
+        Ok(Response::new(
+            self.change(request.into_inner(), false).await?,
+        ))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> ServiceResult<DisconnectReply> {
+        let req = request.into_inner();
+        let target = target_of(&req.target)?.clone();
+        let local = LocalRequest {
+            op: Some(local_request::Op::Disconnect(req.clone())),
+        };
+        let sockets = match target.to.as_ref() {
+            Some(target::To::Sid(sid)) => self.on_session(sid, local).await?.sockets,
+            Some(target::To::User(_)) => self
+                .fan_out(self.nodes_for(&req.namespace, &target), local)
+                .await?
+                .iter()
+                .map(|r| r.sockets)
+                .sum(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "disconnect: target a sid or a user",
+                ))
+            }
+        };
+        Ok(Response::new(DisconnectReply { sockets }))
+    }
+
+    async fn sessions(&self, request: Request<SessionsRequest>) -> ServiceResult<SessionsReply> {
+        let req = request.into_inner();
+        let ns = namespace_name(&req.namespace).to_owned();
+        let nodes = if !req.user.is_empty() {
+            self.cluster.room_nodes(&ns, &[user_room(&req.user)])
+        } else if !req.room.is_empty() {
+            self.cluster
+                .room_nodes(&ns, std::slice::from_ref(&req.room))
+        } else {
+            self.cluster.peer_ids()
+        };
+        let page = page_size(req.page_size) as usize;
+        let request = LocalRequest {
+            op: Some(local_request::Op::Sessions(req)),
+        };
+        let here = self.cluster.node_id().to_owned();
+        let mut all: Vec<SessionInfo> = Vec::new();
+        // Replies come back in node order: the local one first.
+        let mut nodes_order = vec![here.clone()];
+        nodes_order.extend(nodes.iter().filter(|n| **n != here).cloned());
+        for (reply, node) in self
+            .fan_out(nodes, request)
+            .await?
+            .into_iter()
+            .zip(nodes_order)
+        {
+            all.extend(reply.sessions.into_iter().map(|mut s| {
+                if s.node_id.is_empty() {
+                    s.node_id = node.clone();
+                }
+                s
+            }));
+        }
+        all.sort_by(|a, b| a.sid.cmp(&b.sid));
+        let more = all.len() > page;
+        all.truncate(page);
+        let next_page_token = if more {
+            all.last().map(|s| s.sid.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(SessionsReply {
+            sessions: all,
+            next_page_token,
+        }))
+    }
+
+    async fn rooms(&self, request: Request<RoomsRequest>) -> ServiceResult<RoomsReply> {
+        let ns = namespace_name(&request.get_ref().namespace).to_owned();
+        let mut rooms: Vec<String> = self
+            .local
+            .namespace(&ns)
+            .map(|n| n.room_names())
+            .unwrap_or_default();
+        rooms.extend(self.cluster.rooms().rooms_of(&ns));
+        rooms.retain(|r| !is_hidden_room(r));
+        rooms.sort();
+        rooms.dedup();
+        Ok(Response::new(RoomsReply { rooms }))
+    }
+
+    async fn presence(&self, request: Request<PresenceRequest>) -> ServiceResult<PresenceReply> {
+        let req = request.into_inner();
+        let ns = namespace_name(&req.namespace).to_owned();
+        let nodes = self.cluster.room_nodes(&ns, &req.rooms);
+        let rooms = req.rooms.clone();
+        let replies = self
+            .fan_out(
+                nodes,
+                LocalRequest {
+                    op: Some(local_request::Op::Presence(req)),
+                },
+            )
+            .await?;
+        let mut counts: std::collections::HashMap<String, u64> =
+            rooms.into_iter().map(|r| (r, 0)).collect();
+        for reply in replies {
+            for (room, n) in reply.counts {
+                *counts.entry(room).or_default() += n;
+            }
+        }
+        Ok(Response::new(PresenceReply { counts }))
+    }
+
+    async fn stats(&self, _request: Request<StatsRequest>) -> ServiceResult<StatsReply> {
+        let view = self.cluster.view();
+        let request = LocalRequest {
+            op: Some(local_request::Op::Stats(StatsRequest {})),
+        };
+        let calls = view.members.iter().map(|member| {
+            let request = request.clone();
+            async move {
+                let reply = if member.node_id == self.cluster.node_id() {
+                    self.local.apply(request).await.ok()
+                } else {
+                    match self.cluster.peer_for(&member.node_id) {
+                        Some(peer) => peer.local(request).await.ok(),
+                        None => None,
+                    }
+                };
+                NodeStats {
+                    node_id: member.node_id.clone(),
+                    http_addr: member.http_addr.clone(),
+                    grpc_addr: member.grpc_addr.clone(),
+                    polling_sessions: reply.as_ref().map_or(0, |r| r.polling_sessions),
+                    websocket_sessions: reply.as_ref().map_or(0, |r| r.websocket_sessions),
+                    reachable: reply.is_some(),
+                }
+            }
+        });
+        let nodes = join_all(calls).await;
+        Ok(Response::new(StatsReply {
+            epoch: view.epoch,
+            nodes,
+        }))
+    }
+}
+
+/// Bearer-token check of every `Push` call.
+#[derive(Clone)]
+pub struct ApiAuth {
+    tokens: Arc<[String]>,
+}
+
+impl ApiAuth {
+    pub fn new(tokens: Vec<String>) -> ApiAuth {
+        ApiAuth {
+            tokens: tokens.into(),
+        }
+    }
+}
+
+/// Compares without leaking where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Interceptor for ApiAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated("missing bearer token"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization is not a bearer token"))?;
+        if self
+            .tokens
+            .iter()
+            .any(|t| same_secret(t.as_bytes(), token.as_bytes()))
+        {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("invalid token"))
+        }
+    }
+}

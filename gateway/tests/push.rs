@@ -1,0 +1,449 @@
+//! The `Push` API against a real 3-node cluster (Redis, coordinator,
+//! gateways as processes): every call made on one node for sockets on
+//! others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use common::{ws_open, ws_send, ws_text, Ws};
+use ringway_proto::v1::push_client::PushClient;
+use ringway_proto::v1::{
+    target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
+    RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+const TOKEN: &str = "s3cret-token";
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Bearer(Option<&'static str>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = self.0 {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+}
+
+type Client = PushClient<InterceptedService<Channel, Bearer>>;
+
+async fn client(grpc: &str, token: Option<&'static str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the gateway's gRPC port");
+    PushClient::with_interceptor(channel, Bearer(token))
+}
+
+async fn start() -> (Cluster, Vec<Client>) {
+    let c = Cluster::start(3, &["--api-token", TOKEN]).await;
+    let mut clients = Vec::new();
+    for node in &c.nodes {
+        clients.push(client(node.grpc.as_deref().expect("grpc address"), Some(TOKEN)).await);
+    }
+    (c, clients)
+}
+
+/// A WebSocket client on the main namespace: (ws, engine sid).
+async fn connect(addr: &str) -> (Ws, String) {
+    let (mut ws, open) = ws_open(addr).await;
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    ws_send(&mut ws, "40").await;
+    expect(&mut ws, "40{\"sid\"").await;
+    expect(&mut ws, "42[\"auth\"").await;
+    (ws, sid)
+}
+
+async fn expect(ws: &mut Ws, prefix: &str) -> String {
+    loop {
+        let text = ws_text(ws).await.expect("websocket closed");
+        if text.starts_with(prefix) {
+            return text;
+        }
+    }
+}
+
+async fn join(ws: &mut Ws, room: &str) {
+    ws_send(ws, &format!("421[\"join\",\"{room}\"]")).await;
+    expect(ws, "431[true]").await;
+}
+
+/// Nothing but a round trip arrives: no stray message is queued.
+async fn nothing_more(ws: &mut Ws) {
+    ws_send(ws, "42[\"message\",\"sync\"]").await;
+    assert_eq!(expect(ws, "42[").await, "42[\"message-back\",\"sync\"]");
+}
+
+fn to_sid(sid: &str) -> Option<Target> {
+    Some(Target {
+        to: Some(target::To::Sid(sid.to_owned())),
+        except_rooms: vec![],
+    })
+}
+
+fn to_rooms(rooms: &[&str], except: &[&str]) -> Option<Target> {
+    Some(Target {
+        to: Some(target::To::Rooms(RoomList {
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        })),
+        except_rooms: except.iter().map(|r| r.to_string()).collect(),
+    })
+}
+
+fn emit(target: Option<Target>, event: &str, args: &str) -> EmitRequest {
+    EmitRequest {
+        namespace: "/".into(),
+        target,
+        event: event.into(),
+        args_json: args.into(),
+        attachments: vec![],
+        volatile: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
+    let (c, mut api) = start().await;
+    let (mut a, sid_a) = connect(c.addr(0)).await;
+    let (mut b, _) = connect(c.addr(1)).await;
+    let (mut d, _) = connect(c.addr(2)).await;
+
+    // To one session owned by node 1, called on node 3.
+    let reply = api[2]
+        .emit(emit(to_sid(&sid_a), "news", "[1,{\"x\":\"y\"}]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (1, 1));
+    assert_eq!(
+        expect(&mut a, "42[\"news\"").await,
+        "42[\"news\",1,{\"x\":\"y\"}]"
+    );
+
+    // To a room with members on every node, except a room.
+    join(&mut a, "r").await;
+    join(&mut b, "r").await;
+    join(&mut d, "r").await;
+    join(&mut d, "muted").await;
+    let reply = api[1]
+        .emit(emit(to_rooms(&["r"], &["muted"]), "room", "[\"hi\"]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (2, 2));
+    assert_eq!(expect(&mut a, "42[\"room\"").await, "42[\"room\",\"hi\"]");
+    assert_eq!(expect(&mut b, "42[\"room\"").await, "42[\"room\",\"hi\"]");
+    nothing_more(&mut d).await;
+
+    // To the namespace: everyone, once.
+    let reply = api[0]
+        .emit(emit(
+            Some(Target {
+                to: Some(target::To::Namespace(true)),
+                except_rooms: vec![],
+            }),
+            "all",
+            "",
+        ))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (3, 3));
+    for ws in [&mut a, &mut b, &mut d] {
+        assert_eq!(expect(ws, "42[\"all\"").await, "42[\"all\"]");
+        nothing_more(ws).await;
+    }
+
+    // Binary attachments travel as such.
+    let mut req = emit(to_sid(&sid_a), "bin", "[{\"_placeholder\":true,\"num\":0}]");
+    req.attachments = vec![bytes::Bytes::from_static(b"\x01\x02")];
+    api[1].emit(req).await.expect("binary emit");
+    let header = expect(&mut a, "451-[\"bin\"").await;
+    assert_eq!(header, "451-[\"bin\",{\"_placeholder\":true,\"num\":0}]");
+    match common::ws_frame(&mut a).await {
+        Some(tokio_tungstenite::tungstenite::Message::Binary(data)) => {
+            assert_eq!(&data[..], b"\x01\x02")
+        }
+        other => panic!("expected the attachment, got {other:?}"),
+    }
+
+    // A stream of emits, in order, each answered.
+    let requests: Vec<EmitRequest> = (0..50)
+        .map(|i| emit(to_rooms(&["r"], &[]), "seq", &format!("[{i}]")))
+        .collect();
+    let mut replies = api[2]
+        .emit_stream(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut answered = 0;
+    while let Some(reply) = replies.message().await.expect("stream reply") {
+        assert_eq!(reply.sockets, 3);
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+    for ws in [&mut a, &mut b, &mut d] {
+        for i in 0..50 {
+            assert_eq!(expect(ws, "42[\"seq\"").await, format!("42[\"seq\",{i}]"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_acks_disconnects_and_presence_by_api() {
+    let (c, mut api) = start().await;
+    let (mut a, sid_a) = connect(c.addr(0)).await;
+    let (mut b, sid_b) = connect(c.addr(1)).await;
+
+    // Join by API (called on node 3), then a room emit reaches both.
+    for sid in [&sid_a, &sid_b] {
+        let reply = api[2]
+            .join_rooms(RoomsChange {
+                namespace: "/".into(),
+                target: to_sid(sid),
+                rooms: vec!["team".into(), "all-hands".into()],
+            })
+            .await
+            .expect("join")
+            .into_inner();
+        assert_eq!(reply.sockets, 1);
+    }
+    let reply = api[0]
+        .emit(emit(to_rooms(&["team"], &[]), "t", "[]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!(reply.sockets, 2);
+    expect(&mut a, "42[\"t\"").await;
+    expect(&mut b, "42[\"t\"").await;
+
+    // Presence and rooms, from any node.
+    let presence = api[2]
+        .presence(PresenceRequest {
+            namespace: "/".into(),
+            rooms: vec!["team".into(), "nobody".into()],
+        })
+        .await
+        .expect("presence")
+        .into_inner();
+    assert_eq!(presence.counts.get("team"), Some(&2));
+    assert_eq!(presence.counts.get("nobody"), Some(&0));
+    let rooms = api[2]
+        .rooms(RoomsRequest {
+            namespace: "/".into(),
+        })
+        .await
+        .expect("rooms")
+        .into_inner();
+    assert_eq!(rooms.rooms, vec!["all-hands".to_owned(), "team".to_owned()]);
+
+    // Sessions, paged, across nodes.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api[1]
+            .sessions(SessionsRequest {
+                namespace: "/".into(),
+                room: "team".into(),
+                user: String::new(),
+                page_size: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("sessions")
+            .into_inner();
+        assert!(page.sessions.len() <= 1);
+        seen.extend(
+            page.sessions
+                .iter()
+                .map(|s| (s.sid.clone(), s.node_id.clone())),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    let mut want = vec![
+        (sid_a.clone(), "n1".to_owned()),
+        (sid_b.clone(), "n2".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+
+    // Leave by API: the room emit misses the one that left.
+    api[0]
+        .leave_rooms(RoomsChange {
+            namespace: "/".into(),
+            target: to_sid(&sid_b),
+            rooms: vec!["team".into()],
+        })
+        .await
+        .expect("leave");
+    let reply = api[2]
+        .emit(emit(to_rooms(&["team"], &[]), "t2", "[]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!(reply.sockets, 1);
+    expect(&mut a, "42[\"t2\"").await;
+    nothing_more(&mut b).await;
+
+    // Emit with ack, called on node 3 for a socket of node 2.
+    let call = {
+        let mut api = api[2].clone();
+        let sid = sid_b.clone();
+        tokio::spawn(async move {
+            api.emit_with_ack(EmitWithAckRequest {
+                namespace: "/".into(),
+                sid,
+                event: "question".into(),
+                args_json: "[\"2+2?\"]".into(),
+                attachments: vec![],
+                timeout_ms: 5000,
+            })
+            .await
+        })
+    };
+    let question = expect(&mut b, "42").await;
+    let rest = question.strip_prefix("42").expect("event");
+    let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    assert!(!id.is_empty(), "an ack id: {question}");
+    assert_eq!(&rest[id.len()..], "[\"question\",\"2+2?\"]");
+    ws_send(&mut b, &format!("43{id}[4,\"four\"]")).await;
+    let answer = call.await.expect("task").expect("ack").into_inner();
+    assert_eq!(answer.args_json, "[4,\"four\"]");
+
+    // No ack in time: DEADLINE_EXCEEDED.
+    let err = api[0]
+        .emit_with_ack(EmitWithAckRequest {
+            namespace: "/".into(),
+            sid: sid_b.clone(),
+            event: "question".into(),
+            args_json: "[]".into(),
+            attachments: vec![],
+            timeout_ms: 300,
+        })
+        .await
+        .expect_err("no ack");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+
+    // Disconnect by sid, from another node: the client gets DISCONNECT.
+    let reply = api[2]
+        .disconnect(DisconnectRequest {
+            namespace: "/".into(),
+            target: to_sid(&sid_a),
+            reason: "bye".into(),
+            close_session: false,
+        })
+        .await
+        .expect("disconnect")
+        .into_inner();
+    assert_eq!(reply.sockets, 1);
+    assert_eq!(expect(&mut a, "41").await, "41");
+
+    // Stats: every node, with its sessions.
+    let stats = api[1]
+        .stats(StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.nodes.len(), 3);
+    assert!(stats.nodes.iter().all(|n| n.reachable));
+    let total: u64 = stats.nodes.iter().map(|n| n.websocket_sessions).sum();
+    assert_eq!(total, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_grpc_status_codes() {
+    let (c, mut api) = start().await;
+    let (_a, sid_a) = connect(c.addr(0)).await;
+
+    // Tokens.
+    let mut anonymous = client(c.nodes[0].grpc.as_deref().expect("grpc"), None).await;
+    let err = anonymous
+        .stats(StatsRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut wrong = client(c.nodes[1].grpc.as_deref().expect("grpc"), Some("nope")).await;
+    let err = wrong.stats(StatsRequest {}).await.expect_err("wrong token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Unknown or forged sid: NOT_FOUND, from any node.
+    for (i, sid) in ["AAAAAAAAAAAAAAAAAAAA", "garbage"].iter().enumerate() {
+        let err = api[i]
+            .emit(emit(to_sid(sid), "x", "[]"))
+            .await
+            .expect_err("unknown sid");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+    }
+    // Bad arguments.
+    for (event, args) in [
+        ("x", "{not json"),
+        ("x", "{\"an\":\"object\"}"),
+        ("", "[]"),
+        ("connect", "[]"),
+    ] {
+        let err = api[1]
+            .emit(emit(to_sid(&sid_a), event, args))
+            .await
+            .expect_err("invalid");
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{event:?} {args:?}: {err}"
+        );
+    }
+    let err = api[1]
+        .emit(emit(None, "x", "[]"))
+        .await
+        .expect_err("no target");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut dangling = emit(to_sid(&sid_a), "x", "[{\"_placeholder\":true,\"num\":3}]");
+    dangling.attachments = vec![bytes::Bytes::from_static(b"1")];
+    let err = api[1].emit(dangling).await.expect_err("bad placeholder");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = api[1]
+        .join_rooms(RoomsChange {
+            namespace: "/".into(),
+            target: to_sid(&sid_a),
+            rooms: vec!["\u{1}user:mallory".into()],
+        })
+        .await
+        .expect_err("hidden room");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Over the payload limit (1,000,000 bytes by default).
+    let big = format!("[\"{}\"]", "x".repeat(1_000_001));
+    let err = api[2]
+        .emit(emit(to_rooms(&["r"], &[]), "big", &big))
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    // A user with no session: a zero count, not an error.
+    let reply = api[0]
+        .emit(emit(
+            Some(Target {
+                to: Some(target::To::User("nobody".into())),
+                except_rooms: vec![],
+            }),
+            "x",
+            "[]",
+        ))
+        .await
+        .expect("emit to a user without sessions")
+        .into_inner();
+    assert_eq!(reply.sockets, 0);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
