@@ -447,3 +447,119 @@ async fn errors_are_grpc_status_codes() {
     assert_eq!(reply.sockets, 0);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// An HS256 token for `user`, valid for an hour.
+fn token(user: &str) -> String {
+    use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+    let claims = serde_json::json!({ "sub": user, "exp": get_current_timestamp() + 3600 });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+const JWT_SECRET: &str = "jwt-secret-for-tests";
+
+/// A WebSocket client of `user` (JWT in the CONNECT auth).
+async fn connect_as(addr: &str, user: &str) -> (Ws, String) {
+    let (mut ws, open) = ws_open(addr).await;
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    ws_send(&mut ws, &format!("40{{\"token\":\"{}\"}}", token(user))).await;
+    expect(&mut ws, "40{\"sid\"").await;
+    expect(&mut ws, "42[\"auth\"").await;
+    (ws, sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_with_sessions_on_several_nodes() {
+    let c = Cluster::start(3, &["--api-token", TOKEN, "--jwt-hs256-secret", JWT_SECRET]).await;
+    let mut api = client(c.nodes[2].grpc.as_deref().expect("grpc"), Some(TOKEN)).await;
+    // alice on nodes 1 and 2, bob on node 3.
+    let (mut alice1, _) = connect_as(c.addr(0), "alice").await;
+    let (mut alice2, _) = connect_as(c.addr(1), "alice").await;
+    let (mut bob, _) = connect_as(c.addr(2), "bob").await;
+    let alice = || {
+        Some(Target {
+            to: Some(target::To::User("alice".into())),
+            except_rooms: vec![],
+        })
+    };
+
+    // To a user: both of alice's sessions, not bob.
+    let reply = api
+        .emit(emit(alice(), "dm", "[\"hello alice\"]"))
+        .await
+        .expect("emit to a user")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (2, 2));
+    for ws in [&mut alice1, &mut alice2] {
+        assert_eq!(expect(ws, "42[\"dm\"").await, "42[\"dm\",\"hello alice\"]");
+    }
+    nothing_more(&mut bob).await;
+
+    // The user's sessions are listed, and join a room by user.
+    let sessions = api
+        .sessions(SessionsRequest {
+            namespace: "/".into(),
+            room: String::new(),
+            user: "alice".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("sessions")
+        .into_inner();
+    let mut nodes: Vec<String> = sessions
+        .sessions
+        .iter()
+        .map(|s| s.node_id.clone())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["n1", "n2"]);
+    assert!(sessions
+        .sessions
+        .iter()
+        .all(|s| s.user == "alice" && s.rooms.is_empty()));
+    let joined = api
+        .join_rooms(RoomsChange {
+            namespace: "/".into(),
+            target: alice(),
+            rooms: vec!["vip".into()],
+        })
+        .await
+        .expect("join by user")
+        .into_inner();
+    assert_eq!(joined.sockets, 2);
+    let reply = api
+        .emit(emit(to_rooms(&["vip"], &[]), "vip", "[]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!(reply.sockets, 2);
+
+    // Disconnect by user: both of alice's sockets, bob stays.
+    let reply = api
+        .disconnect(DisconnectRequest {
+            namespace: "/".into(),
+            target: alice(),
+            reason: "banned".into(),
+            close_session: false,
+        })
+        .await
+        .expect("disconnect a user")
+        .into_inner();
+    assert_eq!(reply.sockets, 2);
+    for ws in [&mut alice1, &mut alice2] {
+        expect(ws, "42[\"vip\"").await;
+        assert_eq!(expect(ws, "41").await, "41");
+    }
+    nothing_more(&mut bob).await;
+    let reply = api
+        .emit(emit(alice(), "dm", "[]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!(reply.sockets, 0);
+}

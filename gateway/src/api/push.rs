@@ -510,21 +510,33 @@ impl<A: Application> PushService<A> {
             local_request::Op::Leave(req.clone())
         };
         let request = LocalRequest { op: Some(op) };
-        let sockets = match target.to.as_ref() {
-            Some(target::To::Sid(sid)) => self.on_session(sid, request).await?.sockets,
-            Some(target::To::User(_)) => self
-                .fan_out(self.nodes_for(&req.namespace, &target), request)
+        let sockets = self
+            .session_or_user(&req.namespace, &target, request, "rooms change")
+            .await?;
+        Ok(RoomsChangeReply { sockets })
+    }
+
+    /// Runs an operation that takes a `sid` or a `user` target; the
+    /// sockets it changed.
+    async fn session_or_user(
+        &self,
+        ns: &str,
+        target: &ringway_proto::v1::Target,
+        request: LocalRequest,
+        what: &str,
+    ) -> Result<u64, Status> {
+        match target.to.as_ref() {
+            Some(target::To::Sid(sid)) => Ok(self.on_session(sid, request).await?.sockets),
+            Some(target::To::User(_)) => Ok(self
+                .fan_out(self.nodes_for(ns, target), request)
                 .await?
                 .iter()
                 .map(|r| r.sockets)
-                .sum(),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "rooms change: target a sid or a user",
-                ))
-            }
-        };
-        Ok(RoomsChangeReply { sockets })
+                .sum()),
+            _ => Err(Status::invalid_argument(format!(
+                "{what}: target a sid or a user"
+            ))),
+        }
     }
 }
 
@@ -621,20 +633,9 @@ impl<A: Application> Push for PushService<A> {
         let local = LocalRequest {
             op: Some(local_request::Op::Disconnect(req.clone())),
         };
-        let sockets = match target.to.as_ref() {
-            Some(target::To::Sid(sid)) => self.on_session(sid, local).await?.sockets,
-            Some(target::To::User(_)) => self
-                .fan_out(self.nodes_for(&req.namespace, &target), local)
-                .await?
-                .iter()
-                .map(|r| r.sockets)
-                .sum(),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "disconnect: target a sid or a user",
-                ))
-            }
-        };
+        let sockets = self
+            .session_or_user(&req.namespace, &target, local, "disconnect")
+            .await?;
         Ok(Response::new(DisconnectReply { sockets }))
     }
 

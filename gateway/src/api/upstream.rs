@@ -48,6 +48,10 @@ pub const MAX_QUEUED_PER_SOCKET: usize = 64;
 /// Largest `Allow.data` kept with a socket (it travels with every event).
 pub const MAX_DATA: usize = 4096;
 
+/// How much later than the gateway's own deadline the `grpc-timeout` of a
+/// call is.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
 /// The CONNECT_ERROR message of a `Deny` without one.
 const DEFAULT_DENY: &str = "not authorized";
 
@@ -215,6 +219,9 @@ impl Inner {
                     debug!(call = what, %err, "upstream call failed");
                 }
             }
+            // Overload is the gateway's own limit at work: not worth a
+            // warning per refused call.
+            Err(CallError::Busy) => debug!(call = what, "upstream call refused: busy"),
             Err(err) => warn!(call = what, %err, detail = ?err, "upstream call failed"),
         }
         result
@@ -240,8 +247,14 @@ impl Inner {
         if remaining.is_zero() {
             return Err(CallError::Timeout);
         }
-        match tokio::time::timeout_at(deadline, f(self.client.clone(), remaining)).await {
+        // The backend gets the deadline as the call's `grpc-timeout`, a
+        // little later than ours: the client enforces it too, and the
+        // failure should be ours ("upstream timeout"), not its
+        // (`CANCELLED`).
+        let call = f(self.client.clone(), remaining + DEADLINE_MARGIN);
+        match tokio::time::timeout_at(deadline, call).await {
             Err(_) => Err(CallError::Timeout),
+            Ok(Err(_)) if Instant::now() >= deadline => Err(CallError::Timeout),
             Ok(Err(status)) => Err(status.into()),
             Ok(Ok(reply)) => Ok(reply.into_inner()),
         }
