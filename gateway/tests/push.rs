@@ -6,43 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{push_client as client, Cluster, PushClient as Client};
 use common::{ws_open, ws_send, ws_text, Ws};
-use ringway_proto::v1::push_client::PushClient;
 use ringway_proto::v1::{
     target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
     RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
 };
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::Code;
 
 const TOKEN: &str = "s3cret-token";
-
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-struct Bearer(Option<&'static str>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = self.0 {
-            let value = format!("Bearer {token}").parse().expect("header value");
-            req.metadata_mut().insert("authorization", value);
-        }
-        Ok(req)
-    }
-}
-
-type Client = PushClient<InterceptedService<Channel, Bearer>>;
-
-async fn client(grpc: &str, token: Option<&'static str>) -> Client {
-    let channel = Channel::from_shared(format!("http://{grpc}"))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect to the gateway's gRPC port");
-    PushClient::with_interceptor(channel, Bearer(token))
-}
 
 async fn start() -> (Cluster, Vec<Client>) {
     let c = Cluster::start(3, &["--api-token", TOKEN]).await;

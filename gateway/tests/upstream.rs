@@ -15,6 +15,7 @@ use futures_util::SinkExt;
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
 use ringway_proto::v1::connect_reply::Decision;
 use ringway_proto::v1::upstream_server::{Upstream, UpstreamServer};
+use ringway_proto::v1::{target, EmitRequest, RoomList, Target};
 use ringway_proto::v1::{
     Allow, ConnectReply, ConnectRequest, Deny, DisconnectNotice, DisconnectNoticeReply, EventReply,
     EventRequest,
@@ -26,7 +27,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::{Request, Response, Status};
 
-use common::cluster::{free_port, Cluster};
+use common::cluster::{free_port, push_client, Cluster};
 use common::{get, ws_connect, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
 
 // ---------------------------------------------------------------------------
@@ -311,7 +312,7 @@ fn connect_error(message: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
     let (backend, url, _stop) = start_backend(0).await;
-    let c = Cluster::start(3, &["--upstream", &url]).await;
+    let c = Cluster::start(3, &["--upstream", &url, "--api-token", "t0ken"]).await;
     let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
 
     // Allow: handshake on node 1 (the owner), CONNECT posted on node 2,
@@ -345,6 +346,34 @@ async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
         "{}",
         connect.query
     );
+
+    // The Allow's user and rooms hold across the cluster: a push (on node
+    // 3) to the room and one to the user reach the socket.
+    let mut api = push_client(c.nodes[2].grpc.as_deref().expect("grpc"), Some("t0ken")).await;
+    for to in [
+        target::To::Rooms(RoomList {
+            rooms: vec!["lobby".into()],
+        }),
+        target::To::User("alice".into()),
+    ] {
+        let reply = api
+            .emit(EmitRequest {
+                namespace: "/".into(),
+                target: Some(Target {
+                    to: Some(to),
+                    except_rooms: vec![],
+                }),
+                event: "pushed".into(),
+                args_json: "[1]".into(),
+                attachments: vec![],
+                volatile: false,
+            })
+            .await
+            .expect("push")
+            .into_inner();
+        assert_eq!(reply.sockets, 1);
+        expect_packets(&p.on(n2), &["42[\"pushed\",1]"]).await;
+    }
 
     // An event posted on node 3, its ack (the backend's reply) polled on
     // node 2; the backend sees the user and the data of the Allow.

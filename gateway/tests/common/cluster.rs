@@ -296,3 +296,31 @@ impl Cluster {
         &self.nodes[i].addr
     }
 }
+
+/// Adds a bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<&'static str>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0 {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+}
+
+pub type PushClient = ringway_proto::v1::push_client::PushClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A `Push` client of a gateway's gRPC address, with this token (if any).
+pub async fn push_client(grpc: &str, token: Option<&'static str>) -> PushClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the gateway's gRPC port");
+    ringway_proto::v1::push_client::PushClient::with_interceptor(channel, Bearer(token))
+}
