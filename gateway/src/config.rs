@@ -119,6 +119,12 @@ pub struct Config {
     )]
     pub namespaces: Vec<String>,
 
+    /// Milliseconds a node keeps serving after SIGTERM before it closes its
+    /// sessions: `/readyz` answers 503 and new handshakes are refused at
+    /// once, so load balancers stop sending new clients meanwhile.
+    #[arg(long, env = "RINGWAY_DRAIN_DELAY", default_value_t = 0)]
+    pub drain_delay: u64,
+
     /// Milliseconds allowed for closing sessions on SIGTERM before exiting.
     #[arg(long, env = "RINGWAY_SHUTDOWN_TIMEOUT", default_value_t = 10_000)]
     pub shutdown_timeout: u64,

@@ -36,6 +36,7 @@ pub struct Gateway<A: Application> {
     engineio: Option<Arc<Engine<EngineEcho>>>,
     cors: Cors,
     shutdown_timeout: Duration,
+    cluster: Arc<Cluster>,
 }
 
 impl<A: Application> Gateway<A> {
@@ -45,7 +46,7 @@ impl<A: Application> Gateway<A> {
         let socketio = Engine::new(
             config.engine(),
             SocketIo::new(Arc::new(app), config.socketio(), cluster.clone()),
-            Arc::new(ClusterDirectory(cluster)),
+            Arc::new(ClusterDirectory(cluster.clone())),
         );
         let engineio =
             engine_echo.then(|| Engine::new(config.engine(), EngineEcho, Arc::new(LocalDirectory)));
@@ -55,6 +56,7 @@ impl<A: Application> Gateway<A> {
             engineio,
             cors: Cors::new(&config.cors_origins),
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout),
+            cluster,
         })
     }
 
@@ -160,6 +162,19 @@ impl<A: Application> Gateway<A> {
             return self.cors.preflight(origin.as_ref(), req.headers());
         }
         let path = req.uri().path();
+        // Health for probes: alive, and ready for new sessions.
+        if path == HEALTHZ {
+            return plain(StatusCode::OK, "ok");
+        }
+        if path == READYZ {
+            return if self.cluster.is_ready() {
+                plain(StatusCode::OK, "ready")
+            } else if self.cluster.is_draining() {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+        }
         let mut resp = if path.starts_with(&self.path) {
             self.socketio.handle(req, remote).await
         } else if let Some(engineio) = self
@@ -176,6 +191,21 @@ impl<A: Application> Gateway<A> {
         }
         resp
     }
+}
+
+/// Liveness: the process serves HTTP.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness: in the ring, registry reachable, not draining.
+pub const READYZ: &str = "/readyz";
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 fn not_found() -> Response<Body> {

@@ -126,6 +126,10 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         _ => Arc::new(MemoryRegistry::default()),
     };
     let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry);
+    if !config.clustered() {
+        // A node alone is its own cluster from the start.
+        cluster.set_joined();
+    }
     let gateway = Gateway::new(&config, app, true, cluster.clone());
 
     // The gRPC listener: the Push API (with tokens), and in cluster mode
@@ -175,21 +179,16 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             let task = MembershipClientTask::new(cluster.clone(), coordinator, registration);
             tokio::spawn(task.clone().run(stop_rx.clone()));
             membership = Some(task);
-            let refresher = cluster.clone();
             let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(every);
-                loop {
-                    let stopped = tokio::select! {
-                        _ = ticker.tick() => false,
-                        _ = stop.wait_for(|stop| *stop) => true,
-                    };
-                    if stopped {
-                        return;
-                    }
-                    refresher.refresh_registry().await;
-                }
+            let refresher = cluster.clone();
+            spawn_ticker(every, stop_rx.clone(), move || {
+                let cluster = refresher.clone();
+                async move { cluster.refresh_registry().await }
+            });
+            let checker = cluster.clone();
+            spawn_ticker(HEALTH_CHECK_EVERY, stop_rx.clone(), move || {
+                let cluster = checker.clone();
+                async move { cluster.check_registry().await }
             });
         }
         println!("ringway-gateway grpc listening on {grpc_addr}");
@@ -200,6 +199,7 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     println!("ringway-gateway listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
+    let drain_delay = Duration::from_millis(config.drain_delay);
     let drain = {
         let cluster = cluster.clone();
         let membership = membership.clone();
@@ -212,6 +212,7 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             if let Some(membership) = membership {
                 membership.leave().await;
             }
+            tokio::time::sleep(drain_delay).await;
         }
     };
     let served = gateway.serve(listener, drain).await;
@@ -222,6 +223,30 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     served.map_err(|e| Failure::Other(format!("server failed: {e}")))?;
     info!("ringway-gateway stopped");
     Ok(())
+}
+
+/// How often the registry is checked for readiness.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `job` every `period` until `stop` turns true.
+fn spawn_ticker<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            let stopped = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = stop.wait_for(|stop| *stop) => true,
+            };
+            if stopped {
+                return;
+            }
+            job().await;
+        }
+    });
 }
 
 /// Binds with an explicit backlog: tokio's default (1024) overflows in

@@ -543,3 +543,66 @@ async fn large_payloads_cross_nodes_within_the_limits() {
     p.on(n2).send("42[\"message\",\"small\"]").await;
     expect_packets(&p.on(n1), &["42[\"message-back\",\"small\"]"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_and_the_drain_delay() {
+    // A node alone is ready at once.
+    let alone = common::Gateway::start(&[]);
+    assert_eq!(get(&alone.addr, "/healthz").await.status, 200);
+    let ready = get(&alone.addr, "/readyz").await;
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ready"));
+
+    let mut c = Cluster::start(3, &["--drain-delay", "1500"]).await;
+    for i in 0..3 {
+        assert_eq!(get(c.addr(i), "/readyz").await.status, 200);
+    }
+    let mut on2 = ws_client(c.addr(1)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &c.nodes[1].pid().to_string()])
+        .status();
+    // Not ready at once, out of the view at once; new sessions refused,
+    // established ones still served until the delay ends.
+    wait_for_async("readyz to turn 503", || async {
+        let resp = get(c.addr(1), "/readyz").await;
+        resp.status == 503 && resp.text() == "draining"
+    })
+    .await;
+    c.coordinator.wait_members(&["n1", "n3"]).await;
+    let refused = get(c.addr(1), "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.text(), r#"{"code":3,"message":"Server draining"}"#);
+    ws_send(&mut on2, "42[\"message\",\"draining\"]").await;
+    assert_eq!(
+        ws_expect(&mut on2, "42[").await,
+        "42[\"message-back\",\"draining\"]"
+    );
+    // Then its clients are closed and it exits cleanly.
+    assert_eq!(ws_text(&mut on2).await, None);
+    let status = c.nodes[1]
+        .terminate(Duration::from_secs(15))
+        .expect("node 2 exits");
+    assert!(status.success(), "{status:?}");
+    // Readiness reflects the registry: Redis down, nodes are not ready.
+    c.redis.stop();
+    wait_for_async("readyz to fail without Redis", || async {
+        get(c.addr(0), "/readyz").await.status == 503
+    })
+    .await;
+    c.redis.restart();
+    wait_for_async("readyz to recover", || async {
+        get(c.addr(0), "/readyz").await.status == 200
+    })
+    .await;
+}
+
+async fn wait_for_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -99,6 +99,7 @@ impl MembershipClientTask {
             .await?
             .into_inner();
         info!(lease = reply.lease_id, "joined the cluster");
+        self.cluster.set_joined();
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply.lease_id);
         if let Some(view) = reply.view {
             self.cluster.apply_view(view, true);

@@ -56,6 +56,10 @@ pub struct Cluster {
     /// Sessions held here, with their epochs (refreshed in the registry).
     local: Mutex<HashMap<Sid, u64>>,
     draining: AtomicBool,
+    /// Registered with the coordinator at least once (always, alone).
+    joined: AtomicBool,
+    /// The registry answered its last health check.
+    registry_ok: AtomicBool,
 }
 
 /// One membership view and its ring.
@@ -92,7 +96,35 @@ impl Cluster {
             owners: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+            registry_ok: AtomicBool::new(true),
         })
+    }
+
+    /// Ready for new sessions: in the ring (joined, not draining) and,
+    /// in a cluster, the registry answering.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining()
+            && self.joined.load(Ordering::Acquire)
+            && self.registry_ok.load(Ordering::Acquire)
+    }
+
+    /// Whether this node has been in a coordinator's view (set at once for
+    /// a node alone).
+    pub fn set_joined(&self) {
+        self.joined.store(true, Ordering::Release);
+    }
+
+    /// Checks the registry (for readiness).
+    pub async fn check_registry(&self) {
+        let ok = self.registry.ping().await.is_ok();
+        if self.registry_ok.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                info!("registry reachable again");
+            } else {
+                warn!("registry unreachable: not ready for new sessions");
+            }
+        }
     }
 
     pub fn node_id(&self) -> &str {
