@@ -236,6 +236,25 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
+    /// PEM certificate (chain) of the gRPC listener: turns TLS on for the
+    /// whole gRPC port (the Push API and node-to-node traffic).
+    #[arg(long, env = "RINGWAY_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--grpc-tls-cert`.
+    #[arg(long, env = "RINGWAY_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) gateways verify each other's gRPC
+    /// certificates with (cluster mode with TLS).
+    #[arg(long, env = "RINGWAY_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<PathBuf>,
+
+    /// Name checked in the other gateways' certificates (default: the host
+    /// part of their advertised gRPC address).
+    #[arg(long, env = "RINGWAY_GRPC_TLS_SERVER_NAME")]
+    pub grpc_tls_server_name: Option<String>,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -261,6 +280,15 @@ impl Config {
         }
         if self.coordinator.is_some() != self.redis_url.is_some() {
             return Err("cluster mode needs both --coordinator and --redis-url".into());
+        }
+        if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
+            return Err("--grpc-tls-cert and --grpc-tls-key go together".into());
+        }
+        if self.grpc_tls_cert.is_some() && self.clustered() && self.grpc_tls_ca.is_none() {
+            return Err(
+                "a cluster with --grpc-tls-cert needs --grpc-tls-ca (to verify the other gateways)"
+                    .into(),
+            );
         }
         if self.registry_ttl < 1000 {
             return Err("--registry-ttl must be at least 1000 ms".into());

@@ -12,7 +12,7 @@ use ringway_gateway::api::push::{ApiAuth, LocalPush, PushService};
 use ringway_gateway::api::upstream::{UpstreamApp, UpstreamSettings};
 use ringway_gateway::app::EchoApp;
 use ringway_gateway::cluster::membership::{MembershipClientTask, Registration};
-use ringway_gateway::cluster::peer::MAX_MESSAGE;
+use ringway_gateway::cluster::peer::{PeerTls, MAX_MESSAGE};
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
@@ -25,6 +25,7 @@ use ringway_proto::v1::push_server::PushServer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -125,7 +126,18 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         }
         _ => Arc::new(MemoryRegistry::default()),
     };
-    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry);
+    let tls = grpc_tls(&config).map_err(Failure::Other)?;
+    let peer_tls = match (&tls, &config.grpc_tls_ca) {
+        (Some(_), Some(ca)) => Some(PeerTls {
+            ca: Certificate::from_pem(
+                std::fs::read(ca)
+                    .map_err(|e| Failure::Other(format!("cannot read {}: {e}", ca.display())))?,
+            ),
+            server_name: config.grpc_tls_server_name.clone(),
+        }),
+        _ => None,
+    };
+    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry, peer_tls);
     if !config.clustered() {
         // A node alone is its own cluster from the start.
         cluster.set_joined();
@@ -160,8 +172,14 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             .max_encoding_message_size(MAX_MESSAGE)
         });
         let mut grpc_stop = stop_rx.clone();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| Failure::Other(format!("gRPC TLS: {e}")))?;
+        }
         grpc_task = Some(tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .tcp_nodelay(true)
                 .max_concurrent_streams(Some(1 << 20))
                 .add_service(push)
@@ -223,6 +241,19 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     served.map_err(|e| Failure::Other(format!("server failed: {e}")))?;
     info!("ringway-gateway stopped");
     Ok(())
+}
+
+/// The gRPC listener's TLS, from `--grpc-tls-cert` and `--grpc-tls-key`.
+fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    Ok(Some(
+        ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
+    ))
 }
 
 /// How often the registry is checked for readiness.

@@ -31,7 +31,7 @@ use crate::engineio::{
 use crate::socketio::{Fabric, RoomReceipt, Target};
 use crate::store::{Entry, Registry};
 
-use self::peer::Peer;
+use self::peer::{Peer, PeerTls};
 use self::ring::Ring;
 use self::rooms::{LocalRooms, RoomIndex};
 
@@ -60,6 +60,8 @@ pub struct Cluster {
     joined: AtomicBool,
     /// The registry answered its last health check.
     registry_ok: AtomicBool,
+    /// TLS towards the other gateways, when the gRPC port uses it.
+    peer_tls: Option<PeerTls>,
 }
 
 /// One membership view and its ring.
@@ -71,7 +73,12 @@ pub struct ClusterView {
 
 impl Cluster {
     /// `members` is the first view (the node itself when alone).
-    pub fn new(node_id: &str, vnodes: u32, registry: Arc<dyn Registry>) -> Arc<Cluster> {
+    pub fn new(
+        node_id: &str,
+        vnodes: u32,
+        registry: Arc<dyn Registry>,
+        peer_tls: Option<PeerTls>,
+    ) -> Arc<Cluster> {
         let incarnation = rand::random::<u64>();
         let me = Member {
             node_id: node_id.to_owned(),
@@ -98,6 +105,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             registry_ok: AtomicBool::new(true),
+            peer_tls,
         })
     }
 
@@ -231,6 +239,7 @@ impl Cluster {
                     &member.node_id,
                     &member.grpc_addr,
                     self.local_rooms.clone(),
+                    self.peer_tls.as_ref(),
                 ) {
                     Ok(peer) => {
                         info!(peer = %member.node_id, addr = %member.grpc_addr, "peer added");

@@ -15,7 +15,7 @@ use ringway_proto::cluster::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, warn};
 
 use super::rooms::LocalRooms;
@@ -32,6 +32,15 @@ const BATCH_ITEMS: usize = 512;
 pub const MAX_MESSAGE: usize = 256 << 20;
 /// Bound of a handoff call.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How gateways verify each other over TLS.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    pub ca: Certificate,
+    /// The name their certificates carry; `None`: the host of their
+    /// advertised address.
+    pub server_name: Option<String>,
+}
 
 /// An item for the delivery stream, and who waits for the peer to have
 /// applied it.
@@ -65,8 +74,20 @@ impl Peer {
         node_id: &str,
         addr: &str,
         local_rooms: Arc<LocalRooms>,
+        tls: Option<&PeerTls>,
     ) -> Result<Arc<Peer>, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = tls {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let name = tls.server_name.as_deref().unwrap_or(host);
+            endpoint = endpoint.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(tls.ca.clone())
+                    .domain_name(name),
+            )?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
