@@ -34,16 +34,20 @@ fi
 log "npm packages for the interop clients"
 (cd gateway/tests/interop/js && npm ci --no-audit --no-fund --loglevel=error)
 
-log "python client"
+log "python client and the python publisher example (grpcio, grpcio-tools)"
 if [ ! -x .venv-test/bin/python ]; then
   python3 -m venv .venv-test
 fi
-.venv-test/bin/pip install --quiet --disable-pip-version-check -r gateway/tests/interop/py/requirements.txt
+.venv-test/bin/pip install --quiet --disable-pip-version-check \
+  -r gateway/tests/interop/py/requirements.txt \
+  -r examples/python-publisher/requirements.txt
 
 log "building and running the tests"
 # The cluster tests start target/debug/ringway-coordinator next to the
-# gateway binary. Building the workspace's tests builds it: cargo builds a
-# package's binaries for its integration tests (coordinator/tests/).
+# gateway binary, and gateway/tests/examples.rs target/debug/chat-backend.
+# Building the workspace's tests builds them: cargo builds a package's
+# binaries for its integration tests (coordinator/tests/,
+# examples/chat-backend/tests/).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
