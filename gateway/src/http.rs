@@ -166,6 +166,14 @@ impl<A: Application> Gateway<A> {
         if path == HEALTHZ {
             return plain(StatusCode::OK, "ok");
         }
+        if path == METRICS {
+            let mut resp = Response::new(Body::new(Bytes::from(crate::telemetry::render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return resp;
+        }
         if path == READYZ {
             return if self.cluster.is_ready() {
                 plain(StatusCode::OK, "ready")
@@ -195,6 +203,8 @@ impl<A: Application> Gateway<A> {
 
 /// Liveness: the process serves HTTP.
 pub const HEALTHZ: &str = "/healthz";
+/// Prometheus text of every metric.
+pub const METRICS: &str = "/metrics";
 /// Readiness: in the ring, registry reachable, not draining.
 pub const READYZ: &str = "/readyz";
 

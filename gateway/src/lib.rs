@@ -12,3 +12,4 @@ pub mod engineio;
 pub mod http;
 pub mod socketio;
 pub mod store;
+pub mod telemetry;

@@ -16,10 +16,13 @@ use ringway_gateway::cluster::peer::{PeerTls, MAX_MESSAGE};
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
-use ringway_gateway::config::{advertised, AppKind, Config, LogFormat};
+use ringway_gateway::config::{advertised, AppKind, Config};
+use ringway_gateway::engineio::Engine;
 use ringway_gateway::http::Gateway;
 use ringway_gateway::socketio::Application;
+use ringway_gateway::socketio::SocketIo;
 use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
+use ringway_gateway::telemetry::{self, Telemetry};
 use ringway_proto::cluster::v1::node_server::NodeServer;
 use ringway_proto::v1::push_server::PushServer;
 use tokio::net::{TcpListener, TcpSocket};
@@ -27,7 +30,6 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// Why the gateway stopped with an error; each has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,6 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,18 +98,57 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
+    // Logs, traces and metrics first (the OTLP exporters need the runtime).
+    let telemetry = Telemetry::init("ringway-gateway", config.log_format)
+        .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
+    let result = serve(config, app).await;
+    telemetry.shutdown();
+    result
 }
 
-async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
+/// Gauges read at collection time: sessions by transport, rooms, the
+/// membership view, peers' queue losses.
+fn register_observers<A: Application>(
+    engine: Arc<Engine<SocketIo<A>>>,
+    cluster: Arc<Cluster>,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    let meter = telemetry::meter();
+    let sessions = meter
+        .u64_observable_gauge("ringway.sessions")
+        .with_description("Sessions held by this node, by transport")
+        .with_callback(move |observer| {
+            let (polling, websocket) = engine.transport_counts();
+            observer.observe(polling, &telemetry::attr("transport", "polling"));
+            observer.observe(websocket, &telemetry::attr("transport", "websocket"));
+        })
+        .build();
+    let view = cluster.clone();
+    let epoch = meter
+        .u64_observable_gauge("ringway.membership.epoch")
+        .with_description("Epoch of the membership view this node serves on")
+        .with_callback(move |observer| observer.observe(view.view().epoch, &[]))
+        .build();
+    let view = cluster.clone();
+    let members = meter
+        .u64_observable_gauge("ringway.membership.members")
+        .with_description("Members in the view (this node included)")
+        .with_callback(move |observer| observer.observe(view.view().members.len() as u64, &[]))
+        .build();
+    let ready = meter
+        .u64_observable_gauge("ringway.ready")
+        .with_description("1 when the node takes new sessions")
+        .with_callback(move |observer| observer.observe(u64::from(cluster.is_ready()), &[]))
+        .build();
+    vec![
+        Box::new(sessions),
+        Box::new(epoch),
+        Box::new(members),
+        Box::new(ready),
+    ]
+}
+
+async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     let node_id = config.node_id();
     let listener = listen(config.listen, config.listen_backlog)
         .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -143,6 +183,7 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         cluster.set_joined();
     }
     let gateway = Gateway::new(&config, app, true, cluster.clone());
+    let _observers = register_observers(gateway.socketio().clone(), cluster.clone());
 
     // The gRPC listener: the Push API (with tokens), and in cluster mode
     // the node-to-node service; then membership and the registry refresher.

@@ -606,3 +606,91 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The sum of the Prometheus samples whose lines start with `prefix`
+/// (`None` if there are none).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_forwards_handoffs_and_the_view() {
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.on(n2).send("40").await;
+    expect_packets(&p.on(n2), &["40{\"sid\""]).await;
+    let mut ws = ws_connect(
+        n3,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
+    )
+    .await;
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    ws_send(&mut ws, "5").await;
+    ws_send(&mut ws, "42[\"message\",1]").await;
+    ws_expect(&mut ws, "42[\"message-back\"").await;
+
+    let scrape = |addr: &str| {
+        let addr = addr.to_owned();
+        async move {
+            let resp = get(&addr, "/metrics").await;
+            assert_eq!(resp.status, 200);
+            assert!(resp
+                .header("content-type")
+                .unwrap_or("")
+                .starts_with("text/plain"));
+            resp.text()
+        }
+    };
+    let (m1, m2, m3) = (scrape(n1).await, scrape(n2).await, scrape(n3).await);
+    assert_eq!(
+        sample(&m1, "ringway_handshakes_total{transport=\"polling\""),
+        Some(1.0)
+    );
+    assert!(
+        sample(&m2, "ringway_forwards_total{method=\"POST\"").unwrap_or(0.0) >= 1.0,
+        "{m2}"
+    );
+    assert!(sample(&m2, "ringway_forwards_total{method=\"GET\"").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&m2, "ringway_forward_duration_seconds_count").unwrap_or(0.0) >= 2.0);
+    assert_eq!(
+        sample(&m1, "ringway_handoffs_total{direction=\"out\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m3, "ringway_handoffs_total{direction=\"in\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m3, "ringway_handoff_duration_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m3, "ringway_upgrades_total"), Some(1.0));
+    assert_eq!(
+        sample(&m3, "ringway_sessions{transport=\"websocket\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m1, "ringway_sessions{transport=\"polling\""),
+        Some(0.0)
+    );
+    assert!(sample(&m3, "ringway_messages_received_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&m3, "ringway_messages_delivered_total").is_some()
+            || m3.contains("ringway_messages")
+    );
+    assert!(
+        sample(&m1, "ringway_registry_duration_seconds_count{op=\"put\"").unwrap_or(0.0) >= 1.0,
+        "{m1}"
+    );
+    for m in [&m1, &m2, &m3] {
+        assert_eq!(sample(m, "ringway_membership_members"), Some(3.0));
+        assert_eq!(sample(m, "ringway_ready"), Some(1.0));
+    }
+}

@@ -467,6 +467,16 @@ impl<A: Application> PushService<A> {
     }
 
     async fn emit_one(&self, req: EmitRequest) -> Result<EmitReply, Status> {
+        let started = std::time::Instant::now();
+        let result = self.emit_inner(req).await;
+        crate::telemetry::metrics().push_duration.record(
+            crate::telemetry::seconds(started),
+            &crate::telemetry::attr("method", "emit"),
+        );
+        result
+    }
+
+    async fn emit_inner(&self, req: EmitRequest) -> Result<EmitReply, Status> {
         let target = target_of(&req.target)?.clone();
         let args = payload(&req.event, &req.args_json, &req.attachments)?;
         let size: usize = encode_event(namespace_name(&req.namespace), &req.event, &args, None)

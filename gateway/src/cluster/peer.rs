@@ -149,6 +149,9 @@ impl Peer {
 
     fn enqueue(&self, outgoing: Outgoing) {
         if self.queue.try_send(outgoing).is_err() {
+            crate::telemetry::metrics()
+                .peer_queue_drops
+                .add(1, &crate::telemetry::attr("peer", self.node_id.clone()));
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 warn!(peer = %self.node_id, dropped = n + 1, "peer delivery queue full: items dropped");

@@ -28,6 +28,7 @@ use super::session::{
 };
 use super::sid::Sid;
 use super::websocket;
+use crate::telemetry::{attr, metrics, seconds};
 
 pub type Body = Full<Bytes>;
 
@@ -250,8 +251,16 @@ impl<H: EngineHandler> Engine<H> {
         let is_upgrade = is_websocket_upgrade(&req);
         match self.route(req, remote_addr, is_upgrade).await {
             Ok(resp) => resp,
-            Err(err) if is_upgrade => upgrade_error(err),
-            Err(err) => error_response(err),
+            Err(err) => {
+                metrics()
+                    .request_errors
+                    .add(1, &attr("error", err.to_string()));
+                if is_upgrade {
+                    upgrade_error(err)
+                } else {
+                    error_response(err)
+                }
+            }
         }
     }
 
@@ -411,7 +420,14 @@ impl<H: EngineHandler> Engine<H> {
             body,
             binary_body,
         };
-        match self.directory.forward(sid, hint, request.clone()).await {
+        let started = std::time::Instant::now();
+        let method = request.method.as_str().to_owned();
+        let answer = self.directory.forward(sid, hint, request.clone()).await;
+        metrics().forwards.add(1, &attr("method", method.clone()));
+        metrics()
+            .forward_duration
+            .record(seconds(started), &attr("method", method));
+        match answer {
             Ok(answer) => Ok(forwarded_response(answer)),
             // The session may have moved here meanwhile (a handoff to this
             // node finishing while the owner already answered "moved
@@ -562,6 +578,7 @@ impl<H: EngineHandler> Engine<H> {
         };
         self.remember_move(sid, new_owner);
         let (queue, awaiting_pong) = session.take_for_move();
+        metrics().handoffs.add(1, &attr("direction", "out"));
         let handshake = session.handshake();
         debug!(sid = %sid, to = new_owner, queued = queue.len(), "session handed off");
         Ok(HandoffReply {
@@ -591,6 +608,7 @@ impl<H: EngineHandler> Engine<H> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sid);
+        let started = std::time::Instant::now();
         let result = match self.directory.take_over(sid, hint).await {
             Ok(taken) => self.adopt(sid, taken),
             Err(err) => Err(err),
@@ -599,6 +617,10 @@ impl<H: EngineHandler> Engine<H> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&sid);
+        if result.is_ok() {
+            metrics().handoffs.add(1, &attr("direction", "in"));
+            metrics().handoff_duration.record(seconds(started), &[]);
+        }
         result
     }
 
@@ -689,6 +711,9 @@ impl<H: EngineHandler> Engine<H> {
         // A fresh session cannot be closed or full yet.
         let _ = session.send(open);
         self.directory.opened(sid, session.epoch());
+        metrics()
+            .handshakes
+            .add(1, &attr("transport", transport.as_str()));
         debug!(sid = %sid, transport = transport.as_str(), "session opened");
         self.handler.on_open(&session);
         let first_ping = self.config.ping_interval;
@@ -707,6 +732,9 @@ impl<H: EngineHandler> Engine<H> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&session.sid());
         debug!(sid = %session.sid(), %reason, "session closed");
+        metrics()
+            .session_closes
+            .add(1, &attr("reason", reason.as_str()));
         self.directory
             .closed(session.sid(), session.epoch(), reason);
         self.handler.on_close(&session, reason);
@@ -873,7 +901,10 @@ impl<H: EngineHandler> Engine<H> {
     ) -> Result<(), CloseReason> {
         match packet {
             Packet::Pong => session.on_pong(),
-            Packet::Message(text) => self.handler.on_message(session, Message::Text(text)),
+            Packet::Message(text) => {
+                metrics().messages_in.add(1, &[]);
+                self.handler.on_message(session, Message::Text(text))
+            }
             // Only polling honours the close packet; a WebSocket client
             // closes its socket instead (the reference ignores `1` there).
             Packet::Close if via == TransportKind::Polling => {

@@ -58,7 +58,10 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     let (mut sink, mut stream) = ws.split();
     let deadline = Instant::now() + engine.config().upgrade_timeout;
     match probe(&session, &mut sink, &mut stream, deadline).await {
-        Ok(()) => serve(&engine, &session, sink, stream).await,
+        Ok(()) => {
+            crate::telemetry::metrics().upgrades.add(1, &[]);
+            serve(&engine, &session, sink, stream).await
+        }
         Err(why) => {
             debug!(sid = %session.sid(), why, "upgrade abandoned");
             session.detach_websocket();

@@ -164,6 +164,9 @@ impl Namespace {
                 sent += 1;
             }
         });
+        crate::telemetry::metrics()
+            .messages_out
+            .add(sent as u64, &[]);
         sent
     }
 

@@ -200,7 +200,9 @@ impl Socket {
             return Err(SendError::Closed);
         }
         self.session
-            .send_all(encode_event(self.ns.name(), event, args, None))
+            .send_all(encode_event(self.ns.name(), event, args, None))?;
+        crate::telemetry::metrics().messages_out.add(1, &[]);
+        Ok(())
     }
 
     /// Emits an event and waits for the client's ack.

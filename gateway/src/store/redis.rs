@@ -75,12 +75,23 @@ impl RedisRegistry {
 }
 
 async fn bounded<T>(
+    op: &'static str,
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(result) => Ok(result?),
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout),
-    }
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    crate::telemetry::metrics().registry_duration.record(
+        crate::telemetry::seconds(started),
+        &[
+            opentelemetry::KeyValue::new("op", op),
+            opentelemetry::KeyValue::new("outcome", outcome),
+        ],
+    );
+    result
 }
 
 impl Registry for RedisRegistry {
@@ -92,7 +103,7 @@ impl Registry for RedisRegistry {
             call.arg(entry.epoch)
                 .arg(&entry.owner)
                 .arg(self.ttl.as_millis() as u64);
-            let written: i64 = bounded(call.invoke_async(&mut conn)).await?;
+            let written: i64 = bounded("put", call.invoke_async(&mut conn)).await?;
             Ok(written == 1)
         })
     }
@@ -102,7 +113,7 @@ impl Registry for RedisRegistry {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let raw: Option<String> =
-                bounded(redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
+                bounded("get", redis::cmd("GET").arg(&key).query_async(&mut conn)).await?;
             match raw {
                 None => Ok(None),
                 Some(raw) => Entry::decode(&raw)
@@ -118,7 +129,7 @@ impl Registry for RedisRegistry {
         Box::pin(async move {
             let mut call = self.remove.key(key);
             call.arg(entry.encode());
-            let _: i64 = bounded(call.invoke_async(&mut conn)).await?;
+            let _: i64 = bounded("remove", call.invoke_async(&mut conn)).await?;
             Ok(())
         })
     }
@@ -132,7 +143,7 @@ impl Registry for RedisRegistry {
                 for sid in chunk {
                     pipe.cmd("PEXPIRE").arg(self.key(*sid)).arg(ttl).ignore();
                 }
-                let () = bounded(pipe.query_async(&mut conn)).await?;
+                let () = bounded("refresh", pipe.query_async(&mut conn)).await?;
             }
             Ok(())
         })
@@ -141,7 +152,7 @@ impl Registry for RedisRegistry {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let _: String = bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+            let _: String = bounded("ping", redis::cmd("PING").query_async(&mut conn)).await?;
             Ok(())
         })
     }
