@@ -100,7 +100,7 @@ fn main() -> ExitCode {
 
 async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     // Logs, traces and metrics first (the OTLP exporters need the runtime).
-    let telemetry = Telemetry::init("ringway-gateway", config.log_format)
+    let telemetry = Telemetry::init("ringway-gateway", &config.node_id(), config.log_format)
         .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
     let result = serve(config, app).await;
     telemetry.shutdown();

@@ -48,8 +48,9 @@ fn otlp_endpoint() -> Option<String> {
         .filter(|e| !e.trim().is_empty())
 }
 
-fn resource(default_service: &str) -> Resource {
-    let builder = Resource::builder();
+fn resource(default_service: &str, instance: &str) -> Resource {
+    let builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()));
     // OTEL_SERVICE_NAME, when set, is read by the SDK's own detector.
     if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.is_empty()) {
         builder.build()
@@ -63,8 +64,13 @@ fn resource(default_service: &str) -> Resource {
 impl Telemetry {
     /// Sets up logging, tracing and metrics for the process `service`.
     /// Must run inside the tokio runtime (the OTLP exporters use it).
-    pub fn init(service: &str, log_format: LogFormat) -> Result<Telemetry, TelemetryError> {
-        let resource = resource(service);
+    /// `instance` is this process's id in the cluster (the node id).
+    pub fn init(
+        service: &str,
+        instance: &str,
+        log_format: LogFormat,
+    ) -> Result<Telemetry, TelemetryError> {
+        let resource = resource(service, instance);
         let endpoint = otlp_endpoint();
 
         // Metrics: Prometheus always, OTLP when configured.
@@ -82,7 +88,14 @@ impl Telemetry {
                 .with_tonic()
                 .build()
                 .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-            meters = meters.with_periodic_exporter(exporter);
+            // The tonic exporter runs on the tokio runtime (the SDK's
+            // default reader uses a thread of its own, without a runtime).
+            let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .build();
+            meters = meters.with_reader(reader);
         }
         let meter_provider = meters.build();
         let _ = REGISTRY.set(registry);
@@ -95,10 +108,15 @@ impl Telemetry {
                     .with_tonic()
                     .build()
                     .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+                let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                    exporter,
+                    opentelemetry_sdk::runtime::Tokio,
+                )
+                .build();
                 Some(
                     SdkTracerProvider::builder()
                         .with_resource(resource)
-                        .with_batch_exporter(exporter)
+                        .with_span_processor(processor)
                         .build(),
                 )
             }
@@ -119,12 +137,15 @@ impl Telemetry {
             LogFormat::Human => fmt.boxed(),
             LogFormat::Json => fmt.json().with_current_span(true).boxed(),
         };
-        let otel = tracer_provider
-            .as_ref()
-            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+        // Spans go to the collector whatever RUST_LOG says of the logs
+        // (the gateway's own spans, at info).
+        let otel = tracer_provider.as_ref().map(|p| {
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service.to_owned()))
+                .with_filter(EnvFilter::new("ringway_gateway=info"))
+        });
         let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
+            .with(fmt.with_filter(filter))
             .with(otel)
             .try_init();
         Ok(Telemetry { tracer_provider })
@@ -269,4 +290,57 @@ pub fn seconds(start: std::time::Instant) -> f64 {
 
 pub fn attr(key: &'static str, value: impl Into<opentelemetry::Value>) -> [KeyValue; 1] {
     [KeyValue::new(key, value)]
+}
+
+/// Writes a trace context into gRPC metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
+        let value = tonic::metadata::MetadataValue::try_from(value.as_str());
+        if let (Ok(key), Ok(value)) = (key, value) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Reads a trace context from gRPC metadata.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// A gRPC request carrying the current span's trace context (W3C
+/// `traceparent`), so the called node's spans join the same trace.
+pub fn traced<T>(message: T) -> tonic::Request<T> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut request = tonic::Request::new(message);
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()))
+    });
+    request
+}
+
+/// Makes `span` a child of the trace context a request carries (if any).
+pub fn continue_trace<T>(request: &tonic::Request<T>, span: &tracing::Span) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&MetadataExtractor(request.metadata()))
+    });
+    let _ = span.set_parent(parent);
 }

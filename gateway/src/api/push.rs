@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::cluster::{Cluster, Routed};
 use crate::engineio::{Engine, Sid};
@@ -565,7 +565,10 @@ impl<A: Application> Clone for PushService<A> {
 #[tonic::async_trait]
 impl<A: Application> Push for PushService<A> {
     async fn emit(&self, request: Request<EmitRequest>) -> ServiceResult<EmitReply> {
-        Ok(Response::new(self.emit_one(request.into_inner()).await?))
+        let span = tracing::info_span!("push.emit");
+        crate::telemetry::continue_trace(&request, &span);
+        let reply = self.emit_one(request.into_inner()).instrument(span).await?;
+        Ok(Response::new(reply))
     }
 
     type EmitStreamStream = ReceiverStream<Result<EmitReply, Status>>;

@@ -205,7 +205,8 @@ impl Inner {
         F: FnOnce(UpstreamClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let result = self.try_call(deadline, wait, f).await;
+        let span = tracing::info_span!("upstream", call = what);
+        let result = tracing::Instrument::instrument(self.try_call(deadline, wait, f), span).await;
         match &result {
             Ok(_) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {
@@ -263,7 +264,9 @@ impl Inner {
 
 /// A request with the deadline the backend should honour too.
 fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
+    // The current span's trace context goes along: the backend's spans
+    // join the trace.
+    let mut request = crate::telemetry::traced(message);
     request.set_timeout(timeout);
     request
 }

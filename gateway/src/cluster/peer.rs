@@ -19,6 +19,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, warn};
 
 use super::rooms::LocalRooms;
+use crate::telemetry::traced;
 
 /// Items waiting for the delivery stream of one peer; past this a peer
 /// that cannot keep up loses items (counted), instead of growing memory.
@@ -161,18 +162,18 @@ impl Peer {
 
     pub async fn forward(&self, request: ForwardRequest) -> Result<ForwardReply, tonic::Status> {
         let mut client = self.client.clone();
-        Ok(client.forward(request).await?.into_inner())
+        Ok(client.forward(traced(request)).await?.into_inner())
     }
 
     /// A Push operation on the peer's own sockets.
     pub async fn local(&self, request: LocalRequest) -> Result<LocalReply, tonic::Status> {
         let mut client = self.client.clone();
-        Ok(client.local(request).await?.into_inner())
+        Ok(client.local(traced(request)).await?.into_inner())
     }
 
     pub async fn handoff(&self, request: HandoffRequest) -> Result<HandoffReply, tonic::Status> {
         let mut client = self.client.clone();
-        let call = client.handoff(request);
+        let call = client.handoff(traced(request));
         match tokio::time::timeout(HANDOFF_TIMEOUT, call).await {
             Ok(reply) => Ok(reply?.into_inner()),
             Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),

@@ -17,6 +17,8 @@ use tracing::debug;
 use crate::api::push::LocalPush;
 use crate::engineio::{Engine, ForwardedRequest, Frame, Sid};
 use crate::socketio::{Application, SocketIo, Target};
+use crate::telemetry::continue_trace;
+use tracing::Instrument;
 
 use super::Cluster;
 
@@ -80,6 +82,8 @@ impl<A: Application> Node for NodeService<A> {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        let span = tracing::info_span!("node.forward", peer_request = true);
+        continue_trace(&request, &span);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
             return Ok(Response::new(unknown()));
@@ -96,7 +100,10 @@ impl<A: Application> Node for NodeService<A> {
             binary_body: request.binary_body,
         };
         Ok(Response::new(
-            self.engine.serve_forwarded(sid, forwarded).await,
+            self.engine
+                .serve_forwarded(sid, forwarded)
+                .instrument(span)
+                .await,
         ))
     }
 
@@ -104,6 +111,8 @@ impl<A: Application> Node for NodeService<A> {
         &self,
         request: Request<HandoffRequest>,
     ) -> Result<Response<HandoffReply>, Status> {
+        let span = tracing::info_span!("node.handoff");
+        continue_trace(&request, &span);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
             return Ok(Response::new(HandoffReply {
@@ -114,14 +123,26 @@ impl<A: Application> Node for NodeService<A> {
         if request.new_owner.is_empty() {
             return Err(Status::invalid_argument("new_owner is required"));
         }
-        match self.engine.hand_off(sid, &request.new_owner).await {
+        match self
+            .engine
+            .hand_off(sid, &request.new_owner)
+            .instrument(span)
+            .await
+        {
             Ok(reply) => Ok(Response::new(reply)),
             Err(err) => Err(Status::failed_precondition(err.to_string())),
         }
     }
 
     async fn local(&self, request: Request<LocalRequest>) -> Result<Response<LocalReply>, Status> {
-        Ok(Response::new(self.push.apply(request.into_inner()).await?))
+        let span = tracing::info_span!("node.local");
+        continue_trace(&request, &span);
+        Ok(Response::new(
+            self.push
+                .apply(request.into_inner())
+                .instrument(span)
+                .await?,
+        ))
     }
 
     type DeliverStream = ReceiverStream<Result<DeliverAck, Status>>;

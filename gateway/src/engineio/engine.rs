@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use ringway_proto::cluster::v1::{Disposition, ForwardReply, HandoffReply, SessionState};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{debug, trace};
+use tracing::{debug, trace, Instrument};
 
 use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
 use super::errors::RequestError;
@@ -422,7 +422,12 @@ impl<H: EngineHandler> Engine<H> {
         };
         let started = std::time::Instant::now();
         let method = request.method.as_str().to_owned();
-        let answer = self.directory.forward(sid, hint, request.clone()).await;
+        let span = tracing::info_span!("forward", method = %method);
+        let answer = self
+            .directory
+            .forward(sid, hint, request.clone())
+            .instrument(span)
+            .await;
         metrics().forwards.add(1, &attr("method", method.clone()));
         metrics()
             .forward_duration
@@ -609,7 +614,8 @@ impl<H: EngineHandler> Engine<H> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(sid);
         let started = std::time::Instant::now();
-        let result = match self.directory.take_over(sid, hint).await {
+        let span = tracing::info_span!("handoff");
+        let result = match self.directory.take_over(sid, hint).instrument(span).await {
             Ok(taken) => self.adopt(sid, taken),
             Err(err) => Err(err),
         };
@@ -679,6 +685,7 @@ impl<H: EngineHandler> Engine<H> {
         handshake: Handshake,
     ) -> SessionRef<H::Data> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let _span = tracing::info_span!("handshake", transport = transport.as_str()).entered();
         // The sid must map to this node on the ring, so that any node
         // finds the owner without I/O while membership holds still.
         // (With n members a try succeeds with odds 1/n; past 256 tries the

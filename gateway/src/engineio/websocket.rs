@@ -57,7 +57,10 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     let ws = accept(&engine, upgraded).await;
     let (mut sink, mut stream) = ws.split();
     let deadline = Instant::now() + engine.config().upgrade_timeout;
-    match probe(&session, &mut sink, &mut stream, deadline).await {
+    let span = tracing::info_span!("upgrade", sid = %session.sid());
+    match tracing::Instrument::instrument(probe(&session, &mut sink, &mut stream, deadline), span)
+        .await
+    {
         Ok(()) => {
             crate::telemetry::metrics().upgrades.add(1, &[]);
             serve(&engine, &session, sink, stream).await

@@ -79,7 +79,9 @@ async fn bounded<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    let span = tracing::info_span!("registry", op);
+    let timed = tokio::time::timeout(CALL_TIMEOUT, fut);
+    let result = match tracing::Instrument::instrument(timed, span).await {
         Ok(result) => result.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout),
     };
