@@ -27,7 +27,7 @@ use ringway_proto::cluster::v1::node_server::NodeServer;
 use ringway_proto::v1::push_server::PushServer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info};
 
@@ -213,6 +213,10 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             .max_encoding_message_size(MAX_MESSAGE)
         });
         let mut grpc_stop = stop_rx.clone();
+        // Accepted node-to-node connections get TCP_NODELAY too: without
+        // it a forwarded answer's HTTP/2 frames wait on delayed ACKs (a
+        // 40 ms p99 on forwarded polls).
+        let grpc_incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             server = server
@@ -225,7 +229,7 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
                 .max_concurrent_streams(Some(1 << 20))
                 .add_service(push)
                 .add_optional_service(node)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                .serve_with_incoming_shutdown(grpc_incoming, async move {
                     let _ = grpc_stop.wait_for(|stop| *stop).await;
                 }),
         ));
