@@ -343,4 +343,18 @@ pub fn continue_trace<T>(request: &tonic::Request<T>, span: &tracing::Span) {
         propagator.extract(&MetadataExtractor(request.metadata()))
     });
     let _ = span.set_parent(parent);
+    record_trace_id(span);
+}
+
+/// Fills a span's `trace_id` field (declared `Empty`) with its OpenTelemetry
+/// trace id, so every log line inside it names the trace. Nothing when
+/// traces are off.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+    }
 }

@@ -505,10 +505,12 @@ impl<A: Application> PushService<A> {
         let replies = self
             .fan_out(self.nodes_for(&req.namespace, &target), request)
             .await?;
-        Ok(EmitReply {
+        let reply = EmitReply {
             sockets: replies.iter().map(|r| r.sockets).sum(),
             nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
-        })
+        };
+        debug!(sockets = reply.sockets, nodes = reply.nodes, "pushed");
+        Ok(reply)
     }
 
     async fn change(&self, req: RoomsChange, join: bool) -> Result<RoomsChangeReply, Status> {
@@ -565,7 +567,7 @@ impl<A: Application> Clone for PushService<A> {
 #[tonic::async_trait]
 impl<A: Application> Push for PushService<A> {
     async fn emit(&self, request: Request<EmitRequest>) -> ServiceResult<EmitReply> {
-        let span = tracing::info_span!("push.emit");
+        let span = tracing::info_span!("push.emit", trace_id = tracing::field::Empty);
         crate::telemetry::continue_trace(&request, &span);
         let reply = self.emit_one(request.into_inner()).instrument(span).await?;
         Ok(Response::new(reply))
