@@ -34,13 +34,14 @@ fi
 log "npm packages for the interop clients"
 (cd gateway/tests/interop/js && npm ci --no-audit --no-fund --loglevel=error)
 
-log "python client and the python publisher example (grpcio, grpcio-tools)"
+log "python client, the python publisher example (grpcio, grpcio-tools), the chart tests (helm-python-sdk, kubernetes-validate, pytest)"
 if [ ! -x .venv-test/bin/python ]; then
   python3 -m venv .venv-test
 fi
 .venv-test/bin/pip install --quiet --disable-pip-version-check \
   -r gateway/tests/interop/py/requirements.txt \
-  -r examples/python-publisher/requirements.txt
+  -r examples/python-publisher/requirements.txt \
+  -r helm/tests/requirements.txt
 
 log "building and running the tests"
 # The cluster tests start target/debug/ringway-coordinator next to the
@@ -48,8 +49,19 @@ log "building and running the tests"
 # Building the workspace's tests builds them: cargo builds a package's
 # binaries for its integration tests (coordinator/tests/,
 # examples/chat-backend/tests/).
+# A failure here still lets the chart tests run; the script fails at the end.
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+log "the Helm chart: lint, render, Kubernetes schemas, flags accepted by the binaries"
+# helm/tests renders and lints helm/ringway with Helm's own Go SDK
+# (helm-python-sdk: no helm binary), validates the manifests offline with
+# kubernetes-validate, and runs target/debug/ringway-gateway and
+# ringway-coordinator (built above) with --check-config on the rendered
+# flags, and redis-server on the embedded Redis' arguments.
+RINGWAY_CHART_REQUIRE_BINARIES=1 .venv-test/bin/python -m pytest helm/tests -q || status=$?
+exit "$status"

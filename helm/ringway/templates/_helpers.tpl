@@ -1,0 +1,354 @@
+{{/*
+Names. Kubernetes names are limited to 63 characters; the longest suffix
+added below is "-coordinator" (12), so the prefix is cut at 50.
+*/}}
+{{- define "ringway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ringway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ringway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource names, one place for all of them. */}}
+{{- define "ringway.gateway.name" -}}{{ include "ringway.fullname" . }}-gateway{{- end }}
+{{- define "ringway.gateway.peersName" -}}{{ include "ringway.fullname" . }}-peers{{- end }}
+{{- define "ringway.api.name" -}}{{ include "ringway.fullname" . }}-api{{- end }}
+{{- define "ringway.coordinator.name" -}}{{ include "ringway.fullname" . }}-coordinator{{- end }}
+{{- define "ringway.redis.name" -}}{{ include "ringway.fullname" . }}-redis{{- end }}
+{{- define "ringway.auth.name" -}}{{ include "ringway.fullname" . }}-auth{{- end }}
+
+{{/* Labels every resource carries. */}}
+{{- define "ringway.labels" -}}
+helm.sh/chart: {{ include "ringway.chart" . }}
+{{ include "ringway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ringway
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The release's selector labels (no component). */}}
+{{- define "ringway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ringway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Selector labels of one component: call with (dict "ctx" $ "component" "gateway").
+*/}}
+{{- define "ringway.componentSelectorLabels" -}}
+{{ include "ringway.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "ringway.componentLabels" -}}
+{{ include "ringway.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "ringway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ringway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ringway.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The coordinator's address as the gateways dial it. */}}
+{{- define "ringway.coordinator.address" -}}
+{{- printf "%s:%d" (include "ringway.coordinator.name" .) (int .Values.coordinator.port) }}
+{{- end }}
+
+{{/*
+The Redis URL without credentials: the embedded instance's, else redis.url.
+*/}}
+{{- define "ringway.redis.baseUrl" -}}
+{{- if .Values.redis.embedded.enabled }}
+{{- printf "redis://%s:6379/0" (include "ringway.redis.name" .) }}
+{{- else }}
+{{- if not .Values.redis.url }}
+{{- fail "redis.url is required (redis://HOST:PORT/DB), or set redis.embedded.enabled=true to try Ringway out" }}
+{{- end }}
+{{- .Values.redis.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Redis URL the binaries get: with a password, "redis://USER:$(REDIS_PASSWORD)@..."
+which Kubernetes expands from the REDIS_PASSWORD variable (defined before it).
+*/}}
+{{- define "ringway.redis.url" -}}
+{{- $url := include "ringway.redis.baseUrl" . }}
+{{- if .Values.redis.auth.existingSecret }}
+{{- if contains "@" $url }}
+{{- fail "redis.url must not carry credentials when redis.auth.existingSecret is set" }}
+{{- end }}
+{{- printf "redis://%s:$(REDIS_PASSWORD)@%s" .Values.redis.auth.username (trimPrefix "redis://" $url) }}
+{{- else }}
+{{- $url }}
+{{- end }}
+{{- end }}
+
+{{/* Environment entries giving the binaries Redis (REDIS_PASSWORD first). */}}
+{{- define "ringway.redis.env" -}}
+{{- if .Values.redis.auth.existingSecret }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.auth.existingSecret }}
+      key: {{ .Values.redis.auth.passwordKey }}
+{{- end }}
+- name: RINGWAY_REDIS_URL
+  value: {{ include "ringway.redis.url" . | quote }}
+{{- end }}
+
+{{/* The downward API: the pod's name, IP and namespace. */}}
+{{- define "ringway.podEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end }}
+
+{{/* OpenTelemetry variables: call with (dict "ctx" $ "service" "ringway-gateway"). */}}
+{{- define "ringway.otelEnv" -}}
+{{- $attrs := list "k8s.pod.name=$(POD_NAME)" "k8s.namespace.name=$(POD_NAMESPACE)" }}
+{{- range $k, $v := .ctx.Values.telemetry.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- with .ctx.Values.telemetry.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: RUST_LOG
+  value: {{ .ctx.Values.logLevel | quote }}
+{{- end }}
+
+{{/* Whether the chart creates the auth Secret, and what goes in it. */}}
+{{- define "ringway.auth.createsApiTokens" -}}
+{{- if and (not .Values.auth.apiTokens.existingSecret) .Values.auth.apiTokens.tokens }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.auth.createsJwt" -}}
+{{- if and (ne .Values.auth.jwt.algorithm "none") (not .Values.auth.jwt.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.auth.apiTokensSecret" -}}
+{{- default (include "ringway.auth.name" .) .Values.auth.apiTokens.existingSecret }}
+{{- end }}
+
+{{- define "ringway.auth.apiTokensKey" -}}
+{{- if .Values.auth.apiTokens.existingSecret }}{{ .Values.auth.apiTokens.existingSecretKey }}{{ else }}api-tokens{{ end }}
+{{- end }}
+
+{{- define "ringway.auth.jwtSecret" -}}
+{{- default (include "ringway.auth.name" .) .Values.auth.jwt.existingSecret }}
+{{- end }}
+
+{{/* The file name of the JWT key in its Secret (and in the mounted directory). */}}
+{{- define "ringway.auth.jwtDefaultKey" -}}
+{{- if eq .Values.auth.jwt.algorithm "hs256" }}hs256-secret{{ else }}rs256-public-key.pem{{ end }}
+{{- end }}
+
+{{- define "ringway.auth.jwtKey" -}}
+{{- if .Values.auth.jwt.existingSecret }}
+{{- default (include "ringway.auth.jwtDefaultKey" .) .Values.auth.jwt.existingSecretKey }}
+{{- else }}
+{{- include "ringway.auth.jwtDefaultKey" . }}
+{{- end }}
+{{- end }}
+
+{{/* Where secret files are mounted in the gateway container. */}}
+{{- define "ringway.auth.apiTokensDir" -}}/etc/ringway/api-tokens{{- end }}
+{{- define "ringway.auth.jwtDir" -}}/etc/ringway/jwt{{- end }}
+
+{{/* The port of a http://HOST:PORT URL (default 80). */}}
+{{- define "ringway.urlPort" -}}
+{{- $hostport := regexReplaceAll "^[a-z]+://([^/]*).*$" . "${1}" }}
+{{- if regexMatch ":[0-9]+$" $hostport }}
+{{- regexFind "[0-9]+$" $hostport }}
+{{- else if hasPrefix "https://" . }}443
+{{- else }}80
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of combinations the schema cannot express; every template includes
+this once (it renders nothing).
+*/}}
+{{- define "ringway.validate" -}}
+{{- $d := .Values.gateway.drain }}
+{{- $needed := add (int $d.preStopSleepSeconds) (div (add (int $d.drainDelayMs) (int $d.shutdownTimeoutMs) 999) 1000) }}
+{{- if le (int .Values.gateway.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) must exceed gateway.drain.preStopSleepSeconds + (drainDelayMs + shutdownTimeoutMs) / 1000 = %d, or Kubernetes kills gateways mid-drain" (int .Values.gateway.terminationGracePeriodSeconds) (int $needed)) }}
+{{- end }}
+{{- if and .Values.upstream.url (ne .Values.auth.jwt.algorithm "none") }}
+{{- fail "upstream.url and auth.jwt cannot be combined: with an upstream, its OnConnect hook decides who connects" }}
+{{- end }}
+{{- if and (ne .Values.auth.jwt.algorithm "none") (not .Values.auth.jwt.existingSecret) }}
+{{- if and (eq .Values.auth.jwt.algorithm "hs256") (not .Values.auth.jwt.hs256Secret) }}
+{{- fail "auth.jwt.algorithm=hs256 needs auth.jwt.existingSecret or auth.jwt.hs256Secret" }}
+{{- end }}
+{{- if and (eq .Values.auth.jwt.algorithm "rs256") (not .Values.auth.jwt.rs256PublicKey) }}
+{{- fail "auth.jwt.algorithm=rs256 needs auth.jwt.existingSecret or auth.jwt.rs256PublicKey" }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.auth.jwt.algorithm "none") (or .Values.auth.jwt.audiences .Values.auth.jwt.issuers) }}
+{{- fail "auth.jwt.audiences and auth.jwt.issuers need auth.jwt.algorithm hs256 or rs256" }}
+{{- end }}
+{{- if lt (int .Values.gateway.config.maxQueuedBytes) (int .Values.gateway.config.maxPayloadBytes) }}
+{{- fail "gateway.config.maxQueuedBytes must be at least gateway.config.maxPayloadBytes" }}
+{{- end }}
+{{- if ge (mul (int .Values.coordinator.heartbeatIntervalMs) 2) (int .Values.coordinator.leaseTtlMs) }}
+{{- fail "coordinator.heartbeatIntervalMs must be below coordinator.leaseTtlMs / 2" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.sessionsPerPod.enabled) }}
+{{- fail "autoscaling needs a metric: targetCPUUtilizationPercentage > 0 or sessionsPerPod.enabled" }}
+{{- end }}
+{{- if and .Values.ingress.enabled (le (int .Values.ingress.timeoutSeconds) (div (int .Values.gateway.config.pingIntervalMs) 1000)) }}
+{{- fail "ingress.timeoutSeconds must exceed gateway.config.pingIntervalMs / 1000, or the proxy cuts idle WebSockets and long-polls" }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway's flags, one list item each. */}}
+{{- define "ringway.gateway.args" -}}
+{{- $gw := .Values.gateway }}
+{{- $cfg := $gw.config }}
+{{- $args := list
+  (printf "--listen=0.0.0.0:%d" (int $gw.ports.http))
+  (printf "--grpc-listen=0.0.0.0:%d" (int $gw.ports.grpc))
+  (printf "--coordinator=%s" (include "ringway.coordinator.address" .))
+  "--node-id=$(POD_NAME)"
+  (printf "--advertise-grpc=$(POD_IP):%d" (int $gw.ports.grpc))
+  (printf "--advertise-http=$(POD_IP):%d" (int $gw.ports.http))
+  (printf "--key-prefix=%s" .Values.cluster.keyPrefix)
+  (printf "--log-format=%s" .Values.logFormat)
+  (printf "--path=%s" $cfg.path)
+  (printf "--namespace=%s" (join "," $cfg.namespaces))
+}}
+{{- with $cfg.corsOrigins }}
+{{- $args = append $args (printf "--cors-origin=%s" (join "," .)) }}
+{{- end }}
+{{- $args = concat $args (list
+  (printf "--ping-interval=%d" (int $cfg.pingIntervalMs))
+  (printf "--ping-timeout=%d" (int $cfg.pingTimeoutMs))
+  (printf "--max-payload=%d" (int $cfg.maxPayloadBytes))
+  (printf "--max-queued-bytes=%d" (int $cfg.maxQueuedBytes))
+  (printf "--connect-timeout=%d" (int $cfg.connectTimeoutMs))
+  (printf "--upgrade-timeout=%d" (int $cfg.upgradeTimeoutMs))
+  (printf "--registry-ttl=%d" (int $cfg.registryTtlMs))
+  (printf "--listen-backlog=%d" (int $cfg.listenBacklog))
+  (printf "--drain-delay=%d" (int $gw.drain.drainDelayMs))
+  (printf "--shutdown-timeout=%d" (int $gw.drain.shutdownTimeoutMs))
+) }}
+{{- with .Values.upstream.url }}
+{{- $args = concat $args (list
+  (printf "--upstream=%s" .)
+  (printf "--upstream-timeout=%d" (int $.Values.upstream.timeoutMs))
+  (printf "--upstream-max-in-flight=%d" (int $.Values.upstream.maxInFlight))
+) }}
+{{- end }}
+{{- if or .Values.auth.apiTokens.existingSecret .Values.auth.apiTokens.tokens }}
+{{- $args = append $args (printf "--api-token-file=%s/%s" (include "ringway.auth.apiTokensDir" .) (include "ringway.auth.apiTokensKey" .)) }}
+{{- end }}
+{{- $jwt := .Values.auth.jwt }}
+{{- if ne $jwt.algorithm "none" }}
+{{- $flag := ternary "--jwt-hs256-secret-file" "--jwt-rs256-public-key" (eq $jwt.algorithm "hs256") }}
+{{- $args = append $args (printf "%s=%s/%s" $flag (include "ringway.auth.jwtDir" .) (include "ringway.auth.jwtKey" .)) }}
+{{- with $jwt.audiences }}
+{{- $args = append $args (printf "--jwt-audience=%s" (join "," .)) }}
+{{- end }}
+{{- with $jwt.issuers }}
+{{- $args = append $args (printf "--jwt-issuer=%s" (join "," .)) }}
+{{- end }}
+{{- $args = append $args (printf "--jwt-leeway=%d" (int $jwt.leewaySeconds)) }}
+{{- end }}
+{{- $args = concat $args $gw.extraArgs }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* The coordinator's flags. */}}
+{{- define "ringway.coordinator.args" -}}
+{{- $c := .Values.coordinator }}
+{{- $args := list
+  (printf "--listen=0.0.0.0:%d" (int $c.port))
+  (printf "--lease-ttl=%d" (int $c.leaseTtlMs))
+  (printf "--heartbeat-interval=%d" (int $c.heartbeatIntervalMs))
+  (printf "--key-prefix=%s" .Values.cluster.keyPrefix)
+  (printf "--log-format=%s" .Values.logFormat)
+}}
+{{- if $c.dashboard.enabled }}
+{{- $args = append $args (printf "--http-listen=0.0.0.0:%d" (int $c.dashboard.port)) }}
+{{- end }}
+{{- $args = concat $args $c.extraArgs }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* NetworkPolicy egress rule to Redis (embedded pods, or the external one). */}}
+{{- define "ringway.networkPolicy.redisEgress" -}}
+{{- if .Values.redis.embedded.enabled }}
+- ports:
+    - port: 6379
+      protocol: TCP
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "ringway.componentSelectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
+{{- else }}
+- ports:
+    - port: {{ .Values.networkPolicy.redisPort }}
+      protocol: TCP
+  {{- with .Values.networkPolicy.redis }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* NetworkPolicy egress rule to the cluster DNS. */}}
+{{- define "ringway.networkPolicy.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.dns.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
