@@ -119,6 +119,11 @@ pub struct Config {
     )]
     pub namespaces: Vec<String>,
 
+    /// Serve the chat demo page at /demo/ (docs/DEMO.md): static files in
+    /// the binary, chatting through the echo application's rooms.
+    #[arg(long, env = "RINGWAY_DEMO")]
+    pub demo: bool,
+
     /// Milliseconds a node keeps serving after SIGTERM before it closes its
     /// sessions: `/readyz` answers 503 and new handshakes are refused at
     /// once, so load balancers stop sending new clients meanwhile.
@@ -376,6 +381,17 @@ impl Config {
     }
 }
 
+/// The URL with its password replaced by `***`, for printing.
+pub fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
 /// The machine's hostname (the pod name on Kubernetes).
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -418,5 +434,31 @@ impl Config {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            without_password("redis://:hunter2@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            without_password("redis://user:pw@redis:6379/"),
+            "redis://user:***@redis:6379/"
+        );
+        assert_eq!(
+            without_password("redis://redis:6379/"),
+            "redis://redis:6379/"
+        );
+        assert_eq!(
+            without_password("redis://user@redis/"),
+            "redis://user@redis/"
+        );
+        assert_eq!(without_password("not a url"), "not a url");
     }
 }

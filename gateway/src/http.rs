@@ -37,6 +37,8 @@ pub struct Gateway<A: Application> {
     cors: Cors,
     shutdown_timeout: Duration,
     cluster: Arc<Cluster>,
+    /// The chat demo page under `/demo/` (`--demo`).
+    demo: Option<crate::demo::Demo>,
 }
 
 impl<A: Application> Gateway<A> {
@@ -57,6 +59,7 @@ impl<A: Application> Gateway<A> {
             cors: Cors::new(&config.cors_origins),
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout),
             cluster,
+            demo: config.demo.then(|| crate::demo::Demo::new(&config.path)),
         })
     }
 
@@ -191,6 +194,8 @@ impl<A: Application> Gateway<A> {
             .filter(|_| path.starts_with(ENGINEIO_PATH))
         {
             engineio.handle(req, remote).await
+        } else if let Some(demo) = self.demo.as_ref().filter(|_| crate::demo::matches(path)) {
+            demo.serve(req.method(), path, req.uri().query(), req.headers())
         } else {
             not_found()
         };

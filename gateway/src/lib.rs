@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod engineio;
 pub mod http;
 pub mod socketio;

@@ -16,7 +16,7 @@ use ringway_gateway::cluster::peer::{PeerTls, MAX_MESSAGE};
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
-use ringway_gateway::config::{advertised, AppKind, Config};
+use ringway_gateway::config::{advertised, without_password, AppKind, Config};
 use ringway_gateway::engineio::Engine;
 use ringway_gateway::http::Gateway;
 use ringway_gateway::socketio::Application;
@@ -48,7 +48,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if config.check_config {
-        println!("{config:#?}");
+        let mut shown = config.clone();
+        shown.redis_url = shown.redis_url.as_deref().map(without_password);
+        println!("{shown:#?}");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -99,9 +101,20 @@ fn main() -> ExitCode {
 }
 
 async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
+    let fd_limit = raise_fd_limit();
     // Logs, traces and metrics first (the OTLP exporters need the runtime).
     let telemetry = Telemetry::init("ringway-gateway", &config.node_id(), config.log_format)
         .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
+    match fd_limit {
+        Ok((before, after)) if before != after => {
+            info!(
+                before,
+                after, "file descriptor limit raised to the hard limit"
+            )
+        }
+        Ok((limit, _)) => info!(limit, "file descriptor limit"),
+        Err(err) => tracing::warn!(%err, "cannot read the file descriptor limit"),
+    }
     let result = serve(config, app).await;
     telemetry.shutdown();
     result
@@ -299,6 +312,29 @@ fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
     Ok(Some(
         ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
     ))
+}
+
+/// Raises the soft limit on open files to the hard limit (every session
+/// holds a socket; container runtimes often start processes at 1024).
+/// Returns the limit before and after.
+fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur as u64))
 }
 
 /// How often the registry is checked for readiness.
