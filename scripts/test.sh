@@ -15,6 +15,7 @@ need_apt() { # command, package; daemons live in /usr/sbin, often not on PATH
 }
 need_apt redis-server redis-server # cluster tests: the registry (own port each)
 need_apt nginx nginx               # cluster_interop: round-robin proxy, no sticky sessions
+need_apt chromium chromium         # browser tests: headless Chromium driven over DevTools
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing ${apt_packages[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

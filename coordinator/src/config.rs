@@ -27,6 +27,11 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:7000")]
     pub listen: SocketAddr,
 
+    /// Address of the HTTP listener: the dashboard (`/`), `/api/state`,
+    /// `/events`, `/healthz`, `/readyz`, `/metrics` (port 0: any free port).
+    #[arg(long, env = "RINGWAY_HTTP_LISTEN", default_value = "0.0.0.0:7080")]
+    pub http_listen: SocketAddr,
+
     /// Redis holding the persisted view and the coordinator lock, e.g.
     /// `redis://127.0.0.1:6379/0`.
     #[arg(long, env = "RINGWAY_REDIS_URL")]
@@ -133,6 +138,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("http_listen", &self.http_listen)
             .field("redis_url", &self.redis_url_redacted())
             .field("lease_ttl", &self.lease_ttl)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -196,6 +202,9 @@ mod tests {
         assert_eq!(c.membership_key(), "ringway:membership");
         assert_eq!(c.owner_key(), "ringway:coordinator");
         assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.http_listen.to_string(), "0.0.0.0:7080");
+        let c = parse(&["--http-listen", "127.0.0.1:0"]);
+        assert_eq!(c.http_listen.port(), 0);
     }
 
     #[test]

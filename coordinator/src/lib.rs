@@ -8,6 +8,10 @@
 //! - [`membership`]: the state machine (pure, no I/O).
 //! - [`service`]: the shared state, the reaper and the tonic service.
 //! - [`store`]: Redis persistence and the coordinator lock.
+//! - [`events`]: the recent membership events, for operators.
+//! - [`ring`]: each member's share of the gateways' hash ring.
+//! - [`dashboard`]: the HTTP listener (dashboard page, state as JSON and as
+//!   Server-Sent Events, health, metrics).
 //! - [`run`]: the whole coordinator, as the binary runs it.
 //!
 //! # One acting coordinator
@@ -16,7 +20,8 @@
 //! start each tries to take the lock `{prefix}:coordinator` (`SET NX PX`,
 //! TTL one lease TTL, value a random instance id). While another live
 //! coordinator holds it, a starting coordinator waits (retrying every
-//! heartbeat interval, not listening yet). The acting coordinator renews
+//! heartbeat interval, not listening on gRPC yet; its HTTP port answers,
+//! `/readyz` with 503). The acting coordinator renews
 //! the lock every heartbeat interval and deletes it on a clean shutdown, so
 //! a standby takes over at once after a clean stop, and within one lease
 //! TTL after a crash. If the acting coordinator finds the lock held by
@@ -37,7 +42,10 @@
 //! from one past the stored one (see [`membership::Membership::restore`]).
 
 pub mod config;
+pub mod dashboard;
+pub mod events;
 pub mod membership;
+pub mod ring;
 pub mod service;
 pub mod store;
 
@@ -53,6 +61,8 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::dashboard::Dashboard;
+use crate::events::EventKind;
 use crate::membership::Membership;
 use crate::service::{reap_loop, stopped, MembershipHub, MembershipService};
 use crate::store::{Ownership, SaveOutcome, Store, StoreError};
@@ -104,27 +114,40 @@ impl CoordinatorError {
     }
 }
 
+/// A listener the coordinator bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The HTTP port (`--http-listen`): bound at start, standby or not.
+    Http,
+    /// The gRPC Membership service (`--listen`): bound once acting.
+    Grpc,
+}
+
 /// Runs the coordinator until `shutdown` resolves, as the binary does:
-/// once listening, prints `ringway-coordinator listening on ADDR` on
-/// stdout (ADDR the bound `host:port`).
+/// prints `ringway-coordinator http on ADDR` once the HTTP port is bound,
+/// and `ringway-coordinator listening on ADDR` once the gRPC service
+/// listens (ADDR the bound `host:port`), on stdout.
 pub async fn run<F>(config: Config, shutdown: F) -> Result<(), CoordinatorError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    run_with(config, shutdown, |addr| {
-        // Tests and scripts read the bound address from this line.
+    run_with(config, shutdown, |listener, addr| {
+        // Tests and scripts read the bound addresses from these lines.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "ringway-coordinator listening on {addr}");
+        let _ = match listener {
+            Listener::Http => writeln!(out, "ringway-coordinator http on {addr}"),
+            Listener::Grpc => writeln!(out, "ringway-coordinator listening on {addr}"),
+        };
         let _ = out.flush();
     })
     .await
 }
 
-/// [`run`], calling `on_ready` with the bound address instead of printing.
+/// [`run`], calling `on_ready` with each bound address instead of printing.
 pub async fn run_with<F>(
     config: Config,
     shutdown: F,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnMut(Listener, SocketAddr),
 ) -> Result<(), CoordinatorError>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -147,8 +170,8 @@ where
 async fn run_inner(
     config: &Config,
     stop_tx: Arc<watch::Sender<bool>>,
-    mut stop_rx: watch::Receiver<bool>,
-    on_ready: impl FnOnce(SocketAddr),
+    stop_rx: watch::Receiver<bool>,
+    mut on_ready: impl FnMut(Listener, SocketAddr),
 ) -> Result<(), CoordinatorError> {
     let redis_unavailable = |source| CoordinatorError::RedisUnavailable {
         url: config.redis_url_redacted(),
@@ -160,7 +183,57 @@ async fn run_inner(
         .map_err(redis_unavailable)?;
     info!(redis = %config.redis_url_redacted(), instance = store.instance_id(), "connected to Redis");
 
-    if !acquire_ownership(&store, config, &mut stop_rx)
+    // The HTTP port is up from now on, standby or acting (a standby is
+    // alive, just not ready).
+    let http_bind_error = |source| CoordinatorError::Bind {
+        addr: config.http_listen,
+        source,
+    };
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(http_bind_error)?;
+    let http_addr = http_listener.local_addr().map_err(http_bind_error)?;
+    let dashboard = Dashboard::new(
+        store.instance_id(),
+        config.lease_ttl(),
+        config.heartbeat_interval(),
+        stop_rx.clone(),
+    );
+    let http = tokio::spawn(dashboard::http::serve(http_listener, dashboard.clone()));
+    info!(%http_addr, "HTTP listening (dashboard, /healthz, /readyz)");
+    on_ready(Listener::Http, http_addr);
+
+    let result = run_coordinator(
+        config,
+        &store,
+        &dashboard,
+        stop_tx.clone(),
+        stop_rx,
+        |addr| on_ready(Listener::Grpc, addr),
+    )
+    .await;
+    stop_tx.send_replace(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, http).await.is_err() {
+        warn!("the HTTP listener did not stop in {SHUTDOWN_GRACE:?}");
+    }
+    result
+}
+
+/// Takes the coordinator lock, then serves the Membership service until
+/// the stop.
+async fn run_coordinator(
+    config: &Config,
+    store: &Store,
+    dashboard: &Dashboard,
+    stop_tx: Arc<watch::Sender<bool>>,
+    mut stop_rx: watch::Receiver<bool>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), CoordinatorError> {
+    let redis_unavailable = |source| CoordinatorError::RedisUnavailable {
+        url: config.redis_url_redacted(),
+        source,
+    };
+    if !acquire_ownership(store, config, &mut stop_rx)
         .await
         .map_err(redis_unavailable)?
     {
@@ -168,22 +241,28 @@ async fn run_inner(
         return Ok(());
     }
 
-    let membership = match store.load_view().await {
+    let (membership, start) = match store.load_view().await {
         Ok(Some(view)) => {
+            let stored_epoch = view.epoch;
             let m = Membership::restore(view, config.lease_ttl(), Instant::now());
             info!(
                 epoch = m.epoch(),
                 members = m.len(),
                 "restored the stored view; members have one lease TTL to join again"
             );
-            m
+            let start = format!(
+                "took the coordinator lock; restored {} members from the view stored at epoch {stored_epoch}",
+                m.len()
+            );
+            (m, start)
         }
         Ok(None) => {
             info!(
                 key = store.membership_key(),
                 "no stored view, starting at epoch 0"
             );
-            Membership::new(config.lease_ttl())
+            let start = "took the coordinator lock; no stored view, starting at epoch 0".to_owned();
+            (Membership::new(config.lease_ttl()), start)
         }
         Err(err @ StoreError::Corrupt { .. }) => {
             let _ = store.release_owner().await;
@@ -195,6 +274,7 @@ async fn run_inner(
         }
     };
     let hub = MembershipHub::new(membership, config.heartbeat_interval());
+    hub.record(EventKind::Start, None, start);
 
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -239,6 +319,7 @@ async fn run_inner(
         epoch = hub.epoch(),
         "ringway-coordinator listening"
     );
+    dashboard.set_acting(hub.clone(), addr);
     on_ready(addr);
 
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -68,12 +68,46 @@ pub struct LeaveOutcome {
     pub epoch: u64,
 }
 
+/// What a gateway reports in each heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Sessions the node owns.
+    pub sessions: u64,
+    /// Sessions held there by transport, right now.
+    pub polling_sessions: u64,
+    pub websocket_sessions: u64,
+    /// Cumulative counters since the gateway process started: Engine.IO
+    /// messages from clients, Socket.IO packets queued for clients.
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+impl Load {
+    /// A load of `sessions` sessions and nothing else known.
+    pub fn sessions(sessions: u64) -> Load {
+        Load {
+            sessions,
+            ..Load::default()
+        }
+    }
+}
+
+/// Message rates between a member's last two heartbeats, per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub messages_in: f64,
+    pub messages_out: f64,
+}
+
 /// Per-member bookkeeping outside the view, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemberStats {
     pub node_id: String,
-    /// Sessions the node reported in its last heartbeat.
-    pub sessions: u64,
+    /// What the node reported in its last heartbeat (zeros before one).
+    pub load: Load,
+    /// Rates from its last two heartbeats (None: fewer than two since it
+    /// joined, or its counters went back).
+    pub rates: Option<Rates>,
     /// When its last heartbeat arrived (None: none since join or restore).
     pub last_heartbeat: Option<Instant>,
     /// When its lease lapses unless renewed.
@@ -89,7 +123,8 @@ struct Entry {
     lease_id: Option<u64>,
     expires_at: Instant,
     last_heartbeat: Option<Instant>,
-    sessions: u64,
+    load: Load,
+    rates: Option<Rates>,
 }
 
 /// The members, their leases and the epoch of the view they form.
@@ -126,7 +161,8 @@ impl Membership {
                     lease_id: None,
                     expires_at,
                     last_heartbeat: None,
-                    sessions: 0,
+                    load: Load::default(),
+                    rates: None,
                 };
                 (entry.member.node_id.clone(), entry)
             })
@@ -168,12 +204,18 @@ impl Membership {
             .values()
             .map(|e| MemberStats {
                 node_id: e.member.node_id.clone(),
-                sessions: e.sessions,
+                load: e.load,
+                rates: e.rates,
                 last_heartbeat: e.last_heartbeat,
                 expires_at: e.expires_at,
                 has_lease: e.lease_id.is_some(),
             })
             .collect()
+    }
+
+    /// The member `node_id`, as it is in the view.
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members.get(node_id).map(|e| &e.member)
     }
 
     /// The earliest lease expiry, if any member.
@@ -220,7 +262,8 @@ impl Membership {
             lease_id: Some(lease_id),
             expires_at,
             last_heartbeat: None,
-            sessions: 0,
+            load: Load::default(),
+            rates: None,
         };
         self.members.insert(request.node_id.clone(), entry);
         Ok(JoinOutcome {
@@ -230,21 +273,25 @@ impl Membership {
         })
     }
 
-    /// Renews a lease and records the node's session count. Unknown node,
-    /// wrong lease or a lease already lapsed: `known == false` (the member
-    /// is left for [`Membership::reap`]).
+    /// Renews a lease and records the node's load (and its message rates
+    /// since the previous heartbeat). Unknown node, wrong lease or a lease
+    /// already lapsed: `known == false` (the member is left for
+    /// [`Membership::reap`]).
     pub fn heartbeat(
         &mut self,
         node_id: &str,
         lease_id: u64,
-        sessions: u64,
+        load: Load,
         now: Instant,
     ) -> HeartbeatOutcome {
         let known = match self.members.get_mut(node_id) {
             Some(entry) if entry.lease_id == Some(lease_id) && now < entry.expires_at => {
                 entry.expires_at = now + self.lease_ttl;
+                entry.rates = entry
+                    .last_heartbeat
+                    .and_then(|last| rates(&entry.load, &load, now.duration_since(last)));
                 entry.last_heartbeat = Some(now);
-                entry.sessions = sessions;
+                entry.load = load;
                 true
             }
             _ => false,
@@ -297,6 +344,20 @@ impl Membership {
         }
         lapsed
     }
+}
+
+/// Rates between two successive loads `elapsed` apart; None when no time
+/// passed or a counter went back (not the same counting process).
+fn rates(before: &Load, after: &Load, elapsed: Duration) -> Option<Rates> {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return None;
+    }
+    let rate = |a: u64, b: u64| b.checked_sub(a).map(|d| d as f64 / secs);
+    Some(Rates {
+        messages_in: rate(before.messages_in, after.messages_in)?,
+        messages_out: rate(before.messages_out, after.messages_out)?,
+    })
 }
 
 fn same_member(a: &Member, b: &Member) -> bool {
@@ -425,9 +486,9 @@ mod tests {
             }
         );
         // The old lease is gone, the new one works and lives from the rejoin.
-        assert!(!m.heartbeat("a", 1, 0, t0 + TTL / 2).known);
+        assert!(!m.heartbeat("a", 1, Load::sessions(0), t0 + TTL / 2).known);
         assert!(m.reap(t0 + TTL).is_empty());
-        assert!(m.heartbeat("a", 2, 0, t0 + TTL).known);
+        assert!(m.heartbeat("a", 2, Load::sessions(0), t0 + TTL).known);
     }
 
     #[test]
@@ -446,8 +507,8 @@ mod tests {
         assert_eq!(view.members[0].incarnation, 6);
         assert_eq!(view.members[0].grpc_addr, "10.0.0.1:7005");
         assert_eq!(view.members[0].joined_epoch, 3);
-        assert!(!m.heartbeat("a", 2, 0, t0).known);
-        assert!(m.heartbeat("a", 3, 0, t0).known);
+        assert!(!m.heartbeat("a", 2, Load::sessions(0), t0).known);
+        assert!(m.heartbeat("a", 3, Load::sessions(0), t0).known);
     }
 
     #[test]
@@ -458,7 +519,7 @@ mod tests {
         let mut t = t0;
         for i in 0..10 {
             t += TTL / 2;
-            let hb = m.heartbeat("a", 9, i, t);
+            let hb = m.heartbeat("a", 9, Load::sessions(i), t);
             assert_eq!(
                 hb,
                 HeartbeatOutcome {
@@ -470,21 +531,60 @@ mod tests {
         }
         let stats = m.stats();
         assert_eq!(stats.len(), 1);
-        assert_eq!(stats[0].sessions, 9);
+        assert_eq!(stats[0].load.sessions, 9);
         assert_eq!(stats[0].last_heartbeat, Some(t));
         assert!(stats[0].has_lease);
         assert_eq!(m.epoch(), 1);
     }
 
     #[test]
+    fn heartbeats_give_message_rates() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(TTL);
+        m.join(&req("a", 7001, 1), 9, t0).unwrap();
+        let load = |messages_in, messages_out| Load {
+            sessions: 3,
+            polling_sessions: 1,
+            websocket_sessions: 2,
+            messages_in,
+            messages_out,
+        };
+        let t1 = t0 + TTL / 4;
+        assert!(m.heartbeat("a", 9, load(100, 1000), t1).known);
+        // One heartbeat: no rate yet.
+        assert_eq!(m.stats()[0].rates, None);
+        assert_eq!(m.stats()[0].load, load(100, 1000));
+        let t2 = t1 + Duration::from_millis(500);
+        assert!(m.heartbeat("a", 9, load(150, 1200), t2).known);
+        let stats = &m.stats()[0];
+        assert_eq!(stats.load, load(150, 1200));
+        assert_eq!(
+            stats.rates,
+            Some(Rates {
+                messages_in: 100.0,
+                messages_out: 400.0
+            })
+        );
+        // Counters going back are no rate (not the same counting process).
+        let t3 = t2 + Duration::from_millis(500);
+        assert!(m.heartbeat("a", 9, load(10, 1300), t3).known);
+        assert_eq!(m.stats()[0].rates, None);
+        // A restarted gateway (new incarnation) starts from nothing.
+        m.join(&req("a", 7001, 2), 10, t3).unwrap();
+        assert_eq!(m.stats()[0].load, Load::default());
+        assert_eq!(m.stats()[0].rates, None);
+        assert_eq!(m.stats()[0].last_heartbeat, None);
+    }
+
+    #[test]
     fn heartbeat_with_unknown_node_or_lease_is_not_known() {
         let t0 = Instant::now();
         let mut m = Membership::new(TTL);
-        assert!(!m.heartbeat("nobody", 1, 0, t0).known);
+        assert!(!m.heartbeat("nobody", 1, Load::sessions(0), t0).known);
         m.join(&req("a", 7001, 1), 9, t0).unwrap();
-        assert!(!m.heartbeat("a", 8, 0, t0).known);
+        assert!(!m.heartbeat("a", 8, Load::sessions(0), t0).known);
         // Lapsed but not yet reaped: unknown too.
-        assert!(!m.heartbeat("a", 9, 0, t0 + TTL).known);
+        assert!(!m.heartbeat("a", 9, Load::sessions(0), t0 + TTL).known);
         assert_eq!(m.epoch(), 1);
     }
 
@@ -495,7 +595,7 @@ mod tests {
         m.join(&req("a", 7001, 1), 1, t0).unwrap();
         m.join(&req("b", 7002, 1), 2, t0).unwrap();
         m.join(&req("c", 7003, 1), 3, t0).unwrap();
-        assert!(m.heartbeat("b", 2, 0, t0 + TTL / 2).known);
+        assert!(m.heartbeat("b", 2, Load::sessions(0), t0 + TTL / 2).known);
         assert_eq!(m.next_expiry(), Some(t0 + TTL));
         assert!(m.reap(t0 + TTL - Duration::from_millis(1)).is_empty());
         assert_eq!(m.reap(t0 + TTL), ["a", "c"]);
@@ -538,7 +638,7 @@ mod tests {
                 epoch: 3
             })
         );
-        assert!(!m.heartbeat("a", 1, 0, t0).known);
+        assert!(!m.heartbeat("a", 1, Load::sessions(0), t0).known);
     }
 
     #[test]
@@ -555,7 +655,7 @@ mod tests {
                     m.join(&req(&node, 7000, i % 3), i + 1, t).unwrap();
                 }
                 2 => {
-                    m.heartbeat(&node, i, 0, t);
+                    m.heartbeat(&node, i, Load::sessions(0), t);
                 }
                 3 => {
                     let _ = m.leave(&node, i);
@@ -588,7 +688,7 @@ mod tests {
         // Nothing lapses during the grace period.
         assert!(m.reap(t1 + TTL / 2).is_empty());
         // Old leases are unknown.
-        assert!(!m.heartbeat("a", 1, 0, t1).known);
+        assert!(!m.heartbeat("a", 1, Load::sessions(0), t1).known);
         // Rejoining unchanged: no epoch churn, joined_epoch kept.
         let out = m.join(&req("a", 7001, 1), 5, t1 + TTL / 2).unwrap();
         assert_eq!(
@@ -600,7 +700,7 @@ mod tests {
             }
         );
         assert_eq!(m.view().members[0].joined_epoch, 1);
-        assert!(m.heartbeat("a", 5, 3, t1 + TTL / 2).known);
+        assert!(m.heartbeat("a", 5, Load::sessions(3), t1 + TTL / 2).known);
         // A restarted gateway (new incarnation) is a change.
         let out = m.join(&req("b", 7002, 3), 6, t1 + TTL / 2).unwrap();
         assert!(out.changed);
@@ -608,7 +708,7 @@ mod tests {
         // Stored members that do not join again lapse after the grace TTL.
         let mut m2 = Membership::restore(stored, TTL, t1);
         m2.join(&req("a", 7001, 1), 7, t1).unwrap();
-        assert!(m2.heartbeat("a", 7, 0, t1 + TTL / 2).known);
+        assert!(m2.heartbeat("a", 7, Load::sessions(0), t1 + TTL / 2).known);
         assert_eq!(m2.reap(t1 + TTL), ["b"]);
         assert_eq!(m2.epoch(), 4);
         assert_eq!(ids(&m2.view()), ["a"]);

@@ -2,17 +2,19 @@
 //!
 //! [`MembershipHub`] owns the state machine and a `tokio::sync::watch`
 //! channel of views: every change is published at once, to the `Watch`
-//! streams and to whoever else subscribes (the persister). It does no I/O,
-//! so it can also be served in-process without Redis (tests, tools).
+//! streams and to whoever else subscribes (the persister, the dashboard).
+//! It also keeps the recent membership events ([`crate::events`]). It does
+//! no I/O, so it can also be served in-process without Redis (tests,
+//! tools).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ringway_proto::cluster::v1::membership_server::{self, MembershipServer};
 use ringway_proto::cluster::v1::{
-    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, View,
-    WatchRequest,
+    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, Member,
+    View, WatchRequest,
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
@@ -20,14 +22,28 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::membership::{MemberStats, Membership, MembershipError};
+use crate::events::{EventKind, EventLog, MembershipEvent};
+use crate::membership::{Load, MemberStats, Membership, MembershipError};
 
-/// The membership state shared by the RPCs, the reaper and the persister.
+/// The membership state shared by the RPCs, the reaper, the persister and
+/// the dashboard.
 #[derive(Debug)]
 pub struct MembershipHub {
     state: Mutex<Membership>,
+    /// Written with `state` locked (so in epoch order), read alone.
+    events: Mutex<EventLog>,
     views: watch::Sender<View>,
     heartbeat_interval: Duration,
+}
+
+/// The view and every member's bookkeeping, taken at one instant.
+#[derive(Debug, Clone)]
+pub struct HubSnapshot {
+    pub view: View,
+    /// Sorted by node id, like the view's members.
+    pub stats: Vec<MemberStats>,
+    pub lease_ttl: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 impl MembershipHub {
@@ -35,6 +51,7 @@ impl MembershipHub {
         let (views, _) = watch::channel(membership.view());
         Arc::new(MembershipHub {
             state: Mutex::new(membership),
+            events: Mutex::new(EventLog::default()),
             views,
             heartbeat_interval,
         })
@@ -44,6 +61,39 @@ impl MembershipHub {
         // The state machine has no invariant a panic could break halfway
         // that matters more than staying up.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_events(&self) -> MutexGuard<'_, EventLog> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an event at `epoch` (callers that change the view hold the
+    /// state lock, so events are in epoch order).
+    fn push_event(&self, kind: EventKind, node_id: Option<&str>, epoch: u64, detail: String) {
+        self.lock_events()
+            .push(kind, node_id, epoch, detail, SystemTime::now());
+    }
+
+    /// Records an event at the current epoch (e.g. the coordinator's start).
+    pub fn record(&self, kind: EventKind, node_id: Option<&str>, detail: String) {
+        let m = self.lock();
+        self.push_event(kind, node_id, m.epoch(), detail);
+    }
+
+    /// The recent membership events, newest first.
+    pub fn events(&self) -> Vec<MembershipEvent> {
+        self.lock_events().recent()
+    }
+
+    /// The view and the members' bookkeeping, consistent with each other.
+    pub fn snapshot(&self) -> HubSnapshot {
+        let m = self.lock();
+        HubSnapshot {
+            view: m.view(),
+            stats: m.stats(),
+            lease_ttl: m.lease_ttl(),
+            heartbeat_interval: self.heartbeat_interval,
+        }
     }
 
     /// Publishes the view; called with the lock held so views go out in
@@ -77,9 +127,12 @@ impl MembershipHub {
     pub fn join(&self, request: &JoinRequest) -> Result<JoinReply, MembershipError> {
         let lease_id = new_lease_id();
         let mut m = self.lock();
+        let before = m.member(&request.node_id).cloned();
         let out = m.join(request, lease_id, Instant::now())?;
         if out.changed {
             self.publish(&m);
+            let (kind, detail) = join_event(before.as_ref(), request);
+            self.push_event(kind, Some(&request.node_id), out.epoch, detail);
             info!(
                 node_id = %request.node_id,
                 grpc_addr = %request.grpc_addr,
@@ -101,12 +154,16 @@ impl MembershipHub {
     }
 
     pub fn heartbeat(&self, request: &HeartbeatRequest) -> HeartbeatReply {
-        let out = self.lock().heartbeat(
-            &request.node_id,
-            request.lease_id,
-            request.sessions,
-            Instant::now(),
-        );
+        let load = Load {
+            sessions: request.sessions,
+            polling_sessions: request.polling_sessions,
+            websocket_sessions: request.websocket_sessions,
+            messages_in: request.messages_in,
+            messages_out: request.messages_out,
+        };
+        let out = self
+            .lock()
+            .heartbeat(&request.node_id, request.lease_id, load, Instant::now());
         if out.known {
             debug!(node_id = %request.node_id, sessions = request.sessions, "heartbeat");
         } else {
@@ -123,6 +180,12 @@ impl MembershipHub {
         let out = m.leave(&request.node_id, request.lease_id)?;
         if out.removed {
             self.publish(&m);
+            self.push_event(
+                EventKind::Leave,
+                Some(&request.node_id),
+                out.epoch,
+                "left the cluster (drain)".to_owned(),
+            );
             info!(node_id = %request.node_id, epoch = out.epoch, members = m.len(), "member left");
         }
         Ok(LeaveReply { epoch: out.epoch })
@@ -134,9 +197,42 @@ impl MembershipHub {
         let lapsed = m.reap(now);
         if !lapsed.is_empty() {
             self.publish(&m);
+            let detail = format!(
+                "no heartbeat for a lease TTL ({} ms)",
+                m.lease_ttl().as_millis()
+            );
+            for node in &lapsed {
+                self.push_event(EventKind::Lapse, Some(node), m.epoch(), detail.clone());
+            }
             warn!(nodes = ?lapsed, epoch = m.epoch(), members = m.len(), "leases lapsed, members removed");
         }
         lapsed
+    }
+}
+
+/// Names a join that changed the view: new member, restarted process
+/// (new incarnation) or new addresses/state.
+fn join_event(before: Option<&Member>, request: &JoinRequest) -> (EventKind, String) {
+    let addrs = format!("grpc {}, http {}", request.grpc_addr, request.http_addr);
+    match before {
+        None => (
+            EventKind::Join,
+            format!("{addrs}, incarnation {}", request.incarnation),
+        ),
+        Some(old) if old.incarnation != request.incarnation => (
+            EventKind::Restart,
+            format!(
+                "new incarnation {} (was {}); {addrs}",
+                request.incarnation, old.incarnation
+            ),
+        ),
+        Some(old) => (
+            EventKind::Update,
+            format!(
+                "{addrs} (was grpc {}, http {})",
+                old.grpc_addr, old.http_addr
+            ),
+        ),
     }
 }
 
@@ -350,12 +446,26 @@ mod tests {
                 node_id: "a".into(),
                 lease_id: lease,
                 sessions: 42,
+                polling_sessions: 40,
+                websocket_sessions: 2,
+                messages_in: 7,
+                messages_out: 9,
             }))
             .await
             .expect("heartbeat")
             .into_inner();
         assert!(hb.known);
-        assert_eq!(hub.stats()[0].sessions, 42);
+        let load = hub.stats()[0].load;
+        assert_eq!(
+            load,
+            Load {
+                sessions: 42,
+                polling_sessions: 40,
+                websocket_sessions: 2,
+                messages_in: 7,
+                messages_out: 9
+            }
+        );
         let left = svc
             .leave(Request::new(LeaveRequest {
                 node_id: "unknown".into(),
@@ -365,6 +475,59 @@ mod tests {
             .expect("idempotent")
             .into_inner();
         assert_eq!(left.epoch, 1);
+    }
+
+    #[test]
+    fn view_changes_are_recorded_as_events() {
+        let hub = MembershipHub::new(Membership::new(TTL), INTERVAL);
+        hub.record(EventKind::Start, None, "started".into());
+        hub.join(&req("a")).expect("join");
+        // Unchanged: no event.
+        let a = hub.join(&req("a")).expect("rejoin").lease_id;
+        let mut restarted = req("a");
+        restarted.incarnation = 2;
+        hub.join(&restarted).expect("restart");
+        let mut moved = restarted.clone();
+        moved.http_addr = "127.0.0.1:3001".into();
+        let a2 = hub.join(&moved).expect("update").lease_id;
+        assert_ne!(a, a2);
+        hub.leave(&LeaveRequest {
+            node_id: "a".into(),
+            lease_id: a2,
+        })
+        .expect("leave");
+        hub.join(&req("b")).expect("join b");
+        hub.join(&req("c")).expect("join c");
+        assert_eq!(hub.reap(Instant::now() + TTL), ["b", "c"]);
+
+        let events = hub.events();
+        let got: Vec<(EventKind, Option<&str>, u64)> = events
+            .iter()
+            .map(|e| (e.kind, e.node_id.as_deref(), e.epoch))
+            .collect();
+        use EventKind::*;
+        assert_eq!(
+            got,
+            [
+                (Lapse, Some("c"), 7),
+                (Lapse, Some("b"), 7),
+                (Join, Some("c"), 6),
+                (Join, Some("b"), 5),
+                (Leave, Some("a"), 4),
+                (Update, Some("a"), 3),
+                (Restart, Some("a"), 2),
+                (Join, Some("a"), 1),
+                (Start, None, 0),
+            ]
+        );
+        let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1] + 1), "{ids:?}");
+        assert!(events[6].detail.contains("new incarnation 2 (was 1)"));
+        assert!(events[5].detail.contains("http 127.0.0.1:3001"));
+        let snap = hub.snapshot();
+        assert_eq!(snap.view.epoch, 7);
+        assert!(snap.stats.is_empty());
+        assert_eq!(snap.lease_ttl, TTL);
     }
 
     #[tokio::test]

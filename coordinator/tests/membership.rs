@@ -131,6 +131,7 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
                     node_id: node.into(),
                     lease_id: lease,
                     sessions: 7,
+                    ..Default::default()
                 })
                 .await
                 .expect("heartbeat")
@@ -158,6 +159,7 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
                         node_id: "a".into(),
                         lease_id: lease,
                         sessions: 1,
+                        ..Default::default()
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(timing.interval / 2)).await;
@@ -187,6 +189,7 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
             node_id: "b".into(),
             lease_id: b.lease_id,
             sessions: 0,
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -199,6 +202,7 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
             node_id: "nobody".into(),
             lease_id: 1,
             sessions: 0,
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -317,6 +321,7 @@ async fn a_restarted_coordinator_continues_the_view() {
             node_id: "a".into(),
             lease_id: a.lease_id,
             sessions: 0,
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -350,6 +355,7 @@ async fn a_restarted_coordinator_continues_the_view() {
                             node_id: node.into(),
                             lease_id: lease,
                             sessions: 0,
+                            ..Default::default()
                         })
                         .await;
                 }
@@ -435,6 +441,7 @@ async fn redis_lost_while_running() {
                 node_id: "a".into(),
                 lease_id: a.lease_id,
                 sessions: 0,
+                ..Default::default()
             })
             .await
             .expect("heartbeat")
@@ -529,6 +536,7 @@ async fn a_second_coordinator_waits_for_the_first() {
                         node_id: "a".into(),
                         lease_id: joined.lease_id,
                         sessions: 0,
+                        ..Default::default()
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -120,8 +120,13 @@ pub struct Config {
     pub namespaces: Vec<String>,
 
     /// Serve the chat demo page at /demo/ (docs/DEMO.md): static files in
-    /// the binary, chatting through the echo application's rooms.
-    #[arg(long, env = "RINGWAY_DEMO")]
+    /// the binary, chatting through the echo application's rooms. The
+    /// variable takes true/false, 1/0, yes/no or on/off.
+    #[arg(
+        long,
+        env = "RINGWAY_DEMO",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub demo: bool,
 
     /// Milliseconds a node keeps serving after SIGTERM before it closes its

@@ -24,8 +24,10 @@ const STYLE_CSS: &str = include_str!("../demo/style.css");
 const SOCKET_IO_JS: &str = include_str!("../demo/vendor/socket.io.min.js");
 const SOCKET_IO_LICENSE: &str = include_str!("../demo/vendor/LICENSE.socket.io-client");
 
-/// What the index page replaces with the Socket.IO path.
+/// What the index page replaces with the Socket.IO path and the client's
+/// version.
 const PATH_PLACEHOLDER: &str = "{{SOCKETIO_PATH}}";
+const VERSION_PLACEHOLDER: &str = "{{SOCKET_IO_CLIENT_VERSION}}";
 
 /// The page only loads its own files and talks to its own origin (`'self'`
 /// covers same-origin WebSocket URLs too).
@@ -52,7 +54,9 @@ pub fn matches(path: &str) -> bool {
 impl Demo {
     /// The files, with `socketio_path` (the gateway's `--path`) in the page.
     pub fn new(socketio_path: &str) -> Demo {
-        let index = INDEX_HTML.replace(PATH_PLACEHOLDER, &html_escape(socketio_path));
+        let index = INDEX_HTML
+            .replace(PATH_PLACEHOLDER, &html_escape(socketio_path))
+            .replace(VERSION_PLACEHOLDER, SOCKET_IO_CLIENT_VERSION);
         let files: [(&'static str, &'static str, Bytes); 5] = [
             ("index.html", "text/html; charset=utf-8", Bytes::from(index)),
             (
@@ -222,7 +226,18 @@ mod tests {
         let page = demo.assets[0].body.clone();
         let page = std::str::from_utf8(&page).expect("utf-8");
         assert!(page.contains(r#"content="/rt/&quot;x&quot;/""#), "{page}");
-        assert!(!page.contains(PATH_PLACEHOLDER));
+        assert!(!page.contains("{{"), "{page}");
+        assert!(page.contains(&format!(
+            "</code> {SOCKET_IO_CLIENT_VERSION} browser bundle"
+        )));
+    }
+
+    #[test]
+    fn the_bundle_is_the_version_named_with_its_license_header() {
+        let header = format!("/*!\n * Socket.IO v{SOCKET_IO_CLIENT_VERSION}\n");
+        assert!(SOCKET_IO_JS.starts_with(&header), "{}", &SOCKET_IO_JS[..80]);
+        assert!(SOCKET_IO_JS[..200].contains("Released under the MIT License."));
+        assert!(SOCKET_IO_LICENSE.starts_with("The MIT License"));
     }
 
     #[test]

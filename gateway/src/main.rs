@@ -11,7 +11,9 @@ use ringway_gateway::api::jwt::{Jwt, Verifier};
 use ringway_gateway::api::push::{ApiAuth, LocalPush, PushService};
 use ringway_gateway::api::upstream::{UpstreamApp, UpstreamSettings};
 use ringway_gateway::app::EchoApp;
-use ringway_gateway::cluster::membership::{MembershipClientTask, Registration};
+use ringway_gateway::cluster::membership::{
+    HeartbeatLoad, LoadSource, MembershipClientTask, Registration,
+};
 use ringway_gateway::cluster::peer::{PeerTls, MAX_MESSAGE};
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
@@ -252,7 +254,17 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
                 http_addr: advertised(config.advertise_http.as_deref(), addr),
             };
             info!(node = %node_id, grpc = %registration.grpc_addr, %coordinator, "cluster mode");
-            let task = MembershipClientTask::new(cluster.clone(), coordinator, registration);
+            let engine = gateway.socketio().clone();
+            let load: LoadSource = Arc::new(move || {
+                let (polling_sessions, websocket_sessions) = engine.transport_counts();
+                HeartbeatLoad {
+                    polling_sessions,
+                    websocket_sessions,
+                    messages_in: telemetry::metrics().messages_in.total(),
+                    messages_out: telemetry::metrics().messages_out.total(),
+                }
+            });
+            let task = MembershipClientTask::new(cluster.clone(), coordinator, registration, load);
             tokio::spawn(task.clone().run(stop_rx.clone()));
             membership = Some(task);
             let every = refresh_interval(Duration::from_millis(config.registry_ttl));
@@ -326,7 +338,7 @@ fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let before = limit.rlim_cur as u64;
+    let before = limit.rlim_cur;
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
         // SAFETY: as above.
@@ -334,7 +346,7 @@ fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((before, limit.rlim_cur as u64))
+    Ok((before, limit.rlim_cur))
 }
 
 /// How often the registry is checked for readiness.

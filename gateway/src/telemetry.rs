@@ -9,6 +9,7 @@
 //!   in Prometheus text on the HTTP listener's `/metrics`, and exported by
 //!   OTLP too when the endpoint is set.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
@@ -201,8 +202,8 @@ pub struct Metrics {
     pub forwards: Counter<u64>,
     pub forward_duration: Histogram<f64>,
     /// Messages from clients, and deliveries to clients.
-    pub messages_in: Counter<u64>,
-    pub messages_out: Counter<u64>,
+    pub messages_in: Tally,
+    pub messages_out: Tally,
     /// Sessions closed, by reason (slow consumer among them).
     pub session_closes: Counter<u64>,
     /// Items a peer's delivery queue could not take.
@@ -257,14 +258,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .with_description("Polling requests forwarded to the owner node")
             .build(),
         forward_duration: histogram(&m, "ringway.forward.duration", "Forwarded request time"),
-        messages_in: m
-            .u64_counter("ringway.messages.received")
-            .with_description("Engine.IO messages received from clients")
-            .build(),
-        messages_out: m
-            .u64_counter("ringway.messages.delivered")
-            .with_description("Socket.IO packets queued for clients")
-            .build(),
+        messages_in: Tally::new(
+            m.u64_counter("ringway.messages.received")
+                .with_description("Engine.IO messages received from clients")
+                .build(),
+        ),
+        messages_out: Tally::new(
+            m.u64_counter("ringway.messages.delivered")
+                .with_description("Socket.IO packets queued for clients")
+                .build(),
+        ),
         session_closes: m
             .u64_counter("ringway.session.closes")
             .with_description("Sessions closed, by reason")
@@ -277,6 +280,32 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         push_duration: histogram(&m, "ringway.push.duration", "Push API calls"),
     }
 });
+
+/// A counter that also keeps its process total readable here (the
+/// heartbeat reports it to the coordinator's dashboard).
+pub struct Tally {
+    counter: Counter<u64>,
+    total: AtomicU64,
+}
+
+impl Tally {
+    fn new(counter: Counter<u64>) -> Tally {
+        Tally {
+            counter,
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(&self, value: u64, attributes: &[KeyValue]) {
+        self.total.fetch_add(value, Ordering::Relaxed);
+        self.counter.add(value, attributes);
+    }
+
+    /// Everything added since the process started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
 
 /// The gateway's instruments.
 pub fn metrics() -> &'static Metrics {

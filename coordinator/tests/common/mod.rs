@@ -35,7 +35,7 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn new(child: Child) -> Self {
+    pub fn new(child: Child) -> Self {
         ChildGuard { child: Some(child) }
     }
 
@@ -207,6 +207,7 @@ pub struct Coordinator {
     lines: mpsc::Receiver<String>,
     stderr: Arc<Mutex<String>>,
     addr: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
 /// Lease TTL and heartbeat interval (ms).
@@ -231,6 +232,7 @@ impl Coordinator {
         let mut cmd = Command::new(COORDINATOR_BIN);
         for var in [
             "RINGWAY_LISTEN",
+            "RINGWAY_HTTP_LISTEN",
             "RINGWAY_REDIS_URL",
             "RINGWAY_LEASE_TTL",
             "RINGWAY_HEARTBEAT_INTERVAL",
@@ -241,6 +243,8 @@ impl Coordinator {
         }
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--redis-url", redis_url])
+            // The dashboard's port too: several coordinators run at once.
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(["--lease-ttl", &timing.ttl.to_string()])
             .args(["--heartbeat-interval", &timing.interval.to_string()])
             .args(extra)
@@ -280,6 +284,7 @@ impl Coordinator {
             lines,
             stderr,
             addr: None,
+            http: None,
         }
     }
 
@@ -297,26 +302,49 @@ impl Coordinator {
 
     /// Waits up to `timeout` for the `listening on` line.
     pub fn wait_listening(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        if self.addr.is_some() {
-            return self.addr;
-        }
         let deadline = Instant::now() + timeout;
-        loop {
+        while self.addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).ok()?;
-            if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
-                let addr: SocketAddr = addr
-                    .trim()
-                    .parse()
-                    .expect("an address after 'listening on'");
-                self.addr = Some(addr);
-                return self.addr;
-            }
+            self.read_line(left)?;
         }
+        self.addr
+    }
+
+    /// Waits up to `timeout` for the `http on` line (printed before the
+    /// coordinator takes the lock).
+    pub fn wait_http(&mut self, timeout: Duration) -> Option<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        while self.http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.read_line(left)?;
+        }
+        self.http
+    }
+
+    /// Reads one stdout line, noting the addresses it reports.
+    fn read_line(&mut self, timeout: Duration) -> Option<()> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
+            let addr = addr
+                .trim()
+                .parse()
+                .expect("an address after 'listening on'");
+            self.addr = Some(addr);
+        } else if let Some(addr) = line.strip_prefix("ringway-coordinator http on ") {
+            let addr = addr.trim().parse().expect("an address after 'http on'");
+            self.http = Some(addr);
+        }
+        Some(())
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the coordinator is listening")
+    }
+
+    /// The HTTP address (dashboard, health), once reported.
+    pub fn http_addr(&mut self) -> SocketAddr {
+        self.wait_http(WAIT)
+            .expect("the coordinator reports its HTTP address")
     }
 
     pub fn stderr(&self) -> String {

@@ -24,19 +24,40 @@ pub struct Registration {
     pub http_addr: String,
 }
 
+/// What each heartbeat reports besides the session count (for the
+/// coordinator's dashboard).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeartbeatLoad {
+    pub polling_sessions: u64,
+    pub websocket_sessions: u64,
+    /// Cumulative since the process started.
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// Reads the load at each heartbeat.
+pub type LoadSource = Arc<dyn Fn() -> HeartbeatLoad + Send + Sync>;
+
 pub struct MembershipClientTask {
     cluster: Arc<Cluster>,
     coordinator: String,
     registration: Registration,
+    load: LoadSource,
     lease: Mutex<Option<u64>>,
 }
 
 impl MembershipClientTask {
-    pub fn new(cluster: Arc<Cluster>, coordinator: &str, registration: Registration) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        coordinator: &str,
+        registration: Registration,
+        load: LoadSource,
+    ) -> Arc<Self> {
         Arc::new(MembershipClientTask {
             cluster,
             coordinator: coordinator.to_owned(),
             registration,
+            load,
             lease: Mutex::new(None),
         })
     }
@@ -125,11 +146,16 @@ impl MembershipClientTask {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                let load = (self.load)();
                 let beat = client
                     .heartbeat(HeartbeatRequest {
                         node_id: self.cluster.node_id().to_owned(),
                         lease_id: reply.lease_id,
                         sessions: self.cluster.session_count() as u64,
+                        polling_sessions: load.polling_sessions,
+                        websocket_sessions: load.websocket_sessions,
+                        messages_in: load.messages_in,
+                        messages_out: load.messages_out,
                     })
                     .await?
                     .into_inner();

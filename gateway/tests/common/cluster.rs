@@ -169,6 +169,8 @@ impl Coordinator {
                 "--heartbeat-interval",
                 &HEARTBEAT_MS.to_string(),
             ])
+            // Its dashboard port too (default 7080): tests run side by side.
+            .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
