@@ -4,6 +4,11 @@
 # and the table gives medians and Ringway/socketioxide ratios.
 #
 #   loadtest/scripts/bench.sh [--rounds N] [--quick]
+#   loadtest/scripts/bench.sh --cluster [bench-cluster.sh options]
+#
+# --cluster runs the cluster benchmarks instead (scripts/bench-cluster.sh:
+# forwarded long-poll, handoff, 3-node fanout vs 1 node and vs the
+# reference with its Redis adapter).
 #
 # Scenarios (WebSocket): hold 10,000 idle sessions (RSS per session),
 # echo 50 sessions x 64-byte events (server CPU per echo), fanout 1,000
@@ -14,6 +19,7 @@ cd "$root"
 rounds=3; duration=20; hold_sessions=10000; receivers=1000
 while [ $# -gt 0 ]; do
   case "$1" in
+    --cluster) shift; exec "$(dirname "$0")/bench-cluster.sh" "$@" ;;
     --rounds) rounds=$2; shift 2 ;;
     --quick) duration=5; hold_sessions=2000; receivers=200; rounds=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;

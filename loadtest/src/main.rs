@@ -2,14 +2,17 @@
 //! Ringway gateway, the reference Node.js server, socketioxide, ...), all
 //! running the echo application of docs/ECHO_APP.md.
 
+mod baseline;
 mod client;
 mod metrics;
+mod plot;
 mod report;
 mod scenarios;
+mod timeline;
 
 use clap::{Parser, Subcommand};
 
-use scenarios::{connect, echo, fanout, hold};
+use scenarios::{connect, echo, fanout, hold, polling};
 
 const LONG_ABOUT: &str = "\
 Load-testing client for Socket.IO servers (Engine.IO v4 / Socket.IO v5 over
@@ -43,23 +46,37 @@ enum Scenario {
     Echo(echo::EchoArgs),
     /// Room broadcast to R receivers at a rate; delivery, loss, latency, CPU per delivery.
     Fanout(fanout::FanoutArgs),
+    /// Polling-only closed-loop echo, non-sticky over a node list (--url repeated).
+    Polling(polling::PollingArgs),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let json = match &cli.scenario {
-        Scenario::Connect(a) => a.common.json,
-        Scenario::Hold(a) => a.common.json,
-        Scenario::Echo(a) => a.common.json,
-        Scenario::Fanout(a) => a.common.json,
+    let common = match &cli.scenario {
+        Scenario::Connect(a) => &a.common,
+        Scenario::Hold(a) => &a.common,
+        Scenario::Echo(a) => &a.common,
+        Scenario::Fanout(a) => &a.common,
+        Scenario::Polling(a) => &a.echo.common,
     };
+    let (json, plot, baseline) = (common.json, common.plot.clone(), common.baseline.clone());
     let result = match cli.scenario {
         Scenario::Connect(a) => connect::run(a).await,
         Scenario::Hold(a) => hold::run(a).await,
         Scenario::Echo(a) => echo::run(a).await,
         Scenario::Fanout(a) => fanout::run(a).await,
+        Scenario::Polling(a) => polling::run(a).await,
     };
+    let result = result.and_then(|mut report| {
+        if let Some(file) = &baseline {
+            report.baseline = Some(baseline::compare(&report, file)?);
+        }
+        if let Some(file) = &plot {
+            plot::write_svg(&report, file)?;
+        }
+        Ok(report)
+    });
     match result {
         Ok(report) => {
             if json {

@@ -14,9 +14,15 @@ use crate::client::{ClientError, ErrorKind};
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// A latency histogram shared by the tasks of a run (values in µs, three
-/// significant digits).
+/// significant digits). A second histogram holds the values since the last
+/// [`LatencyHistogram::take_interval`], for per-second samples.
 pub struct LatencyHistogram {
-    hist: Mutex<Histogram<u64>>,
+    hist: Mutex<Pair>,
+}
+
+struct Pair {
+    all: Histogram<u64>,
+    interval: Histogram<u64>,
 }
 
 impl Default for LatencyHistogram {
@@ -25,46 +31,66 @@ impl Default for LatencyHistogram {
     }
 }
 
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
+}
+
+fn summarize(hist: &Histogram<u64>) -> LatencySummary {
+    if hist.is_empty() {
+        return LatencySummary::default();
+    }
+    LatencySummary {
+        count: hist.len(),
+        min_us: hist.min(),
+        mean_us: hist.mean(),
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+    }
+}
+
 impl LatencyHistogram {
     pub fn new() -> Self {
-        let hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .expect("static histogram bounds are valid");
         LatencyHistogram {
-            hist: Mutex::new(hist),
+            hist: Mutex::new(Pair {
+                all: new_histogram(),
+                interval: new_histogram(),
+            }),
         }
     }
 
     pub fn record(&self, latency: Duration) {
         let us = (latency.as_micros() as u64).max(1);
-        self.lock().saturating_record(us);
+        let mut h = self.lock();
+        h.all.saturating_record(us);
+        h.interval.saturating_record(us);
     }
 
     /// Records many values at once (one lock).
     pub fn record_all(&self, latencies_us: &[u64]) {
-        let mut hist = self.lock();
+        let mut h = self.lock();
         for &us in latencies_us {
-            hist.saturating_record(us.max(1));
+            h.all.saturating_record(us.max(1));
+            h.interval.saturating_record(us.max(1));
         }
     }
 
     pub fn summary(&self) -> LatencySummary {
-        let hist = self.lock();
-        if hist.is_empty() {
-            return LatencySummary::default();
-        }
-        LatencySummary {
-            count: hist.len(),
-            min_us: hist.min(),
-            mean_us: hist.mean(),
-            p50_us: hist.value_at_quantile(0.50),
-            p90_us: hist.value_at_quantile(0.90),
-            p99_us: hist.value_at_quantile(0.99),
-            p999_us: hist.value_at_quantile(0.999),
-            max_us: hist.max(),
-        }
+        summarize(&self.lock().all)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+    /// The values recorded since the previous call, summarized; starts a
+    /// new interval.
+    pub fn take_interval(&self) -> LatencySummary {
+        let mut h = self.lock();
+        let summary = summarize(&h.interval);
+        h.interval.reset();
+        summary
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pair> {
         // A panic while holding the lock cannot leave a histogram invalid.
         self.hist.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -186,21 +212,45 @@ pub struct ProcUsage {
     pub window_s: f64,
 }
 
-/// CPU time of the whole machine from /proc/stat: (busy, total) jiffies.
-fn machine_cpu() -> Option<(u64, u64)> {
+/// RSS and CPU summed over several server processes (a cluster's nodes).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcTotal {
+    pub processes: usize,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub cpu_us: u64,
+}
+
+impl ProcTotal {
+    pub fn of(usage: &[ProcUsage]) -> Option<ProcTotal> {
+        if usage.is_empty() {
+            return None;
+        }
+        Some(ProcTotal {
+            processes: usage.len(),
+            rss_before_kb: usage.iter().map(|u| u.rss_before_kb).sum(),
+            rss_after_kb: usage.iter().map(|u| u.rss_after_kb).sum(),
+            cpu_us: usage.iter().map(|u| u.cpu_us).sum(),
+        })
+    }
+}
+
+/// CPU time of the whole machine from /proc/stat: (busy, irq + softirq,
+/// total) jiffies.
+fn machine_cpu() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    if v.len() < 5 {
+    if v.len() < 7 {
         return None;
     }
     // user nice system idle iowait irq softirq steal ...
     let total: u64 = v.iter().take(8).sum();
     let idle = v[3] + v[4];
-    Some((total - idle, total))
+    Some((total - idle, v[5] + v[6], total))
 }
 
 /// How busy the whole machine was over a window: a server or client
@@ -210,11 +260,18 @@ pub struct MachineUsage {
     pub cores: usize,
     /// Cores' worth of CPU used by every process over the window.
     pub busy_cores: f64,
+    /// The part of `busy_cores` spent in interrupts and softirqs, charged
+    /// to no process: mostly the kernel's loopback network path, which the
+    /// servers' and client's own CPU times do not include.
+    pub irq_cores: f64,
+    /// The rest of `busy_cores` spent by other processes than the measured
+    /// servers and this client (a compile next door shows here).
+    pub others_busy_cores: f64,
 }
 
 /// Samples the machine's CPU counters at the start and end of a window.
 pub struct MachineProbe {
-    before: Option<(u64, u64)>,
+    before: Option<(u64, u64, u64)>,
 }
 
 impl MachineProbe {
@@ -225,8 +282,8 @@ impl MachineProbe {
     }
 
     pub fn finish(&self) -> Option<MachineUsage> {
-        let (b0, t0) = self.before?;
-        let (b1, t1) = machine_cpu()?;
+        let (b0, i0, t0) = self.before?;
+        let (b1, i1, t1) = machine_cpu()?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -237,6 +294,8 @@ impl MachineProbe {
         Some(MachineUsage {
             cores,
             busy_cores: b1.saturating_sub(b0) as f64 / total as f64 * cores as f64,
+            irq_cores: i1.saturating_sub(i0) as f64 / total as f64 * cores as f64,
+            others_busy_cores: 0.0,
         })
     }
 }

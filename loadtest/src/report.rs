@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::baseline::Comparison;
 use crate::client::TransportKind;
-use crate::metrics::{ErrorSummary, LatencySummary, MachineUsage, ProcUsage};
+use crate::metrics::{ErrorSummary, LatencySummary, MachineUsage, ProcTotal, ProcUsage};
+use crate::timeline::TimelineReport;
 
 /// One named number of a run.
 #[derive(Debug, Clone)]
@@ -25,7 +27,10 @@ pub struct Figure {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// The first (or only) server URL.
     pub url: String,
+    /// The node list (`--url` repeated); one URL: the same as `url`.
+    pub urls: Vec<String>,
     pub transport: TransportKind,
     pub namespace: String,
     /// The scenario's parameters as given.
@@ -40,12 +45,20 @@ pub struct Report {
     pub errors: BTreeMap<String, ErrorSummary>,
     /// Server processes given with `--server-pid`, over the measured window.
     pub servers: Vec<ProcUsage>,
+    /// The sum over `servers` (a cluster's nodes), when there are any.
+    pub servers_total: Option<ProcTotal>,
     /// This client process, over the same window.
     pub client: Option<ProcUsage>,
     /// The whole machine over the same window (other processes included).
     pub machine: Option<MachineUsage>,
     /// Anything the run noticed that the figures do not say.
     pub notes: Vec<String>,
+    /// Per-second samples (with `--plot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
+    /// Ratios against a saved report (with `--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Comparison>,
 }
 
 fn figures_as_map<S: Serializer>(figures: &[Figure], s: S) -> Result<S::Ok, S::Error> {
@@ -74,14 +87,15 @@ fn pairs_as_map<S: Serializer>(
 impl Report {
     pub fn new(
         scenario: &'static str,
-        url: &str,
+        urls: &[String],
         transport: TransportKind,
         namespace: &str,
         params: serde_json::Value,
     ) -> Self {
         Report {
             scenario,
-            url: url.to_string(),
+            url: urls.first().cloned().unwrap_or_default(),
+            urls: urls.to_vec(),
             transport,
             namespace: namespace.to_string(),
             params,
@@ -91,9 +105,12 @@ impl Report {
             error_total: 0,
             errors: BTreeMap::new(),
             servers: Vec::new(),
+            servers_total: None,
             client: None,
             machine: None,
             notes: Vec::new(),
+            timeline: None,
+            baseline: None,
         }
     }
 
@@ -155,7 +172,7 @@ impl Report {
             out,
             "== {}  {}  {}  namespace {}  ({:.1} s)",
             self.scenario,
-            self.url,
+            self.urls.join(" "),
             self.transport.as_str(),
             self.namespace,
             self.elapsed_s
@@ -198,34 +215,68 @@ impl Report {
         for s in &self.servers {
             let _ = writeln!(out, "server {}", describe_usage(s));
         }
+        if let (Some(t), true) = (&self.servers_total, self.servers.len() > 1) {
+            let _ = writeln!(
+                out,
+                "servers ({}) in all: RSS {:.1} MiB -> {:.1} MiB, CPU {:.2} s",
+                self.servers.len(),
+                t.rss_before_kb as f64 / 1024.0,
+                t.rss_after_kb as f64 / 1024.0,
+                t.cpu_us as f64 / 1e6
+            );
+        }
         if let Some(c) = &self.client {
             let _ = writeln!(out, "client {}", describe_usage(c));
         }
         if let Some(m) = &self.machine {
-            let ours: f64 = self
-                .servers
-                .iter()
-                .chain(self.client.iter())
-                .map(|u| {
-                    if u.window_s > 0.0 {
-                        u.cpu_us as f64 / 1e6 / u.window_s
-                    } else {
-                        0.0
-                    }
-                })
-                .sum();
             let _ = writeln!(
                 out,
-                "machine: {:.2} of {} cores busy ({:.2} by other processes)",
-                m.busy_cores,
-                m.cores,
-                (m.busy_cores - ours).max(0.0)
+                "machine: {:.2} of {} cores busy ({:.2} in interrupts and softirqs, {:.2} by other processes)",
+                m.busy_cores, m.cores, m.irq_cores, m.others_busy_cores
             );
         }
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
         }
+        if let Some(b) = &self.baseline {
+            self.describe_baseline(&mut out, b);
+        }
         out
+    }
+
+    fn describe_baseline(&self, out: &mut String, b: &Comparison) {
+        let _ = writeln!(
+            out,
+            "vs baseline {} ({}): current / baseline",
+            b.file, b.scenario
+        );
+        if b.scenario != self.scenario {
+            let _ = writeln!(
+                out,
+                "  (the baseline is a {} run, this one {})",
+                b.scenario, self.scenario
+            );
+        }
+        let ratio = |r: Option<f64>| r.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+        for f in &self.figures {
+            if let Some(r) = b.figures.get(&f.key) {
+                let _ = writeln!(
+                    out,
+                    "  {:<34} {:>14} {:>14}  x{}",
+                    f.label,
+                    format_value(r.current),
+                    format_value(r.baseline),
+                    ratio(r.ratio)
+                );
+            }
+        }
+        for (name, ratios) in &b.latency {
+            let parts: Vec<String> = ["p50", "p90", "p99", "p999"]
+                .iter()
+                .filter_map(|p| ratios.get(*p).map(|r| format!("{p} x{}", ratio(r.ratio))))
+                .collect();
+            let _ = writeln!(out, "  latency {:<18} {}", name, parts.join("  "));
+        }
     }
 }
 

@@ -1,25 +1,33 @@
 //! Short runs of every scenario against a real gateway process, over both
 //! transports, so the tool itself cannot rot: zero errors, every session
-//! connected, every message sent received (once, in order).
+//! connected, every message sent received (once, in order). The cluster
+//! runs start a `redis-server`, a `ringway-coordinator` and three gateways
+//! of their own (like gateway/tests/common/cluster.rs).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The gateway binary of the same build (same target directory).
-fn gateway_binary() -> PathBuf {
+/// A binary of the workspace of the same build (same target directory).
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/smoke-xxxx -> target/<profile>/ringway-gateway
+    // target/<profile>/deps/smoke-xxxx -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("ringway-gateway");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} missing: build the workspace (cargo build --workspace) first",
         bin.display()
     );
     bin
+}
+
+fn gateway_binary() -> PathBuf {
+    workspace_binary("ringway-gateway")
 }
 
 struct Server {
@@ -29,6 +37,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(gateway_binary())
             .args([
                 "--listen",
@@ -38,16 +50,20 @@ impl Server {
                 "--ping-timeout",
                 "2000",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start gateway");
         let stdout = child.stdout.take().expect("stdout");
-        let line = BufReader::new(stdout)
-            .lines()
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .by_ref()
             .map_while(Result::ok)
-            .find(|l| l.contains("listening on"))
+            .find(|l| l.contains("listening on http://"))
             .expect("listening line");
+        // Keep reading stdout so that the gateway never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
         let url = line.rsplit(' ').next().expect("url").to_owned();
         Server { child, url }
     }
@@ -61,17 +77,19 @@ impl Drop for Server {
 }
 
 fn run(server: &Server, args: &[&str]) -> Value {
-    let pid = server.child.id().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"))
-        .args(args)
-        .args([
-            "--url",
-            &server.url,
-            "--server-pid",
-            &pid,
-            "--json",
-            "--quiet",
-        ])
+    run_on(&[server], args)
+}
+
+/// Runs a scenario with the node list `servers` (every one a `--url` and a
+/// `--server-pid`); asserts success and zero errors.
+fn run_on(servers: &[&Server], args: &[&str]) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"));
+    cmd.args(args);
+    for s in servers {
+        cmd.args(["--url", &s.url, "--server-pid", &s.child.id().to_string()]);
+    }
+    let out = cmd
+        .args(["--json", "--quiet"])
         .output()
         .expect("run ringway-loadtest");
     assert!(
@@ -194,4 +212,274 @@ fn fanout_delivers_everything_once_in_order() {
         assert_eq!(figure(&r, "duplicates"), 0.0, "{t}");
         assert_eq!(figure(&r, "reordered"), 0.0, "{t}");
     }
+}
+
+#[test]
+fn polling_echo_sticky() {
+    let server = Server::start();
+    let r = run(
+        &server,
+        &[
+            "polling",
+            "--sessions",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--pause-ms",
+            "2",
+        ],
+    );
+    assert_eq!(r["scenario"], "polling");
+    assert_eq!(r["transport"], "polling");
+    assert_eq!(figure(&r, "sessions"), 4.0);
+    assert!(figure(&r, "round_trips") > 10.0, "{}", r["figures"]);
+    assert!(r["latency"]["echo_rtt"]["count"].as_u64().unwrap_or(0) > 10);
+}
+
+#[test]
+fn connect_with_upgrade() {
+    let server = Server::start();
+    let r = run(
+        &server,
+        &["connect", "--upgrade", "--sessions", "20", "--rate", "100"],
+    );
+    assert_eq!(r["transport"], "polling");
+    assert_eq!(figure(&r, "connected"), 20.0);
+    assert_eq!(figure(&r, "upgraded"), 20.0);
+    assert_eq!(figure(&r, "alive_at_end"), 20.0);
+    for key in [
+        "upgrade_101",
+        "upgrade_probe",
+        "upgrade_done",
+        "after_upgrade_ack",
+    ] {
+        assert_eq!(r["latency"][key]["count"], 20, "{key}: {}", r["latency"]);
+    }
+}
+
+// ----- a 3-node cluster -------------------------------------------------
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `redis-server` of the test's own on a free port.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (Debian package redis-server)");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis.ping() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on {port}");
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Coordinator {
+    child: Child,
+    addr: String,
+}
+
+impl Coordinator {
+    fn start(redis: &Redis) -> Coordinator {
+        let mut child = Command::new(workspace_binary("ringway-coordinator"))
+            .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
+            .args(["--lease-ttl", "1500", "--heartbeat-interval", "300"])
+            // Its dashboard port too (default 7080): tests run side by side.
+            .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start ringway-coordinator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("ringway-coordinator listening on ")
+                    .map(|a| a.trim().to_owned())
+            })
+            .expect("coordinator address");
+        std::thread::spawn(move || for _ in lines {});
+        Coordinator { child, addr }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis, a coordinator and gateways n1..n3, every gateway in every view.
+/// Fields drop in order: the gateways first.
+struct Cluster {
+    nodes: Vec<Server>,
+    _coordinator: Coordinator,
+    _redis: Redis,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let redis = Redis::start();
+        let coordinator = Coordinator::start(&redis);
+        let redis_url = redis.url();
+        let nodes: Vec<Server> = (1..=3)
+            .map(|i| {
+                Server::start_with(&[
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                    "--node-id",
+                    &format!("n{i}"),
+                    "--coordinator",
+                    &coordinator.addr,
+                    "--redis-url",
+                    &redis_url,
+                ])
+            })
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            _coordinator: coordinator,
+            _redis: redis,
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Waits until non-sticky polling works: every node knows the others.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"))
+                .args(["polling", "--sessions", "3", "--duration", "0.3"])
+                .args(["--warmup", "0", "--json", "--quiet"])
+                .args(self.urls())
+                .output()
+                .expect("run ringway-loadtest");
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if out.status.success() && report["error_total"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready: {}",
+                report["errors"]
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| ["--url".to_owned(), n.url.clone()])
+            .collect()
+    }
+
+    fn servers(&self) -> Vec<&Server> {
+        self.nodes.iter().collect()
+    }
+}
+
+#[test]
+fn cluster_non_sticky_polling_and_fanout_across_nodes() {
+    let cluster = Cluster::start();
+    let r = run_on(
+        &cluster.servers(),
+        &[
+            "polling",
+            "--sessions",
+            "6",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--pause-ms",
+            "2",
+        ],
+    );
+    assert_eq!(figure(&r, "nodes"), 3.0);
+    assert_eq!(figure(&r, "sessions"), 6.0);
+    assert!(figure(&r, "round_trips") > 10.0, "{}", r["figures"]);
+    assert_eq!(r["servers"].as_array().map(Vec::len), Some(3));
+    assert!(r["servers_total"]["cpu_us"].as_u64().unwrap_or(0) > 0);
+
+    // Receivers on the three nodes in turn, the publisher on the first.
+    let r = run_on(
+        &cluster.servers(),
+        &[
+            "fanout",
+            "--receivers",
+            "30",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ],
+    );
+    let expected = figure(&r, "expected");
+    assert_eq!(expected, 30.0 * 50.0, "{}", r["figures"]);
+    assert_eq!(figure(&r, "delivered"), expected);
+    assert_eq!(figure(&r, "lost"), 0.0);
+    assert_eq!(figure(&r, "duplicates"), 0.0);
+    assert_eq!(figure(&r, "reordered"), 0.0);
+}
+
+/// The upgrade of every session lands on another node than its owner (a
+/// handoff), while its polling transport keeps polling the nodes in turn
+/// until the probe (a poll may reach the node taking the session over).
+#[test]
+fn cluster_upgrade_hands_sessions_off() {
+    let cluster = Cluster::start();
+    let r = run_on(
+        &cluster.servers(),
+        &["connect", "--upgrade", "--sessions", "30", "--rate", "100"],
+    );
+    assert_eq!(figure(&r, "upgraded"), 30.0, "{}", r["figures"]);
+    assert_eq!(figure(&r, "alive_at_end"), 30.0);
 }

@@ -7,10 +7,16 @@
 //                  [--namespace / --namespace /custom ...]
 //                  [--ping-interval MS] [--ping-timeout MS]
 //                  [--max-payload BYTES] [--cors-origin ORIGIN] [--recovery]
+//                  [--redis redis://127.0.0.1:6379/]
 //
 // Every flag can also be given by environment variable: HOST, PORT, SIO_PATH,
 // NAMESPACES (comma separated), PING_INTERVAL, PING_TIMEOUT, MAX_PAYLOAD,
-// CORS_ORIGIN, RECOVERY=1. Flags win over the environment.
+// CORS_ORIGIN, RECOVERY=1, REDIS_URL. Flags win over the environment.
+// `--redis URL` turns the Redis adapter (@socket.io/redis-adapter over the
+// `redis` client) on, for multi-node runs: room emits and broadcasts reach
+// the sockets of every node started with the same Redis. Each node still
+// needs sticky sessions for long-polling (the reference's own rule); the
+// `broadcast` ack then counts the room's members on this node only.
 // `--port 0` picks a free port. Once bound, prints
 // `listening on http://HOST:PORT` on stdout.
 'use strict';
@@ -32,6 +38,7 @@ function parseArgs(argv, env) {
     maxPayload: env.MAX_PAYLOAD !== undefined ? Number(env.MAX_PAYLOAD) : 1000000,
     corsOrigin: env.CORS_ORIGIN || null,
     recovery: env.RECOVERY === '1' || env.RECOVERY === 'true',
+    redis: env.REDIS_URL || null,
   };
   let cliNamespaces = null;
   for (let i = 0; i < argv.length; i++) {
@@ -63,6 +70,7 @@ function parseArgs(argv, env) {
       case '--max-payload': opts.maxPayload = num(); break;
       case '--cors-origin': opts.corsOrigin = next(); break;
       case '--recovery': opts.recovery = true; break;
+      case '--redis': opts.redis = next(); break;
       case '-h': case '--help': usage(null); break;
       default: usage(`unknown argument: ${arg}`);
     }
@@ -77,7 +85,7 @@ function usage(err) {
   const text =
     'usage: node server.js [--host H] [--port P] [--path /socket.io/] [--namespace NS]...\n' +
     '                      [--ping-interval MS] [--ping-timeout MS] [--max-payload BYTES]\n' +
-    '                      [--cors-origin ORIGIN] [--recovery]\n';
+    '                      [--cors-origin ORIGIN] [--recovery] [--redis URL]\n';
   if (err) {
     process.stderr.write(`server.js: ${err}\n${text}`);
     process.exit(2);
@@ -155,8 +163,25 @@ function onConnection(socket) {
   });
 }
 
-function main() {
+// The Redis adapter for `--redis URL`: a publishing and a subscribing
+// connection, both connected before the server starts.
+async function redisAdapter(url) {
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const pubClient = createClient({ url });
+  const subClient = pubClient.duplicate();
+  for (const c of [pubClient, subClient]) {
+    c.on('error', (err) => process.stderr.write(`server.js: redis: ${err.message}\n`));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  // The connections end with the process (closing them by hand makes the
+  // client reject its pending subscription commands noisily).
+  return { adapter: createAdapter(pubClient, subClient) };
+}
+
+async function main() {
   const opts = parseArgs(process.argv.slice(2), process.env);
+  const redis = opts.redis ? await redisAdapter(opts.redis) : null;
   // `*` cannot be combined with credentials; any other origin allows them.
   const cors = opts.corsOrigin
     ? { origin: opts.corsOrigin, credentials: opts.corsOrigin !== '*' }
@@ -195,6 +220,7 @@ function main() {
     path: sioPath,
     serveClient: false,
     connectionStateRecovery: opts.recovery ? {} : undefined,
+    adapter: redis ? redis.adapter : undefined,
   });
   const served = new Set(opts.namespaces);
   if (!served.has('/')) {
@@ -219,4 +245,7 @@ function main() {
   process.on('SIGTERM', shutdown);
 }
 
-main();
+main().catch((err) => {
+  process.stderr.write(`server.js: ${err && err.stack ? err.stack : err}\n`);
+  process.exit(1);
+});

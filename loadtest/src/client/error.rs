@@ -15,6 +15,9 @@ pub enum ErrorKind {
     TcpConnect,
     /// The WebSocket upgrade was refused or failed.
     WsHandshake,
+    /// The upgrade of a polling session failed after the 101 (probe,
+    /// pausing the polling transport).
+    Upgrade,
     /// An HTTP request (polling transport) failed below the HTTP status.
     Http,
     /// The server answered an HTTP request with an unexpected status.
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::FdLimit => "fd_limit",
             ErrorKind::TcpConnect => "tcp_connect",
             ErrorKind::WsHandshake => "ws_handshake",
+            ErrorKind::Upgrade => "upgrade",
             ErrorKind::Http => "http",
             ErrorKind::HttpStatus => "http_status",
             ErrorKind::Timeout => "timeout",

@@ -12,6 +12,7 @@ pub mod net;
 pub mod socketio;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -38,22 +39,33 @@ impl TransportKind {
     }
 
     /// File descriptors one session holds on the client side.
-    pub fn fds_per_session(self) -> u64 {
+    /// With `nodes` servers in the node list, a polling session keeps one
+    /// keep-alive connection per node for its GETs and one for its POSTs.
+    pub fn fds_per_session(self, nodes: usize) -> u64 {
         match self {
             TransportKind::Websocket => 1,
             // One connection for the long-poll GET, one for POSTs.
-            TransportKind::Polling => 2,
+            TransportKind::Polling => 2 * nodes.max(1) as u64,
         }
     }
+}
+
+/// One server of the node list.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Resolved server address.
+    pub target: SocketAddr,
+    /// `Host` header value (`host:port` as given in the URL).
+    pub authority: String,
 }
 
 /// Everything a session needs to reach the server.
 #[derive(Debug)]
 pub struct ClientConfig {
-    /// Resolved server address.
-    pub target: SocketAddr,
-    /// `Host` header value (`host:port` as given in the URL).
-    pub authority: String,
+    /// The node list (`--url`, repeatable): sessions start on its nodes in
+    /// turn, and every HTTP request of a polling session goes to the next
+    /// node of the list (non-sticky). One node: the plain, sticky case.
+    pub nodes: Vec<Endpoint>,
     /// Engine.IO endpoint path, with a trailing slash (`/socket.io/`).
     pub path: String,
     pub transport: TransportKind,
@@ -66,9 +78,21 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// Initial WebSocket read buffer per session, in bytes.
     pub ws_read_buffer: usize,
+    /// Sessions started so far (the next starts on node `n % nodes`).
+    pub started: AtomicUsize,
 }
 
 impl ClientConfig {
+    /// Node `i` of the list (modulo its length).
+    pub fn node(&self, i: usize) -> &Endpoint {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// The node index where the next session starts: round robin.
+    pub fn next_start(&self) -> usize {
+        self.started.fetch_add(1, Ordering::Relaxed) % self.nodes.len()
+    }
+
     /// The Engine.IO request target (path and query) for `transport`,
     /// joined to session `sid` when given.
     pub fn request_target(&self, transport: &str, sid: Option<&str>) -> String {
@@ -76,6 +100,46 @@ impl ClientConfig {
             Some(sid) => format!("{}?EIO=4&transport={transport}&sid={sid}", self.path),
             None => format!("{}?EIO=4&transport={transport}", self.path),
         }
+    }
+}
+
+/// Whether `RINGWAY_LOADTEST_TRACE` is set: every polling request and
+/// upgrade step is then printed on stderr (a debugging aid for small runs).
+pub fn trace_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RINGWAY_LOADTEST_TRACE").is_some())
+}
+
+/// Prints one trace line (see [`trace_enabled`]), with milliseconds since
+/// the first trace line.
+pub fn trace(args: std::fmt::Arguments<'_>) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if trace_enabled() {
+        let t = START.get_or_init(std::time::Instant::now).elapsed();
+        eprintln!("[{:10.3} ms] {args}", t.as_secs_f64() * 1e3);
+    }
+}
+
+/// The node of each HTTP request of one session: the session's start node
+/// first, then the next node of the list for every request (GETs and POSTs
+/// of a polling session share it).
+#[derive(Debug, Clone)]
+pub struct NodeCursor {
+    next: std::sync::Arc<AtomicUsize>,
+    nodes: usize,
+}
+
+impl NodeCursor {
+    pub fn new(start: usize, nodes: usize) -> Self {
+        NodeCursor {
+            next: std::sync::Arc::new(AtomicUsize::new(start)),
+            nodes: nodes.max(1),
+        }
+    }
+
+    /// The node index of the next request.
+    pub fn next(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.nodes
     }
 }
 

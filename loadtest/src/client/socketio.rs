@@ -2,12 +2,13 @@
 //! EVENT encoding with optional ack id, and a parser for what the server
 //! sends (`<type>[<n>-][<nsp>,][<id>][json]`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::engineio::{clip, EioMessage, EioSession};
+use super::engineio::{clip, EioMessage, EioSession, UpgradeTimes};
 use super::error::{ClientError, ErrorKind};
 use super::ClientConfig;
 
@@ -186,20 +187,39 @@ struct ConnectAnswer {
 }
 
 impl SioSession {
-    /// Opens an Engine.IO session and joins the configured namespace, within
-    /// `cfg.handshake_timeout`.
-    pub async fn connect(cfg: &ClientConfig) -> Result<(SioSession, ConnectTimes), ClientError> {
+    /// Opens an Engine.IO session (on the next start node of the list) and
+    /// joins the configured namespace, within `cfg.handshake_timeout`.
+    pub async fn connect(
+        cfg: &Arc<ClientConfig>,
+    ) -> Result<(SioSession, ConnectTimes), ClientError> {
+        Self::connect_on(cfg, cfg.next_start()).await
+    }
+
+    /// [`SioSession::connect`], starting on node `node` of the list.
+    pub async fn connect_on(
+        cfg: &Arc<ClientConfig>,
+        node: usize,
+    ) -> Result<(SioSession, ConnectTimes), ClientError> {
         let start = Instant::now();
-        tokio::time::timeout(cfg.handshake_timeout, Self::connect_inner(cfg, start))
+        tokio::time::timeout(cfg.handshake_timeout, Self::connect_inner(cfg, node, start))
             .await
             .map_err(|_| ClientError::timeout("handshake"))?
     }
 
+    /// Upgrades the (polling) session to WebSocket, within
+    /// `cfg.handshake_timeout`; see [`EioSession::upgrade`].
+    pub async fn upgrade(&mut self, cfg: &ClientConfig) -> Result<UpgradeTimes, ClientError> {
+        tokio::time::timeout(cfg.handshake_timeout, self.eio.upgrade(cfg))
+            .await
+            .map_err(|_| ClientError::new(ErrorKind::Upgrade, "upgrade timed out"))?
+    }
+
     async fn connect_inner(
-        cfg: &ClientConfig,
+        cfg: &Arc<ClientConfig>,
+        node: usize,
         start: Instant,
     ) -> Result<(SioSession, ConnectTimes), ClientError> {
-        let (eio, times) = EioSession::open(cfg, start).await?;
+        let (eio, times) = EioSession::open(cfg, node, start).await?;
         let nsp = cfg.namespace.clone();
         let nsp_prefix = if nsp == "/" {
             String::new()

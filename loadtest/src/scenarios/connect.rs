@@ -1,6 +1,14 @@
 //! `connect`: a connection storm. Opens N sessions at a given rate and
 //! measures the handshake (TCP connect to the Engine.IO open packet, and to
 //! the Socket.IO CONNECT answer) and failures by kind.
+//!
+//! With `--upgrade`, every session connects over long-polling, then
+//! upgrades to WebSocket like the official client (upgrade request,
+//! `2probe`/`3probe`, polling paused, `5`), timed from the upgrade request:
+//! to the 101 answer (`upgrade_101`), to `3probe` (`upgrade_probe`) and to
+//! the switch (`upgrade_done`); one `echo` ack over the WebSocket then
+//! checks the session (`after_upgrade_ack`). With a node list the upgrade
+//! goes to the node after the handshake's (a handoff in a Ringway cluster).
 
 use clap::Args;
 use serde::Serialize;
@@ -25,16 +33,31 @@ pub struct ConnectArgs {
     /// Seconds every session stays open after the last handshake ended.
     #[arg(long, default_value_t = 0.0)]
     pub linger: f64,
+
+    /// Handshake over long-polling, then upgrade to WebSocket (implies
+    /// `--transport polling` for the handshake).
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
-pub async fn run(args: ConnectArgs) -> Result<Report, String> {
+pub async fn run(mut args: ConnectArgs) -> Result<Report, String> {
+    if args.upgrade {
+        args.common.transport = crate::client::TransportKind::Polling;
+    }
     let run = Run::new(&args.common, args.sessions).await?;
     let mut report = args
         .common
         .report("connect", serde_json::to_value(&args).unwrap_or_default());
     let (servers, client) = args.common.probes()?;
 
-    let storm = storm(&run, args.sessions, args.rate, args.common.quiet).await;
+    let storm = storm(
+        &run,
+        args.sessions,
+        args.rate,
+        args.common.show_progress(),
+        args.upgrade,
+    )
+    .await;
     if args.linger > 0.0 {
         tokio::time::sleep(std::time::Duration::from_secs_f64(args.linger)).await;
     }
@@ -63,6 +86,22 @@ pub async fn run(args: ConnectArgs) -> Result<Report, String> {
     );
     report.latency("open", storm.open_latency.summary());
     report.latency("connect", storm.connect_latency.summary());
+    if let Some(u) = &storm.upgrade {
+        report.figure(
+            "upgraded",
+            "sessions upgraded and checked",
+            u.check.summary().count as f64,
+            "",
+        );
+        report.latency("upgrade_101", u.response.summary());
+        report.latency("upgrade_probe", u.probe.summary());
+        report.latency("upgrade_done", u.done.summary());
+        report.latency("after_upgrade_ack", u.check.summary());
+    }
+    let mut storm = storm;
+    if let Some(t) = storm.timeline.take() {
+        args.common.keep_timeline(&mut report, t);
+    }
     let alive = storm.release().await;
     report.figure("alive_at_end", "sessions open at the end", alive as f64, "");
     run.finish_report(&mut report);

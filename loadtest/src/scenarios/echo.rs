@@ -17,6 +17,7 @@ use crate::client::socketio::PacketType;
 use crate::client::{ClientError, ErrorKind, SioSession};
 use crate::metrics::{ErrorCounts, LatencyHistogram};
 use crate::report::Report;
+use crate::timeline::Timeline;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct EchoArgs {
@@ -51,6 +52,12 @@ pub struct EchoArgs {
     /// Milliseconds to wait for one reply before the session gives up.
     #[arg(long, default_value_t = 10_000)]
     pub reply_timeout_ms: u64,
+
+    /// Milliseconds each session waits after a reply before its next emit
+    /// (0: none, a saturating closed loop). A pause keeps the machine out
+    /// of saturation, so the round trip shows the path, not the queueing.
+    #[arg(long, default_value_t = 0.0)]
+    pub pause_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +77,15 @@ struct Shared {
 }
 
 pub async fn run(args: EchoArgs) -> Result<Report, String> {
+    run_as(args, "echo").await
+}
+
+/// The echo loop, reported under the name `scenario`.
+pub async fn run_as(args: EchoArgs, scenario: &'static str) -> Result<Report, String> {
     let run = Run::new(&args.common, args.sessions).await?;
     let mut report = args
         .common
-        .report("echo", serde_json::to_value(&args).unwrap_or_default());
+        .report(scenario, serde_json::to_value(&args).unwrap_or_default());
     let (mut servers, mut client) = args.common.probes()?;
 
     let shared = Arc::new(Shared {
@@ -82,10 +94,16 @@ pub async fn run(args: EchoArgs) -> Result<Report, String> {
         total: AtomicU64::new(0),
         errors: run.errors.clone(),
     });
+    let timeline = {
+        let s = shared.clone();
+        let name = if args.ack { "ack_rtt" } else { "echo_rtt" };
+        Timeline::start(name, move || s.latency.take_interval())
+    };
     let payload = serde_json::Value::from("x".repeat(args.size)).to_string();
     let (phase_tx, phase_rx) = watch::channel(None::<Phase>);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     let reply_timeout = Duration::from_millis(args.reply_timeout_ms);
+    let pause = Duration::from_secs_f64(args.pause_ms.max(0.0) / 1e3);
 
     let mut tasks = spawn_paced(args.sessions, args.connect_rate, |_| {
         let cfg = run.cfg.clone();
@@ -107,7 +125,7 @@ pub async fn run(args: EchoArgs) -> Result<Report, String> {
                 }
             };
             drop(ready);
-            match echo_loop(session, &payload, ack, reply_timeout, phase, &shared).await {
+            match echo_loop(session, &payload, ack, reply_timeout, pause, phase, &shared).await {
                 Ok(session) => session.close().await,
                 Err(e) => shared.errors.add(&e),
             }
@@ -121,7 +139,7 @@ pub async fn run(args: EchoArgs) -> Result<Report, String> {
     }
 
     let shown = shared.clone();
-    let bar = progress(args.common.quiet, move || {
+    let bar = progress(args.common.show_progress(), move || {
         format!("round trips {}", shown.total.load(Ordering::Relaxed))
     });
     let _ = phase_tx.send(Some(Phase::Warmup));
@@ -172,6 +190,7 @@ pub async fn run(args: EchoArgs) -> Result<Report, String> {
         if args.ack { "ack_rtt" } else { "echo_rtt" },
         shared.latency.summary(),
     );
+    args.common.keep_timeline(&mut report, timeline);
     run.finish_report(&mut report);
     Ok(report)
 }
@@ -182,6 +201,7 @@ async fn echo_loop(
     payload: &str,
     ack: bool,
     reply_timeout: Duration,
+    pause: Duration,
     mut phase: watch::Receiver<Option<Phase>>,
     shared: &Shared,
 ) -> Result<SioSession, ClientError> {
@@ -222,6 +242,9 @@ async fn echo_loop(
         if sent_in == Some(Phase::Measure) && *phase.borrow() == Some(Phase::Measure) {
             shared.latency.record(rtt);
             shared.measured.fetch_add(1, Ordering::Relaxed);
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
 }

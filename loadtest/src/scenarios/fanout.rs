@@ -4,6 +4,9 @@
 //! seconds. Receivers time each delivery (now - t, both on this process's
 //! monotonic clock) and track their sequence numbers: delivered / expected,
 //! loss, duplicates, gaps, and the servers' CPU time per delivery.
+//!
+//! With a node list (`--url` repeated), receivers start on its nodes in
+//! turn (round robin) and the publisher is on the first node.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::client::socketio::{parse_arg, PacketType};
 use crate::client::{ClientError, ErrorKind, SioSession};
 use crate::metrics::{ErrorCounts, LatencyHistogram};
 use crate::report::Report;
+use crate::timeline::Timeline;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct FanoutArgs {
@@ -195,7 +199,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
         joined += ok as u64;
     }
 
-    let mut publisher = match SioSession::connect(&run.cfg).await {
+    let mut publisher = match SioSession::connect_on(&run.cfg, 0).await {
         Ok((s, _)) => Some(s),
         Err(e) => {
             run.errors.add(&e);
@@ -205,9 +209,13 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
     };
 
     let shown = shared.clone();
-    let bar = progress(args.common.quiet, move || {
+    let bar = progress(args.common.show_progress(), move || {
         format!("delivered {}", shown.delivered.load(Ordering::Relaxed))
     });
+    let timeline = {
+        let s = shared.clone();
+        Timeline::start("delivery", move || s.latency.take_interval())
+    };
     servers.restart()?;
     client.restart()?;
     let publish_start_ns = shared.now_ns();
@@ -346,6 +354,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
     );
     report.latency("delivery", shared.latency.summary());
     report.latency("join_ack", shared.join_latency.summary());
+    args.common.keep_timeline(&mut report, timeline);
     run.finish_report(&mut report);
     Ok(report)
 }
@@ -384,6 +393,7 @@ async fn receive(
 ) -> Result<SioSession, ClientError> {
     // Latencies are batched to take the histogram lock less often.
     let mut batch: Vec<u64> = Vec::with_capacity(64);
+    let mut flushed_ns = shared.now_ns();
     let result = loop {
         if *stop.borrow() {
             break Ok(());
@@ -406,9 +416,14 @@ async fn receive(
                     Ok(Some(msg)) => {
                         let now = shared.now_ns();
                         batch.push(now.saturating_sub(msg.t) / 1000);
-                        if batch.len() == batch.capacity() {
+                        // Flushed when full, and at least every 200 ms for
+                        // the per-second samples.
+                        if batch.len() == batch.capacity()
+                            || now.saturating_sub(flushed_ns) > 200_000_000
+                        {
                             shared.latency.record_all(&batch);
                             batch.clear();
+                            flushed_ns = now;
                         }
                         stats.record(msg.seq);
                         shared.delivered.fetch_add(1, Ordering::Relaxed);

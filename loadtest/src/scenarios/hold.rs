@@ -37,10 +37,17 @@ pub async fn run(args: HoldArgs) -> Result<Report, String> {
     // RSS "before": the servers with no session of this run.
     let (servers, client) = args.common.probes()?;
 
-    let storm = storm(&run, args.sessions, args.rate, args.common.quiet).await;
+    let mut storm = storm(
+        &run,
+        args.sessions,
+        args.rate,
+        args.common.show_progress(),
+        false,
+    )
+    .await;
     let connected = storm.connected;
     let lost_counter = storm.lost_counter();
-    let bar = progress(args.common.quiet, move || {
+    let bar = progress(args.common.show_progress(), move || {
         format!(
             "holding {} sessions, lost {}",
             connected,
@@ -87,6 +94,9 @@ pub async fn run(args: HoldArgs) -> Result<Report, String> {
     }
     report.latency("open", storm.open_latency.summary());
     report.latency("connect", storm.connect_latency.summary());
+    if let Some(t) = storm.timeline.take() {
+        args.common.keep_timeline(&mut report, t);
+    }
     let alive = storm.release().await;
     report.figure("alive_at_end", "sessions open at the end", alive as f64, "");
     run.finish_report(&mut report);

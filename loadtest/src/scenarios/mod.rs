@@ -5,6 +5,7 @@ pub mod connect;
 pub mod echo;
 pub mod fanout;
 pub mod hold;
+pub mod polling;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -17,16 +18,24 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::client::net::SourceAddrs;
-use crate::client::{parse_url, ClientConfig, SioSession, TransportKind};
+use crate::client::{parse_url, ClientConfig, Endpoint, SioSession, TransportKind};
 use crate::metrics::{ErrorCounts, LatencyHistogram, ProcProbe};
 use crate::report::Report;
+use crate::timeline::Timeline;
 
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Server URL; a path in it replaces --path (http://127.0.0.1:3000).
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    /// Repeat it (or separate with commas) for a node list: sessions start
+    /// on its nodes in turn, and every HTTP request of a polling session
+    /// goes to the next node of the list (non-sticky).
+    #[arg(
+        long = "url",
+        default_value = "http://127.0.0.1:3000",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
 
     /// Engine.IO endpoint path, when the URL has none.
     #[arg(long, default_value = "/socket.io/")]
@@ -67,20 +76,48 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 4096)]
     pub ws_read_buffer: usize,
 
-    /// No progress line on stderr (it is shown only on a terminal anyway).
+    /// No progress line on stderr (it is shown only on a terminal, and
+    /// never with --json).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Draw latency percentiles and throughput per second of the run into
+    /// this SVG file (the JSON then carries the samples in `timeline`).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+
+    /// Compare with a saved --json report of an earlier run: prints (and
+    /// adds to the JSON, in `baseline`) current / baseline for every figure
+    /// and latency percentile they share.
+    #[arg(long, value_name = "FILE.json")]
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 impl CommonArgs {
-    /// Resolves the URL into a client configuration.
+    /// Resolves the URLs into a client configuration.
     pub async fn client_config(&self) -> Result<ClientConfig, String> {
-        let (authority, path) = parse_url(&self.url, &self.path)?;
-        let target = tokio::net::lookup_host(&authority)
-            .await
-            .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{authority} resolves to no address"))?;
+        let mut nodes = Vec::with_capacity(self.urls.len());
+        let mut path = None;
+        for url in &self.urls {
+            let (authority, node_path) = parse_url(url, &self.path)?;
+            let target = tokio::net::lookup_host(&authority)
+                .await
+                .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{authority} resolves to no address"))?;
+            match &path {
+                None => path = Some(node_path),
+                Some(p) if *p != node_path => {
+                    return Err(format!(
+                        "every --url needs the same path ({p} and {node_path})"
+                    ))
+                }
+                Some(_) => {}
+            }
+            nodes.push(Endpoint { target, authority });
+        }
+        let path = path.ok_or("no --url given")?;
+        let target = nodes[0].target;
         let namespace = if self.namespace.starts_with('/') {
             self.namespace.clone()
         } else {
@@ -94,8 +131,7 @@ impl CommonArgs {
             }
         }
         Ok(ClientConfig {
-            target,
-            authority,
+            nodes,
             path,
             transport: self.transport,
             namespace,
@@ -103,11 +139,31 @@ impl CommonArgs {
             sources: SourceAddrs::for_target(target, self.source_ips),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             ws_read_buffer: self.ws_read_buffer.max(256),
+            started: Default::default(),
         })
     }
 
+    /// Whether a progress line may be drawn.
+    pub fn show_progress(&self) -> bool {
+        !self.quiet && !self.json
+    }
+
+    /// Keeps the timeline in the report when a plot was asked for.
+    pub fn keep_timeline(&self, report: &mut Report, timeline: Timeline) {
+        let samples = timeline.finish();
+        if self.plot.is_some() {
+            report.timeline = Some(samples);
+        }
+    }
+
     pub fn report(&self, scenario: &'static str, params: serde_json::Value) -> Report {
-        Report::new(scenario, &self.url, self.transport, &self.namespace, params)
+        Report::new(
+            scenario,
+            &self.urls,
+            self.transport,
+            &self.namespace,
+            params,
+        )
     }
 
     /// Starts measuring the server processes (and this client).
@@ -131,7 +187,7 @@ pub struct Run {
 
 impl Run {
     pub async fn new(common: &CommonArgs, sessions: u64) -> Result<Run, String> {
-        check_fd_budget(sessions * common.transport.fds_per_session())?;
+        check_fd_budget(sessions * common.transport.fds_per_session(common.urls.len()))?;
         let cfg = common.client_config().await?;
         Ok(Run {
             cfg: Arc::new(cfg),
@@ -143,12 +199,23 @@ impl Run {
     /// Samples the probes now: the end of the measured window.
     pub fn record_usage(&self, report: &mut Report, servers: &ProcProbe, client: &ProcProbe) {
         let (usage, gone) = servers.finish();
+        report.servers_total = crate::metrics::ProcTotal::of(&usage);
         report.servers = usage;
         for g in gone {
             report.note(g);
         }
         report.client = client.finish().0.into_iter().next();
         report.machine = client.machine();
+        if let Some(m) = report.machine.as_mut() {
+            let ours: f64 = report
+                .servers
+                .iter()
+                .chain(report.client.iter())
+                .filter(|u| u.window_s > 0.0)
+                .map(|u| u.cpu_us as f64 / 1e6 / u.window_s)
+                .sum();
+            m.others_busy_cores = (m.busy_cores - m.irq_cores - ours).max(0.0);
+        }
     }
 
     /// Fills in errors and elapsed time.
@@ -178,23 +245,78 @@ pub struct Storm {
     pub storm_secs: f64,
     pub open_latency: Arc<LatencyHistogram>,
     pub connect_latency: Arc<LatencyHistogram>,
+    /// With an upgrade: the upgrade's steps and the ack round trip that
+    /// checks the session on its WebSocket.
+    pub upgrade: Option<Arc<UpgradeHistograms>>,
+    /// Per-second samples of the connect latency, from the first spawn.
+    pub timeline: Option<Timeline>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<SessionEnd>,
     lost: Arc<AtomicU64>,
 }
 
-/// Opens `n` sessions at `rate` per second; each stays open, answering
-/// pings, until [`Storm::release`]. Returns once every handshake ended.
-pub async fn storm(run: &Run, n: u64, rate: f64, quiet: bool) -> Storm {
+/// Latencies of polling sessions upgraded to WebSocket.
+#[derive(Default)]
+pub struct UpgradeHistograms {
+    /// Upgrade request sent -> `101 Switching Protocols`.
+    pub response: LatencyHistogram,
+    /// Upgrade request sent -> `3probe`.
+    pub probe: LatencyHistogram,
+    /// Upgrade request sent -> polling paused and `5` sent.
+    pub done: LatencyHistogram,
+    /// An `echo` with an ack over the new WebSocket (the session works).
+    pub check: LatencyHistogram,
+}
+
+/// Upgrades a connected polling session, then checks it with one `echo`
+/// ack round trip over the WebSocket.
+pub async fn upgrade_and_check(
+    session: &mut SioSession,
+    cfg: &ClientConfig,
+    hist: &UpgradeHistograms,
+) -> Result<(), crate::client::ClientError> {
+    use crate::client::socketio::PacketType;
+    use crate::client::{ClientError, ErrorKind};
+    let times = session.upgrade(cfg).await?;
+    hist.response.record(times.response);
+    hist.probe.record(times.probe);
+    hist.done.record(times.done);
+    let id = session.next_ack_id();
+    let started = Instant::now();
+    session.emit("echo", "\"after-upgrade\"", Some(id)).await?;
+    let wait = async {
+        loop {
+            let packet = session.recv().await?;
+            if packet.kind == PacketType::Ack && packet.id == Some(id) {
+                return Ok::<_, ClientError>(());
+            }
+        }
+    };
+    tokio::time::timeout(cfg.handshake_timeout, wait)
+        .await
+        .map_err(|_| ClientError::new(ErrorKind::ReplyTimeout, "no ack after the upgrade"))??;
+    hist.check.record(started.elapsed());
+    Ok(())
+}
+
+/// Opens `n` sessions at `rate` per second (upgrading each to WebSocket
+/// when `upgrade`); each stays open, answering pings, until
+/// [`Storm::release`]. Returns once every handshake ended.
+pub async fn storm(run: &Run, n: u64, rate: f64, show_progress: bool, upgrade: bool) -> Storm {
     let open_latency = Arc::new(LatencyHistogram::new());
     let connect_latency = Arc::new(LatencyHistogram::new());
+    let upgrade_hist = upgrade.then(|| Arc::new(UpgradeHistograms::default()));
+    let timeline = {
+        let h = connect_latency.clone();
+        Timeline::start("connect", move || h.take_interval())
+    };
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<bool>();
     let lost = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));
     let shown = (connected.clone(), finished.clone(), lost.clone());
-    let bar = progress(quiet, move || {
+    let bar = progress(show_progress, move || {
         format!(
             "handshakes {}/{n}, connected {}, lost {}",
             shown.1.load(Ordering::Relaxed),
@@ -207,12 +329,18 @@ pub async fn storm(run: &Run, n: u64, rate: f64, quiet: bool) -> Storm {
         let cfg = run.cfg.clone();
         let errors = run.errors.clone();
         let (open_h, connect_h) = (open_latency.clone(), connect_latency.clone());
+        let upgrade_h = upgrade_hist.clone();
         let stop_rx = stop_rx.clone();
         let done = done_tx.clone();
         let lost = lost.clone();
         let (connected, finished) = (connected.clone(), finished.clone());
         async move {
-            let result = SioSession::connect(&cfg).await;
+            let mut result = SioSession::connect(&cfg).await;
+            if let (Ok((session, _)), Some(hist)) = (result.as_mut(), upgrade_h.as_deref()) {
+                if let Err(e) = upgrade_and_check(session, &cfg, hist).await {
+                    result = Err(e);
+                }
+            }
             finished.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok((session, times)) => {
@@ -261,6 +389,8 @@ pub async fn storm(run: &Run, n: u64, rate: f64, quiet: bool) -> Storm {
         storm_secs,
         open_latency,
         connect_latency,
+        upgrade: upgrade_hist,
+        timeline: Some(timeline),
         stop,
         tasks,
         lost,
@@ -369,30 +499,46 @@ pub async fn idle_until(
     }
 }
 
-/// Prints `line()` on stderr every second while the returned guard lives,
-/// when stderr is a terminal and not `quiet`.
-pub fn progress<F>(quiet: bool, line: F) -> Option<tokio::task::JoinHandle<()>>
+/// A progress line on stderr (indicatif): a spinner, the elapsed time and
+/// `line()`, refreshed four times a second.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Shows `line()` on stderr while the returned guard lives, when `show`
+/// (not `--quiet`, not `--json`) and stderr is a terminal.
+pub fn progress<F>(show: bool, line: F) -> Option<Progress>
 where
     F: Fn() -> String + Send + 'static,
 {
-    if quiet || !std::io::stderr().is_terminal() {
+    if !show || !std::io::stderr().is_terminal() {
         return None;
     }
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let shown = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            eprint!("\r\x1b[2K{}", line());
+            shown.set_message(line());
         }
-    }))
+    });
+    Some(Progress { bar, task })
 }
 
-/// Stops a progress printer and clears its line.
-pub fn end_progress(handle: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(h) = handle {
-        h.abort();
-        eprint!("\r\x1b[2K");
+/// Stops a progress line and clears it.
+pub fn end_progress(progress: Option<Progress>) {
+    if let Some(p) = progress {
+        p.task.abort();
+        p.bar.finish_and_clear();
     }
 }
 

@@ -5,12 +5,13 @@
 mod polling;
 mod websocket;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::error::{ClientError, ErrorKind};
-use super::{ClientConfig, TransportKind};
+use super::{trace, ClientConfig, NodeCursor, TransportKind};
 
 /// The Engine.IO packet separator in polling payloads.
 pub const RECORD_SEPARATOR: char = '\x1e';
@@ -93,23 +94,42 @@ pub struct HandshakeTimes {
     pub open: Duration,
 }
 
+/// Timestamps of an upgrade (polling to WebSocket), from the moment the
+/// upgrade request is sent (after its TCP connect).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpgradeTimes {
+    /// `101 Switching Protocols` received (in a cluster, a handoff happens
+    /// before it when the request lands on another node than the owner).
+    pub response: Duration,
+    /// `3probe` received.
+    pub probe: Duration,
+    /// Polling paused (its pending GET released) and `5` sent: the session
+    /// is on the WebSocket.
+    pub done: Duration,
+}
+
 /// An open Engine.IO session.
 pub struct EioSession {
     transport: Transport,
     ping_deadline: Duration,
     last_ping: Instant,
+    sid: String,
+    /// Node index of the handshake.
+    home: usize,
 }
 
 impl EioSession {
-    /// Connects and waits for the open packet. `start` is the instant the
-    /// caller counts handshake latency from.
+    /// Connects to node `node` of the list and waits for the open packet.
+    /// `start` is the instant the caller counts handshake latency from.
     pub async fn open(
-        cfg: &ClientConfig,
+        cfg: &Arc<ClientConfig>,
+        node: usize,
         start: Instant,
     ) -> Result<(Self, HandshakeTimes), ClientError> {
-        let (transport, open) = match cfg.transport {
+        let (transport, open, home) = match cfg.transport {
             TransportKind::Websocket => {
-                let mut t = websocket::WsTransport::connect(cfg).await?;
+                let home = node % cfg.nodes.len();
+                let mut t = websocket::WsTransport::connect(cfg, cfg.node(home)).await?;
                 let open = match t.recv().await? {
                     Frame::Text(text) => OpenInfo::parse(&text)?,
                     Frame::Binary(_) => {
@@ -118,11 +138,12 @@ impl EioSession {
                         ))
                     }
                 };
-                (Transport::Ws(Box::new(t)), open)
+                (Transport::Ws(Box::new(t)), open, home)
             }
             TransportKind::Polling => {
-                let (t, open) = polling::PollingTransport::connect(cfg).await?;
-                (Transport::Polling(t), open)
+                let cursor = NodeCursor::new(node, cfg.nodes.len());
+                let (t, open, home) = polling::PollingTransport::connect(cfg, &cursor).await?;
+                (Transport::Polling(t), open, home)
             }
         };
         let times = HandshakeTimes {
@@ -134,9 +155,66 @@ impl EioSession {
                 transport,
                 ping_deadline,
                 last_ping: Instant::now(),
+                sid: open.sid,
+                home,
             },
             times,
         ))
+    }
+
+    /// Upgrades a polling session to WebSocket like the official client:
+    /// the upgrade request (`transport=websocket&sid=..`), `2probe`, wait
+    /// for `3probe`, pause polling (the pending GET is released by the
+    /// server), then `5`. With a node list the upgrade request goes to the
+    /// node after the one that served the handshake (another node than the
+    /// session's owner in a Ringway cluster: a handoff).
+    pub async fn upgrade(&mut self, cfg: &ClientConfig) -> Result<UpgradeTimes, ClientError> {
+        let Transport::Polling(polling) = &mut self.transport else {
+            return Err(ClientError::new(
+                ErrorKind::Upgrade,
+                "only a polling session can upgrade",
+            ));
+        };
+        let node = cfg.node(self.home + 1);
+        trace(format_args!(
+            "upgrade {} on node {}",
+            self.sid,
+            (self.home + 1) % cfg.nodes.len() + 1
+        ));
+        let (mut ws, sent) = websocket::WsTransport::connect_upgrade(cfg, node, &self.sid).await?;
+        let response = sent.elapsed();
+        ws.send("2probe".to_string()).await?;
+        match ws.recv().await? {
+            Frame::Text(text) if text == "3probe" => {}
+            Frame::Text(text) => {
+                return Err(ClientError::new(
+                    ErrorKind::Upgrade,
+                    format!("expected 3probe, got {}", clip(&text)),
+                ))
+            }
+            Frame::Binary(_) => {
+                return Err(ClientError::new(
+                    ErrorKind::Upgrade,
+                    "expected 3probe, got a binary frame",
+                ))
+            }
+        }
+        let probe = sent.elapsed();
+        trace(format_args!(
+            "3probe {} after {} µs",
+            self.sid,
+            probe.as_micros()
+        ));
+        let pending = polling.pause(cfg.handshake_timeout).await?;
+        ws.send("5".to_string()).await?;
+        ws.set_pending(pending);
+        // The polling transport is dropped: its loops have ended.
+        self.transport = Transport::Ws(Box::new(ws));
+        Ok(UpgradeTimes {
+            response,
+            probe,
+            done: sent.elapsed(),
+        })
     }
 
     /// Sends one message packet (`4` + `text`).

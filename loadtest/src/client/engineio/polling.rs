@@ -1,7 +1,15 @@
-//! The long-polling transport: a handshake GET, then two keep-alive HTTP/1.1
-//! connections per session, one for the long-poll GET loop and one for the
-//! POSTs (several queued packets go out in one `\x1e`-separated body).
+//! The long-polling transport: a handshake GET, then two request loops per
+//! session, one for the long-poll GETs and one for the POSTs (several
+//! queued packets go out in one `\x1e`-separated body), each over
+//! keep-alive HTTP/1.1 connections.
+//!
+//! With a node list (non-sticky mode) every request goes to the next node
+//! of the list ([`NodeCursor`]): each loop keeps one connection per node,
+//! opened when first needed.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::{clip, Frame, OpenInfo, RECORD_SEPARATOR};
 use crate::client::error::{ClientError, ErrorKind};
-use crate::client::{net, ClientConfig};
+use crate::client::{net, trace, trace_enabled, ClientConfig, Endpoint, NodeCursor};
 
 type Body = Full<Bytes>;
 
@@ -29,6 +37,8 @@ pub struct PollingTransport {
     outbound: Option<mpsc::Sender<String>>,
     get_task: JoinHandle<()>,
     post_task: JoinHandle<()>,
+    /// Set to stop the GET loop after its current request (an upgrade).
+    paused: Arc<AtomicBool>,
 }
 
 impl Drop for PollingTransport {
@@ -39,14 +49,19 @@ impl Drop for PollingTransport {
 }
 
 impl PollingTransport {
-    /// The handshake GET, then the GET loop and the POST loop.
-    pub async fn connect(cfg: &ClientConfig) -> Result<(Self, OpenInfo), ClientError> {
-        let mut get_conn = HttpConn::connect(cfg).await?;
-        let body = get_conn
+    /// The handshake GET (on the cursor's next node, returned with the open
+    /// packet), then the GET loop and the POST loop.
+    pub async fn connect(
+        cfg: &Arc<ClientConfig>,
+        cursor: &NodeCursor,
+    ) -> Result<(Self, OpenInfo, usize), ClientError> {
+        let mut get_pool = Pool::new(cfg.clone());
+        let home = cursor.next();
+        let body = get_pool
             .expect_ok(
+                home,
                 Method::GET,
                 cfg.request_target("polling", None),
-                &cfg.authority,
                 Bytes::new(),
             )
             .await?;
@@ -63,7 +78,11 @@ impl PollingTransport {
             }
         };
         let target = cfg.request_target("polling", Some(&open.sid));
-        let post_conn = HttpConn::connect(cfg).await?;
+        let mut post_pool = Pool::new(cfg.clone());
+        if cfg.nodes.len() == 1 {
+            // One server: both connections up front, as a browser would.
+            post_pool.conn(0).await?;
+        }
 
         let (in_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         for frame in packets {
@@ -72,28 +91,26 @@ impl PollingTransport {
         }
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let poll_timeout = open.ping_deadline();
+        let paused = Arc::new(AtomicBool::new(false));
         let get_task = tokio::spawn(get_loop(
-            get_conn,
+            get_pool,
+            cursor.clone(),
             target.clone(),
-            cfg.authority.clone(),
             poll_timeout,
             in_tx.clone(),
+            paused.clone(),
         ));
-        let post_task = tokio::spawn(post_loop(
-            post_conn,
-            target,
-            cfg.authority.clone(),
-            out_rx,
-            in_tx,
-        ));
+        let post_task = tokio::spawn(post_loop(post_pool, cursor.clone(), target, out_rx, in_tx));
         Ok((
             PollingTransport {
                 inbound,
                 outbound: Some(out_tx),
                 get_task,
                 post_task,
+                paused,
             },
             open,
+            home,
         ))
     }
 
@@ -114,10 +131,102 @@ impl PollingTransport {
         }
     }
 
+    /// Pauses the transport for an upgrade, as the official client does:
+    /// no new GET, the one in flight answered (the server releases it with
+    /// a noop once probed), every queued packet POSTed. Returns what was
+    /// received and not read yet, in order.
+    pub async fn pause(&mut self, limit: Duration) -> Result<VecDeque<Frame>, ClientError> {
+        self.paused.store(true, Ordering::Relaxed);
+        self.outbound = None;
+        let drained = async {
+            let _ = (&mut self.get_task).await;
+            let _ = (&mut self.post_task).await;
+        };
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            return Err(ClientError::new(
+                ErrorKind::Upgrade,
+                format!(
+                    "pending poll not released within {} ms of the probe",
+                    limit.as_millis()
+                ),
+            ));
+        }
+        let mut pending = VecDeque::new();
+        while let Ok(frame) = self.inbound.try_recv() {
+            pending.push_back(frame?);
+        }
+        Ok(pending)
+    }
+
     /// Lets the POST loop flush what is queued (the close packet), then stops.
     pub async fn close(mut self) {
         self.outbound = None;
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.post_task).await;
+    }
+}
+
+/// Keep-alive connections of one request loop, one per node, opened when
+/// first used and again when the server closed them.
+struct Pool {
+    cfg: Arc<ClientConfig>,
+    conns: Vec<Option<HttpConn>>,
+}
+
+impl Pool {
+    fn new(cfg: Arc<ClientConfig>) -> Self {
+        let conns = (0..cfg.nodes.len()).map(|_| None).collect();
+        Pool { cfg, conns }
+    }
+
+    async fn conn(&mut self, node: usize) -> Result<&mut HttpConn, ClientError> {
+        let slot = &mut self.conns[node];
+        if slot.as_ref().is_some_and(|c| c.sender.is_closed()) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(HttpConn::connect(&self.cfg, self.cfg.node(node)).await?);
+        }
+        Ok(slot.as_mut().expect("connected above"))
+    }
+
+    /// A request to node `node` that must answer 200; the body is returned.
+    async fn expect_ok(
+        &mut self,
+        node: usize,
+        method: Method,
+        target: String,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let cfg = self.cfg.clone();
+        let authority = &cfg.node(node).authority;
+        let conn = self.conn(node).await?;
+        let traced = trace_enabled().then(|| (method.clone(), target.clone()));
+        if let Some((method, target)) = &traced {
+            trace(format_args!("-> node {} {method} {target}", node + 1));
+        }
+        let result = conn.expect_ok(method, target, authority, body).await;
+        if let Some((method, target)) = &traced {
+            match &result {
+                Ok(body) => trace(format_args!(
+                    "<- node {} {method} {target}: {}",
+                    node + 1,
+                    clip(&String::from_utf8_lossy(body))
+                )),
+                Err(e) => trace(format_args!("<- node {} {method} {target}: {e}", node + 1)),
+            }
+        }
+        if let Err(e) = result {
+            // Whatever state the connection is in, do not reuse it.
+            self.conns[node] = None;
+            if cfg.nodes.len() > 1 {
+                return Err(ClientError::new(
+                    e.kind,
+                    format!("node {} ({authority}): {}", node + 1, e.detail),
+                ));
+            }
+            return Err(e);
+        }
+        result
     }
 }
 
@@ -134,8 +243,8 @@ impl Drop for HttpConn {
 }
 
 impl HttpConn {
-    async fn connect(cfg: &ClientConfig) -> Result<Self, ClientError> {
-        let stream = net::connect(cfg.target, &cfg.sources).await?;
+    async fn connect(cfg: &ClientConfig, node: &Endpoint) -> Result<Self, ClientError> {
+        let stream = net::connect(node.target, &cfg.sources).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::new(ErrorKind::Http, format!("http handshake: {e}")))?;
@@ -229,18 +338,20 @@ fn split_payload(body: &[u8]) -> Result<Vec<Frame>, ClientError> {
     Ok(frames)
 }
 
-/// Long-polls until the session ends, forwarding every packet.
+/// Long-polls until the session ends (or pauses), forwarding every packet.
 async fn get_loop(
-    mut conn: HttpConn,
+    mut pool: Pool,
+    cursor: NodeCursor,
     target: String,
-    authority: String,
     poll_timeout: Duration,
     in_tx: mpsc::Sender<Result<Frame, ClientError>>,
+    paused: Arc<AtomicBool>,
 ) {
-    loop {
+    while !paused.load(Ordering::Relaxed) {
+        let node = cursor.next();
         let answer = tokio::time::timeout(
             poll_timeout,
-            conn.expect_ok(Method::GET, target.clone(), &authority, Bytes::new()),
+            pool.expect_ok(node, Method::GET, target.clone(), Bytes::new()),
         )
         .await;
         let result = match answer {
@@ -272,9 +383,9 @@ async fn get_loop(
 
 /// POSTs queued packets, batching whatever is queued into one body.
 async fn post_loop(
-    mut conn: HttpConn,
+    mut pool: Pool,
+    cursor: NodeCursor,
     target: String,
-    authority: String,
     mut out_rx: mpsc::Receiver<String>,
     in_tx: mpsc::Sender<Result<Frame, ClientError>>,
 ) {
@@ -284,8 +395,9 @@ async fn post_loop(
             body.push(RECORD_SEPARATOR);
             body.push_str(&more);
         }
-        if let Err(e) = conn
-            .expect_ok(Method::POST, target.clone(), &authority, Bytes::from(body))
+        let node = cursor.next();
+        if let Err(e) = pool
+            .expect_ok(node, Method::POST, target.clone(), Bytes::from(body))
             .await
         {
             let _ = in_tx.send(Err(e)).await;

@@ -1,6 +1,9 @@
 //! The WebSocket transport: one text frame per Engine.IO packet, a binary
 //! frame per binary message.
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -10,21 +13,47 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::Frame;
 use crate::client::error::{ClientError, ErrorKind};
-use crate::client::{net, ClientConfig};
+use crate::client::{net, ClientConfig, Endpoint};
 
 pub struct WsTransport {
     ws: WebSocketStream<TcpStream>,
+    /// Packets received over polling before an upgrade completed, read
+    /// before anything the WebSocket brings.
+    pending: VecDeque<Frame>,
 }
 
 impl WsTransport {
     /// TCP connect from the next source address, then the WebSocket upgrade
     /// to `transport=websocket` (a direct session, no sid).
-    pub async fn connect(cfg: &ClientConfig) -> Result<Self, ClientError> {
-        let stream = net::connect(cfg.target, &cfg.sources).await?;
+    pub async fn connect(cfg: &ClientConfig, node: &Endpoint) -> Result<Self, ClientError> {
+        let stream = net::connect(node.target, &cfg.sources).await?;
+        Self::handshake(cfg, node, stream, None).await
+    }
+
+    /// TCP connect, then the upgrade request of polling session `sid`.
+    /// Returns the instant the upgrade request started (after the TCP
+    /// connect), the time the 101 answer is measured from.
+    pub async fn connect_upgrade(
+        cfg: &ClientConfig,
+        node: &Endpoint,
+        sid: &str,
+    ) -> Result<(Self, Instant), ClientError> {
+        let stream = net::connect(node.target, &cfg.sources).await?;
+        let sent = Instant::now();
+        let ws = Self::handshake(cfg, node, stream, Some(sid)).await?;
+        Ok((ws, sent))
+    }
+
+    async fn handshake(
+        cfg: &ClientConfig,
+        node: &Endpoint,
+        stream: TcpStream,
+        sid: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let url = format!(
             "ws://{}{}",
-            cfg.authority,
-            cfg.request_target("websocket", None)
+            node.authority,
+            cfg.request_target("websocket", sid)
         );
         let request = url
             .as_str()
@@ -39,17 +68,35 @@ impl WsTransport {
                 .map_err(|e| match e {
                     tungstenite::Error::Http(resp) => ClientError::new(
                         ErrorKind::WsHandshake,
-                        format!("upgrade refused: HTTP {}", resp.status()),
+                        format!(
+                            "upgrade refused: HTTP {} {}",
+                            resp.status(),
+                            resp.body()
+                                .as_ref()
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default()
+                        ),
                     ),
                     tungstenite::Error::Io(io) => {
                         ClientError::from_io(ErrorKind::WsHandshake, "upgrade", &io)
                     }
                     other => ClientError::new(ErrorKind::WsHandshake, format!("upgrade: {other}")),
                 })?;
-        Ok(WsTransport { ws })
+        Ok(WsTransport {
+            ws,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Packets to deliver before the WebSocket's own (an upgrade's leftovers).
+    pub fn set_pending(&mut self, pending: VecDeque<Frame>) {
+        self.pending = pending;
     }
 
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(frame);
+        }
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => return Ok(Frame::Text(text.as_str().to_owned())),

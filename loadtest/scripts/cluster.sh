@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# A local Ringway cluster for load tests: a redis-server on a free port, the
+# coordinator, N gateways and nginx in front (plain round robin, no
+# affinity, WebSocket upgrades passed through), all on 127.0.0.1.
+#
+#   loadtest/scripts/cluster.sh up [--nodes N] [--debug | --bin-dir DIR] [--state-dir DIR] [-- GATEWAY_ARGS...]
+#   loadtest/scripts/cluster.sh status [--state-dir DIR]
+#   loadtest/scripts/cluster.sh down [--state-dir DIR]
+#
+# `up` uses the release binaries in target/release (built with
+# `cargo build --release -p ringway-gateway -p ringway-coordinator` when
+# missing; `--debug`: target/debug, `--bin-dir DIR`: DIR, never built here).
+# Arguments after `--`
+# go to every gateway (e.g. `-- --ping-interval 5000`). It waits until every
+# gateway is in the coordinator's view, then writes the state file
+# (default target/cluster/state.env, a shell fragment to `source`):
+#
+#   REDIS_PID REDIS_PORT REDIS_URL COORD_PID COORD_ADDR COORD_HTTP NODES
+#   NODE<i>_PID NODE<i>_URL NODE<i>_GRPC (i = 1..N)
+#   GATEWAY_PIDS (space separated)  NODE_URLS (comma separated)
+#   NGINX_PID NGINX_URL
+#
+# and prints it. `status` prints the members of the view and the URLs;
+# `down` stops everything it started (by the pids of the state file).
+# Logs are in the state directory (redis.log, coordinator.log, n<i>.log,
+# nginx/).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+nodes=3
+bindir="$root/target/release"
+build=1
+state_dir="${RINGWAY_CLUSTER_DIR:-$root/target/cluster}"
+gateway_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes=$2; shift 2 ;;
+    --debug) bindir="$root/target/debug"; build=0; shift ;;
+    --bin-dir) bindir=$2; build=0; shift 2 ;;
+    --state-dir) state_dir=$2; shift 2 ;;
+    --) shift; gateway_args=("$@"); break ;;
+    *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+state="$state_dir/state.env"
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 2
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# wait_line FILE REGEX SECONDS PID: the first line of FILE matching REGEX.
+wait_line() {
+  local file=$1 re=$2 secs=$3 pid=$4 i line
+  for i in $(seq $((secs * 20))); do
+    line=$(grep -m1 -E "$re" "$file" 2>/dev/null || true)
+    if [ -n "$line" ]; then echo "$line"; return 0; fi
+    if ! alive "$pid"; then
+      echo "cluster.sh: process $pid exited; its log ($file):" >&2
+      tail -20 "$file" >&2 || true
+      return 1
+    fi
+    sleep 0.05
+  done
+  echo "cluster.sh: no line /$re/ in $file after ${secs}s" >&2
+  tail -20 "$file" >&2 || true
+  return 1
+}
+
+stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 10 s
+  local pid=$1 i
+  alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 200); do alive "$pid" || return 0; sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# The members of the persisted view: "node_id state http grpc" per line.
+members() {
+  redis-cli -p "$REDIS_PORT" GET ringway:membership 2>/dev/null | python3 -c '
+import json, sys
+raw = sys.stdin.read().strip()
+if not raw:
+    sys.exit(0)
+view = json.loads(raw)
+print("epoch", view.get("epoch"))
+for m in view.get("members", []):
+    print(m["node_id"], m.get("state"), "http=" + m.get("http_addr", ""), "grpc=" + m.get("grpc_addr", ""))
+'
+}
+
+do_down() {
+  if [ ! -f "$state" ]; then
+    echo "cluster.sh: no cluster state at $state"
+    return 0
+  fi
+  # shellcheck disable=SC1090
+  source "$state"
+  # Front first, then the gateways (SIGTERM drains them), then the rest.
+  stop_pid "${NGINX_PID:-}"
+  for pid in ${GATEWAY_PIDS:-}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${GATEWAY_PIDS:-}; do stop_pid "$pid"; done
+  stop_pid "${COORD_PID:-}"
+  stop_pid "${REDIS_PID:-}"
+  rm -f "$state"
+  echo "cluster stopped"
+}
+
+do_status() {
+  if [ ! -f "$state" ]; then
+    echo "no cluster (no $state)"
+    return 1
+  fi
+  # shellcheck disable=SC1090
+  source "$state"
+  local ok=0
+  check() { # check NAME PID
+    if alive "$2"; then echo "  $1: pid $2 running"; else echo "  $1: pid $2 NOT running"; ok=1; fi
+  }
+  echo "processes:"
+  check redis "$REDIS_PID"
+  check coordinator "$COORD_PID"
+  for i in $(seq "$NODES"); do
+    local p u
+    p="NODE${i}_PID"; u="NODE${i}_URL"
+    check "n$i (${!u})" "${!p}"
+  done
+  check "nginx ($NGINX_URL)" "$NGINX_PID"
+  echo "view (ringway:membership in $REDIS_URL):"
+  members | sed 's/^/  /'
+  echo "urls:"
+  echo "  nginx (round robin): $NGINX_URL"
+  echo "  nodes: $NODE_URLS"
+  echo "  gateway pids: $GATEWAY_PIDS"
+  return $ok
+}
+
+do_up() {
+  if [ -f "$state" ]; then
+    # shellcheck disable=SC1090
+    source "$state"
+    if alive "${REDIS_PID:-}" || alive "${COORD_PID:-}"; then
+      echo "cluster.sh: a cluster is already up ($state); run 'down' first" >&2
+      exit 1
+    fi
+    rm -f "$state"
+  fi
+  if [ "$build" = 1 ] && { [ ! -x "$bindir/ringway-gateway" ] || [ ! -x "$bindir/ringway-coordinator" ]; }; then
+    (cd "$root" && cargo build --release -p ringway-gateway -p ringway-coordinator)
+  fi
+  for b in ringway-gateway ringway-coordinator; do
+    [ -x "$bindir/$b" ] || { echo "cluster.sh: $bindir/$b missing" >&2; exit 1; }
+  done
+  command -v redis-server >/dev/null || { echo "cluster.sh: redis-server not installed (apt-get install redis-server)" >&2; exit 1; }
+  local nginx_bin
+  nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+  [ -x "$nginx_bin" ] || { echo "cluster.sh: nginx not installed (apt-get install nginx)" >&2; exit 1; }
+
+  mkdir -p "$state_dir"
+  local tmp="$state.tmp"
+  : >"$tmp"
+  # Anything started so far is stopped if a later step fails.
+  trap 'echo "cluster.sh: up failed, stopping what was started" >&2; mv -f "$tmp" "$state" 2>/dev/null; do_down >/dev/null' ERR
+
+  local redis_port
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --protected-mode no >"$state_dir/redis.log" 2>&1 &
+  echo "REDIS_PID=$!" >>"$tmp"
+  echo "REDIS_PORT=$redis_port" >>"$tmp"
+  local redis_url="redis://127.0.0.1:$redis_port/"
+  echo "REDIS_URL=$redis_url" >>"$tmp"
+  for _ in $(seq 200); do
+    [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ] && break
+    sleep 0.05
+  done
+  [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ]
+
+  local coord_port
+  coord_port=$(free_port)
+  # The dashboard on a free port (an env variable: older binaries ignore it).
+  RINGWAY_HTTP_LISTEN=127.0.0.1:0 RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-coordinator" --listen "127.0.0.1:$coord_port" \
+    --redis-url "$redis_url" >"$state_dir/coordinator.log" 2>&1 &
+  local coord_pid=$!
+  echo "COORD_PID=$coord_pid" >>"$tmp"
+  local line
+  line=$(wait_line "$state_dir/coordinator.log" 'ringway-coordinator listening on' 20 "$coord_pid")
+  local coord_addr=${line##* }
+  echo "COORD_ADDR=$coord_addr" >>"$tmp"
+  # The dashboard (printed before the gRPC line); empty with an older binary.
+  line=$(grep -m1 'ringway-coordinator http on' "$state_dir/coordinator.log" || true)
+  echo "COORD_HTTP=${line##* }" >>"$tmp"
+  echo "NODES=$nodes" >>"$tmp"
+
+  local pids="" urls="" upstreams="" i
+  for i in $(seq "$nodes"); do
+    local log="$state_dir/n$i.log"
+    RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-gateway" --listen 127.0.0.1:0 \
+      --grpc-listen 127.0.0.1:0 --node-id "n$i" --coordinator "$coord_addr" \
+      --redis-url "$redis_url" "${gateway_args[@]}" >"$log" 2>&1 &
+    local pid=$!
+    echo "NODE${i}_PID=$pid" >>"$tmp"
+    line=$(wait_line "$log" 'ringway-gateway grpc listening on' 30 "$pid")
+    echo "NODE${i}_GRPC=${line##* }" >>"$tmp"
+    line=$(wait_line "$log" 'ringway-gateway listening on http://' 30 "$pid")
+    local url=${line##* }
+    echo "NODE${i}_URL=$url" >>"$tmp"
+    pids="$pids${pids:+ }$pid"
+    urls="$urls${urls:+,}$url"
+    upstreams="$upstreams        server ${url#http://};"$'\n'
+  done
+  echo "GATEWAY_PIDS=\"$pids\"" >>"$tmp"
+  echo "NODE_URLS=$urls" >>"$tmp"
+
+  # Every gateway in the view, active.
+  local want=$nodes have=0
+  for _ in $(seq 400); do
+    have=$(REDIS_PORT=$redis_port members | grep -c ' active ' || true)
+    [ "$have" -ge "$want" ] && break
+    sleep 0.05
+  done
+  if [ "$have" -lt "$want" ]; then
+    echo "cluster.sh: $have of $want gateways in the view" >&2
+    false
+  fi
+
+  # nginx: round robin per request, no affinity, no upstream keepalive
+  # pool; upgrades passed through; long read timeouts for long-polls and
+  # WebSockets; no buffering (as gateway/tests/common/nginx.rs).
+  local ndir="$state_dir/nginx" nginx_port
+  mkdir -p "$ndir"
+  nginx_port=$(free_port)
+  cat >"$ndir/nginx.conf" <<EOF
+# Generated by loadtest/scripts/cluster.sh
+worker_processes 1;
+pid $ndir/nginx.pid;
+error_log $ndir/error.log warn;
+worker_rlimit_nofile 20000;
+
+events {
+    worker_connections 16384;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $ndir/client_body_temp;
+    proxy_temp_path $ndir/proxy_temp;
+    fastcgi_temp_path $ndir/fastcgi_temp;
+    uwsgi_temp_path $ndir/uwsgi_temp;
+    scgi_temp_path $ndir/scgi_temp;
+    client_max_body_size 16m;
+
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        '' close;
+    }
+
+    # Plain round robin: no ip_hash, no hash, no sticky.
+    upstream gateways {
+$upstreams    }
+
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+
+        location / {
+            proxy_pass http://gateways;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+  "$nginx_bin" -p "$ndir" -c "$ndir/nginx.conf" -e "$ndir/error.log" -g 'daemon off;' \
+    </dev/null >/dev/null 2>>"$ndir/error.log" &
+  local nginx_pid=$!
+  echo "NGINX_PID=$nginx_pid" >>"$tmp"
+  echo "NGINX_URL=http://127.0.0.1:$nginx_port" >>"$tmp"
+  for _ in $(seq 200); do
+    alive "$nginx_pid" || break
+    (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
+    sleep 0.05
+  done
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null; then
+    echo "cluster.sh: nginx is not listening: $(tail -5 "$ndir/error.log")" >&2
+    false
+  fi
+  trap - ERR
+  mv -f "$tmp" "$state"
+  cat "$state"
+}
+
+case "$cmd" in
+  up) do_up ;;
+  down) do_down ;;
+  status) do_status ;;
+  *) usage ;;
+esac
