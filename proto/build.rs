@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/ringway/cluster/v1/membership.proto",
         "proto/ringway/cluster/v1/node.proto",
+        "proto/ringway/cluster/v1/recovery.proto",
         "proto/ringway/v1/push.proto",
         "proto/ringway/v1/upstream.proto",
     ];

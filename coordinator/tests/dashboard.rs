@@ -260,6 +260,8 @@ impl Gateway {
             .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
             .args(["--node-id", node, "--redis-url", redis_url])
             .args(["--coordinator", &coordinator.to_string()])
+            // Echoes answered in the same poll: no recovery log between.
+            .env("RINGWAY_RECOVERY_WINDOW", "0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

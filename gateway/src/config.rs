@@ -181,6 +181,20 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_KEY_PREFIX", default_value = "ringway")]
     pub key_prefix: String,
 
+    /// Connection state recovery: milliseconds after a disconnection
+    /// during which a client gets its socket (id, rooms, data) back with
+    /// every event it missed (the reference's maxDisconnectionDuration).
+    /// Recoverable events then carry their offset as a last argument. 0
+    /// turns recovery off.
+    #[arg(long, env = "RINGWAY_RECOVERY_WINDOW", default_value_t = 120_000)]
+    pub recovery_window: u64,
+
+    /// Most entries the recovery log keeps (the whole cluster's
+    /// recoverable emits; the oldest go first). A client whose offset is
+    /// older gets a fresh socket.
+    #[arg(long, env = "RINGWAY_RECOVERY_MAX_LOG", default_value_t = 100_000)]
+    pub recovery_max_log: usize,
+
     /// URL of the backend's `ringway.v1.Upstream` service
     /// (`http://host:port`): its hooks decide CONNECTs and receive events
     /// and disconnects, in place of the built-in application.
@@ -302,6 +316,9 @@ impl Config {
         }
         if self.registry_ttl < 1000 {
             return Err("--registry-ttl must be at least 1000 ms".into());
+        }
+        if self.recovery_window > 0 && self.recovery_max_log == 0 {
+            return Err("--recovery-max-log must be positive (or --recovery-window 0)".into());
         }
         if self
             .node_id
@@ -433,6 +450,19 @@ impl Config {
             ws_write_buffer: 0,
             max_poll_packets: self.max_poll_packets,
         }
+    }
+
+    /// The recovery settings; `None` with recovery off.
+    pub fn recovery(&self) -> Option<crate::socketio::RecoveryConfig> {
+        (self.recovery_window > 0).then(|| {
+            let window = Duration::from_millis(self.recovery_window);
+            crate::socketio::RecoveryConfig {
+                window,
+                // A live socket's state outlives a missed refresh or two.
+                live_ttl: window + Duration::from_millis(self.registry_ttl),
+                max_replay: self.recovery_max_log,
+            }
+        })
     }
 
     pub fn socketio(&self) -> SocketIoConfig {

@@ -24,7 +24,7 @@ use crate::app::EngineEcho;
 use crate::cluster::{Cluster, ClusterDirectory};
 use crate::config::Config;
 use crate::engineio::{Body, CloseReason, Engine, LocalDirectory};
-use crate::socketio::{Application, SocketIo};
+use crate::socketio::{Application, Recovery, SocketIo};
 
 /// Path of the plain Engine.IO endpoint of the echo application.
 pub const ENGINEIO_PATH: &str = "/engine.io/";
@@ -44,10 +44,17 @@ pub struct Gateway<A: Application> {
 impl<A: Application> Gateway<A> {
     /// `engine_echo` also serves the plain Engine.IO echo at `/engine.io/`
     /// (sessions of this node only: not routed across a cluster).
-    pub fn new(config: &Config, app: A, engine_echo: bool, cluster: Arc<Cluster>) -> Arc<Self> {
+    /// With `recovery`, connection state recovery is on.
+    pub fn new(
+        config: &Config,
+        app: A,
+        engine_echo: bool,
+        cluster: Arc<Cluster>,
+        recovery: Option<Arc<Recovery>>,
+    ) -> Arc<Self> {
         let socketio = Engine::new(
             config.engine(),
-            SocketIo::new(Arc::new(app), config.socketio(), cluster.clone()),
+            SocketIo::new(Arc::new(app), config.socketio(), cluster.clone(), recovery),
             Arc::new(ClusterDirectory(cluster.clone())),
         );
         let engineio =

@@ -21,8 +21,8 @@ use ringway_gateway::cluster::{refresh_interval, Cluster};
 use ringway_gateway::config::{advertised, without_password, AppKind, Config};
 use ringway_gateway::engineio::Engine;
 use ringway_gateway::http::Gateway;
-use ringway_gateway::socketio::Application;
-use ringway_gateway::socketio::SocketIo;
+use ringway_gateway::socketio::{Application, Recovery, SocketIo};
+use ringway_gateway::store::recovery::{MemoryRecoveryStore, RecoveryStore, RedisRecoveryStore};
 use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
 use ringway_gateway::telemetry::{self, Telemetry};
 use ringway_proto::cluster::v1::node_server::NodeServer;
@@ -197,12 +197,46 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         // A node alone is its own cluster from the start.
         cluster.set_joined();
     }
-    let gateway = Gateway::new(&config, app, true, cluster.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let recovery = match config.recovery() {
+        Some(settings) => {
+            let store: Arc<dyn RecoveryStore> = match &config.redis_url {
+                Some(url) if config.clustered() => Arc::new(
+                    RedisRecoveryStore::connect(url, &config.key_prefix, config.recovery_max_log)
+                        .await
+                        .map_err(|e| Failure::Redis(format!("cannot reach Redis at {url}: {e}")))?,
+                ),
+                _ => Arc::new(MemoryRecoveryStore::new(config.recovery_max_log)),
+            };
+            let recovery = Recovery::open(store, settings, &node_id)
+                .await
+                .map_err(|e| Failure::Redis(format!("recovery log: {e}")))?;
+            info!(
+                window_ms = config.recovery_window,
+                max_log = config.recovery_max_log,
+                "connection state recovery on"
+            );
+            Some(recovery)
+        }
+        None => None,
+    };
+    let gateway = Gateway::new(&config, app, true, cluster.clone(), recovery.clone());
+    if let Some(recovery) = recovery {
+        let (refresher, trimmer) = (recovery.clone(), recovery);
+        let every = refresh_interval(Duration::from_millis(config.registry_ttl));
+        spawn_ticker(every, stop_rx.clone(), move || {
+            let recovery = refresher.clone();
+            async move { recovery.refresh().await }
+        });
+        spawn_ticker(RECOVERY_TRIM_EVERY, stop_rx.clone(), move || {
+            let recovery = trimmer.clone();
+            async move { recovery.trim().await }
+        });
+    }
     let _observers = register_observers(gateway.socketio().clone(), cluster.clone());
 
     // The gRPC listener: the Push API (with tokens), and in cluster mode
     // the node-to-node service; then membership and the registry refresher.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut membership = None;
     let mut grpc_task = None;
     let api_tokens = config.api_tokens().map_err(Failure::Other)?;
@@ -348,6 +382,9 @@ fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
     }
     Ok((before, limit.rlim_cur))
 }
+
+/// How often the recovery log is trimmed to its window.
+const RECOVERY_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the registry is checked for readiness.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);

@@ -212,6 +212,15 @@ pub struct Metrics {
     pub registry_duration: Histogram<f64>,
     /// Push API calls, by method.
     pub push_duration: Histogram<f64>,
+    /// Recovery attempts (CONNECTs with a pid), by outcome.
+    pub recoveries: Counter<u64>,
+    /// Events replayed to recovered or moved sockets.
+    pub replayed: Counter<u64>,
+    /// Recoverable emits, by outcome (`ok`: in the log; `unlogged`,
+    /// `queue_full`: delivered without recovery).
+    pub log_appends: Counter<u64>,
+    /// Round trips of log appends (one per batch).
+    pub log_append_duration: Histogram<f64>,
 }
 
 /// Buckets (seconds) for the latencies above: 50 µs .. 10 s.
@@ -278,6 +287,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .build(),
         registry_duration: histogram(&m, "ringway.registry.duration", "Registry (Redis) calls"),
         push_duration: histogram(&m, "ringway.push.duration", "Push API calls"),
+        recoveries: m
+            .u64_counter("ringway.recoveries")
+            .with_description("Connection state recovery attempts, by outcome")
+            .build(),
+        replayed: m
+            .u64_counter("ringway.recovery.replayed")
+            .with_description("Events replayed to recovered or moved sockets")
+            .build(),
+        log_appends: m
+            .u64_counter("ringway.recovery.log.appends")
+            .with_description("Recoverable emits appended to the log, by outcome")
+            .build(),
+        log_append_duration: histogram(
+            &m,
+            "ringway.recovery.log.append.duration",
+            "Recovery log appends (one round trip per batch)",
+        ),
     }
 });
 

@@ -30,8 +30,12 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 /// The demo on, heartbeats short enough to cross the nodes while the test
 /// runs, with a timeout generous for a loaded machine.
+/// Recovery on, as by default: the page works with the offsets the events
+/// then carry.
 const GATEWAY_ARGS: &[&str] = &[
     "--demo",
+    "--recovery-window",
+    "120000",
     "--ping-interval",
     "1000",
     "--ping-timeout",

@@ -27,8 +27,8 @@ use crate::cluster::{Cluster, Routed};
 use crate::engineio::{Engine, Sid};
 use crate::socketio::packet::{encode_event, RESERVED_EVENTS};
 use crate::socketio::{
-    is_hidden_room, user_room, AckError, Application, Namespace, Payload, SocketIo, SocketRef,
-    Target,
+    is_hidden_room, user_room, AckError, Application, Namespace, Payload, Recovery, SocketIo,
+    SocketRef, Target,
 };
 
 /// Longest wait for an ack (`EmitWithAckRequest.timeout_ms`).
@@ -187,6 +187,10 @@ impl<A: Application> LocalPush<A> {
             Some(local_request::Op::Disconnect(req)) => self.disconnect(&req),
             Some(local_request::Op::Sessions(req)) => Ok(self.sessions(&req)),
             Some(local_request::Op::Presence(req)) => Ok(self.presence(&req)),
+            Some(local_request::Op::Count(req)) => self.count(&req),
+            Some(local_request::Op::Evict(evict)) => {
+                Ok(served(u64::from(self.engine.handler().evict(&evict))))
+            }
             Some(local_request::Op::Stats(_)) => {
                 let (polling, websocket) = self.engine.transport_counts();
                 Ok(LocalReply {
@@ -203,6 +207,10 @@ impl<A: Application> LocalPush<A> {
         let target = target_of(&req.target)?;
         let args = payload(&req.event, &req.args_json, &req.attachments)?;
         let scope = self.scope(&req.namespace, target)?;
+        if self.recovery().is_some() && !req.volatile {
+            // Through the recovery log: the socket gets it with its offset.
+            return Ok(self.each(scope, |socket| socket.emit(&req.event, &args).is_ok()));
+        }
         // Encoded once per namespace, the same bytes for every socket.
         let mut encoded: BTreeMap<String, Vec<crate::engineio::Frame>> = BTreeMap::new();
         Ok(self.each(scope, |socket| {
@@ -215,6 +223,18 @@ impl<A: Application> LocalPush<A> {
             }
             socket.send_frames(frames.iter().cloned())
         }))
+    }
+
+    /// The sockets here an emit reaches (the emit itself is in the
+    /// recovery log, appended by the node that took the call).
+    fn count(&self, req: &EmitRequest) -> Result<LocalReply, Status> {
+        let target = target_of(&req.target)?;
+        let scope = self.scope(&req.namespace, target)?;
+        Ok(self.each(scope, |_| true))
+    }
+
+    pub fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.engine.handler().recovery()
     }
 
     async fn emit_with_ack(&self, req: EmitWithAckRequest) -> Result<LocalReply, Status> {
@@ -492,6 +512,11 @@ impl<A: Application> PushService<A> {
         if !namespace_name(&req.namespace).starts_with('/') {
             return Err(Status::invalid_argument("a namespace starts with '/'"));
         }
+        if let Some(recovery) = self.local.recovery().filter(|_| !req.volatile) {
+            if !matches!(target.to, Some(target::To::Sid(_))) {
+                return self.emit_logged(recovery.clone(), req, &target, args).await;
+            }
+        }
         let request = LocalRequest {
             op: Some(local_request::Op::Emit(req.clone())),
         };
@@ -511,6 +536,50 @@ impl<A: Application> PushService<A> {
         };
         debug!(sockets = reply.sockets, nodes = reply.nodes, "pushed");
         Ok(reply)
+    }
+
+    /// With recovery on: one entry in the log (every node delivers it to
+    /// its sockets), answered once it is durable; the nodes only count.
+    async fn emit_logged(
+        &self,
+        recovery: Arc<Recovery>,
+        req: EmitRequest,
+        target: &ringway_proto::v1::Target,
+        args: Payload,
+    ) -> Result<EmitReply, Status> {
+        let ns = namespace_name(&req.namespace);
+        let rooms = match target.to.as_ref() {
+            Some(target::To::User(user)) => vec![user_room(user)],
+            Some(target::To::Rooms(list)) if list.rooms.is_empty() => {
+                return Err(Status::invalid_argument("rooms: at least one room"));
+            }
+            Some(target::To::Rooms(list)) => list.rooms.clone(),
+            _ => Vec::new(),
+        };
+        let socket_target = Target {
+            rooms,
+            except_rooms: target.except_rooms.clone(),
+            except_socket: None,
+        };
+        let mut entry = crate::socketio::recovery::entry(ns, &socket_target, &req.event, &args);
+        if matches!(target.to, Some(target::To::Everyone(_))) {
+            // Every namespace of every node.
+            entry.namespace.clear();
+        }
+        let durable = recovery.append_confirmed(entry);
+        let nodes = self.nodes_for(&req.namespace, target);
+        let count = LocalRequest {
+            op: Some(local_request::Op::Count(req)),
+        };
+        let (replies, durable) = tokio::join!(self.fan_out(nodes, count), durable);
+        if !durable.unwrap_or(false) {
+            debug!("push delivered without the recovery log (store unavailable)");
+        }
+        let replies = replies?;
+        Ok(EmitReply {
+            sockets: replies.iter().map(|r| r.sockets).sum(),
+            nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+        })
     }
 
     async fn change(&self, req: RoomsChange, join: bool) -> Result<RoomsChangeReply, Status> {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
-    deliver_item, DeliverItem, Disposition, Emit, ForwardRequest, HandoffRequest, Member,
-    MemberState, RoomChange, View,
+    deliver_item, local_request, DeliverItem, Disposition, Emit, Evict, ForwardRequest,
+    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, RoomChange, View,
 };
 use tracing::{debug, info, warn};
 
@@ -627,7 +627,36 @@ impl Fabric for Cluster {
             }
         }))
     }
+
+    fn publish_unlogged(&self, entry: &LogEntry) {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        for peer in peers.values() {
+            peer.send(DeliverItem {
+                kind: Some(deliver_item::Kind::Unlogged(entry.clone())),
+            });
+        }
+    }
+
+    fn evict(&self, node: &str, evict: Evict) {
+        let Some(peer) = self.peer(node) else {
+            // Not a member any more: nothing of it to evict.
+            return;
+        };
+        tokio::spawn(async move {
+            let request = LocalRequest {
+                op: Some(local_request::Op::Evict(evict)),
+            };
+            match tokio::time::timeout(EVICT_TIMEOUT, peer.local(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => debug!(peer = peer.node_id(), %status, "evict failed"),
+                Err(_) => debug!(peer = peer.node_id(), "evict timed out"),
+            }
+        });
+    }
 }
+
+/// Longest wait for a peer to drop a socket recovered here.
+const EVICT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often live sessions' registry entries are refreshed: a third of
 /// their TTL.

@@ -576,7 +576,11 @@ impl<H: EngineHandler> Engine<H> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let socketio = match self.handler.export(&session) {
+        let mut moved = None;
+        let socketio = match self
+            .handler
+            .export(&session, &mut || moved = Some(session.take_for_move()))
+        {
             Ok(state) => state,
             Err(_) => {
                 session.cancel_move();
@@ -584,7 +588,7 @@ impl<H: EngineHandler> Engine<H> {
             }
         };
         self.remember_move(sid, new_owner);
-        let (queue, awaiting_pong) = session.take_for_move();
+        let (queue, awaiting_pong) = moved.unwrap_or_else(|| session.take_for_move());
         metrics().handoffs.add(1, &attr("direction", "out"));
         let handshake = session.handshake();
         debug!(sid = %sid, to = new_owner, queued = queue.len(), "session handed off");

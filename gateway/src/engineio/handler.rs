@@ -46,10 +46,15 @@ pub trait EngineHandler: Send + Sync + 'static {
     fn on_close(&self, session: &SessionRef<Self::Data>, reason: CloseReason);
 
     /// The state of the layer above, for a handoff to another node.
+    /// `take` takes the session's queue away (for the move): the layer
+    /// above calls it once it has its state, at a moment where nothing it
+    /// sends can fall between the two. Not called when it refuses.
     fn export(
         &self,
         _session: &SessionRef<Self::Data>,
+        take: &mut dyn FnMut(),
     ) -> Result<Option<SocketIoState>, NotMovable> {
+        take();
         Ok(None)
     }
 

@@ -119,14 +119,26 @@ impl ClientState {
         let sockets = inner
             .sockets
             .iter()
-            .map(|s| SocketState {
-                namespace: s.namespace().name().to_owned(),
-                id: s.id().to_string(),
-                auth: s.auth().to_owned(),
-                user: s.user().map(str::to_owned),
-                rooms: s.rooms(),
-                next_ack_id: s.next_ack_id(),
-                data: s.data().cloned().unwrap_or_default(),
+            .map(|s| {
+                let (rooms, room_since): (Vec<String>, Vec<String>) = s
+                    .rooms_since()
+                    .into_iter()
+                    .map(|(room, since)| (room, since.to_string()))
+                    .unzip();
+                let r = s.recovery();
+                SocketState {
+                    namespace: s.namespace().name().to_owned(),
+                    id: s.id().to_string(),
+                    auth: s.auth().to_owned(),
+                    user: s.user().map(str::to_owned),
+                    rooms,
+                    next_ack_id: s.next_ack_id(),
+                    data: s.data().cloned().unwrap_or_default(),
+                    pid: r.map(|r| r.pid.to_string()).unwrap_or_default(),
+                    generation: r.map_or(0, |r| r.generation),
+                    started_at: r.map(|r| r.started_at.to_string()).unwrap_or_default(),
+                    room_since: if r.is_some() { room_since } else { Vec::new() },
+                }
             })
             .collect();
         let partial = inner.partial.as_ref().map(|p| PartialPacket {
@@ -141,6 +153,7 @@ impl ClientState {
             sockets,
             ever_joined: inner.joined,
             partial,
+            position: String::new(),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The Socket.IO layer's one seam to other nodes: emits that must reach
 //! sockets elsewhere, and the rooms this node has members in.
 
+use ringway_proto::cluster::v1::{Evict, LogEntry};
+
 use crate::engineio::{BoxFuture, Frame};
 
 use super::namespace::Target;
@@ -16,6 +18,14 @@ pub trait Fabric: Send + Sync + 'static {
     /// a [`RoomReceipt`]: whoever tells the client that the join is done
     /// should await it first.
     fn room_changed(&self, namespace: &str, room: &str, present: bool) -> Option<RoomReceipt>;
+
+    /// A recoverable emit that could not be logged: deliver it on every
+    /// other node anyway (without an offset a client could recover from).
+    fn publish_unlogged(&self, entry: &LogEntry);
+
+    /// A client recovered a socket here that `node` may still hold: it
+    /// drops its copy (best effort).
+    fn evict(&self, node: &str, evict: Evict);
 }
 
 /// Resolves once every other node knows that this node has members in a
@@ -32,4 +42,6 @@ impl Fabric for LocalFabric {
     fn room_changed(&self, _namespace: &str, _room: &str, _present: bool) -> Option<RoomReceipt> {
         None
     }
+    fn publish_unlogged(&self, _entry: &LogEntry) {}
+    fn evict(&self, _node: &str, _evict: Evict) {}
 }

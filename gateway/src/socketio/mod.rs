@@ -7,6 +7,7 @@ pub mod client;
 pub mod fabric;
 pub mod namespace;
 pub mod packet;
+pub mod recovery;
 pub mod server;
 pub mod socket;
 
@@ -15,6 +16,7 @@ pub use client::ClientState;
 pub use fabric::{Fabric, LocalFabric, RoomReceipt};
 pub use namespace::{Namespace, Target};
 pub use packet::Payload;
+pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use socket::{
     is_hidden_room, user_room, AckError, AckSender, DisconnectReason, Socket, SocketRef,

@@ -8,6 +8,7 @@ use crate::engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
 use super::packet::{encode_event, Payload};
+use super::recovery::Recovery;
 use super::socket::{Socket, SocketRef};
 
 type Members = HashMap<Sid, SocketRef>;
@@ -15,6 +16,8 @@ type Members = HashMap<Sid, SocketRef>;
 pub struct Namespace {
     name: Box<str>,
     fabric: Arc<dyn Fabric>,
+    /// With connection state recovery on, emits go through its log.
+    recovery: Option<Arc<Recovery>>,
     sockets: RwLock<Members>,
     rooms: RwLock<HashMap<Box<str>, Members>>,
 }
@@ -45,10 +48,15 @@ impl Target {
 }
 
 impl Namespace {
-    pub fn new(name: &str, fabric: Arc<dyn Fabric>) -> Arc<Namespace> {
+    pub fn new(
+        name: &str,
+        fabric: Arc<dyn Fabric>,
+        recovery: Option<Arc<Recovery>>,
+    ) -> Arc<Namespace> {
         Arc::new(Namespace {
             name: name.into(),
             fabric,
+            recovery,
             sockets: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
         })
@@ -56,6 +64,10 @@ impl Namespace {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.recovery.as_ref()
     }
 
     fn sockets(&self) -> RwLockReadGuard<'_, Members> {
@@ -148,8 +160,16 @@ impl Namespace {
     }
 
     /// Emits an event to the target on every node; returns how many
-    /// sockets of this node it was queued on. The packet is encoded once.
+    /// sockets of this node it was queued on (with recovery on: how many
+    /// it targets here; every node delivers it once it is in the log). The
+    /// packet is encoded once.
     pub fn emit(&self, target: &Target, event: &str, args: &Payload) -> usize {
+        if let Some(recovery) = &self.recovery {
+            let mut reached = 0;
+            self.for_each_target(target, |_| reached += 1);
+            recovery.append(super::recovery::entry(&self.name, target, event, args));
+            return reached;
+        }
         let frames = encode_event(&self.name, event, args, None);
         self.fabric.publish(&self.name, target, &frames);
         self.send_frames(target, &frames)
@@ -260,7 +280,7 @@ mod tests {
 
     #[test]
     fn targets_rooms_unions_and_exclusions() {
-        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric));
+        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
         a.join("r1");
         b.join("r1");
@@ -303,7 +323,7 @@ mod tests {
 
     #[test]
     fn leaving_and_disconnecting_update_the_rooms() {
-        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric));
+        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
         let a = socket(&ns);
         let b = socket(&ns);
         a.join("r");

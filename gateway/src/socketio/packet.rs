@@ -421,6 +421,23 @@ fn header(out: &mut String, kind: PacketKind, attachments: usize, nsp: &str, id:
 /// The frames of an EVENT (or BINARY_EVENT when there are attachments):
 /// the text packet first, then one binary message per attachment.
 pub fn encode_event(nsp: &str, event: &str, args: &Payload, id: Option<u64>) -> Vec<Frame> {
+    encode_event_with(nsp, event, args, id, None)
+}
+
+/// A recoverable EVENT: the arguments, then the event's log offset as one
+/// more string argument (connection state recovery: the client remembers
+/// the last one it saw).
+pub fn encode_recoverable(nsp: &str, event: &str, args: &Payload, offset: &str) -> Vec<Frame> {
+    encode_event_with(nsp, event, args, None, Some(offset))
+}
+
+fn encode_event_with(
+    nsp: &str,
+    event: &str,
+    args: &Payload,
+    id: Option<u64>,
+    offset: Option<&str>,
+) -> Vec<Frame> {
     let name = serde_json::to_string(event).unwrap_or_else(|_| "\"\"".into());
     let inner = args
         .json
@@ -428,13 +445,20 @@ pub fn encode_event(nsp: &str, event: &str, args: &Payload, id: Option<u64>) -> 
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or("");
-    let mut out = String::with_capacity(16 + nsp.len() + name.len() + args.json.len());
+    let extra = offset.map_or(0, |o| o.len() + 3);
+    let mut out = String::with_capacity(16 + nsp.len() + name.len() + args.json.len() + extra);
     header(&mut out, PacketKind::Event, args.attachments.len(), nsp, id);
     out.push('[');
     out.push_str(&name);
     if !inner.trim().is_empty() {
         out.push(',');
         out.push_str(inner);
+    }
+    if let Some(offset) = offset {
+        // Offsets are `digits-digits`: nothing to escape.
+        out.push_str(",\"");
+        out.push_str(offset);
+        out.push('"');
     }
     out.push(']');
     frames_with_attachments(out, &args.attachments)

@@ -10,16 +10,19 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::debug;
 
-use ringway_proto::cluster::v1::SocketIoState;
+use ringway_proto::cluster::v1::{Evict, LogEntry, SocketIoState};
+use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
+use crate::store::recovery::Offset;
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::fabric::Fabric;
 use super::namespace::Namespace;
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
-use super::socket::{AckSender, DisconnectReason, Socket};
+use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
+use super::socket::{AckSender, DisconnectReason, Socket, SocketRef};
 
 #[derive(Debug, Clone)]
 pub struct SocketIoConfig {
@@ -36,20 +39,77 @@ impl Default for SocketIoConfig {
     }
 }
 
+/// The namespaces of this node (shared with the recovery deliverer).
+struct Namespaces {
+    fabric: Arc<dyn Fabric>,
+    recovery: Option<Arc<Recovery>>,
+    map: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
+}
+
+impl NamespaceSource for Namespaces {
+    fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Namespaces {
+    fn get_or_create(&self, name: &str) -> Arc<Namespace> {
+        if let Some(ns) = self.namespace(name) {
+            return ns;
+        }
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.into())
+            .or_insert_with(|| Namespace::new(name, self.fabric.clone(), self.recovery.clone()))
+            .clone()
+    }
+}
+
 pub struct SocketIo<A: Application> {
     app: Arc<A>,
     config: SocketIoConfig,
     fabric: Arc<dyn Fabric>,
-    namespaces: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
+    recovery: Option<Arc<Recovery>>,
+    namespaces: Arc<Namespaces>,
 }
 
 impl<A: Application> SocketIo<A> {
-    pub fn new(app: Arc<A>, config: SocketIoConfig, fabric: Arc<dyn Fabric>) -> SocketIo<A> {
+    /// With `recovery`, connection state recovery is on (its tasks start
+    /// here, so this needs the runtime).
+    pub fn new(
+        app: Arc<A>,
+        config: SocketIoConfig,
+        fabric: Arc<dyn Fabric>,
+        recovery: Option<Arc<Recovery>>,
+    ) -> SocketIo<A> {
+        let namespaces = Arc::new(Namespaces {
+            fabric: fabric.clone(),
+            recovery: recovery.clone(),
+            map: RwLock::new(HashMap::new()),
+        });
+        if let Some(recovery) = &recovery {
+            recovery.start(namespaces.clone(), fabric.clone());
+        }
         SocketIo {
             app,
             config,
             fabric,
-            namespaces: RwLock::new(HashMap::new()),
+            recovery,
+            namespaces,
         }
     }
 
@@ -57,34 +117,46 @@ impl<A: Application> SocketIo<A> {
         &self.app
     }
 
+    pub fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.recovery.as_ref()
+    }
+
     /// The namespace, if any client ever joined it.
     pub fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.namespaces.namespace(name)
     }
 
     pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.namespaces.namespaces()
     }
 
     fn namespace_or_create(&self, name: &str) -> Arc<Namespace> {
-        if let Some(ns) = self.namespace(name) {
-            return ns;
+        self.namespaces.get_or_create(name)
+    }
+
+    /// A recoverable emit another node could not log: delivered here too.
+    pub fn deliver_unlogged(&self, entry: LogEntry) {
+        if let Some(recovery) = &self.recovery {
+            recovery.deliver_unlogged(entry);
         }
-        self.namespaces
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.into())
-            .or_insert_with(|| Namespace::new(name, self.fabric.clone()))
-            .clone()
+    }
+
+    /// Drops a socket that its client recovered on another node (the
+    /// application sees nothing: the socket lives on there). False if it
+    /// is not here.
+    pub fn evict(&self, evict: &Evict) -> bool {
+        let Some(id) = Sid::parse(&evict.socket_id) else {
+            return false;
+        };
+        let Some(socket) = self
+            .namespace(&evict.namespace)
+            .and_then(|ns| ns.socket(&id))
+            .filter(|s| s.session().sid().as_str() == evict.sid)
+        else {
+            return false;
+        };
+        evict_local(&socket);
+        true
     }
 
     fn dispatch(
@@ -124,6 +196,9 @@ impl<A: Application> SocketIo<A> {
             Packet::Connect { .. } => {}
             Packet::Disconnect { .. } => {
                 state.remove_socket(&socket);
+                if let Some(recovery) = &self.recovery {
+                    recovery.forget(&socket, false);
+                }
                 if socket.detach() {
                     self.app
                         .on_disconnect(&socket, DisconnectReason::ClientNamespaceDisconnect);
@@ -167,28 +242,40 @@ impl<A: Application> SocketIo<A> {
             Err(true) => return self.parse_error(session, "namespace joined twice"),
             Err(false) => return,
         }
+        // With recovery on, the client's `pid` and `offset` are ours: the
+        // application sees the rest of its CONNECT payload.
+        let (auth, ask) = match &self.recovery {
+            Some(_) => super::recovery::split_auth(auth),
+            None => (auth.to_owned(), None),
+        };
         let request = ConnectRequest {
             namespace: nsp.to_owned(),
-            auth: auth.to_owned(),
+            auth: auth.clone(),
             session: session.clone(),
         };
         let mut decision = self.app.authorize(request);
-        // Most decisions are immediate (the echo application, JWT): no task.
-        match (&mut decision).now_or_never() {
-            Some(result) => self.finish_connect(session, nsp, auth, result),
-            None => {
-                // An asynchronous decision (an upstream hook) finishes in
-                // its own task.
-                let app = self.app.clone();
-                let ns = self.namespace_or_create(nsp);
-                let session = session.clone();
-                let auth = auth.to_owned();
-                tokio::spawn(async move {
-                    let result = decision.await;
-                    finish_connect(&app, &ns, &session, &auth, result);
-                });
+        // Most decisions are immediate (the echo application, JWT): no
+        // task, unless a recovery has to read the store.
+        if ask.is_none() {
+            if let Some(result) = (&mut decision).now_or_never() {
+                return self.finish_connect(session, nsp, &auth, result);
             }
         }
+        // An asynchronous decision (an upstream hook) or a recovery
+        // finishes in its own task.
+        let app = self.app.clone();
+        let ns = self.namespace_or_create(nsp);
+        let session = session.clone();
+        let fabric = self.fabric.clone();
+        tokio::spawn(async move {
+            let result = decision.await;
+            match (result, ask) {
+                (Ok(grant), Some(ask)) => {
+                    connect_or_recover(&app, &ns, &session, &auth, grant, ask, &*fabric).await
+                }
+                (result, _) => finish_connect(&app, &ns, &session, &auth, result),
+            }
+        });
     }
 
     fn finish_connect(
@@ -223,27 +310,49 @@ fn finish_connect<A: Application>(
             return;
         }
     };
-    let socket = Socket::new(
-        ns.clone(),
-        session.clone(),
-        auth.into(),
-        grant.user.map(String::into_boxed_str),
-        grant.data,
-    );
-    ns.insert(socket.clone());
+    let socket = {
+        // With recovery, under the deliverer's gate: the socket gets
+        // exactly the entries after the one it is registered at.
+        let gate = ns.recovery().map(|r| r.gate());
+        let socket = Socket::restored(
+            ns.clone(),
+            session.clone(),
+            Sid::random(),
+            auth.into(),
+            grant.user.map(String::into_boxed_str),
+            grant.data,
+            0,
+            gate.as_deref().map(|at| SocketRecovery::fresh(*at)),
+        );
+        ns.insert(socket.clone());
+        socket
+    };
     if !state.end_connect(ns.name(), Some(socket.clone())) {
         // The session closed while the CONNECT was being decided.
         socket.detach();
         return;
     }
     let user_room = socket.user().map(super::socket::user_room);
-    let receipts: Vec<_> = grant
+    let mut receipts: Vec<_> = grant
         .rooms
         .iter()
         .filter_map(|room| socket.join(room))
         .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
-    let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
+    let answer = match (ns.recovery(), socket.recovery()) {
+        (Some(recovery), Some(r)) => {
+            // Answered once the state is written: the pid the client gets
+            // is recoverable from any node.
+            if receipts.is_empty() {
+                let saved = recovery.save_confirmed(&socket);
+                receipts.push(Box::pin(async move {
+                    let _ = saved.await;
+                }));
+            }
+            format!("{{\"sid\":\"{}\",\"pid\":\"{}\"}}", socket.id(), r.pid)
+        }
+        _ => format!("{{\"sid\":\"{}\"}}", socket.id()),
+    };
     let (ns, session) = (ns.clone(), session.clone());
     let connected = move |app: &A| {
         if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
@@ -262,6 +371,139 @@ fn finish_connect<A: Application>(
         }
         connected(&app);
     });
+}
+
+/// A CONNECT that asks to recover: the socket comes back if it can, else a
+/// fresh one (as the reference does).
+async fn connect_or_recover<A: Application>(
+    app: &Arc<A>,
+    ns: &Arc<Namespace>,
+    session: &SessionRef<ClientState>,
+    auth: &str,
+    grant: Grant,
+    ask: RecoveryAsk,
+    fabric: &dyn Fabric,
+) {
+    let outcome = match ns.recovery() {
+        Some(recovery) => recover(recovery, ns, session, auth, &grant, &ask, fabric).await,
+        None => Err(Missed::UnknownPid),
+    };
+    let label = match &outcome {
+        Ok(_) => "recovered",
+        Err(missed) => missed.as_str(),
+    };
+    crate::telemetry::metrics()
+        .recoveries
+        .add(1, &crate::telemetry::attr("outcome", label));
+    match outcome {
+        Ok(socket) => {
+            debug!(sid = %session.sid(), socket = %socket.id(), "socket recovered");
+            app.on_connect(&socket);
+        }
+        Err(missed) => {
+            debug!(sid = %session.sid(), reason = missed.as_str(), "not recovered: fresh socket");
+            finish_connect(app, ns, session, auth, Ok(grant));
+        }
+    }
+}
+
+async fn recover(
+    recovery: &Arc<Recovery>,
+    ns: &Arc<Namespace>,
+    session: &SessionRef<ClientState>,
+    auth: &str,
+    grant: &Grant,
+    ask: &RecoveryAsk,
+    fabric: &dyn Fabric,
+) -> Result<SocketRef, Missed> {
+    let (generation, state) = recovery.load(&ask.pid).await?.ok_or(Missed::UnknownPid)?;
+    // Never someone else's socket: same namespace, same user as the
+    // application just decided.
+    if state.namespace != ns.name() || state.user != grant.user {
+        return Err(Missed::Mismatch);
+    }
+    let id = Sid::parse(&state.socket_id).ok_or(Missed::Mismatch)?;
+    let started_at = Offset::parse(&state.started_at).ok_or(Missed::Mismatch)?;
+    let from = match &ask.offset {
+        None => started_at,
+        Some(offset) => Offset::parse(offset).ok_or(Missed::BadOffset)?,
+    };
+    let socket = Socket::restored(
+        ns.clone(),
+        session.clone(),
+        id,
+        auth.into(),
+        state.user.clone().map(String::into_boxed_str),
+        (!state.data.is_empty()).then(|| state.data.clone()),
+        0,
+        Some(SocketRecovery::restored(
+            &ask.pid,
+            generation + 1,
+            started_at,
+        )),
+    );
+    socket.set_rooms(
+        state
+            .rooms
+            .iter()
+            .filter_map(|r| Some((r.room.clone(), Offset::parse(&r.since)?)))
+            .collect(),
+    );
+    recovery.take_over(&socket, generation).await?;
+    // A copy the old node may still hold goes away (before this one is
+    // installed: both have the same id).
+    if state.node == recovery.node_id() {
+        if let Some(old) = ns.socket(&id) {
+            evict_local(&old);
+        }
+    } else if !state.node.is_empty() {
+        fabric.evict(
+            &state.node,
+            Evict {
+                sid: state.sid.clone(),
+                namespace: state.namespace.clone(),
+                socket_id: state.socket_id.clone(),
+            },
+        );
+    }
+    if !session.data().end_connect(ns.name(), Some(socket.clone())) {
+        socket.detach();
+        return Err(Missed::UnknownPid);
+    }
+    let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{}\"}}", id, ask.pid);
+    let (done, installed) = oneshot::channel();
+    recovery.install(Install {
+        socket: socket.clone(),
+        from,
+        check: true,
+        first: Some(encode_connect(ns.name(), &answer)),
+        done: Some(done),
+    });
+    if installed.await.unwrap_or(false) {
+        return Ok(socket);
+    }
+    // Not covered: the fresh socket that follows takes the namespace.
+    session.data().remove_socket(&socket);
+    recovery.moved_away(&socket);
+    socket.detach();
+    if session.data().begin_connect(ns.name()).is_err() {
+        return Err(Missed::UnknownPid);
+    }
+    Err(Missed::NotCovered)
+}
+
+/// Drops a socket here without telling the application: its client
+/// recovered it elsewhere. Its session closes if nothing is left on it.
+fn evict_local(socket: &SocketRef) {
+    let session = socket.session().clone();
+    session.data().remove_socket(socket);
+    if let Some(recovery) = socket.namespace().recovery() {
+        recovery.moved_away(socket);
+    }
+    socket.detach();
+    if session.data().sockets().is_empty() {
+        session.close(CloseReason::ForcedClose);
+    }
 }
 
 impl<A: Application> EngineHandler for SocketIo<A> {
@@ -359,6 +601,12 @@ impl<A: Application> EngineHandler for SocketIo<A> {
 
     fn on_close(&self, session: &SessionRef<ClientState>, reason: CloseReason) {
         for socket in session.data().close() {
+            if let Some(recovery) = &self.recovery {
+                match reason {
+                    CloseReason::HandedOff => recovery.moved_away(&socket),
+                    _ => recovery.forget(&socket, super::recovery::recoverable(reason)),
+                }
+            }
             // A session handed off lives on elsewhere: its sockets leave
             // this node without the application seeing a disconnect.
             if socket.detach() && reason != CloseReason::HandedOff {
@@ -368,11 +616,20 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         }
     }
 
+    /// With recovery on, under the deliverer's gate: the queue taken with
+    /// the state holds every entry up to the position sent, none after.
     fn export(
         &self,
         session: &SessionRef<ClientState>,
+        take: &mut dyn FnMut(),
     ) -> Result<Option<SocketIoState>, NotMovable> {
-        session.data().export().map(Some).ok_or(NotMovable)
+        let gate = self.recovery.as_ref().map(|r| r.gate());
+        let mut state = session.data().export().ok_or(NotMovable)?;
+        if let Some(position) = gate.as_deref() {
+            state.position = position.to_string();
+        }
+        take();
+        Ok(Some(state))
     }
 
     fn restore(&self, session: &SessionRef<ClientState>, state: Option<SocketIoState>) {
@@ -381,12 +638,25 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         };
         let client = session.data();
         client.restore_flags(state.ever_joined, state.partial);
+        let from = self.recovery.as_ref().zip(Offset::parse(&state.position));
         for s in state.sockets {
             let Some(id) = Sid::parse(&s.id) else {
                 debug!(sid = %session.sid(), "handed-off socket with a bad id dropped");
                 continue;
             };
             let ns = self.namespace_or_create(&s.namespace);
+            let moved = from.filter(|_| !s.pid.is_empty()).map(|(recovery, from)| {
+                let started_at = Offset::parse(&s.started_at).unwrap_or(from);
+                (
+                    recovery,
+                    from,
+                    SocketRecovery::restored(&s.pid, s.generation, started_at),
+                )
+            });
+            let (moved, socket_recovery) = match moved {
+                Some((recovery, from, r)) => (Some((recovery, from)), Some(r)),
+                None => (None, None),
+            };
             let socket = Socket::restored(
                 ns.clone(),
                 session.clone(),
@@ -395,11 +665,38 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 s.user.map(String::into_boxed_str),
                 (!s.data.is_empty()).then_some(s.data),
                 s.next_ack_id,
+                socket_recovery,
             );
-            ns.insert(socket.clone());
             client.add_restored(socket.clone());
-            for room in &s.rooms {
-                socket.join_any(room);
+            match moved {
+                Some((recovery, from)) => {
+                    // Into the namespace after what the old owner had
+                    // delivered (the queue that came with the session).
+                    let since = s
+                        .room_since
+                        .iter()
+                        .map(|o| Offset::parse(o).unwrap_or(from));
+                    socket.set_rooms(
+                        s.rooms
+                            .into_iter()
+                            .zip(since.chain(std::iter::repeat(from)))
+                            .collect(),
+                    );
+                    recovery.save(&socket);
+                    recovery.install(Install {
+                        socket,
+                        from,
+                        check: false,
+                        first: None,
+                        done: None,
+                    });
+                }
+                None => {
+                    ns.insert(socket.clone());
+                    for room in &s.rooms {
+                        socket.join_any(room);
+                    }
+                }
             }
         }
     }

@@ -12,11 +12,13 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
+use crate::store::recovery::Offset;
 
 use super::client::ClientState;
 use super::fabric::RoomReceipt;
-use super::namespace::Namespace;
+use super::namespace::{Namespace, Target};
 use super::packet::{encode_ack, encode_disconnect, encode_event, Payload};
+use super::recovery::SocketRecovery;
 
 pub type SocketRef = Arc<Socket>;
 
@@ -86,13 +88,19 @@ pub struct Socket {
     /// Opaque data the application attached at CONNECT (see
     /// [`super::Grant::data`]).
     data: Option<Bytes>,
-    rooms: Mutex<Vec<Box<str>>>,
+    /// Rooms, each with the log offset at which it was joined (recovery
+    /// replays a room's entries from there; `ZERO` without recovery).
+    rooms: Mutex<Vec<(Box<str>, Offset)>>,
     /// Allocated on the first emit that waits for an ack.
     acks: Mutex<Option<Box<PendingAcks>>>,
     connected: AtomicBool,
+    /// With connection state recovery on: the private id and what goes
+    /// with it.
+    recovery: Option<Box<SocketRecovery>>,
 }
 
 impl Socket {
+    #[cfg(test)]
     pub(crate) fn new(
         ns: Arc<Namespace>,
         session: SessionRef<ClientState>,
@@ -100,11 +108,12 @@ impl Socket {
         user: Option<Box<str>>,
         data: Option<Bytes>,
     ) -> SocketRef {
-        Self::restored(ns, session, Sid::random(), auth, user, data, 0)
+        Self::restored(ns, session, Sid::random(), auth, user, data, 0, None)
     }
 
-    /// A socket moved here from another node with its session, keeping
-    /// its id and its ack numbering.
+    /// A socket moved here from another node with its session (or
+    /// recovered), keeping its id and its ack numbering.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restored(
         ns: Arc<Namespace>,
         session: SessionRef<ClientState>,
@@ -113,6 +122,7 @@ impl Socket {
         user: Option<Box<str>>,
         data: Option<Bytes>,
         next_ack_id: u64,
+        recovery: Option<SocketRecovery>,
     ) -> SocketRef {
         let acks = (next_ack_id > 0).then(|| {
             Box::new(PendingAcks {
@@ -130,7 +140,13 @@ impl Socket {
             rooms: Mutex::new(Vec::new()),
             acks: Mutex::new(acks),
             connected: AtomicBool::new(true),
+            recovery: recovery.map(Box::new),
         })
+    }
+
+    /// The recovery state, when connection state recovery is on.
+    pub(crate) fn recovery(&self) -> Option<&SocketRecovery> {
+        self.recovery.as_deref()
     }
 
     /// The id the next emit with ack will use.
@@ -171,22 +187,50 @@ impl Socket {
         self.connected.load(Ordering::Acquire)
     }
 
-    fn rooms_lock(&self) -> MutexGuard<'_, Vec<Box<str>>> {
+    fn rooms_lock(&self) -> MutexGuard<'_, Vec<(Box<str>, Offset)>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every room of the socket, the hidden ones included.
     pub fn rooms(&self) -> Vec<String> {
-        self.rooms_lock().iter().map(|r| r.to_string()).collect()
+        self.rooms_lock()
+            .iter()
+            .map(|(r, _)| r.to_string())
+            .collect()
+    }
+
+    /// Every room with the log offset at which it was joined.
+    pub fn rooms_since(&self) -> Vec<(String, Offset)> {
+        self.rooms_lock()
+            .iter()
+            .map(|(r, since)| (r.to_string(), *since))
+            .collect()
     }
 
     /// The rooms the application and the API see.
     pub fn public_rooms(&self) -> Vec<String> {
         self.rooms_lock()
             .iter()
-            .filter(|r| !is_hidden_room(r))
-            .map(|r| r.to_string())
+            .filter(|(r, _)| !is_hidden_room(r))
+            .map(|(r, _)| r.to_string())
             .collect()
+    }
+
+    /// Sets the rooms of a socket that is not in its namespace yet (moved
+    /// or recovered); [`Socket::attach_rooms`] puts it into them.
+    pub(crate) fn set_rooms(&self, rooms: Vec<(String, Offset)>) {
+        *self.rooms_lock() = rooms
+            .into_iter()
+            .map(|(r, since)| (r.into_boxed_str(), since))
+            .collect();
+    }
+
+    /// Puts the socket into the namespace's room index for each of its
+    /// rooms (announced to the other nodes like any first member).
+    pub(crate) fn attach_rooms(self: &Arc<Self>) {
+        for room in self.rooms() {
+            let _ = self.ns.join(self, &room);
+        }
     }
 
     /// Queues frames on this socket's session; false if it is gone.
@@ -194,10 +238,16 @@ impl Socket {
         self.connected() && self.session.send_all(frames).is_ok()
     }
 
-    /// Emits an event to this socket.
+    /// Emits an event to this socket (through the recovery log when
+    /// recovery is on: it arrives with its offset, once logged).
     pub fn emit(&self, event: &str, args: &Payload) -> Result<(), SendError> {
         if !self.connected() {
             return Err(SendError::Closed);
+        }
+        if let Some(recovery) = self.ns.recovery() {
+            let target = Target::room(self.id.to_string());
+            recovery.append(super::recovery::entry(self.ns.name(), &target, event, args));
+            return Ok(());
         }
         self.session
             .send_all(encode_event(self.ns.name(), event, args, None))?;
@@ -272,34 +322,59 @@ impl Socket {
         self.join_any(room)
     }
 
-    /// Joins any room, hidden ones included.
+    /// Joins any room, hidden ones included. With recovery on, the
+    /// receipt also waits for the socket's state (with the room) to be
+    /// written: a join the client was told of survives the node.
     pub(crate) fn join_any(self: &Arc<Self>, room: &str) -> Option<RoomReceipt> {
         if !self.connected() {
             return None;
         }
-        {
-            let mut rooms = self.rooms_lock();
-            if rooms.iter().any(|r| r.as_ref() == room) {
-                return None;
+        let recovery = self.ns.recovery();
+        let receipt = {
+            // Under the deliverer's gate: the room's entries after `since`
+            // are exactly the ones this socket gets.
+            let gate = recovery.map(|r| r.gate());
+            let since = gate.as_deref().copied().unwrap_or(Offset::ZERO);
+            {
+                let mut rooms = self.rooms_lock();
+                if rooms.iter().any(|(r, _)| r.as_ref() == room) {
+                    return None;
+                }
+                rooms.push((room.into(), since));
             }
-            rooms.push(room.into());
-        }
-        self.ns.join(self, room)
+            self.ns.join(self, room)
+        };
+        let Some(recovery) = recovery.filter(|_| self.recovery.is_some()) else {
+            return receipt;
+        };
+        let saved = recovery.save_confirmed(self);
+        Some(Box::pin(async move {
+            if let Some(receipt) = receipt {
+                receipt.await;
+            }
+            let _ = saved.await;
+        }))
     }
 
-    pub fn leave(&self, room: &str) {
+    pub fn leave(self: &Arc<Self>, room: &str) {
         {
             let mut rooms = self.rooms_lock();
-            let Some(pos) = rooms.iter().position(|r| r.as_ref() == room) else {
+            let Some(pos) = rooms.iter().position(|(r, _)| r.as_ref() == room) else {
                 return;
             };
             rooms.swap_remove(pos);
         }
         self.ns.leave(self, room);
+        if let Some(recovery) = self.ns.recovery().filter(|_| self.recovery.is_some()) {
+            recovery.save(self);
+        }
     }
 
     pub(crate) fn take_rooms(&self) -> Vec<Box<str>> {
         std::mem::take(&mut *self.rooms_lock())
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
     }
 
     /// Leaves the namespace. Returns false if it had already left.

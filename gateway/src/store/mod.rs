@@ -3,6 +3,7 @@
 //! in memory for a node alone (same trait, same calls).
 
 mod memory;
+pub mod recovery;
 mod redis;
 
 use thiserror::Error;

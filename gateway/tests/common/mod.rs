@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A gateway process, killed when dropped.
+/// The environment variable of `--recovery-window` (a flag overrides it).
+pub const RECOVERY_ENV: &str = "RINGWAY_RECOVERY_WINDOW";
+
 pub struct Gateway {
     child: Child,
     pub addr: String,
@@ -50,9 +53,15 @@ impl Gateway {
         ])
     }
 
+    /// Starts the gateway with exactly these flags, but for connection
+    /// state recovery: off unless the flags turn it on
+    /// (`--recovery-window`). Tests of other features assert exact event
+    /// arguments and same-node ordering of emits and acks, which the
+    /// recovery offsets and the log change (see tests/recovery.rs).
     pub fn start_raw(args: &[&str]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
             .args(args)
+            .env(RECOVERY_ENV, "0")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

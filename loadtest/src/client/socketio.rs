@@ -144,6 +144,31 @@ impl SioPacket {
         Ok((name, args.to_vec()))
     }
 
+    /// Connection state recovery: takes the offset off a recoverable
+    /// event (the last argument, a string, after at least one other) and
+    /// returns it; the packet then reads as the server's application sent
+    /// it.
+    pub fn take_offset(&mut self) -> Option<String> {
+        if !matches!(self.kind, PacketType::Event | PacketType::BinaryEvent) || self.id.is_some() {
+            return None;
+        }
+        let data = self.data();
+        let items: Vec<&RawValue> = serde_json::from_str(data).ok()?;
+        if items.len() < 2 {
+            return None;
+        }
+        let last = items.last()?;
+        let offset: String = serde_json::from_str(last.get()).ok()?;
+        // Where the last item starts in the text, and the comma before it.
+        let at = last.get().as_ptr() as usize - self.text.as_ptr() as usize;
+        let comma = self.text[..at].rfind(',')?;
+        let mut text = String::with_capacity(comma + 1);
+        text.push_str(&self.text[..comma]);
+        text.push(']');
+        self.text = text;
+        Some(offset)
+    }
+
     /// The event name only, when this is an EVENT with a string name.
     pub fn event_name(&self) -> Option<String> {
         if self.kind != PacketType::Event {
@@ -179,11 +204,18 @@ pub struct SioSession {
     next_ack_id: u64,
     /// Binary attachments still expected for the last binary packet.
     pending_attachments: usize,
+    /// The private id of connection state recovery, when the server gave
+    /// one: its events then carry their offsets, which `recv` takes off.
+    pub pid: Option<String>,
+    /// The last offset received (what a recovery asks to resume after).
+    pub last_offset: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ConnectAnswer {
     sid: String,
+    #[serde(default)]
+    pid: Option<String>,
 }
 
 impl SioSession {
@@ -233,6 +265,8 @@ impl SioSession {
             sid: String::new(),
             next_ack_id: 0,
             pending_attachments: 0,
+            pid: None,
+            last_offset: None,
         };
         let connect = format!(
             "0{}{}",
@@ -255,6 +289,7 @@ impl SioSession {
                             ))
                         })?;
                     session.sid = answer.sid;
+                    session.pid = answer.pid;
                     break;
                 }
                 PacketType::ConnectError => {
@@ -318,12 +353,17 @@ impl SioSession {
     /// Cancel-safe in the same sense as [`EioSession::recv`].
     pub async fn recv(&mut self) -> Result<SioPacket, ClientError> {
         loop {
-            let packet = self.recv_any().await?;
+            let mut packet = self.recv_any().await?;
             if packet.nsp() != self.nsp {
                 continue;
             }
             if packet.kind == PacketType::Disconnect {
                 return Err(ClientError::closed("server sent DISCONNECT"));
+            }
+            if self.pid.is_some() {
+                if let Some(offset) = packet.take_offset() {
+                    self.last_offset = Some(offset);
+                }
             }
             return Ok(packet);
         }
@@ -399,6 +439,19 @@ mod tests {
         assert_eq!(p.attachments, 2);
         assert_eq!(p.nsp(), "/chat");
         assert_eq!(p.id, Some(7));
+
+        // A recoverable event's offset comes off; acks and events asking
+        // for an ack have none.
+        let mut p = parse(r#"2/chat,["m",{"a":"x,y"},"17-3"]"#);
+        assert_eq!(p.take_offset().as_deref(), Some("17-3"));
+        assert_eq!(p.data(), r#"["m",{"a":"x,y"}]"#);
+        assert_eq!(p.nsp(), "/chat");
+        let mut p = parse(r#"2["m"]"#);
+        assert_eq!(p.take_offset(), None);
+        let mut p = parse(r#"25["m","s"]"#);
+        assert_eq!(p.take_offset(), None);
+        let mut p = parse(r#"3["s","t"]"#);
+        assert_eq!(p.take_offset(), None);
 
         assert_eq!(parse("1").kind, PacketType::Disconnect);
         assert!(SioPacket::parse("9".into()).is_err());

@@ -1,0 +1,340 @@
+//! The recovery store of a node alone: the log and the states in memory.
+//! Recovery then works while the process lives (a client that lost its
+//! transport, not its node), as in the reference server.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{
+    now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoredState, Tail, TAIL_BATCHES,
+};
+use crate::engineio::BoxFuture;
+use crate::store::StoreError;
+
+struct Log {
+    entries: VecDeque<Record>,
+    /// The last offset given.
+    last: Offset,
+    /// The largest offset trimmed away.
+    trimmed: Offset,
+    tail: Option<mpsc::UnboundedSender<Vec<Record>>>,
+}
+
+struct State {
+    generation: u64,
+    data: Bytes,
+    expires: Instant,
+}
+
+pub struct MemoryRecoveryStore {
+    max_len: usize,
+    log: Mutex<Log>,
+    states: Mutex<HashMap<String, State>>,
+}
+
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl MemoryRecoveryStore {
+    /// A log of at most `max_len` entries.
+    pub fn new(max_len: usize) -> MemoryRecoveryStore {
+        MemoryRecoveryStore {
+            max_len: max_len.max(1),
+            log: Mutex::new(Log {
+                entries: VecDeque::new(),
+                last: Offset::ZERO,
+                trimmed: Offset::ZERO,
+                tail: None,
+            }),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn states(&self) -> MutexGuard<'_, HashMap<String, State>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries in the log now.
+    pub fn len(&self) -> usize {
+        self.log().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// States held now (expired ones included until the next trim).
+    pub fn state_count(&self) -> usize {
+        self.states().len()
+    }
+}
+
+impl Log {
+    /// The next offset: the current millisecond, or the last one's next
+    /// sequence if the clock has not moved past it (as Redis does).
+    fn next_offset(&mut self) -> Offset {
+        let ms = now_ms();
+        let next = if ms > self.last.ms {
+            Offset::at_ms(ms)
+        } else {
+            Offset::new(self.last.ms, self.last.seq + 1)
+        };
+        self.last = next;
+        next
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(old) = self.entries.pop_front() {
+            self.trimmed = self.trimmed.max(old.offset);
+        }
+    }
+}
+
+impl RecoveryStore for MemoryRecoveryStore {
+    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut log = self.log();
+        let mut batch = Vec::with_capacity(entries.len());
+        for data in entries {
+            let offset = log.next_offset();
+            let record = Record { offset, data };
+            batch.push(record.clone());
+            log.entries.push_back(record);
+            if log.entries.len() > self.max_len {
+                log.drop_front();
+            }
+        }
+        // Under the lock: the tail sees entries in offset order.
+        if let Some(tail) = &log.tail {
+            let _ = tail.send(batch);
+        }
+        ready(Ok(()))
+    }
+
+    fn tail(&self) -> BoxFuture<'_, Result<Tail, StoreError>> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = {
+            let mut log = self.log();
+            log.tail = Some(tx);
+            log.last
+        };
+        // The same bounded receiver as the Redis tail: a small relay task.
+        let (out, batches) = mpsc::channel(TAIL_BATCHES);
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                if out.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ready(Ok(Tail { start, batches }))
+    }
+
+    fn range(
+        &self,
+        after: Offset,
+        until: Offset,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Range, StoreError>> {
+        let log = self.log();
+        let start = log.entries.partition_point(|r| r.offset <= after);
+        let mut records = Vec::new();
+        let mut complete = true;
+        for record in log.entries.range(start..) {
+            if record.offset > until {
+                break;
+            }
+            if records.len() == max {
+                complete = false;
+                break;
+            }
+            records.push(record.clone());
+        }
+        ready(Ok(Range {
+            records,
+            covered: log.trimmed <= after,
+            complete,
+            last: log.last,
+        }))
+    }
+
+    fn trim(&self, window: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+        let oldest = Offset::at_ms(now_ms().saturating_sub(window.as_millis() as u64));
+        {
+            let mut log = self.log();
+            while log.entries.front().is_some_and(|r| r.offset < oldest) {
+                log.drop_front();
+            }
+        }
+        let now = Instant::now();
+        self.states().retain(|_, s| s.expires > now);
+        ready(Ok(()))
+    }
+
+    fn put_state(
+        &self,
+        pid: &str,
+        generation: u64,
+        data: Bytes,
+        ttl: Duration,
+        mode: StateWrite,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let now = Instant::now();
+        let mut states = self.states();
+        let current = states
+            .get(pid)
+            .filter(|s| s.expires > now)
+            .map(|s| s.generation);
+        let allowed = match mode {
+            StateWrite::Update => current.is_none_or(|g| g <= generation),
+            StateWrite::TakeOver { from } => current == Some(from),
+        };
+        if allowed {
+            states.insert(
+                pid.to_owned(),
+                State {
+                    generation,
+                    data,
+                    expires: now + ttl,
+                },
+            );
+        }
+        ready(Ok(allowed))
+    }
+
+    fn get_state(&self, pid: &str) -> BoxFuture<'_, Result<Option<StoredState>, StoreError>> {
+        let now = Instant::now();
+        let state = self
+            .states()
+            .get(pid)
+            .filter(|s| s.expires > now)
+            .map(|s| StoredState {
+                generation: s.generation,
+                data: s.data.clone(),
+            });
+        ready(Ok(state))
+    }
+
+    fn expire_state(
+        &self,
+        pid: &str,
+        generation: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        if let Some(state) = self.states().get_mut(pid) {
+            if state.generation == generation {
+                state.expires = Instant::now() + ttl;
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn delete_state(&self, pid: &str, generation: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut states = self.states();
+        if states.get(pid).is_some_and(|s| s.generation == generation) {
+            states.remove(pid);
+        }
+        ready(Ok(()))
+    }
+
+    fn refresh_states(
+        &self,
+        pids: Vec<String>,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let now = Instant::now();
+        let mut states = self.states();
+        let mut missing = Vec::new();
+        for pid in pids {
+            match states.get_mut(&pid) {
+                Some(state) => state.expires = now + ttl,
+                None => missing.push(pid),
+            }
+        }
+        ready(Ok(missing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn log_orders_bounds_and_covers() {
+        let store = MemoryRecoveryStore::new(3);
+        let mut tail = store.tail().await.unwrap();
+        assert_eq!(tail.start, Offset::ZERO);
+        store.append(vec![data("a"), data("b")]).await.unwrap();
+        store.append(vec![data("c"), data("d")]).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            seen.extend(tail.batches.recv().await.unwrap());
+        }
+        let offsets: Vec<Offset> = seen.iter().map(|r| r.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        // Bounded at 3: "a" is gone, so nothing before "b" is covered.
+        assert_eq!(store.len(), 3);
+        let all = store.range(Offset::ZERO, offsets[3], 10).await.unwrap();
+        assert!(!all.covered);
+        let from_a = store.range(offsets[0], offsets[3], 10).await.unwrap();
+        assert!(from_a.covered && from_a.complete);
+        assert_eq!(from_a.records.len(), 3);
+        assert_eq!(from_a.records[0].data, data("b"));
+        assert_eq!(from_a.last, offsets[3]);
+        // Up to `until` only, and cut at `max`.
+        let upto = store.range(offsets[0], offsets[1], 10).await.unwrap();
+        assert_eq!(upto.records.len(), 1);
+        let cut = store.range(offsets[0], offsets[3], 2).await.unwrap();
+        assert_eq!(cut.records.len(), 2);
+        assert!(!cut.complete);
+    }
+
+    #[tokio::test]
+    async fn states_follow_generations_and_expire() {
+        let store = MemoryRecoveryStore::new(10);
+        let ttl = Duration::from_secs(60);
+        assert!(store
+            .put_state("p", 1, data("v1"), ttl, StateWrite::Update)
+            .await
+            .unwrap());
+        // A takeover from the wrong generation loses; from the right one wins.
+        let take = |from| StateWrite::TakeOver { from };
+        assert!(!store
+            .put_state("p", 2, data("x"), ttl, take(0))
+            .await
+            .unwrap());
+        assert!(store
+            .put_state("p", 2, data("v2"), ttl, take(1))
+            .await
+            .unwrap());
+        // The old holder can no longer write, expire or delete it.
+        assert!(!store
+            .put_state("p", 1, data("old"), ttl, StateWrite::Update)
+            .await
+            .unwrap());
+        store.delete_state("p", 1).await.unwrap();
+        let got = store.get_state("p").await.unwrap().unwrap();
+        assert_eq!((got.generation, got.data), (2, data("v2")));
+        // Expired: gone.
+        store.expire_state("p", 2, Duration::ZERO).await.unwrap();
+        assert!(store.get_state("p").await.unwrap().is_none());
+        store.trim(ttl).await.unwrap();
+        assert_eq!(store.state_count(), 0);
+        assert_eq!(
+            store.refresh_states(vec!["p".into()], ttl).await.unwrap(),
+            vec!["p".to_owned()]
+        );
+    }
+}
