@@ -576,15 +576,22 @@ impl<H: EngineHandler> Engine<H> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // The layer above may be busy for a moment (a CONNECT being
+        // answered): wait for it within the same bound.
         let mut moved = None;
-        let socketio = match self
-            .handler
-            .export(&session, &mut || moved = Some(session.take_for_move()))
-        {
-            Ok(state) => state,
-            Err(_) => {
-                session.cancel_move();
-                return Err(NotHandedOff::Busy);
+        let socketio = loop {
+            match self
+                .handler
+                .export(&session, &mut || moved = Some(session.take_for_move()))
+            {
+                Ok(state) => break state,
+                Err(_) if Instant::now() < deadline && !session.is_closed() => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(_) => {
+                    session.cancel_move();
+                    return Err(NotHandedOff::Busy);
+                }
             }
         };
         self.remember_move(sid, new_owner);

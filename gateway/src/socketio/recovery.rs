@@ -538,8 +538,9 @@ impl Recovery {
                 continue;
             }
             let _gate = self.gate();
-            if let Some(first) = &install.first {
-                let _ = install.socket.session().send(first.clone());
+            if !send_first(&install) {
+                fail(install);
+                continue;
             }
             let replayed = replay(&install.socket, install.from, &read.records);
             if replayed > 0 {
@@ -846,10 +847,29 @@ fn release_where(pending: &mut Vec<(Install, tokio::time::Instant)>, due: impl F
 /// Sends a waiting socket its first packet and puts it in (the caller
 /// holds the gate).
 fn admit(install: Install) {
-    if let Some(first) = &install.first {
-        let _ = install.socket.session().send(first.clone());
+    if send_first(&install) {
+        release(install);
+    } else {
+        fail(install);
     }
-    release(install);
+}
+
+/// The CONNECT answer of a recovery: the socket joins its session's
+/// sockets, then the answer is queued. False if the session closed.
+fn send_first(install: &Install) -> bool {
+    let Some(first) = &install.first else {
+        return true;
+    };
+    let socket = &install.socket;
+    let state = socket.session().data();
+    state.end_connect(socket.namespace().name(), Some(socket.clone()))
+        && socket.session().send(first.clone()).is_ok()
+}
+
+fn fail(install: Install) {
+    if let Some(done) = install.done {
+        let _ = done.send(false);
+    }
 }
 
 /// Puts an installed socket into its namespace and rooms (the caller

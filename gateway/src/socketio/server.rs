@@ -327,11 +327,6 @@ fn finish_connect<A: Application>(
         ns.insert(socket.clone());
         socket
     };
-    if !state.end_connect(ns.name(), Some(socket.clone())) {
-        // The session closed while the CONNECT was being decided.
-        socket.detach();
-        return;
-    }
     let user_room = socket.user().map(super::socket::user_room);
     let mut receipts: Vec<_> = grant
         .rooms
@@ -354,7 +349,14 @@ fn finish_connect<A: Application>(
         _ => format!("{{\"sid\":\"{}\"}}", socket.id()),
     };
     let (ns, session) = (ns.clone(), session.clone());
+    // The namespace stays "connecting" (so the session is not handed off)
+    // until its answer is queued.
     let connected = move |app: &A| {
+        if !session.data().end_connect(ns.name(), Some(socket.clone())) {
+            // The session closed while the CONNECT was being decided.
+            socket.detach();
+            return;
+        }
         if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
             app.on_connect(&socket);
         }
@@ -466,12 +468,10 @@ async fn recover(
             },
         );
     }
-    if !session.data().end_connect(ns.name(), Some(socket.clone())) {
-        socket.detach();
-        return Err(Missed::UnknownPid);
-    }
     let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{}\"}}", id, ask.pid);
     let (done, installed) = oneshot::channel();
+    // The deliverer adds the socket to its session right before the
+    // answer goes out (the namespace is "connecting" until then).
     recovery.install(Install {
         socket: socket.clone(),
         from,
@@ -483,12 +483,8 @@ async fn recover(
         return Ok(socket);
     }
     // Not covered: the fresh socket that follows takes the namespace.
-    session.data().remove_socket(&socket);
     recovery.moved_away(&socket);
     socket.detach();
-    if session.data().begin_connect(ns.name()).is_err() {
-        return Err(Missed::UnknownPid);
-    }
     Err(Missed::NotCovered)
 }
 

@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A gateway process, killed when dropped.
 /// The environment variable of `--recovery-window` (a flag overrides it).
 pub const RECOVERY_ENV: &str = "RINGWAY_RECOVERY_WINDOW";
 
+/// A gateway process, killed when dropped.
 pub struct Gateway {
     child: Child,
     pub addr: String,

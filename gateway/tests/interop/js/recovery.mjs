@@ -1,0 +1,235 @@
+#!/usr/bin/env node
+// Connection state recovery with the official socket.io-client, against a
+// gateway (or a cluster behind a proxy) running the echo application with
+// recovery on. Driven by gateway/tests/recovery.rs.
+//
+//   RINGWAY_URL=http://127.0.0.1:3000 node recovery.mjs <scenario>
+//
+// Scenarios:
+//   drops    one node: a client in a room loses its transport three times
+//            while another client broadcasts; each time it must come back
+//            recovered (same id) with every message once, in order. A
+//            second client drops before it received any event (no offset)
+//            and must recover everything since it joined. Transports from
+//            RINGWAY_TRANSPORTS (comma separated; default polling,websocket).
+//   fleet    many clients in one room (FLEET_CLIENTS, mixed transports: by
+//            turns websocket only, polling then websocket, polling only)
+//            that record every `tick` a publisher sends. Prints
+//            `ready <json>` once every client joined, then a `report
+//            <json>` line once every client got `done` (or the budget ran
+//            out). The harness publishes, kills nodes and checks the report.
+//
+// Exit 0 on success (for `fleet`: once the report is printed), non-zero
+// with `FAIL <scenario>: <why>` on stderr otherwise.
+
+import { io } from 'socket.io-client';
+
+const BASE = (process.env.RINGWAY_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+let currentStep = 'starting';
+function step(text) {
+  currentStep = text;
+}
+
+function check(cond, why) {
+  if (!cond) throw new Error(why);
+}
+
+function waitUntil(what, cond, timeout = 10000) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const tick = () => {
+      if (cond()) return resolve();
+      if (Date.now() - started > timeout) return reject(new Error(`timed out after ${timeout} ms waiting for ${what}`));
+      setTimeout(tick, 10);
+    };
+    tick();
+  });
+}
+
+function connect(transports, extra = {}) {
+  return io(BASE, {
+    transports,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 400,
+    randomizationFactor: 0.2,
+    timeout: 5000,
+    ...extra,
+  });
+}
+
+function connected(socket, timeout = 10000) {
+  return waitUntil('a connection', () => socket.connected, timeout);
+}
+
+/** The numbers of the `message` events a socket receives (echo `broadcast`). */
+function record(socket) {
+  const got = [];
+  socket.on('message', (msg, offset) => {
+    check(typeof offset === 'string' && /^\d+-\d+$/.test(offset), `an event without its offset: ${JSON.stringify([msg, offset])}`);
+    got.push(msg.n);
+  });
+  return got;
+}
+
+/** Checks that `got` is exactly 1..n. */
+function checkSequence(label, got, n) {
+  const want = Array.from({ length: n }, (_, i) => i + 1);
+  check(JSON.stringify(got) === JSON.stringify(want), `${label}: got ${JSON.stringify(got)}, expected 1..${n}`);
+}
+
+async function drops() {
+  const transports = (process.env.RINGWAY_TRANSPORTS || 'polling,websocket').split(',');
+  step('connecting');
+  const sender = connect(['websocket']);
+  const a = connect(transports);
+  await Promise.all([connected(sender), connected(a)]);
+  check(a.recovered === false, 'a first connection is not a recovery');
+  check(typeof a._pid === 'string' && a._pid.length >= 16, `no private id in the CONNECT answer (${a._pid})`);
+  await a.emitWithAck('join', 'room');
+  const gotA = record(a);
+  let n = 0;
+  const send = async (count) => {
+    for (let i = 0; i < count; i++) {
+      n++;
+      const reached = await sender.emitWithAck('broadcast', { room: 'room', msg: { n } });
+      check(typeof reached === 'number', `broadcast ack ${JSON.stringify(reached)}`);
+    }
+  };
+
+  step('messages before any drop');
+  await send(3);
+  await waitUntil('the first messages', () => gotA.length === 3);
+  const id = a.id;
+  for (let round = 1; round <= 3; round++) {
+    step(`drop ${round}`);
+    const lost = new Promise((resolve) => a.once('disconnect', resolve));
+    a.io.engine.close(); // the transport goes away; the client reconnects
+    await lost;
+    await send(4); // missed while away
+    await connected(a);
+    check(a.recovered === true, `drop ${round}: not recovered`);
+    check(a.id === id, `drop ${round}: socket id changed (${id} -> ${a.id})`);
+    await send(2);
+    await waitUntil(`drop ${round}: every message`, () => gotA.length === n);
+    checkSequence(`drop ${round}`, gotA, n);
+  }
+
+  step('a drop before the first event (no offset)');
+  const b = connect(transports);
+  await connected(b);
+  await b.emitWithAck('join', 'room');
+  const gotB = [];
+  b.on('message', (msg) => gotB.push(msg.n));
+  const lost = new Promise((resolve) => b.once('disconnect', resolve));
+  b.io.engine.close();
+  await lost;
+  const first = n + 1;
+  await send(5);
+  await connected(b);
+  check(b.recovered === true, 'a client with no offset yet was not recovered');
+  await waitUntil('the messages since it joined', () => gotB.length === 5);
+  check(JSON.stringify(gotB) === JSON.stringify([first, first + 1, first + 2, first + 3, first + 4]), `no-offset recovery got ${JSON.stringify(gotB)}`);
+  await sleep(100);
+  checkSequence('after all drops', gotA, n);
+  for (const s of [a, b, sender]) s.close();
+  return `3 drops recovered with ${n} messages once, in order; a client without an offset got the ${gotB.length} it missed [transports ${transports}]`;
+}
+
+async function fleet() {
+  const count = Number(process.env.FLEET_CLIENTS || 30);
+  const room = process.env.FLEET_ROOM || 'chaos';
+  const kinds = [['websocket'], ['polling', 'websocket'], ['polling']];
+  const clients = [];
+  step(`connecting ${count} clients`);
+  for (let i = 0; i < count; i++) {
+    const transports = kinds[i % kinds.length];
+    const socket = connect(transports);
+    const c = {
+      i,
+      transports: transports.join('+'),
+      socket,
+      got: [],
+      connects: 0,
+      recoveries: [],
+      disconnects: [],
+      done: null,
+      joined: false,
+      engines: [],
+    };
+    socket.on('connect', () => {
+      c.connects++;
+      c.engines.push(socket.io.engine.id);
+      if (c.connects > 1) c.recoveries.push(socket.recovered);
+      if (!socket.recovered) {
+        // A fresh socket (the first, or a recovery that failed) joins.
+        socket.emitWithAck('join', room).then(() => {
+          c.joined = true;
+        });
+      }
+    });
+    socket.on('disconnect', (reason) => c.disconnects.push(reason));
+    socket.on('tick', (seq) => c.got.push(seq));
+    socket.on('done', (total) => {
+      c.done = total;
+    });
+    clients.push(c);
+  }
+  await waitUntil('every client joined', () => clients.every((c) => c.joined), 30000).catch((err) => {
+    const late = clients
+      .filter((c) => !c.joined)
+      .map((c) => `${c.i} (${c.transports}, ${c.connects} connects, connected ${c.socket.connected}, disconnects ${c.disconnects})`);
+    throw new Error(`${err.message}: not joined: ${late.join('; ')}`);
+  });
+  // Engine ids after the upgrades settle (the owner is the node that holds
+  // the session then).
+  await sleep(300);
+  process.stdout.write(`ready ${JSON.stringify({ sids: clients.map((c) => c.socket.io.engine.id) })}\n`);
+  step('waiting for done');
+  const budget = Number(process.env.FLEET_BUDGET_MS || 60000);
+  await waitUntil('done in every client', () => clients.every((c) => c.done !== null), budget).catch(() => {});
+  await sleep(300); // anything after `done` would be a duplicate
+  const report = clients.map((c) => ({
+    i: c.i,
+    transports: c.transports,
+    connected: c.socket.connected,
+    connects: c.connects,
+    recoveries: c.recoveries,
+    disconnects: c.disconnects,
+    done: c.done,
+    got: c.got,
+  }));
+  process.stdout.write(`report ${JSON.stringify(report)}\n`);
+  for (const c of clients) c.socket.close();
+  return `${count} clients reported`;
+}
+
+const SCENARIOS = { drops, fleet };
+
+async function main() {
+  const name = process.argv[2];
+  const run = SCENARIOS[name];
+  if (!run) {
+    process.stderr.write(`usage: node recovery.mjs ${Object.keys(SCENARIOS).join('|')}\n`);
+    return 2;
+  }
+  const budget = Number(process.env.RINGWAY_TIMEOUT_MS) || 90000;
+  let timer;
+  const overall = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`scenario timed out after ${budget} ms`)), budget);
+  });
+  const failed = new Promise((_, reject) => process.on('unhandledRejection', reject));
+  try {
+    const summary = await Promise.race([run(), overall, failed]);
+    process.stdout.write(`ok ${name}: ${summary}\n`);
+    return 0;
+  } catch (err) {
+    process.stderr.write(`FAIL ${name} (${BASE}) during '${currentStep}': ${err && err.message ? err.message : err}\n`);
+    return 1;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+main().then((code) => setTimeout(() => process.exit(code), 50));
