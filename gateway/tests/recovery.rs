@@ -687,3 +687,34 @@ async fn a_redis_restart_mid_stream_keeps_sessions_and_later_recoveries() {
         "{reconnected} vs {per_node:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_nodes_clients_recover_on_the_others_with_nothing_lost() {
+    let mut setup = Setup::start().await;
+    let fleet = Fleet::start(&setup.nginx.url(), 21);
+    let ready = fleet.line("ready ", Duration::from_secs(60));
+    let per_node = owners(&setup, &ready);
+    let victim = victim(&per_node);
+    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    publish(&mut push, 1, 100, 100).await;
+    // SIGTERM: the node leaves the ring, closes its sessions ("server
+    // shutting down", recoverable) and exits; its clients come back on
+    // the other nodes.
+    let victim_node = setup.cluster.nodes.remove(victim);
+    let drained = tokio::task::spawn_blocking(move || {
+        let mut node = victim_node;
+        node.terminate(Duration::from_secs(15))
+    });
+    publish(&mut push, 101, 300, 100).await;
+    let status = drained
+        .await
+        .expect("join")
+        .expect("the drained node exited in time");
+    assert!(status.success(), "drain exit status {status}");
+    emit(&mut push, "done", "[300]").await;
+    let reconnected = check_report(&fleet.line("report ", Duration::from_secs(90)), 300);
+    assert!(
+        reconnected >= per_node[victim],
+        "{reconnected} vs {per_node:?}"
+    );
+}

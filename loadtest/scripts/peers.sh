@@ -3,7 +3,7 @@
 # all running the echo application of docs/ECHO_APP.md (same echo / join /
 # broadcast handlers as Ringway's):
 #
-#   loadtest/scripts/peers.sh up reference [--nodes N] [--redis URL] [-- SERVER_ARGS...]
+#   loadtest/scripts/peers.sh up reference [--nodes N] [--redis URL] [--proxy] [-- SERVER_ARGS...]
 #   loadtest/scripts/peers.sh up socketioxide [-- SERVER_ARGS...]
 #   loadtest/scripts/peers.sh status [reference|socketioxide]
 #   loadtest/scripts/peers.sh down [reference|socketioxide]   (default: both)
@@ -15,6 +15,10 @@
 #   any socket.io cluster, it needs sticky sessions for long-polling: give
 #   each client session one node (ringway-loadtest with --url repeated
 #   spreads sessions over the nodes; WebSocket sessions are sticky anyway).
+#   `-- --recovery` turns connection state recovery on; with several nodes
+#   the adapter is then @socket.io/redis-streams-adapter. --proxy puts
+#   nginx in front of the nodes (round robin, as cluster.sh does):
+#   PROXY_URL, PROXY_PID (WebSocket clients only: polling needs stickiness).
 # socketioxide: the crates.io socketioxide peer (loadtest/peers/socketioxide),
 #   built into target/peers when missing; one node.
 #
@@ -24,10 +28,13 @@
 #
 #   NAME NODES PIDS (space separated) URLS (comma separated)
 #   NODE<i>_PID NODE<i>_URL  REDIS_URL  REDIS_PID (when started here)
+#   PROXY_URL PROXY_PID (with --proxy)
 #
 # and prints it; `down` stops what `up` started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=lib/nginx.sh
+source "$root/loadtest/scripts/lib/nginx.sh"
 state_dir="${RINGWAY_PEERS_DIR:-$root/target/peers-run}"
 
 cmd=${1:-}
@@ -38,11 +45,13 @@ case "${1:-}" in
 esac
 nodes=1
 redis_url=""
+proxy=0
 server_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
     --redis) redis_url=$2; shift 2 ;;
+    --proxy) proxy=1; shift ;;
     --) shift; server_args=("$@"); break ;;
     *) echo "peers.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -90,6 +99,7 @@ down_one() {
   # shellcheck disable=SC1090
   (
     source "$f"
+    stop_pid "${PROXY_PID:-}"
     for pid in $PIDS; do stop_pid "$pid"; done
     stop_pid "${REDIS_PID:-}"
   )
@@ -129,7 +139,7 @@ up() {
   case "$name" in
     reference)
       local dir="$root/loadtest/peers/reference"
-      if [ ! -d "$dir/node_modules/@socket.io/redis-adapter" ]; then
+      if [ ! -d "$dir/node_modules/@socket.io/redis-streams-adapter" ]; then
         (cd "$dir" && npm ci --no-audit --no-fund >/dev/null)
       fi
       if [ "$nodes" -gt 1 ] && [ -z "$redis_url" ]; then
@@ -157,6 +167,13 @@ up() {
         echo "NODE${i}_URL=$url" >>"$tmp"
         pids="$pids${pids:+ }$pid"; urls="$urls${urls:+,}$url"
       done
+      if [ "$proxy" = 1 ]; then
+        local proxy_port proxy_pid
+        proxy_port=$(free_port)
+        proxy_pid=$(start_nginx "$state_dir/reference-nginx" "$proxy_port" ${urls//,/ })
+        echo "PROXY_PID=$proxy_pid" >>"$tmp"
+        echo "PROXY_URL=http://127.0.0.1:$proxy_port" >>"$tmp"
+      fi
       ;;
     socketioxide)
       if [ "$nodes" -ne 1 ]; then

@@ -12,7 +12,7 @@ mod timeline;
 
 use clap::{Parser, Subcommand};
 
-use scenarios::{connect, echo, fanout, hold, polling};
+use scenarios::{chaos, connect, echo, fanout, hold, polling};
 
 const LONG_ABOUT: &str = "\
 Load-testing client for Socket.IO servers (Engine.IO v4 / Socket.IO v5 over
@@ -48,6 +48,9 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Polling-only closed-loop echo, non-sticky over a node list (--url repeated).
     Polling(polling::PollingArgs),
+    /// Fanout with server processes killed mid-stream; receivers reconnect
+    /// asking to recover: delivered/expected, duplicates, order, recovery time.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -59,6 +62,7 @@ async fn main() {
         Scenario::Echo(a) => &a.common,
         Scenario::Fanout(a) => &a.common,
         Scenario::Polling(a) => &a.echo.common,
+        Scenario::Chaos(a) => &a.fanout.common,
     };
     let (json, plot, baseline) = (common.json, common.plot.clone(), common.baseline.clone());
     let result = match cli.scenario {
@@ -67,6 +71,7 @@ async fn main() {
         Scenario::Echo(a) => echo::run(a).await,
         Scenario::Fanout(a) => fanout::run(a).await,
         Scenario::Polling(a) => polling::run(a).await,
+        Scenario::Chaos(a) => chaos::run(a).await,
     };
     let result = result.and_then(|mut report| {
         if let Some(file) = &baseline {

@@ -483,3 +483,43 @@ fn cluster_upgrade_hands_sessions_off() {
     assert_eq!(figure(&r, "upgraded"), 30.0, "{}", r["figures"]);
     assert_eq!(figure(&r, "alive_at_end"), 30.0);
 }
+
+/// Receivers on the three nodes in turn, the publisher on the first; the
+/// third node is SIGKILLed mid-stream. Its receivers reconnect to the
+/// others asking to recover (recovery is on by default) and nothing is
+/// lost, repeated or reordered.
+#[test]
+fn cluster_chaos_recovers_a_killed_nodes_receivers() {
+    let cluster = Cluster::start();
+    let killed = cluster.nodes[2].child.id().to_string();
+    let r = run_on(
+        &cluster.servers(),
+        &[
+            "chaos",
+            "--receivers",
+            "30",
+            "--rate",
+            "50",
+            "--duration",
+            "3",
+            "--kill-pid",
+            &killed,
+            "--kill-after",
+            "1",
+        ],
+    );
+    let expected = figure(&r, "expected");
+    assert_eq!(expected, 30.0 * 150.0, "{}", r["figures"]);
+    assert_eq!(figure(&r, "unique"), expected, "{}", r["figures"]);
+    assert_eq!(figure(&r, "lost"), 0.0);
+    assert_eq!(figure(&r, "duplicates"), 0.0);
+    assert_eq!(figure(&r, "reordered"), 0.0);
+    let lost = figure(&r, "disconnected");
+    assert!(
+        lost >= 1.0,
+        "nobody was on the killed node: {}",
+        r["figures"]
+    );
+    assert_eq!(figure(&r, "recovered"), lost, "{}", r["figures"]);
+    assert_eq!(figure(&r, "not_recovered"), 0.0);
+}

@@ -14,7 +14,9 @@
 // CORS_ORIGIN, RECOVERY=1, REDIS_URL. Flags win over the environment.
 // `--redis URL` turns the Redis adapter (@socket.io/redis-adapter over the
 // `redis` client) on, for multi-node runs: room emits and broadcasts reach
-// the sockets of every node started with the same Redis. Each node still
+// the sockets of every node started with the same Redis. With `--recovery`
+// too, the adapter is @socket.io/redis-streams-adapter instead, the one
+// that supports connection state recovery across nodes. Each node still
 // needs sticky sessions for long-polling (the reference's own rule); the
 // `broadcast` ack then counts the room's members on this node only.
 // `--port 0` picks a free port. Once bound, prints
@@ -179,9 +181,22 @@ async function redisAdapter(url) {
   return { adapter: createAdapter(pubClient, subClient) };
 }
 
+// The Redis Streams adapter for `--redis URL --recovery`: one connection.
+async function redisStreamsAdapter(url) {
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-streams-adapter');
+  const client = createClient({ url });
+  client.on('error', (err) => process.stderr.write(`server.js: redis: ${err.message}\n`));
+  await client.connect();
+  return { adapter: createAdapter(client) };
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2), process.env);
-  const redis = opts.redis ? await redisAdapter(opts.redis) : null;
+  let redis = null;
+  if (opts.redis) {
+    redis = opts.recovery ? await redisStreamsAdapter(opts.redis) : await redisAdapter(opts.redis);
+  }
   // `*` cannot be combined with credentials; any other origin allows them.
   const cors = opts.corsOrigin
     ? { origin: opts.corsOrigin, credentials: opts.corsOrigin !== '*' }

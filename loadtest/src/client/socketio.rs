@@ -232,10 +232,41 @@ impl SioSession {
         cfg: &Arc<ClientConfig>,
         node: usize,
     ) -> Result<(SioSession, ConnectTimes), ClientError> {
+        Self::connect_with(cfg, node, cfg.auth.as_deref()).await
+    }
+
+    /// A new session that asks to recover an earlier socket (connection
+    /// state recovery): its `pid` and last offset join the CONNECT payload.
+    /// The answer's [`SioSession::pid`] equals `pid` when it recovered.
+    pub async fn reconnect(
+        cfg: &Arc<ClientConfig>,
+        pid: &str,
+        offset: Option<&str>,
+    ) -> Result<(SioSession, ConnectTimes), ClientError> {
+        let mut auth = match cfg.auth.as_deref().map(serde_json::from_str) {
+            Some(Ok(serde_json::Value::Object(map))) => map,
+            _ => serde_json::Map::new(),
+        };
+        auth.insert("pid".into(), pid.into());
+        if let Some(offset) = offset {
+            auth.insert("offset".into(), offset.into());
+        }
+        let auth = serde_json::Value::Object(auth).to_string();
+        Self::connect_with(cfg, cfg.next_start(), Some(&auth)).await
+    }
+
+    async fn connect_with(
+        cfg: &Arc<ClientConfig>,
+        node: usize,
+        auth: Option<&str>,
+    ) -> Result<(SioSession, ConnectTimes), ClientError> {
         let start = Instant::now();
-        tokio::time::timeout(cfg.handshake_timeout, Self::connect_inner(cfg, node, start))
-            .await
-            .map_err(|_| ClientError::timeout("handshake"))?
+        tokio::time::timeout(
+            cfg.handshake_timeout,
+            Self::connect_inner(cfg, node, start, auth),
+        )
+        .await
+        .map_err(|_| ClientError::timeout("handshake"))?
     }
 
     /// Upgrades the (polling) session to WebSocket, within
@@ -250,6 +281,7 @@ impl SioSession {
         cfg: &Arc<ClientConfig>,
         node: usize,
         start: Instant,
+        auth: Option<&str>,
     ) -> Result<(SioSession, ConnectTimes), ClientError> {
         let (eio, times) = EioSession::open(cfg, node, start).await?;
         let nsp = cfg.namespace.clone();
@@ -268,11 +300,7 @@ impl SioSession {
             pid: None,
             last_offset: None,
         };
-        let connect = format!(
-            "0{}{}",
-            session.nsp_prefix,
-            cfg.auth.as_deref().unwrap_or("")
-        );
+        let connect = format!("0{}{}", session.nsp_prefix, auth.unwrap_or(""));
         session.eio.send_message(&connect).await?;
         loop {
             let packet = session.recv_any().await?;

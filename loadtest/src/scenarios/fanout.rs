@@ -60,44 +60,55 @@ pub struct FanoutArgs {
 
 /// What a receiver gets: `message` with this object.
 #[derive(Deserialize)]
-struct FanoutMsg {
-    seq: u64,
-    t: u64,
+pub(crate) struct FanoutMsg {
+    pub seq: u64,
+    pub t: u64,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// Time base of the `t` field.
-    base: Instant,
-    latency: LatencyHistogram,
-    join_latency: LatencyHistogram,
-    delivered: AtomicU64,
+    pub base: Instant,
+    pub latency: LatencyHistogram,
+    pub join_latency: LatencyHistogram,
+    pub delivered: AtomicU64,
     /// Nanoseconds since `base` of the latest delivery.
-    last_delivery_ns: AtomicU64,
-    errors: Arc<ErrorCounts>,
+    pub last_delivery_ns: AtomicU64,
+    pub errors: Arc<ErrorCounts>,
 }
 
 impl Shared {
-    fn now_ns(&self) -> u64 {
+    pub fn new(errors: Arc<ErrorCounts>) -> Shared {
+        Shared {
+            base: Instant::now(),
+            latency: LatencyHistogram::new(),
+            join_latency: LatencyHistogram::new(),
+            delivered: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
+            errors,
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
 }
 
 /// Sequence bookkeeping of one receiver.
 #[derive(Default)]
-struct ReceiverStats {
-    delivered: u64,
-    unique: u64,
-    duplicates: u64,
+pub(crate) struct ReceiverStats {
+    pub delivered: u64,
+    pub unique: u64,
+    pub duplicates: u64,
     /// Times a sequence number skipped ahead of the next expected one.
-    gaps: u64,
+    pub gaps: u64,
     /// Deliveries older than one already seen (not duplicates).
-    reordered: u64,
+    pub reordered: u64,
     next_expected: u64,
     seen: Vec<u64>,
 }
 
 impl ReceiverStats {
-    fn record(&mut self, seq: u64) {
+    pub fn record(&mut self, seq: u64) {
         self.delivered += 1;
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= self.seen.len() {
@@ -138,14 +149,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
         return Err("--rate must be positive".into());
     }
 
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        latency: LatencyHistogram::new(),
-        join_latency: LatencyHistogram::new(),
-        delivered: AtomicU64::new(0),
-        last_delivery_ns: AtomicU64::new(0),
-        errors: run.errors.clone(),
-    });
+    let shared = Arc::new(Shared::new(run.errors.clone()));
     let room_json = serde_json::Value::from(args.room.as_str()).to_string();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
@@ -360,7 +364,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
 }
 
 /// Emits `join` with an ack and waits for it.
-async fn join(
+pub(crate) async fn join(
     mut session: SioSession,
     room_json: &str,
     timeout: Duration,
@@ -440,7 +444,9 @@ async fn receive(
 }
 
 /// The fanout message of a `message` event (None for other events).
-fn delivery(packet: &crate::client::SioPacket) -> Result<Option<FanoutMsg>, ClientError> {
+pub(crate) fn delivery(
+    packet: &crate::client::SioPacket,
+) -> Result<Option<FanoutMsg>, ClientError> {
     let (name, args) = packet.event()?;
     if name != "message" {
         return Ok(None);
@@ -454,15 +460,15 @@ fn delivery(packet: &crate::client::SioPacket) -> Result<Option<FanoutMsg>, Clie
 }
 
 #[derive(Default)]
-struct PublisherStats {
-    sent: u64,
-    acked: u64,
+pub(crate) struct PublisherStats {
+    pub sent: u64,
+    pub acked: u64,
     /// Sum of the room sizes the acks reported.
-    reached: u64,
+    pub reached: u64,
 }
 
 impl PublisherStats {
-    fn on_packet(&mut self, packet: &crate::client::SioPacket) {
+    pub fn on_packet(&mut self, packet: &crate::client::SioPacket) {
         if packet.kind == PacketType::Ack {
             self.acked += 1;
             if let Ok(v) = serde_json::from_str::<Vec<serde_json::Value>>(packet.data()) {
@@ -473,7 +479,7 @@ impl PublisherStats {
 }
 
 /// Emits `rate * duration` broadcasts on schedule, reading acks meanwhile.
-async fn publish(
+pub(crate) async fn publish(
     session: &mut SioSession,
     args: &FanoutArgs,
     room_json: &str,

@@ -1,6 +1,7 @@
 //! Scenarios, one module each, and what they share: the common flags, the
 //! client configuration, the fd budget, paced session spawning, progress.
 
+pub mod chaos;
 pub mod connect;
 pub mod echo;
 pub mod fanout;
