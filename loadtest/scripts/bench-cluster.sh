@@ -18,6 +18,11 @@
 #    over the nodes vs one standalone gateway with the same load, and vs
 #    the reference socket.io on 3 nodes with @socket.io/redis-adapter.
 #
+# The gateways run with connection state recovery off (--recovery-window
+# 0): these are the costs of the cluster's own paths, against a reference
+# without recovery. bench-recovery.sh measures recovery (kills, and its
+# cost per delivery against the same cluster with recovery off).
+#
 # Each measurement waits for a quiet machine first (other processes busy
 # below QUIET_CORES cores over 3 s, default 0.25; at most QUIET_WAIT seconds,
 # default 1800) and is run again (up to 3 times) when other processes took
@@ -73,56 +78,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Cores' worth of CPU the whole machine used over 3 seconds.
-busy_cores() {
-  python3 - <<'PY'
-import os, time
-def sample():
-    v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-    return sum(v) - v[3] - v[4], sum(v)
-b0, t0 = sample(); time.sleep(3); b1, t1 = sample()
-print(f"{(b1 - b0) / max(t1 - t0, 1) * os.cpu_count():.2f}")
-PY
-}
-
-wait_quiet() {
-  local waited=0 busy
-  while :; do
-    busy=$(busy_cores)
-    if python3 -c "import sys; sys.exit(0 if $busy < $quiet_cores else 1)"; then
-      return 0
-    fi
-    if [ "$waited" -ge "$quiet_wait" ]; then
-      echo "bench-cluster: machine still busy ($busy cores) after ${waited}s; measuring anyway" >&2
-      return 0
-    fi
-    [ "$waited" = 0 ] && echo "bench-cluster: waiting for a quiet machine ($busy cores busy)" >&2
-    sleep 7
-    waited=$((waited + 10))
-  done
-}
-
-pid_args() { local a="" p; for p in "$@"; do a="$a --server-pid $p"; done; echo "$a"; }
-
-measure() { # measure NAME SCENARIO ARGS...
-  local name=$1; shift
-  local try others
-  for try in 1 2 3; do
-    wait_quiet
-    echo "bench-cluster: round $round: $name (try $try)" >&2
-    "$lt" "$@" --quiet --json >"$out/$name-$round.json"
-    others=$(python3 -c 'import json,sys; print("%.2f" % json.load(open(sys.argv[1]))["machine"]["others_busy_cores"])' "$out/$name-$round.json")
-    echo "$(date +%T) $name round $round try $try: other processes $others cores" >>"$out/machine.txt"
-    if python3 -c "import sys; sys.exit(0 if $others < $quiet_cores else 1)"; then
-      return 0
-    fi
-    echo "bench-cluster: other processes took $others cores during $name; again" >&2
-  done
-}
+bench=bench-cluster
+# shellcheck source=lib/bench.sh
+source "$root/loadtest/scripts/lib/bench.sh"
 
 for round in $(seq "$rounds"); do
   # The 3-node cluster: a, b and c (Ringway).
-  "$cluster" up --nodes 3 --bin-dir "$bindir" >/dev/null
+  "$cluster" up --nodes 3 --bin-dir "$bindir" -- --recovery-window 0 >/dev/null
   # shellcheck disable=SC1091
   source "$RINGWAY_CLUSTER_DIR/state.env"
   pids=$(pid_args $GATEWAY_PIDS)
@@ -143,7 +105,7 @@ for round in $(seq "$rounds"); do
 
   # One standalone gateway with the same fanout load.
   log="$out/single.log"
-  "$bindir/ringway-gateway" --listen 127.0.0.1:0 >"$log" 2>&1 &
+  "$bindir/ringway-gateway" --listen 127.0.0.1:0 --recovery-window 0 >"$log" 2>&1 &
   single_pid=$!
   for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
   url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$log" | head -1)
