@@ -9,7 +9,7 @@
 # repository root):
 #   docker build -t ringway:0.1.0 .
 # The tag should be the workspace version (Cargo.toml), which the Helm
-# chart's appVersion tracks. See docs/DEPLOYMENT.md, "The image".
+# chart's appVersion tracks. See docs/KUBERNETES.md, "The image".
 
 ARG RUST_VERSION=1.95
 

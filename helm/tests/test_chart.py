@@ -172,9 +172,9 @@ EXAMPLES = ROOT / "helm" / "examples"
 for _path in sorted(EXAMPLES.glob("*-values.yaml")):
     VALUE_SETS["example-" + _path.name.removesuffix("-values.yaml")] = yaml.safe_load(_path.read_text())
 
-# Values with the coordinator dashboard on: renders and validates, but the
-# binaries are only asked when they have --http-listen (issue 6).
-DASHBOARD = {"coordinator": {"dashboard": {"enabled": True}}, "networkPolicy": {"enabled": True}}
+# The coordinator dashboard is on by default; these values turn it off
+# (and the NetworkPolicies on, to check the dashboard port's rule both ways).
+NO_DASHBOARD = {"coordinator": {"dashboard": {"enabled": False}}, "networkPolicy": {"enabled": True}}
 
 
 # --- helpers -----------------------------------------------------------------
@@ -329,9 +329,9 @@ def test_every_value_is_in_the_schema_and_commented():
         stack.append((indent, commented))
 
 
-@pytest.mark.parametrize("name", list(VALUE_SETS) + ["dashboard"])
+@pytest.mark.parametrize("name", list(VALUE_SETS) + ["no-dashboard"])
 def test_lint_strict(name):
-    values = DASHBOARD if name == "dashboard" else VALUE_SETS[name]
+    values = NO_DASHBOARD if name == "no-dashboard" else VALUE_SETS[name]
     for kube in ("v1.30.0", "v" + kv_utils.latest_version()):
         report = helm.lint(str(CHART), copy.deepcopy(values), strict=True, namespace=NAMESPACE, kube_version=kube)
         assert report["total_charts_linted"] == 1
@@ -340,9 +340,9 @@ def test_lint_strict(name):
         assert bad == [], bad
 
 
-@pytest.mark.parametrize("name", list(VALUE_SETS) + ["dashboard"])
+@pytest.mark.parametrize("name", list(VALUE_SETS) + ["no-dashboard"])
 def test_manifests_pass_kubernetes_schemas(chart, name):
-    docs = render_docs(chart, DASHBOARD) if name == "dashboard" else rendered(chart, name)
+    docs = render_docs(chart, NO_DASHBOARD) if name == "no-dashboard" else rendered(chart, name)
     assert docs
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
@@ -582,13 +582,14 @@ def test_production_specifics(chart):
     peers = one(docs, "Service", f"{RELEASE}-peers")
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
 
-    # A standby coordinator: Recreate, spread over nodes, no liveness probe.
+    # A standby coordinator: Recreate, spread over nodes; ready only when
+    # acting (/readyz), alive either way (/healthz), on the dashboard port.
     coord = one(docs, "Deployment", COORDINATOR)
     assert coord["spec"]["replicas"] == 2
     assert coord["spec"]["strategy"]["type"] == "Recreate"
     c = container(coord, "coordinator")
-    assert c["readinessProbe"]["tcpSocket"]["port"] == "grpc"
-    assert "livenessProbe" not in c
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "dashboard"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "dashboard"}
 
 
 @pytest.mark.parametrize("name", [n for n, v in VALUE_SETS.items() if v.get("networkPolicy", {}).get("enabled")])
@@ -639,7 +640,12 @@ def test_network_policies(chart, name):
         assert [peer_pods(p) for p in to[6379]] == [[f"{RELEASE}-redis"]]
 
     coord = policies[COORDINATOR]["spec"]
-    assert [(r["ports"][0]["port"], [peer_pods(p) for p in r["from"]]) for r in coord["ingress"]] == [("grpc", [[GATEWAY]])]
+    # gRPC from the gateways only; the dashboard port (when on) from
+    # networkPolicy.dashboard (anyone when empty: the kubelet's probes too).
+    want = [("grpc", [[GATEWAY]])]
+    if values["coordinator"]["dashboard"]["enabled"]:
+        want.append(("dashboard", [peer_pods(p) for p in values["networkPolicy"]["dashboard"]]))
+    assert [(r["ports"][0]["port"], [peer_pods(p) for p in r.get("from", [])]) for r in coord["ingress"]] == want
     assert {p["port"] for r in coord["egress"] for p in r["ports"]} <= allowed
     if embedded:
         redis = policies[f"{RELEASE}-redis"]["spec"]
@@ -665,9 +671,9 @@ def test_embedded_redis_is_marked_not_for_production(chart):
 
 def test_notes_tell_how_to_connect_and_where_the_dashboard_is(chart):
     for values, expect in (
-        ({}, ["port-forward svc/ringway-gateway", "socket.io-client", "dashboard is off"]),
+        ({}, ["port-forward svc/ringway-gateway", "socket.io-client", "port-forward svc/ringway-coordinator 7080:7080"]),
         (VALUE_SETS["production"], ['io("https://rt.example.com"', "push.example.com", "ringway-api.realtime.svc:7100"]),
-        (DASHBOARD, ["port-forward svc/ringway-coordinator 7080:7080"]),
+        (NO_DASHBOARD, ["dashboard is off"]),
     ):
         out = chart.render(values=copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
         text = next(v for k, v in out.items() if k.endswith("NOTES.txt"))
@@ -826,17 +832,34 @@ def test_binaries_accept_rendered_configuration(chart, name, tmp_path):
     assert "s3cr" not in out, "the coordinator prints the Redis URL redacted"
 
 
-def test_coordinator_dashboard_flag(chart, tmp_path):
+def test_coordinator_dashboard_flag_and_probes(chart, tmp_path):
     exe = binary("ringway-coordinator")
-    docs = render_docs(chart, DASHBOARD)
+    docs = render_docs(chart, {})
     coord = container(one(docs, "Deployment", COORDINATOR), "coordinator")
     assert "--http-listen=0.0.0.0:7080" in coord["args"]
+    assert coord["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "dashboard"}
+    assert coord["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "dashboard"}
     svc = one(docs, "Service", COORDINATOR)
     assert {"grpc", "dashboard"} == {p["name"] for p in svc["spec"]["ports"]}
-    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=30).stdout
-    if "--http-listen" not in help_text:
-        pytest.skip("this ringway-coordinator has no --http-listen yet (the dashboard, issue 6)")
     run_check_config(exe, coord, pod_env(coord), {})
+    # Off: no flag, no port, a TCP readiness check of the gRPC port only.
+    docs = render_docs(chart, NO_DASHBOARD)
+    coord = container(one(docs, "Deployment", COORDINATOR), "coordinator")
+    assert not any(a.startswith("--http-listen") for a in coord["args"])
+    assert coord["readinessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert "livenessProbe" not in coord
+    svc = one(docs, "Service", COORDINATOR)
+    assert {"grpc"} == {p["name"] for p in svc["spec"]["ports"]}
+
+
+def test_recovery_settings_reach_the_gateways(chart):
+    docs = render_docs(chart, {})
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert "--recovery-window=120000" in gw["args"]
+    assert "--recovery-max-log=100000" in gw["args"]
+    off = {"gateway": {"config": {"recoveryWindowMs": 0, "recoveryMaxLog": 500}}}
+    gw = container(one(render_docs(chart, off), "Deployment", GATEWAY), "gateway")
+    assert "--recovery-window=0" in gw["args"] and "--recovery-max-log=500" in gw["args"]
 
 
 @pytest.mark.parametrize("name", ["embedded-redis", "upstream"])
@@ -883,7 +906,7 @@ def test_embedded_redis_accepts_rendered_arguments(chart, name, tmp_path):
 
 
 def test_worked_example_backend_fits_the_release(chart):
-    """helm/examples/chat-backend.yaml (docs/DEPLOYMENT.md) is valid and
+    """helm/examples/chat-backend.yaml (docs/KUBERNETES.md) is valid and
     wired to the release of chat-backend-values.yaml: the gateways'
     NetworkPolicy lets its pods call the API and lets the gateways call
     its Upstream port, it dials the API Service, and its token is the

@@ -273,6 +273,8 @@ this once (it renders nothing).
   (printf "--upgrade-timeout=%d" (int $cfg.upgradeTimeoutMs))
   (printf "--registry-ttl=%d" (int $cfg.registryTtlMs))
   (printf "--listen-backlog=%d" (int $cfg.listenBacklog))
+  (printf "--recovery-window=%d" (int $cfg.recoveryWindowMs))
+  (printf "--recovery-max-log=%d" (int $cfg.recoveryMaxLog))
   (printf "--drain-delay=%d" (int $gw.drain.drainDelayMs))
   (printf "--shutdown-timeout=%d" (int $gw.drain.shutdownTimeoutMs))
 ) }}
