@@ -12,7 +12,7 @@ mod timeline;
 
 use clap::{Parser, Subcommand};
 
-use scenarios::{chaos, connect, echo, fanout, hold, polling};
+use scenarios::{chaos, connect, echo, fanout, hold, polling, push};
 
 const LONG_ABOUT: &str = "\
 Load-testing client for Socket.IO servers (Engine.IO v4 / Socket.IO v5 over
@@ -48,6 +48,9 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Polling-only closed-loop echo, non-sticky over a node list (--url repeated).
     Polling(polling::PollingArgs),
+    /// Room fan-out published through the gRPC Push API (EmitStream), or by
+    /// the server itself (--server-driver); delivery, latency, CPU per delivery.
+    Push(push::PushArgs),
     /// Fanout with server processes killed mid-stream; receivers reconnect
     /// asking to recover: delivered/expected, duplicates, order, recovery time.
     Chaos(chaos::ChaosArgs),
@@ -63,6 +66,7 @@ async fn main() {
         Scenario::Fanout(a) => &a.common,
         Scenario::Polling(a) => &a.echo.common,
         Scenario::Chaos(a) => &a.fanout.common,
+        Scenario::Push(a) => &a.fanout.common,
     };
     let (json, plot, baseline) = (common.json, common.plot.clone(), common.baseline.clone());
     let result = match cli.scenario {
@@ -72,6 +76,7 @@ async fn main() {
         Scenario::Fanout(a) => fanout::run(a).await,
         Scenario::Polling(a) => polling::run(a).await,
         Scenario::Chaos(a) => chaos::run(a).await,
+        Scenario::Push(a) => push::run(a).await,
     };
     let result = result.and_then(|mut report| {
         if let Some(file) = &baseline {

@@ -33,6 +33,8 @@ fn gateway_binary() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// The gRPC listener, when there is one.
+    grpc: Option<String>,
 }
 
 impl Server {
@@ -57,15 +59,21 @@ impl Server {
             .expect("start gateway");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening on http://"))
-            .expect("listening line");
+        // The gRPC line, when there is one, comes first.
+        let mut grpc = None;
+        let line = loop {
+            let line = lines.next().and_then(Result::ok).expect("listening line");
+            if let Some(addr) = line.strip_prefix("ringway-gateway grpc listening on ") {
+                grpc = Some(addr.trim().to_owned());
+            }
+            if line.contains("listening on http://") {
+                break line;
+            }
+        };
         // Keep reading stdout so that the gateway never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         let url = line.rsplit(' ').next().expect("url").to_owned();
-        Server { child, url }
+        Server { child, url, grpc }
     }
 }
 
@@ -365,21 +373,28 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Cluster {
         let redis = Redis::start();
         let coordinator = Coordinator::start(&redis);
         let redis_url = redis.url();
         let nodes: Vec<Server> = (1..=3)
             .map(|i| {
-                Server::start_with(&[
+                let node = format!("n{i}");
+                let mut args = vec![
                     "--grpc-listen",
                     "127.0.0.1:0",
                     "--node-id",
-                    &format!("n{i}"),
+                    &node,
                     "--coordinator",
                     &coordinator.addr,
                     "--redis-url",
                     &redis_url,
-                ])
+                ];
+                args.extend_from_slice(extra);
+                Server::start_with(&args)
             })
             .collect();
         let cluster = Cluster {
@@ -522,4 +537,37 @@ fn cluster_chaos_recovers_a_killed_nodes_receivers() {
     );
     assert_eq!(figure(&r, "recovered"), lost, "{}", r["figures"]);
     assert_eq!(figure(&r, "not_recovered"), 0.0);
+}
+
+/// Receivers on the three nodes in turn; the publisher is the gRPC Push API
+/// of node 1 (an EmitStream, paced, then as fast as it goes).
+#[test]
+fn cluster_push_through_the_api() {
+    let cluster = Cluster::start_with(&["--api-token", "smoke-token"]);
+    let grpc = cluster.nodes[0].grpc.clone().expect("the gRPC address");
+    for rate in ["100", "0"] {
+        let r = run_on(
+            &cluster.servers(),
+            &[
+                "push",
+                "--grpc",
+                &grpc,
+                "--token",
+                "smoke-token",
+                "--receivers",
+                "30",
+                "--rate",
+                rate,
+                "--duration",
+                "1",
+            ],
+        );
+        let sent = figure(&r, "emits_sent");
+        assert!(sent >= 50.0, "{}", r["figures"]);
+        assert_eq!(figure(&r, "emits_answered"), sent);
+        assert_eq!(figure(&r, "expected"), sent * 30.0);
+        assert_eq!(figure(&r, "unique"), sent * 30.0, "{}", r["figures"]);
+        assert_eq!(figure(&r, "duplicates"), 0.0);
+        assert_eq!(figure(&r, "reordered"), 0.0);
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use ringway_proto::cluster::v1::{local_request, Disposition, LocalReply, LocalRequest};
 use ringway_proto::v1::push_server::Push;
 use ringway_proto::v1::{
@@ -24,12 +25,45 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn, Instrument};
 
 use crate::cluster::{Cluster, Routed};
-use crate::engineio::{Engine, Sid};
+use crate::engineio::{BoxFuture, Engine, Sid};
 use crate::socketio::packet::{encode_event, RESERVED_EVENTS};
 use crate::socketio::{
     is_hidden_room, user_room, AckError, Application, Namespace, Payload, Recovery, SocketIo,
     SocketRef, Target,
 };
+
+/// Emits of one `EmitStream` finished side by side (recovery log only).
+const STREAM_WINDOW: usize = 256;
+
+/// An emit, checked and begun.
+enum Begun {
+    /// Appended to the recovery log; the rest of the call.
+    Logged(BoxFuture<'static, Result<EmitReply, Status>>),
+    /// To be sent to the nodes.
+    Direct(EmitRequest, ringway_proto::v1::Target),
+}
+
+type EmitResult = Result<EmitReply, Status>;
+
+/// Sends a stream answer; false when the stream is over (the caller stops
+/// at the first failed emit, or when the client went away).
+async fn send_reply(tx: &mpsc::Sender<EmitResult>, reply: EmitResult) -> bool {
+    let failed = reply.is_err();
+    tx.send(reply).await.is_ok() && !failed
+}
+
+fn record_push(started: std::time::Instant) {
+    crate::telemetry::metrics().push_duration.record(
+        crate::telemetry::seconds(started),
+        &crate::telemetry::attr("method", "emit"),
+    );
+}
+
+async fn timed(finish: BoxFuture<'static, EmitResult>, started: std::time::Instant) -> EmitResult {
+    let reply = finish.await;
+    record_push(started);
+    reply
+}
 
 /// Longest wait for an ack (`EmitWithAckRequest.timeout_ms`).
 const MAX_ACK_TIMEOUT_MS: u32 = 300_000;
@@ -489,14 +523,21 @@ impl<A: Application> PushService<A> {
     async fn emit_one(&self, req: EmitRequest) -> Result<EmitReply, Status> {
         let started = std::time::Instant::now();
         let result = self.emit_inner(req).await;
-        crate::telemetry::metrics().push_duration.record(
-            crate::telemetry::seconds(started),
-            &crate::telemetry::attr("method", "emit"),
-        );
+        record_push(started);
         result
     }
 
     async fn emit_inner(&self, req: EmitRequest) -> Result<EmitReply, Status> {
+        match self.begin_emit(req)? {
+            Begun::Logged(finish) => finish.await,
+            Begun::Direct(req, target) => self.emit_direct(req, target).await,
+        }
+    }
+
+    /// Checks an emit and, when it goes through the recovery log, appends
+    /// it at once (so emits begun in order are in the log in that order);
+    /// what is left to await is the rest of the call.
+    fn begin_emit(&self, req: EmitRequest) -> Result<Begun, Status> {
         let target = target_of(&req.target)?.clone();
         let args = payload(&req.event, &req.args_json, &req.attachments)?;
         let size: usize = encode_event(namespace_name(&req.namespace), &req.event, &args, None)
@@ -512,11 +553,21 @@ impl<A: Application> PushService<A> {
         if !namespace_name(&req.namespace).starts_with('/') {
             return Err(Status::invalid_argument("a namespace starts with '/'"));
         }
-        if let Some(recovery) = self.local.recovery().filter(|_| !req.volatile) {
-            if !matches!(target.to, Some(target::To::Sid(_))) {
-                return self.emit_logged(recovery.clone(), req, &target, args).await;
-            }
+        let logged = self.local.recovery().filter(|_| !req.volatile).cloned();
+        match logged {
+            Some(recovery) if !matches!(target.to, Some(target::To::Sid(_))) => Ok(Begun::Logged(
+                self.emit_logged(&recovery, req, &target, args)?,
+            )),
+            _ => Ok(Begun::Direct(req, target)),
         }
+    }
+
+    /// Without the log: the emit itself goes to the nodes (`Node.Local`).
+    async fn emit_direct(
+        &self,
+        req: EmitRequest,
+        target: ringway_proto::v1::Target,
+    ) -> Result<EmitReply, Status> {
         let request = LocalRequest {
             op: Some(local_request::Op::Emit(req.clone())),
         };
@@ -539,14 +590,15 @@ impl<A: Application> PushService<A> {
     }
 
     /// With recovery on: one entry in the log (every node delivers it to
-    /// its sockets), answered once it is durable; the nodes only count.
-    async fn emit_logged(
+    /// its sockets), appended now; the call is answered once it is durable,
+    /// with the sockets the nodes count.
+    fn emit_logged(
         &self,
-        recovery: Arc<Recovery>,
+        recovery: &Recovery,
         req: EmitRequest,
         target: &ringway_proto::v1::Target,
         args: Payload,
-    ) -> Result<EmitReply, Status> {
+    ) -> Result<BoxFuture<'static, Result<EmitReply, Status>>, Status> {
         let ns = namespace_name(&req.namespace);
         let rooms = match target.to.as_ref() {
             Some(target::To::User(user)) => vec![user_room(user)],
@@ -571,15 +623,18 @@ impl<A: Application> PushService<A> {
         let count = LocalRequest {
             op: Some(local_request::Op::Count(req)),
         };
-        let (replies, durable) = tokio::join!(self.fan_out(nodes, count), durable);
-        if !durable.unwrap_or(false) {
-            debug!("push delivered without the recovery log (store unavailable)");
-        }
-        let replies = replies?;
-        Ok(EmitReply {
-            sockets: replies.iter().map(|r| r.sockets).sum(),
-            nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
-        })
+        let service = self.clone();
+        Ok(Box::pin(async move {
+            let (replies, durable) = tokio::join!(service.fan_out(nodes, count), durable);
+            if !durable.unwrap_or(false) {
+                debug!("push delivered without the recovery log (store unavailable)");
+            }
+            let replies = replies?;
+            Ok(EmitReply {
+                sockets: replies.iter().map(|r| r.sockets).sum(),
+                nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+            })
+        }))
     }
 
     async fn change(&self, req: RoomsChange, join: bool) -> Result<RoomsChangeReply, Status> {
@@ -654,20 +709,58 @@ impl<A: Application> Push for PushService<A> {
         let (tx, rx) = mpsc::channel(32);
         let service = self.clone();
         tokio::spawn(async move {
+            // Emits through the recovery log are appended in the stream's
+            // order as they arrive, so up to STREAM_WINDOW of them are
+            // finished side by side (answers still in order). Others run
+            // one at a time: their order on every node is their order here.
+            let mut pending = futures_util::stream::FuturesOrdered::new();
             loop {
-                let req = match stream.message().await {
+                let next = tokio::select! {
+                    biased;
+                    Some(reply) = pending.next(), if !pending.is_empty() => {
+                        if !send_reply(&tx, reply).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    next = stream.message(), if pending.len() < STREAM_WINDOW => next,
+                };
+                let req = match next {
                     Ok(Some(req)) => req,
-                    Ok(None) => return,
+                    Ok(None) => break,
                     Err(status) => {
                         debug!(%status, "emit stream ended");
-                        return;
+                        break;
                     }
                 };
-                // One at a time: emits of one stream keep their order on
-                // every node.
-                let reply = service.emit_one(req).await;
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                let started = std::time::Instant::now();
+                match service.begin_emit(req) {
+                    Ok(Begun::Logged(finish)) => pending.push_back(timed(finish, started)),
+                    Ok(Begun::Direct(req, target)) => {
+                        while let Some(reply) = pending.next().await {
+                            if !send_reply(&tx, reply).await {
+                                return;
+                            }
+                        }
+                        let reply = service.emit_direct(req, target).await;
+                        record_push(started);
+                        if !send_reply(&tx, reply).await {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        while let Some(reply) = pending.next().await {
+                            if !send_reply(&tx, reply).await {
+                                return;
+                            }
+                        }
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+            while let Some(reply) = pending.next().await {
+                if !send_reply(&tx, reply).await {
                     return;
                 }
             }

@@ -156,6 +156,44 @@ function onConnection(socket) {
     });
   });
 
+  // The room emitted into by the server itself, for the load test's `push
+  // --server-driver`: `message {seq, t}` (t: wall-clock nanoseconds) into
+  // `room` at `rate` per second (0: as fast as the event loop allows) for
+  // `duration_ms`, then `drive-done` with the count to the asking socket.
+  socket.on('drive', (...args) => {
+    splitAck(args);
+    const req = args[0] || {};
+    const rate = Number(req.rate) || 0;
+    const duration = Number(req.duration_ms) || 1000;
+    const pad = req.pad > 0 ? 'x'.repeat(req.pad) : null;
+    const started = performance.now();
+    let seq = 0;
+    const emitOne = () => {
+      const msg = { seq, t: Math.round((performance.timeOrigin + performance.now()) * 1e6) };
+      if (pad) msg.pad = pad;
+      nsp.to(req.room).emit('message', msg);
+      seq++;
+    };
+    const total = Math.round((duration / 1000) * rate);
+    const tick = () => {
+      const elapsed = performance.now() - started;
+      if (elapsed >= duration) {
+        while (rate > 0 && seq < total) emitOne();
+        socket.emit('drive-done', seq);
+        return;
+      }
+      if (rate > 0) {
+        const due = Math.min(Math.floor((elapsed / 1000) * rate), total);
+        while (seq < due) emitOne();
+        setTimeout(tick, 1);
+      } else {
+        for (let i = 0; i < 20; i++) emitOne();
+        setImmediate(tick);
+      }
+    };
+    tick();
+  });
+
   socket.on('server-disconnect', () => {
     socket.disconnect(false);
   });

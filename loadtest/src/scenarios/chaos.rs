@@ -24,8 +24,11 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use super::fanout::{delivery, join, publish, FanoutArgs, PublisherStats, ReceiverStats, Shared};
-use super::{end_progress, per_second, progress, spawn_paced, Run};
+use super::fanout::{
+    delivery, delivery_figures, join, publish, FanoutArgs, PublisherStats, ReceiverStats, Shared,
+    Tally,
+};
+use super::{end_progress, progress, spawn_paced, Run};
 use crate::client::socketio::PacketType;
 use crate::client::{ClientError, ErrorKind, SioSession};
 use crate::metrics::LatencyHistogram;
@@ -260,22 +263,22 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         session.close().await;
     }
     kills.abort();
-    let mut totals = ReceiverStats::default();
-    let mut lossy = 0u64;
+    let mut tally = Tally::default();
     while let Some(end) = tasks.join_next().await {
         let Ok(end) = end else { continue };
         if !end.joined {
             continue;
         }
-        lossy += (end.stats.unique < pubstats.sent) as u64;
-        totals.delivered += end.stats.delivered;
-        totals.unique += end.stats.unique;
-        totals.duplicates += end.stats.duplicates;
-        totals.gaps += end.stats.gaps;
-        totals.reordered += end.stats.reordered;
+        tally.lossy_receivers += (end.stats.unique < pubstats.sent) as u64;
+        let t = &mut tally.stats;
+        t.delivered += end.stats.delivered;
+        t.unique += end.stats.unique;
+        t.duplicates += end.stats.duplicates;
+        t.gaps += end.stats.gaps;
+        t.reordered += end.stats.reordered;
     }
+    tally.lost_receivers = reconnects.gave_up.load(Ordering::Relaxed);
     let expected = pubstats.sent * joined;
-    let missing = expected.saturating_sub(totals.unique);
     let last_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
     let delivery_s =
         (last_ns.saturating_sub(publish_start_ns) as f64 / 1e9).max(fan.duration.min(window_s));
@@ -288,32 +291,23 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         pubstats.sent as f64,
         "",
     );
-    report.figure("expected", "deliveries expected", expected as f64, "");
-    report.figure("unique", "distinct deliveries", totals.unique as f64, "");
     report.figure(
         "delivered_pct",
         "delivered / expected",
         if expected > 0 {
-            totals.unique as f64 * 100.0 / expected as f64
+            tally.stats.unique as f64 * 100.0 / expected as f64
         } else {
             0.0
         },
         "%",
     );
-    report.figure("lost", "deliveries lost", missing as f64, "");
-    report.figure("duplicates", "duplicates", totals.duplicates as f64, "");
-    report.figure("reordered", "out of order", totals.reordered as f64, "");
-    report.figure(
-        "gaps",
-        "sequence gaps (skips ahead)",
-        totals.gaps as f64,
-        "",
-    );
-    report.figure(
-        "lossy_receivers",
-        "receivers missing messages",
-        lossy as f64,
-        "",
+    delivery_figures(
+        &mut report,
+        &shared,
+        &tally,
+        pubstats.sent,
+        joined,
+        delivery_s,
     );
     report.figure(
         "disconnected",
@@ -339,18 +333,6 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         count(&reconnects.gave_up),
         "",
     );
-    report.figure(
-        "delivered_per_s",
-        "deliveries per second",
-        per_second(totals.unique, delivery_s),
-        "/s",
-    );
-    report.cpu_per(
-        "server_cpu_us_per_delivery",
-        "server CPU per delivery",
-        totals.delivered,
-    );
-    report.latency("delivery", shared.latency.summary());
     report.latency("reconnect_to_recovered", reconnects.latency.summary());
     fan.common.keep_timeline(&mut report, timeline);
     run.finish_report(&mut report);

@@ -22,6 +22,7 @@ use crate::client::{ClientError, ErrorKind, SioSession};
 use crate::metrics::{ErrorCounts, LatencyHistogram};
 use crate::report::Report;
 use crate::timeline::Timeline;
+use tokio::task::JoinSet;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct FanoutArgs {
@@ -68,6 +69,9 @@ pub(crate) struct FanoutMsg {
 pub(crate) struct Shared {
     /// Time base of the `t` field.
     pub base: Instant,
+    /// `t` is wall-clock time (nanoseconds since the Unix epoch) instead:
+    /// for messages stamped by another process on this machine.
+    pub wall_clock: bool,
     pub latency: LatencyHistogram,
     pub join_latency: LatencyHistogram,
     pub delivered: AtomicU64,
@@ -80,6 +84,7 @@ impl Shared {
     pub fn new(errors: Arc<ErrorCounts>) -> Shared {
         Shared {
             base: Instant::now(),
+            wall_clock: false,
             latency: LatencyHistogram::new(),
             join_latency: LatencyHistogram::new(),
             delivered: AtomicU64::new(0),
@@ -89,6 +94,11 @@ impl Shared {
     }
 
     pub fn now_ns(&self) -> u64 {
+        if self.wall_clock {
+            return std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        }
         self.base.elapsed().as_nanos() as u64
     }
 }
@@ -138,27 +148,27 @@ struct ReceiverEnd {
     stats: ReceiverStats,
 }
 
-pub async fn run(args: FanoutArgs) -> Result<Report, String> {
-    // Receivers plus the publisher.
-    let run = Run::new(&args.common, args.receivers + 1).await?;
-    let mut report = args
-        .common
-        .report("fanout", serde_json::to_value(&args).unwrap_or_default());
-    let (mut servers, mut client) = args.common.probes()?;
-    if args.rate <= 0.0 {
-        return Err("--rate must be positive".into());
-    }
+/// Receivers that joined the room, each receiving until `stop`.
+pub(crate) struct Receivers {
+    tasks: JoinSet<ReceiverEnd>,
+    pub joined: u64,
+}
 
-    let shared = Arc::new(Shared::new(run.errors.clone()));
+/// Starts `args.receivers` sessions at `args.connect_rate` that join the
+/// room and receive until `stop`; returns once every join ended.
+pub(crate) async fn start_receivers(
+    run: &Run,
+    args: &FanoutArgs,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Receivers {
     let room_json = serde_json::Value::from(args.room.as_str()).to_string();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     let join_timeout = run.cfg.handshake_timeout;
-
-    let mut tasks = spawn_paced(args.receivers, args.connect_rate, |_| {
+    let tasks = spawn_paced(args.receivers, args.connect_rate, |_| {
         let cfg = run.cfg.clone();
         let shared = shared.clone();
-        let stop = stop_rx.clone();
+        let stop = stop.clone();
         let ready = ready_tx.clone();
         let room_json = room_json.clone();
         async move {
@@ -167,15 +177,11 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
                 lost: false,
                 stats: ReceiverStats::default(),
             };
-            let session = match SioSession::connect(&cfg).await {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    shared.errors.add(&e);
-                    let _ = ready.send(false);
-                    return end;
-                }
+            let joined = match SioSession::connect(&cfg).await {
+                Ok((s, _)) => join(s, &room_json, join_timeout, &shared).await,
+                Err(e) => Err(e),
             };
-            let session = match join(session, &room_json, join_timeout, &shared).await {
+            let session = match joined {
                 Ok(s) => s,
                 Err(e) => {
                     shared.errors.add(&e);
@@ -202,6 +208,122 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
     while let Some(ok) = ready_rx.recv().await {
         joined += ok as u64;
     }
+    Receivers { tasks, joined }
+}
+
+/// What every receiver got, summed.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub stats: ReceiverStats,
+    pub lost_receivers: u64,
+    /// Receivers with fewer distinct messages than were sent.
+    pub lossy_receivers: u64,
+}
+
+impl Receivers {
+    /// Waits for every receiver (after `stop`) and sums what they got.
+    pub async fn tally(mut self, sent: u64) -> Tally {
+        let mut t = Tally::default();
+        while let Some(end) = self.tasks.join_next().await {
+            let Ok(end) = end else { continue };
+            if !end.joined {
+                continue;
+            }
+            t.lost_receivers += end.lost as u64;
+            t.lossy_receivers += (end.stats.unique < sent) as u64;
+            t.stats.delivered += end.stats.delivered;
+            t.stats.unique += end.stats.unique;
+            t.stats.duplicates += end.stats.duplicates;
+            t.stats.gaps += end.stats.gaps;
+            t.stats.reordered += end.stats.reordered;
+        }
+        t
+    }
+}
+
+/// The delivery figures of a room publishing run: expected, received,
+/// lost, duplicates, order, rates, CPU per delivery, latencies.
+pub(crate) fn delivery_figures(
+    report: &mut Report,
+    shared: &Shared,
+    tally: &Tally,
+    sent: u64,
+    joined: u64,
+    delivery_s: f64,
+) {
+    let totals = &tally.stats;
+    let expected = sent * joined;
+    let missing = expected.saturating_sub(totals.unique);
+    report.figure("expected", "deliveries expected", expected as f64, "");
+    report.figure(
+        "delivered",
+        "deliveries received",
+        totals.delivered as f64,
+        "",
+    );
+    report.figure("unique", "distinct deliveries", totals.unique as f64, "");
+    report.figure("lost", "deliveries lost", missing as f64, "");
+    report.figure(
+        "loss_pct",
+        "loss",
+        if expected > 0 {
+            missing as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        },
+        "%",
+    );
+    report.figure("duplicates", "duplicates", totals.duplicates as f64, "");
+    report.figure(
+        "gaps",
+        "sequence gaps (skips ahead)",
+        totals.gaps as f64,
+        "",
+    );
+    report.figure("reordered", "out of order", totals.reordered as f64, "");
+    report.figure(
+        "lossy_receivers",
+        "receivers missing messages",
+        tally.lossy_receivers as f64,
+        "",
+    );
+    report.figure(
+        "receivers_lost",
+        "receivers lost during the run",
+        tally.lost_receivers as f64,
+        "",
+    );
+    report.figure(
+        "delivered_per_s",
+        "deliveries per second",
+        per_second(totals.unique, delivery_s),
+        "/s",
+    );
+    report.cpu_per(
+        "server_cpu_us_per_delivery",
+        "server CPU per delivery",
+        totals.delivered,
+    );
+    report.latency("delivery", shared.latency.summary());
+    report.latency("join_ack", shared.join_latency.summary());
+}
+
+pub async fn run(args: FanoutArgs) -> Result<Report, String> {
+    // Receivers plus the publisher.
+    let run = Run::new(&args.common, args.receivers + 1).await?;
+    let mut report = args
+        .common
+        .report("fanout", serde_json::to_value(&args).unwrap_or_default());
+    let (mut servers, mut client) = args.common.probes()?;
+    if args.rate <= 0.0 {
+        return Err("--rate must be positive".into());
+    }
+
+    let shared = Arc::new(Shared::new(run.errors.clone()));
+    let room_json = serde_json::Value::from(args.room.as_str()).to_string();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers = start_receivers(&run, &args, &shared, &stop_rx).await;
+    let joined = receivers.joined;
 
     let mut publisher = match SioSession::connect_on(&run.cfg, 0).await {
         Ok((s, _)) => Some(s),
@@ -255,24 +377,7 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
         session.close().await;
     }
 
-    let mut totals = ReceiverStats::default();
-    let (mut lost_receivers, mut lossy_receivers) = (0u64, 0u64);
-    while let Some(end) = tasks.join_next().await {
-        let Ok(end) = end else { continue };
-        if !end.joined {
-            continue;
-        }
-        lost_receivers += end.lost as u64;
-        lossy_receivers += (end.stats.unique < pubstats.sent) as u64;
-        totals.delivered += end.stats.delivered;
-        totals.unique += end.stats.unique;
-        totals.duplicates += end.stats.duplicates;
-        totals.gaps += end.stats.gaps;
-        totals.reordered += end.stats.reordered;
-    }
-
-    let expected = pubstats.sent * joined;
-    let missing = expected.saturating_sub(totals.unique);
+    let tally = receivers.tally(pubstats.sent).await;
     let last_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
     let delivery_s =
         (last_ns.saturating_sub(publish_start_ns) as f64 / 1e9).max(args.duration.min(window_s));
@@ -281,12 +386,6 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
         "receivers_failed",
         "receivers failed to join",
         (args.receivers - joined) as f64,
-        "",
-    );
-    report.figure(
-        "receivers_lost",
-        "receivers lost during the run",
-        lost_receivers as f64,
         "",
     );
     report.figure(
@@ -311,53 +410,15 @@ pub async fn run(args: FanoutArgs) -> Result<Report, String> {
         },
         "",
     );
-    report.figure("expected", "deliveries expected", expected as f64, "");
-    report.figure(
-        "delivered",
-        "deliveries received",
-        totals.delivered as f64,
-        "",
-    );
-    report.figure("unique", "distinct deliveries", totals.unique as f64, "");
-    report.figure("lost", "deliveries lost", missing as f64, "");
-    report.figure(
-        "loss_pct",
-        "loss",
-        if expected > 0 {
-            missing as f64 * 100.0 / expected as f64
-        } else {
-            0.0
-        },
-        "%",
-    );
-    report.figure("duplicates", "duplicates", totals.duplicates as f64, "");
-    report.figure(
-        "gaps",
-        "sequence gaps (skips ahead)",
-        totals.gaps as f64,
-        "",
-    );
-    report.figure("reordered", "out of order", totals.reordered as f64, "");
-    report.figure(
-        "lossy_receivers",
-        "receivers missing messages",
-        lossy_receivers as f64,
-        "",
-    );
     report.figure("window_s", "publish + drain window", window_s, "s");
-    report.figure(
-        "delivered_per_s",
-        "deliveries per second",
-        per_second(totals.unique, delivery_s),
-        "/s",
+    delivery_figures(
+        &mut report,
+        &shared,
+        &tally,
+        pubstats.sent,
+        joined,
+        delivery_s,
     );
-    report.cpu_per(
-        "server_cpu_us_per_delivery",
-        "server CPU per delivery",
-        totals.delivered,
-    );
-    report.latency("delivery", shared.latency.summary());
-    report.latency("join_ack", shared.join_latency.summary());
     args.common.keep_timeline(&mut report, timeline);
     run.finish_report(&mut report);
     Ok(report)
@@ -389,7 +450,7 @@ pub(crate) async fn join(
 }
 
 /// Receives `message` deliveries until `stop`.
-async fn receive(
+pub(crate) async fn receive(
     mut session: SioSession,
     mut stop: watch::Receiver<bool>,
     shared: &Shared,

@@ -7,6 +7,7 @@ pub mod echo;
 pub mod fanout;
 pub mod hold;
 pub mod polling;
+pub mod push;
 
 use std::future::Future;
 use std::io::IsTerminal;
