@@ -1,6 +1,6 @@
 //! The chat demo (`--demo`, docs/DEMO.md) in a real browser: headless
-//! Chromium (the Debian package, installed by `scripts/test.sh`) driven
-//! over the DevTools protocol (`browser/cdp.rs`), with the official
+//! Chromium (the Debian package, installed by `scripts/test.sh`) driven by
+//! `playwright-core` from npm (`browser/driver.rs`), with the official
 //! `socket.io-client` bundle the gateway serves with the page.
 //!
 //! The cluster tests run `redis-server`, `ringway-coordinator`, three
@@ -13,17 +13,17 @@
 
 mod common;
 
-#[path = "browser/cdp.rs"]
-mod cdp;
+#[path = "browser/driver.rs"]
+mod driver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cdp::{Browser, Page};
 use common::cluster::{free_port, Cluster};
 use common::nginx::{Access, Nginx, Upgrades};
 use common::Gateway;
+use driver::{Browser, Page};
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];

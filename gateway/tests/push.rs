@@ -535,3 +535,224 @@ async fn users_with_sessions_on_several_nodes() {
         .into_inner();
     assert_eq!(reply.sockets, 0);
 }
+
+// ---------------------------------------------------------------------------
+// Volatile, everyone, whole-session disconnects and their reasons, token
+// files, and the API with connection state recovery on.
+
+fn everyone() -> Option<Target> {
+    Some(Target {
+        to: Some(target::To::Everyone(true)),
+        except_rooms: vec![],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_everyone_and_disconnects_with_a_reason() {
+    let c = Cluster::start(
+        3,
+        &[
+            "--api-token",
+            TOKEN,
+            "--namespace",
+            "/",
+            "--namespace",
+            "/custom",
+        ],
+    )
+    .await;
+    let mut api = client(c.nodes[2].grpc.as_deref().expect("grpc"), Some(TOKEN)).await;
+
+    // Everyone: every namespace of every node, once per socket.
+    let (mut a, sid_a) = connect(c.addr(0)).await;
+    let (mut custom, _) = ws_open(c.addr(1)).await;
+    ws_send(&mut custom, "40/custom,").await;
+    expect(&mut custom, "40/custom,{\"sid\"").await;
+    let reply = api
+        .emit(emit(everyone(), "hello", "[1]"))
+        .await
+        .expect("emit to everyone")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (2, 2));
+    assert_eq!(expect(&mut a, "42[\"hello\"").await, "42[\"hello\",1]");
+    assert_eq!(
+        expect(&mut custom, "42/custom,[\"hello\"").await,
+        "42/custom,[\"hello\",1]"
+    );
+
+    // Volatile: dropped for a client that cannot take it now (a polling
+    // client whose queue holds something), delivered once it can.
+    let p = common::Polling::open(c.addr(0), "/socket.io/").await;
+    p.send("40").await;
+    let first = p.next_non_ping().await;
+    assert!(first.iter().any(|x| x.starts_with("40{")), "{first:?}");
+    let (sid_p, volatile) = (p.sid.clone(), |args: &str| {
+        let mut r = emit(None, "v", args);
+        r.volatile = true;
+        r
+    });
+    api.emit(emit(to_sid(&sid_p), "queued", "[]"))
+        .await
+        .expect("emit");
+    let mut v = volatile("[\"dropped\"]");
+    v.target = to_sid(&sid_p);
+    let reply = api.emit(v).await.expect("volatile emit").into_inner();
+    assert_eq!(
+        reply.sockets, 0,
+        "a volatile emit to a busy client is dropped"
+    );
+    let got = p.next_non_ping().await;
+    assert!(got.iter().any(|x| x == "42[\"queued\"]"), "{got:?}");
+    assert!(!got.iter().any(|x| x.contains("dropped")), "{got:?}");
+    let mut v = volatile("[\"kept\"]");
+    v.target = to_sid(&sid_p);
+    let reply = api.emit(v).await.expect("volatile emit").into_inner();
+    assert_eq!(reply.sockets, 1);
+    assert_eq!(
+        p.next_non_ping().await,
+        vec!["42[\"v\",\"kept\"]".to_owned()]
+    );
+
+    // A reason the client sees, then the DISCONNECT; the session stays.
+    let reply = api
+        .disconnect(DisconnectRequest {
+            namespace: "/".into(),
+            target: to_sid(&sid_a),
+            reason: "maintenance".into(),
+            close_session: false,
+        })
+        .await
+        .expect("disconnect")
+        .into_inner();
+    assert_eq!(reply.sockets, 1);
+    assert_eq!(
+        expect(&mut a, "42[\"ringway:disconnect\"").await,
+        "42[\"ringway:disconnect\",\"maintenance\"]"
+    );
+    assert_eq!(expect(&mut a, "41").await, "41");
+
+    // close_session: the whole Engine.IO session ends.
+    let (mut b, sid_b) = connect(c.addr(1)).await;
+    api.disconnect(DisconnectRequest {
+        namespace: "/".into(),
+        target: to_sid(&sid_b),
+        reason: String::new(),
+        close_session: true,
+    })
+    .await
+    .expect("close session");
+    loop {
+        match ws_text(&mut b).await {
+            None => break,
+            Some(t) => assert!(!t.starts_with("42[\"ringway:disconnect\""), "{t}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("ringway-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# one per line\nfile-token-1\n\nfile-token-2\n").expect("write");
+    let c = Cluster::start(1, &["--api-token-file", file.to_str().expect("utf-8")]).await;
+    let grpc = c.nodes[0].grpc.as_deref().expect("grpc");
+    let stats = StatsRequest::default();
+    for token in ["file-token-1", "file-token-2"] {
+        let mut ok = client(grpc, Some(token)).await;
+        ok.stats(stats).await.expect("a token of the file");
+    }
+    let mut wrong = client(grpc, Some("not-in-the-file")).await;
+    let err = wrong
+        .stats(stats)
+        .await
+        .expect_err("a token not in the file");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A recoverable event's arguments without its offset (the last one).
+fn without_offset(text: &str, prefix: &str) -> String {
+    let json = text.strip_prefix(prefix).expect("prefix");
+    let mut args: Vec<serde_json::Value> = serde_json::from_str(json).expect("event JSON");
+    let offset = args.pop().expect("an offset");
+    let offset = offset.as_str().expect("a string offset");
+    assert!(
+        offset
+            .split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok()),
+        "not an offset: {offset}"
+    );
+    format!("{prefix}{}", serde_json::to_string(&args).expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_recovery_on_pushes_go_through_the_log_in_order() {
+    let c = Cluster::start(3, &["--api-token", TOKEN, "--recovery-window", "120000"]).await;
+    let mut api = Vec::new();
+    for node in &c.nodes {
+        api.push(client(node.grpc.as_deref().expect("grpc"), Some(TOKEN)).await);
+    }
+    let mut socks = Vec::new();
+    for i in 0..3 {
+        let (mut ws, open) = ws_open(c.addr(i)).await;
+        let sid = open["sid"].as_str().expect("sid").to_owned();
+        ws_send(&mut ws, "40").await;
+        let answer = expect(&mut ws, "40{").await;
+        assert!(answer.contains("\"pid\""), "{answer}");
+        expect(&mut ws, "42[\"auth\"").await;
+        join(&mut ws, "r").await;
+        socks.push((ws, sid));
+    }
+    // To a sid on another node, to a room, to the namespace: each arrives
+    // once with its offset.
+    let sid0 = socks[0].1.clone();
+    let reply = api[2]
+        .emit(emit(to_sid(&sid0), "one", "[1]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!(reply.sockets, 1);
+    let text = expect(&mut socks[0].0, "42[\"one\"").await;
+    assert_eq!(without_offset(&text, "42"), "42[\"one\",1]");
+    let reply = api[1]
+        .emit(emit(to_rooms(&["r"], &[]), "room", "[\"hi\"]"))
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (3, 3));
+    for (ws, _) in socks.iter_mut() {
+        let text = expect(ws, "42[\"room\"").await;
+        assert_eq!(without_offset(&text, "42"), "42[\"room\",\"hi\"]");
+    }
+    // A stream of 300 emits (finished side by side on the node): in order
+    // on every node, each answered.
+    let requests: Vec<EmitRequest> = (0..300)
+        .map(|i| emit(to_rooms(&["r"], &[]), "seq", &format!("[{i}]")))
+        .collect();
+    let mut replies = api[0]
+        .emit_stream(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut answered = 0;
+    while let Some(reply) = replies.message().await.expect("stream reply") {
+        assert_eq!(reply.sockets, 3);
+        answered += 1;
+    }
+    assert_eq!(answered, 300);
+    for (ws, _) in socks.iter_mut() {
+        for i in 0..300 {
+            let text = expect(ws, "42[\"seq\"").await;
+            assert_eq!(without_offset(&text, "42"), format!("42[\"seq\",{i}]"));
+        }
+    }
+    // Volatile emits are not logged: no offset.
+    let mut v = emit(to_sid(&sid0), "v", "[\"now\"]");
+    v.volatile = true;
+    api[1].emit(v).await.expect("volatile");
+    assert_eq!(
+        expect(&mut socks[0].0, "42[\"v\"").await,
+        "42[\"v\",\"now\"]"
+    );
+}

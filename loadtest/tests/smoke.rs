@@ -571,3 +571,64 @@ fn cluster_push_through_the_api() {
         assert_eq!(figure(&r, "reordered"), 0.0);
     }
 }
+
+/// `--plot` draws an SVG of the run and keeps the samples in the JSON;
+/// `--baseline` compares a run with a saved report (current / baseline).
+#[test]
+fn plot_and_baseline() {
+    let server = Server::start();
+    let dir = std::env::temp_dir().join(format!("ringway-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let svg = dir.join("echo.svg");
+    let svg_arg = svg.to_str().expect("utf-8").to_owned();
+    let args = [
+        "echo",
+        "--sessions",
+        "4",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+        "--pause-ms",
+        "2",
+    ];
+    let mut with_plot: Vec<&str> = args.to_vec();
+    with_plot.extend(["--plot", &svg_arg]);
+    let first = run(&server, &with_plot);
+    let plot = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(
+        plot.starts_with("<svg") && plot.contains("</svg>"),
+        "{}",
+        &plot[..plot.len().min(200)]
+    );
+    assert!(plot.len() > 2000, "an almost empty plot: {plot}");
+    let samples = first["timeline"]["samples"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(samples >= 1, "no timeline samples: {}", first["timeline"]);
+
+    let base = dir.join("base.json");
+    std::fs::write(&base, first.to_string()).expect("write the baseline");
+    let base_arg = base.to_str().expect("utf-8").to_owned();
+    let mut against: Vec<&str> = args.to_vec();
+    against.extend(["--baseline", &base_arg]);
+    let second = run(&server, &against);
+    let cmp = &second["baseline"];
+    let rt = &cmp["figures"]["round_trips"];
+    let (current, baseline) = (
+        rt["current"].as_f64().unwrap(),
+        rt["baseline"].as_f64().unwrap(),
+    );
+    assert_eq!(baseline, figure(&first, "round_trips"));
+    assert_eq!(current, figure(&second, "round_trips"));
+    let ratio = rt["ratio"].as_f64().expect("a ratio");
+    assert!((ratio - current / baseline).abs() < 1e-9);
+    assert!(
+        cmp["latency"]["echo_rtt"]["p50"]["ratio"]
+            .as_f64()
+            .is_some(),
+        "{cmp}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

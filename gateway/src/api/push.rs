@@ -32,6 +32,9 @@ use crate::socketio::{
     SocketRef, Target,
 };
 
+/// The event a client gets with the reason of a `Push.Disconnect`.
+pub const DISCONNECT_NOTICE: &str = "ringway:disconnect";
+
 /// Emits of one `EmitStream` finished side by side (recovery log only).
 const STREAM_WINDOW: usize = 256;
 
@@ -343,8 +346,17 @@ impl<A: Application> LocalPush<A> {
             ));
         }
         let scope = self.scope(&req.namespace, target)?;
+        // The reason, for the client: an event just before the DISCONNECT
+        // (the protocol's DISCONNECT carries none). Sent directly, never
+        // through the recovery log, so it cannot arrive after.
+        let notice = (!req.reason.is_empty())
+            .then(|| Payload::from_values(&[serde_json::Value::String(req.reason.clone())]));
         Ok(self.each(scope, |socket| {
             debug!(socket = %socket.id(), reason = %req.reason, "disconnected by the API");
+            if let Some(args) = &notice {
+                let frames = encode_event(socket.namespace().name(), DISCONNECT_NOTICE, args, None);
+                let _ = socket.session().send_all(frames);
+            }
             if req.close_session {
                 socket.close_session();
             } else {

@@ -22,7 +22,7 @@ use super::fabric::Fabric;
 use super::namespace::Namespace;
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
-use super::socket::{AckSender, DisconnectReason, Socket, SocketRef};
+use super::socket::{is_hidden_room, user_room, AckSender, DisconnectReason, Socket, SocketRef};
 
 #[derive(Debug, Clone)]
 pub struct SocketIoConfig {
@@ -310,44 +310,28 @@ fn finish_connect<A: Application>(
             return;
         }
     };
-    let socket = {
-        // With recovery, under the deliverer's gate: the socket gets
-        // exactly the entries after the one it is registered at.
-        let gate = ns.recovery().map(|r| r.gate());
-        let socket = Socket::restored(
-            ns.clone(),
-            session.clone(),
-            Sid::random(),
-            auth.into(),
-            grant.user.map(String::into_boxed_str),
-            grant.data,
-            0,
-            gate.as_deref().map(|at| SocketRecovery::fresh(*at)),
-        );
-        ns.insert(socket.clone());
-        socket
-    };
+    if let Some(recovery) = ns.recovery() {
+        return finish_recoverable(app, ns, session, auth, grant, recovery);
+    }
+    let socket = Socket::restored(
+        ns.clone(),
+        session.clone(),
+        Sid::random(),
+        auth.into(),
+        grant.user.map(String::into_boxed_str),
+        grant.data,
+        0,
+        None,
+    );
+    ns.insert(socket.clone());
     let user_room = socket.user().map(super::socket::user_room);
-    let mut receipts: Vec<_> = grant
+    let receipts: Vec<_> = grant
         .rooms
         .iter()
         .filter_map(|room| socket.join(room))
         .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
-    let answer = match (ns.recovery(), socket.recovery()) {
-        (Some(recovery), Some(r)) => {
-            // Answered once the state is written: the pid the client gets
-            // is recoverable from any node.
-            if receipts.is_empty() {
-                let saved = recovery.save_confirmed(&socket);
-                receipts.push(Box::pin(async move {
-                    let _ = saved.await;
-                }));
-            }
-            format!("{{\"sid\":\"{}\",\"pid\":\"{}\"}}", socket.id(), r.pid)
-        }
-        _ => format!("{{\"sid\":\"{}\"}}", socket.id()),
-    };
+    let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
     let (ns, session) = (ns.clone(), session.clone());
     // The namespace stays "connecting" (so the session is not handed off)
     // until its answer is queued.
@@ -373,6 +357,65 @@ fn finish_connect<A: Application>(
         }
         connected(&app);
     });
+}
+
+/// A fresh socket with recovery on. Under the deliverer's gate, at one
+/// position of the log: the socket and its initial rooms go in, it joins
+/// its session's sockets and its CONNECT answer (with the pid) is queued,
+/// so no event of the log can reach the client before the answer and none
+/// after that position is missed. Its state is written right after (the
+/// answer does not wait for it: a node killed within that write leaves a
+/// pid that cannot be recovered, and that client gets a fresh socket).
+/// Rooms need no confirmation from the other nodes: every node reads the
+/// log.
+fn finish_recoverable<A: Application>(
+    app: &Arc<A>,
+    ns: &Arc<Namespace>,
+    session: &SessionRef<ClientState>,
+    auth: &str,
+    grant: Grant,
+    recovery: &Arc<Recovery>,
+) {
+    let socket = {
+        let gate = recovery.gate();
+        let at = *gate;
+        let socket = Socket::restored(
+            ns.clone(),
+            session.clone(),
+            Sid::random(),
+            auth.into(),
+            grant.user.map(String::into_boxed_str),
+            grant.data,
+            0,
+            Some(SocketRecovery::fresh(at)),
+        );
+        let mut rooms: Vec<(String, Offset)> = Vec::new();
+        let named = grant.rooms.into_iter().filter(|r| !is_hidden_room(r));
+        for room in named.chain(socket.user().map(user_room)) {
+            if !rooms.iter().any(|(r, _)| *r == room) {
+                rooms.push((room, at));
+            }
+        }
+        socket.set_rooms(rooms);
+        ns.insert(socket.clone());
+        socket.attach_rooms();
+        if !session.data().end_connect(ns.name(), Some(socket.clone())) {
+            // The session closed while the CONNECT was being decided.
+            socket.detach();
+            return;
+        }
+        let pid = socket
+            .recovery()
+            .map(|r| r.pid.to_string())
+            .unwrap_or_default();
+        let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
+        if session.send(encode_connect(ns.name(), &answer)).is_err() {
+            return;
+        }
+        socket
+    };
+    recovery.save(&socket);
+    app.on_connect(&socket);
 }
 
 /// A CONNECT that asks to recover: the socket comes back if it can, else a

@@ -173,6 +173,11 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
                     reconnects.latency.record(since.elapsed());
                     reconnects.recovered.fetch_add(1, Ordering::Relaxed);
                     session = fresh;
+                    // As the official client: the last offset seen stays
+                    // until a newer event comes.
+                    if session.last_offset.is_none() {
+                        session.last_offset = offset;
+                    }
                 } else {
                     // Not recovered: a new socket, which joins the room.
                     reconnects.fresh.fetch_add(1, Ordering::Relaxed);
