@@ -70,6 +70,8 @@ pub struct ChaosArgs {
 #[derive(Default)]
 struct Reconnects {
     disconnected: AtomicU64,
+    /// Receivers reconnecting right now (the drain waits for them).
+    in_progress: AtomicU64,
     recovered: AtomicU64,
     fresh: AtomicU64,
     gave_up: AtomicU64,
@@ -147,6 +149,7 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
                 };
                 // The connection broke: back at once, asking to recover.
                 reconnects.disconnected.fetch_add(1, Ordering::Relaxed);
+                reconnects.in_progress.fetch_add(1, Ordering::Relaxed);
                 let since = Instant::now();
                 let pid = session.pid.clone().filter(|_| recover);
                 let offset = session.last_offset.clone();
@@ -164,6 +167,7 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
                         Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
                 }
+                reconnects.in_progress.fetch_sub(1, Ordering::Relaxed);
                 let Some(fresh) = back else {
                     reconnects.gave_up.fetch_add(1, Ordering::Relaxed);
                     shared.errors.add(&lost);
@@ -247,7 +251,8 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         let expected = pubstats.sent * joined;
         let drain_end = Instant::now() + Duration::from_secs_f64(fan.drain);
         while (shared.delivered.load(Ordering::Relaxed) < expected
-            || pubstats.acked < pubstats.sent)
+            || pubstats.acked < pubstats.sent
+            || reconnects.in_progress.load(Ordering::Relaxed) > 0)
             && Instant::now() < drain_end
         {
             let tick = tokio::time::sleep(Duration::from_millis(10));
