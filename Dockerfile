@@ -15,8 +15,13 @@ ARG RUST_VERSION=1.95
 
 # --- build: the Rust toolchain on Debian 12 (same glibc as the runtime) ---
 FROM rust:${RUST_VERSION}-bookworm AS build
+# npm installs the chat demo's socket.io-client bundle (examples/chat),
+# which the gateway embeds (gateway/build.rs).
+RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+RUN cd examples/chat && npm ci --no-audit --no-fund
 # Release profile without DWARF (symbols stay, for readable backtraces).
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
 # Cache mounts keep downloaded crates and compiled dependencies between

@@ -32,8 +32,9 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}"
 fi
 
-log "npm packages for the interop clients"
+log "npm packages: the interop clients and playwright-core, the chat demo's socket.io-client bundle"
 (cd gateway/tests/interop/js && npm ci --no-audit --no-fund --loglevel=error)
+(cd examples/chat && npm ci --no-audit --no-fund --loglevel=error)
 
 log "python client, the python publisher example (grpcio, grpcio-tools), the chart tests (helm-python-sdk, kubernetes-validate, pytest)"
 if [ ! -x .venv-test/bin/python ]; then

@@ -1,7 +1,8 @@
-//! The chat demo page (`--demo`, docs/DEMO.md): a few static files
-//! embedded in the binary and served under `/demo/`, the official
-//! `socket.io-client` browser bundle among them (vendored in
-//! `gateway/demo/vendor/`), so the page needs nothing but this gateway.
+//! The chat demo page (`--demo`, docs/DEMO.md): the static files of
+//! `examples/chat/` embedded in the binary and served under `/demo/`, the
+//! official `socket.io-client` browser bundle among them (installed from
+//! npm at build time by `build.rs`, not committed), so the page needs
+//! nothing but this gateway.
 //!
 //! The page chats through the echo application's `join` and `broadcast`
 //! events on the Socket.IO path of this gateway (`--path`, written into the
@@ -15,14 +16,14 @@ use crate::engineio::Body;
 /// Every file of the demo is under this path; `/demo` redirects to it.
 pub const PREFIX: &str = "/demo/";
 
-/// Version of the vendored `socket.io-client` bundle.
+/// Version of the `socket.io-client` bundle (`examples/chat/package.json`).
 pub const SOCKET_IO_CLIENT_VERSION: &str = "4.8.4";
 
-const INDEX_HTML: &str = include_str!("../demo/index.html");
-const APP_JS: &str = include_str!("../demo/app.js");
-const STYLE_CSS: &str = include_str!("../demo/style.css");
-const SOCKET_IO_JS: &str = include_str!("../demo/vendor/socket.io.min.js");
-const SOCKET_IO_LICENSE: &str = include_str!("../demo/vendor/LICENSE.socket.io-client");
+const INDEX_HTML: &str = include_str!("../../examples/chat/index.html");
+const APP_JS: &str = include_str!("../../examples/chat/app.js");
+const STYLE_CSS: &str = include_str!("../../examples/chat/style.css");
+const SOCKET_IO_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/socket.io.min.js"));
+const SOCKET_IO_LICENSE: &str = include_str!(concat!(env!("OUT_DIR"), "/LICENSE.socket.io-client"));
 
 /// What the index page replaces with the Socket.IO path and the client's
 /// version.

@@ -81,11 +81,14 @@ fn main() -> ExitCode {
             run(config, app).await
         }),
         (None, AppKind::Echo, Some(jwt)) => {
-            let app = Jwt::new(EchoApp::new(config.namespaces.clone()), jwt);
+            let app = Jwt::new(
+                EchoApp::new(config.namespaces.clone(), &config.node_id()),
+                jwt,
+            );
             runtime.block_on(run(config, app))
         }
         (None, AppKind::Echo, None) => {
-            let app = EchoApp::new(config.namespaces.clone());
+            let app = EchoApp::new(config.namespaces.clone(), &config.node_id());
             runtime.block_on(run(config, app))
         }
     };

@@ -360,6 +360,36 @@ async fn chat_through_round_robin_upgrades_to_websocket() {
     assert_eq!(sids, before, "a page changed sessions during the chat");
     let distinct: BTreeSet<&String> = sids.iter().collect();
     assert_eq!(distinct.len(), 3, "engine ids {sids:?}");
+    // Each page shows the node that holds its session: the registry's
+    // owner (after a handoff, the node the WebSocket landed on).
+    for (page, sid) in [&alice, &bob, &carol].into_iter().zip(&sids) {
+        let owner = s.cluster.redis.registry_entry(sid).unwrap_or_default();
+        let owner = owner
+            .split_once(' ')
+            .map(|(_, n)| n.to_owned())
+            .unwrap_or_default();
+        let shown = page
+            .wait_for(
+                "the node",
+                &format!(
+                    "document.getElementById('node').textContent === {}",
+                    serde_json::to_string(&owner).unwrap()
+                ),
+                WAIT,
+            )
+            .await;
+        assert_eq!(
+            shown,
+            serde_json::Value::Bool(true),
+            "{}: node {owner}",
+            page.label
+        );
+        assert!(
+            NODES.contains(&owner.as_str()),
+            "{}: owner {owner:?}",
+            page.label
+        );
+    }
     for page in [&alice, &bob, &carol] {
         page.screenshot(&screenshot(TEST, &page.label)).await;
         assert_clean_console(page);
@@ -665,4 +695,48 @@ async fn demo_files_are_served_with_the_flag_only() {
         html.contains(r#"<meta name="ringway-path" content="/rt/">"#),
         "{html}"
     );
+}
+
+/// The coordinator's dashboard in the browser: three members, live; one
+/// gateway stops and the page shows two, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_members_live() {
+    const TEST: &str = "dashboard";
+    let mut cluster = Cluster::start(NODES.len(), GATEWAY_ARGS).await;
+    let browser = Browser::launch().await;
+    let page = browser.page("operator").await;
+    page.goto(&format!("http://{}/", cluster.coordinator.http))
+        .await;
+    let rows = |n: usize| {
+        format!(
+            "document.getElementById('members-count').textContent === '{n}' \
+             && document.querySelectorAll('#members tbody tr').length === {n}"
+        )
+    };
+    page.wait_for("three members", &rows(3), WAIT).await;
+    for node in NODES {
+        let listed = page
+            .eval(&format!(
+                "[...document.querySelectorAll('#members tbody tr')].some(tr => tr.textContent.includes('{node}'))"
+            ))
+            .await;
+        assert_eq!(listed, serde_json::Value::Bool(true), "{node} not listed");
+    }
+    page.screenshot(&screenshot(TEST, "three-members")).await;
+    // n3 stops: its lease lapses and the page follows the view.
+    cluster.nodes[2].kill();
+    page.wait_for("two members", &rows(2), WAIT).await;
+    let gone = page
+        .eval("[...document.querySelectorAll('#members tbody tr')].some(tr => tr.textContent.includes('n3'))")
+        .await;
+    assert_eq!(gone, serde_json::Value::Bool(false), "n3 still listed");
+    page.wait_for(
+        "the lapse in the events",
+        "[...document.querySelectorAll('#events tbody tr')].some(tr => tr.textContent.includes('lapse') && tr.textContent.includes('n3'))",
+        WAIT,
+    )
+    .await;
+    page.screenshot(&screenshot(TEST, "two-members")).await;
+    assert_clean_console(&page);
+    browser.close().await;
 }

@@ -14,11 +14,16 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EchoApp {
     namespaces: Vec<String>,
+    /// This node's id, for `whoami`.
+    node: String,
 }
 
 impl EchoApp {
-    pub fn new(namespaces: Vec<String>) -> EchoApp {
-        EchoApp { namespaces }
+    pub fn new(namespaces: Vec<String>, node: &str) -> EchoApp {
+        EchoApp {
+            namespaces,
+            node: node.to_owned(),
+        }
     }
 }
 
@@ -98,6 +103,15 @@ impl Application for EchoApp {
                         }
                     }
                 });
+            }
+            "whoami" => {
+                // Where the session is held now (it moves with a handoff).
+                let me = serde_json::json!({
+                    "node": self.node,
+                    "sid": socket.session().sid().to_string(),
+                    "transport": socket.session().transport().as_str(),
+                });
+                ack_with(ack, &Payload::from_values(&[me]));
             }
             "server-disconnect" => socket.disconnect(),
             "server-close" => socket.close_session(),

@@ -135,6 +135,8 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 pub struct Coordinator {
     child: Option<Child>,
     pub addr: String,
+    /// The HTTP port (dashboard, health), `host:port`.
+    pub http: String,
     redis_url: String,
     port: u16,
 }
@@ -148,6 +150,7 @@ impl Coordinator {
         let mut c = Coordinator {
             child: None,
             addr: String::new(),
+            http: String::new(),
             redis_url: redis_url.to_owned(),
             port: free_port(),
         };
@@ -184,14 +187,26 @@ impl Coordinator {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("ringway-coordinator http on ") {
+                    let _ = tx.send((true, addr.trim().to_owned()));
+                }
                 if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
+                    let _ = tx.send((false, addr.trim().to_owned()));
                 }
             }
         });
-        self.addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("coordinator did not report its address");
+        // The HTTP line comes first.
+        loop {
+            let (http, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("coordinator did not report its address");
+            if http {
+                self.http = addr;
+            } else {
+                self.addr = addr;
+                break;
+            }
+        }
         self.child = Some(child);
     }
 

@@ -81,6 +81,21 @@
     document.body.dataset.transport = engine && engine.transport ? engine.transport.name : "";
   }
 
+  // The node that holds the session (the echo application's `whoami`):
+  // after each connection and each upgrade (a handoff moves it).
+  function showNode() {
+    const current = socket;
+    if (!current || !current.connected) {
+      set("node", "-");
+      return;
+    }
+    current.timeout(5000).emit("whoami", (err, me) => {
+      if (current !== socket) return;
+      set("node", err || !me ? "?" : me.node);
+      document.body.dataset.node = err || !me ? "" : me.node;
+    });
+  }
+
   function start(name, room, transports) {
     session = { name, room };
     set("me", name);
@@ -107,6 +122,7 @@
       const engine = manager.engine;
       engine.on("upgrade", () => {
         showEngine();
+        showNode();
         system(`upgraded to ${engine.transport.name}`);
       });
       showEngine();
@@ -117,8 +133,13 @@
     socket.on("connect", () => {
       set("state", "connected");
       set("socket-id", socket.id);
+      set("recovered", socket.recovered ? "yes" : "no");
       showEngine();
-      system(`connected over ${socket.io.engine.transport.name}, engine id ${socket.io.engine.id}`);
+      showNode();
+      system(
+        `connected over ${socket.io.engine.transport.name}, engine id ${socket.io.engine.id}` +
+          (socket.recovered ? " (recovered: missed messages follow)" : ""),
+      );
       // Rooms belong to a socket: join again after every reconnection.
       const current = socket;
       current.timeout(5000).emit("join", room, (err) => {
