@@ -132,6 +132,7 @@ fn register_observers<A: Application>(
     cluster: Arc<Cluster>,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
     let meter = telemetry::meter();
+    let engine_ns = engine.clone();
     let sessions = meter
         .u64_observable_gauge("ringway.sessions")
         .with_description("Sessions held by this node, by transport")
@@ -153,6 +154,31 @@ fn register_observers<A: Application>(
         .with_description("Members in the view (this node included)")
         .with_callback(move |observer| observer.observe(view.view().members.len() as u64, &[]))
         .build();
+    let per_namespace = engine_ns.clone();
+    let sockets = meter
+        .u64_observable_gauge("ringway.sockets")
+        .with_description("Sockets connected to each namespace on this node")
+        .with_callback(move |observer| {
+            for ns in per_namespace.handler().namespaces() {
+                observer.observe(
+                    ns.socket_count() as u64,
+                    &telemetry::attr("namespace", ns.name().to_owned()),
+                );
+            }
+        })
+        .build();
+    let rooms = meter
+        .u64_observable_gauge("ringway.rooms")
+        .with_description("Rooms with members on this node, by namespace")
+        .with_callback(move |observer| {
+            for ns in engine_ns.handler().namespaces() {
+                observer.observe(
+                    ns.room_names().len() as u64,
+                    &telemetry::attr("namespace", ns.name().to_owned()),
+                );
+            }
+        })
+        .build();
     let ready = meter
         .u64_observable_gauge("ringway.ready")
         .with_description("1 when the node takes new sessions")
@@ -162,6 +188,8 @@ fn register_observers<A: Application>(
         Box::new(sessions),
         Box::new(epoch),
         Box::new(members),
+        Box::new(sockets),
+        Box::new(rooms),
         Box::new(ready),
     ]
 }

@@ -204,6 +204,13 @@ pub struct Metrics {
     /// Messages from clients, and deliveries to clients.
     pub messages_in: Tally,
     pub messages_out: Tally,
+    /// Bytes of those messages, `direction` receive / transmit (the
+    /// semantic conventions' network.io; Engine.IO payloads as framed,
+    /// binary counted as its base64 size on polling).
+    pub network_io: Counter<u64>,
+    /// Calls to other gateways (`Node.Forward`, `Handoff`, `Local`), by
+    /// method and outcome.
+    pub peer_duration: Histogram<f64>,
     /// Sessions closed, by reason (slow consumer among them).
     pub session_closes: Counter<u64>,
     /// Items a peer's delivery queue could not take.
@@ -221,6 +228,16 @@ pub struct Metrics {
     pub log_appends: Counter<u64>,
     /// Round trips of log appends (one per batch).
     pub log_append_duration: Histogram<f64>,
+}
+
+impl Metrics {
+    pub fn bytes_in(&self, n: u64) {
+        self.network_io.add(n, &attr("direction", "receive"));
+    }
+
+    pub fn bytes_out(&self, n: u64) {
+        self.network_io.add(n, &attr("direction", "transmit"));
+    }
 }
 
 /// Buckets (seconds) for the latencies above: 50 µs .. 10 s.
@@ -276,6 +293,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             m.u64_counter("ringway.messages.delivered")
                 .with_description("Socket.IO packets queued for clients")
                 .build(),
+        ),
+        network_io: m
+            .u64_counter("ringway.network.io")
+            .with_unit("By")
+            .with_description(
+                "Bytes of the messages received from clients (direction=receive) \
+                 and queued for them (direction=transmit)",
+            )
+            .build(),
+        peer_duration: histogram(
+            &m,
+            "ringway.peer.duration",
+            "Calls to other gateways (Node.Forward, Handoff, Local)",
         ),
         session_closes: m
             .u64_counter("ringway.session.closes")

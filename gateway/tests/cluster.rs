@@ -693,4 +693,39 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
         assert_eq!(sample(m, "ringway_membership_members"), Some(3.0));
         assert_eq!(sample(m, "ringway_ready"), Some(1.0));
     }
+    // Bytes, sockets per namespace, calls to other gateways.
+    assert!(
+        sample(&m3, "ringway_network_io_bytes_total{direction=\"receive\"").unwrap_or(0.0)
+            >= "2[\"message\",1]".len() as f64,
+        "{m3}"
+    );
+    assert!(
+        sample(&m3, "ringway_network_io_bytes_total{direction=\"transmit\"").unwrap_or(0.0) > 0.0
+    );
+    assert_eq!(
+        sample(&m3, "ringway_sockets{namespace=\"/\""),
+        Some(1.0),
+        "{m3}"
+    );
+    assert!(
+        sample(&m3, "ringway_rooms{namespace=\"/\"").is_some(),
+        "{m3}"
+    );
+    assert!(
+        sample(
+            &m2,
+            "ringway_peer_duration_seconds_count{method=\"forward\",outcome=\"ok\""
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{m2}"
+    );
+    assert_eq!(
+        sample(
+            &m3,
+            "ringway_peer_duration_seconds_count{method=\"handoff\",outcome=\"ok\""
+        ),
+        Some(1.0),
+        "{m3}"
+    );
 }

@@ -725,6 +725,28 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         let text = expect(ws, "42[\"room\"").await;
         assert_eq!(without_offset(&text, "42"), "42[\"room\",\"hi\"]");
     }
+    // The whole namespace, and everyone (every namespace): logged too.
+    for (target, event) in [
+        (
+            Some(Target {
+                to: Some(target::To::Namespace(true)),
+                except_rooms: vec![],
+            }),
+            "ns",
+        ),
+        (everyone(), "all"),
+    ] {
+        let reply = api[2]
+            .emit(emit(target, event, "[true]"))
+            .await
+            .expect("emit")
+            .into_inner();
+        assert_eq!((reply.sockets, reply.nodes), (3, 3), "{event}");
+        for (ws, _) in socks.iter_mut() {
+            let text = expect(ws, &format!("42[\"{event}\"")).await;
+            assert_eq!(without_offset(&text, "42"), format!("42[\"{event}\",true]"));
+        }
+    }
     // A stream of 300 emits (finished side by side on the node): in order
     // on every node, each answered.
     let requests: Vec<EmitRequest> = (0..300)

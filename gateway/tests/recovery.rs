@@ -322,6 +322,8 @@ fn the_pid_never_shows_in_the_logs() {
         let auth = json!({"pid": first["pid"], "offset": offset}).to_string();
         let (_ws, answer) = connect_ws(&addr, &auth).await;
         assert_eq!(answer["sid"], first["sid"]);
+        // The recovery's log line follows its answer: give it time.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         first["pid"].as_str().unwrap().to_owned()
     });
     let _ = child.kill();

@@ -22,8 +22,17 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-/// A span as the collector got it: trace id, name, node.
-type Seen = Arc<Mutex<Vec<(Vec<u8>, String, String)>>>;
+/// A span as the collector got it.
+#[derive(Debug, Clone)]
+struct Span {
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+    name: String,
+    node: String,
+}
+
+type Seen = Arc<Mutex<Vec<Span>>>;
 
 #[derive(Clone, Default)]
 struct Collector {
@@ -51,12 +60,32 @@ impl TraceService for Collector {
                 .unwrap_or_default();
             for scope in resource.scope_spans {
                 for span in scope.spans {
-                    spans.push((span.trace_id, span.name, node.clone()));
+                    spans.push(Span {
+                        trace: span.trace_id,
+                        id: span.span_id,
+                        parent: span.parent_span_id,
+                        name: span.name,
+                        node: node.clone(),
+                    });
                 }
             }
         }
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+/// Whether `span` is `root` or one of its descendants in `by_id`.
+fn descends<'a>(by_id: &HashMap<&'a [u8], &'a Span>, root: &Span, mut span: &'a Span) -> bool {
+    for _ in 0..16 {
+        if span.id == root.id {
+            return true;
+        }
+        match by_id.get(span.parent.as_slice()) {
+            Some(parent) => span = parent,
+            None => return false,
+        }
+    }
+    false
 }
 
 async fn expect(ws: &mut Ws, prefix: &str) -> String {
@@ -123,21 +152,40 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let seen = spans.lock().expect("lock").clone();
-        let root = seen.iter().find(|(_, name, _)| name == "push.emit");
-        if let Some((trace, _, root_node)) = root {
-            assert_eq!(root_node, "n1");
-            let in_trace: Vec<&(Vec<u8>, String, String)> =
-                seen.iter().filter(|(t, _, _)| t == trace).collect();
-            let nodes: HashSet<&str> = in_trace.iter().map(|(_, _, n)| n.as_str()).collect();
+        let root = seen.iter().find(|s| s.name == "push.emit");
+        if let Some(root) = root {
+            assert_eq!(root.node, "n1");
+            let in_trace: Vec<&Span> = seen.iter().filter(|s| s.trace == root.trace).collect();
+            let nodes: HashSet<&str> = in_trace.iter().map(|s| s.node.as_str()).collect();
             let mut locals: HashMap<&str, usize> = HashMap::new();
-            for (_, name, node) in &in_trace {
-                if name == "node.local" {
-                    *locals.entry(node.as_str()).or_default() += 1;
+            for s in &in_trace {
+                if s.name == "node.local" {
+                    *locals.entry(s.node.as_str()).or_default() += 1;
                 }
             }
             if nodes.len() == 3 {
                 assert_eq!(locals.get("n2"), Some(&1), "{in_trace:?}");
                 assert_eq!(locals.get("n3"), Some(&1), "{in_trace:?}");
+                // Parent and child links: the push is the root (no parent
+                // in its trace), and each other node's span is a child of
+                // a span of node 1 that descends from the push.
+                let by_id: HashMap<&[u8], &Span> =
+                    in_trace.iter().map(|s| (s.id.as_slice(), *s)).collect();
+                assert!(
+                    !by_id.contains_key(root.parent.as_slice()),
+                    "push.emit has a parent in its own trace: {in_trace:?}"
+                );
+
+                for local in in_trace.iter().filter(|s| s.name == "node.local") {
+                    let parent = by_id
+                        .get(local.parent.as_slice())
+                        .unwrap_or_else(|| panic!("{local:?} has no parent in the trace"));
+                    assert_eq!(parent.node, "n1", "{local:?}'s parent {parent:?}");
+                    assert!(
+                        descends(&by_id, root, local),
+                        "{local:?} does not descend from the push"
+                    );
+                }
                 return;
             }
         }
@@ -145,7 +193,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
             Instant::now() < deadline,
             "no trace across the 3 nodes; spans seen: {:?}",
             seen.iter()
-                .map(|(_, name, node)| format!("{node}:{name}"))
+                .map(|s| format!("{}:{}", s.node, s.name))
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

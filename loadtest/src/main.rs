@@ -5,6 +5,7 @@
 mod baseline;
 mod client;
 mod metrics;
+mod otlp_sink;
 mod plot;
 mod report;
 mod scenarios;
@@ -54,11 +55,21 @@ enum Scenario {
     /// Fanout with server processes killed mid-stream; receivers reconnect
     /// asking to recover: delivered/expected, duplicates, order, recovery time.
     Chaos(chaos::ChaosArgs),
+    /// Not a scenario: an OTLP/gRPC receiver that only counts what it gets
+    /// (for measuring the cost of exporting telemetry).
+    OtlpSink(otlp_sink::SinkArgs),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Scenario::OtlpSink(args) = cli.scenario {
+        if let Err(e) = otlp_sink::run(args).await {
+            eprintln!("ringway-loadtest: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let common = match &cli.scenario {
         Scenario::Connect(a) => &a.common,
         Scenario::Hold(a) => &a.common,
@@ -67,6 +78,7 @@ async fn main() {
         Scenario::Polling(a) => &a.echo.common,
         Scenario::Chaos(a) => &a.fanout.common,
         Scenario::Push(a) => &a.fanout.common,
+        Scenario::OtlpSink(_) => unreachable!("handled above"),
     };
     let (json, plot, baseline) = (common.json, common.plot.clone(), common.baseline.clone());
     let result = match cli.scenario {
@@ -77,6 +89,7 @@ async fn main() {
         Scenario::Polling(a) => polling::run(a).await,
         Scenario::Chaos(a) => chaos::run(a).await,
         Scenario::Push(a) => push::run(a).await,
+        Scenario::OtlpSink(_) => unreachable!("handled above"),
     };
     let result = result.and_then(|mut report| {
         if let Some(file) = &baseline {

@@ -162,23 +162,53 @@ impl Peer {
 
     pub async fn forward(&self, request: ForwardRequest) -> Result<ForwardReply, tonic::Status> {
         let mut client = self.client.clone();
-        Ok(client.forward(traced(request)).await?.into_inner())
+        timed("forward", async move {
+            Ok(client.forward(traced(request)).await?.into_inner())
+        })
+        .await
     }
 
     /// A Push operation on the peer's own sockets.
     pub async fn local(&self, request: LocalRequest) -> Result<LocalReply, tonic::Status> {
         let mut client = self.client.clone();
-        Ok(client.local(traced(request)).await?.into_inner())
+        timed("local", async move {
+            Ok(client.local(traced(request)).await?.into_inner())
+        })
+        .await
     }
 
     pub async fn handoff(&self, request: HandoffRequest) -> Result<HandoffReply, tonic::Status> {
         let mut client = self.client.clone();
-        let call = client.handoff(traced(request));
-        match tokio::time::timeout(HANDOFF_TIMEOUT, call).await {
-            Ok(reply) => Ok(reply?.into_inner()),
-            Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
-        }
+        timed("handoff", async move {
+            let call = client.handoff(traced(request));
+            match tokio::time::timeout(HANDOFF_TIMEOUT, call).await {
+                Ok(reply) => Ok(reply?.into_inner()),
+                Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
+            }
+        })
+        .await
     }
+}
+
+/// Records a call's duration and outcome (`ok`, or the gRPC code).
+async fn timed<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    crate::telemetry::metrics().peer_duration.record(
+        crate::telemetry::seconds(started),
+        &[
+            opentelemetry::KeyValue::new("method", method),
+            opentelemetry::KeyValue::new("outcome", outcome),
+        ],
+    );
+    result
 }
 
 /// Feeds the delivery stream: opens it with a snapshot of this node's

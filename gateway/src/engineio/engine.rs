@@ -895,7 +895,7 @@ impl<H: EngineHandler> Engine<H> {
                     self.on_packet(session, packet, TransportKind::Polling)
                 }
                 Ok(PayloadItem::Binary(data)) => {
-                    self.handler.on_message(session, Message::Binary(data));
+                    self.on_binary(session, data);
                     Ok(())
                 }
                 Err(err) => {
@@ -913,6 +913,13 @@ impl<H: EngineHandler> Engine<H> {
         Ok(ok_response())
     }
 
+    /// A binary message from the client.
+    pub(crate) fn on_binary(&self, session: &SessionRef<H::Data>, data: bytes::Bytes) {
+        metrics().messages_in.add(1, &[]);
+        metrics().bytes_in(data.len() as u64);
+        self.handler.on_message(session, Message::Binary(data));
+    }
+
     /// Applies one packet from the client.
     pub(crate) fn on_packet(
         &self,
@@ -924,6 +931,7 @@ impl<H: EngineHandler> Engine<H> {
             Packet::Pong => session.on_pong(),
             Packet::Message(text) => {
                 metrics().messages_in.add(1, &[]);
+                metrics().bytes_in(text.len() as u64);
                 self.handler.on_message(session, Message::Text(text))
             }
             // Only polling honours the close packet; a WebSocket client
@@ -950,7 +958,7 @@ impl<H: EngineHandler> Engine<H> {
                 self.on_packet(session, packet, TransportKind::WebSocket)
             }
             Ok(PayloadItem::Binary(data)) => {
-                self.handler.on_message(session, Message::Binary(data));
+                self.on_binary(session, data);
                 Ok(())
             }
             Err(_) => Err(CloseReason::ParseError),

@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use super::engine::Engine;
-use super::handler::{EngineHandler, Message};
+use super::handler::EngineHandler;
 use super::packet::Frame;
 use super::session::{CloseReason, SessionRef};
 
@@ -137,7 +137,7 @@ async fn serve<H: EngineHandler>(
             let result = match msg {
                 Some(Ok(WsMessage::Text(text))) => engine.on_text_frame(session, text.as_str()),
                 Some(Ok(WsMessage::Binary(data))) => {
-                    engine.handler().on_message(session, Message::Binary(data));
+                    engine.on_binary(session, data);
                     Ok(())
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Ok(()),

@@ -184,9 +184,12 @@ impl Namespace {
                 sent += 1;
             }
         });
-        crate::telemetry::metrics()
-            .messages_out
-            .add(sent as u64, &[]);
+        let m = crate::telemetry::metrics();
+        m.messages_out.add(sent as u64, &[]);
+        if sent > 0 {
+            let bytes: usize = frames.iter().map(Frame::wire_len).sum();
+            m.bytes_out((bytes * sent) as u64);
+        }
         sent
     }
 

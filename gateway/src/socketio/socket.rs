@@ -249,9 +249,12 @@ impl Socket {
             recovery.append(super::recovery::entry(self.ns.name(), &target, event, args));
             return Ok(());
         }
-        self.session
-            .send_all(encode_event(self.ns.name(), event, args, None))?;
-        crate::telemetry::metrics().messages_out.add(1, &[]);
+        let frames = encode_event(self.ns.name(), event, args, None);
+        let bytes: usize = frames.iter().map(Frame::wire_len).sum();
+        self.session.send_all(frames)?;
+        let m = crate::telemetry::metrics();
+        m.messages_out.add(1, &[]);
+        m.bytes_out(bytes as u64);
         Ok(())
     }
 
