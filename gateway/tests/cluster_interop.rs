@@ -124,8 +124,12 @@ impl Setup {
 
     /// Runs a Python scenario through nginx.
     async fn py(&self, scenario: &str) {
-        self.client(&python(), &interop_dir().join("py/run.py"), scenario)
-            .await;
+        self.client(
+            &common::python(),
+            &interop_dir().join("py/run.py"),
+            scenario,
+        )
+        .await;
     }
 
     async fn client(&self, program: &Path, script: &Path, scenario: &str) -> String {
@@ -144,10 +148,11 @@ impl Setup {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "{scenario} through nginx failed ({}):\nstdout: {stdout}\nstderr: {}\nnginx errors:\n{}",
+            "{scenario} through nginx failed ({}):\nstdout: {stdout}\nstderr: {}\nnginx errors:\n{}\naccess log:\n{:#?}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            self.nginx.error_log()
+            self.nginx.error_log(),
+            self.nginx.access_log()
         );
         eprintln!("{scenario} ({:?}): {}", started.elapsed(), stdout.trim());
         stdout
@@ -156,21 +161,6 @@ impl Setup {
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// The Python with the pinned client installed: `RINGWAY_TEST_PYTHON`, or
-/// the virtualenv `scripts/test.sh` makes at the repository root.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGWAY_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
-    assert!(
-        venv.exists(),
-        "no test virtualenv at {}: run scripts/test.sh (it installs the Python client)",
-        venv.display()
-    );
-    venv
 }
 
 /// The engine ids of a cluster scenario's summary: `... [sids a b c]`.

@@ -141,18 +141,6 @@ impl Client {
 // ---------------------------------------------------------------------------
 // (a) The Python publisher.
 
-/// The test venv's Python, with grpcio-tools.
-fn python() -> PathBuf {
-    let python = workspace().join(".venv-test/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test.sh (it creates the venv and installs \
-         examples/python-publisher/requirements.txt)",
-        python.display()
-    );
-    python
-}
-
 struct Run {
     code: Option<i32>,
     stdout: String,
@@ -163,7 +151,7 @@ async fn publisher(args: &[&str]) -> Run {
     let script = workspace().join("examples/python-publisher/publisher.py");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
+        tokio::process::Command::new(common::python())
             .arg(&script)
             .args(args)
             .env_remove("RINGWAY_API_TOKEN")

@@ -15,21 +15,6 @@ fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
-/// The Python with the pinned client installed: `RINGWAY_TEST_PYTHON`, or
-/// the virtualenv `scripts/test.sh` makes at the repository root.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGWAY_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
-    assert!(
-        venv.exists(),
-        "no test virtualenv at {}: run scripts/test.sh (it installs the Python client)",
-        venv.display()
-    );
-    venv
-}
-
 fn run(program: &Path, script: &Path, scenario: &str) {
     let gw = Gateway::start_suite();
     let out = Command::new(program)
@@ -58,7 +43,11 @@ fn js(scenario: &str) {
 }
 
 fn py(scenario: &str) {
-    run(&python(), &interop_dir().join("py/run.py"), scenario);
+    run(
+        &common::python(),
+        &interop_dir().join("py/run.py"),
+        scenario,
+    );
 }
 
 macro_rules! scenarios {

@@ -382,21 +382,6 @@ struct Fleet {
     lines: mpsc::Receiver<String>,
 }
 
-/// The Python with python-socketio: `RINGWAY_TEST_PYTHON`, or the
-/// virtualenv `scripts/test.sh` makes.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGWAY_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
-    assert!(
-        venv.exists(),
-        "no test virtualenv at {}: run scripts/test.sh",
-        venv.display()
-    );
-    venv
-}
-
 impl Fleet {
     /// socket.io-client (JavaScript) clients.
     fn start(url: &str, clients: usize) -> Fleet {
@@ -406,7 +391,7 @@ impl Fleet {
     /// python-socketio clients.
     fn start_py(url: &str, clients: usize) -> Fleet {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/py/recovery.py");
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(common::python());
         cmd.arg(script).arg("fleet").env("RINGWAY_URL", url);
         Fleet::spawn(cmd, clients)
     }

@@ -26,6 +26,8 @@
 # nginx/).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=lib/common.sh
+source "$root/loadtest/scripts/lib/common.sh"
 # shellcheck source=lib/nginx.sh
 source "$root/loadtest/scripts/lib/nginx.sh"
 
@@ -48,16 +50,8 @@ while [ $# -gt 0 ]; do
 done
 state="$state_dir/state.env"
 
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-  exit 2
-}
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 # wait_line FILE REGEX SECONDS PID: the first line of FILE matching REGEX.
 wait_line() {
@@ -77,13 +71,6 @@ wait_line() {
   return 1
 }
 
-stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 10 s
-  local pid=$1 i
-  alive "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 200); do alive "$pid" || return 0; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 # The members of the persisted view: "node_id state http grpc" per line.
 members() {

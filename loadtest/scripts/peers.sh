@@ -33,6 +33,8 @@
 # and prints it; `down` stops what `up` started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=lib/common.sh
+source "$root/loadtest/scripts/lib/common.sh"
 # shellcheck source=lib/nginx.sh
 source "$root/loadtest/scripts/lib/nginx.sh"
 state_dir="${RINGWAY_PEERS_DIR:-$root/target/peers-run}"
@@ -57,24 +59,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-  exit 2
-}
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
-stop_pid() {
-  local pid=$1 i
-  alive "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do alive "$pid" || return 0; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 # wait_url LOG PID: the URL of a `listening on http://...` line.
 wait_url() {

@@ -252,6 +252,7 @@ impl<H: EngineHandler> Engine<H> {
         match self.route(req, remote_addr, is_upgrade).await {
             Ok(resp) => resp,
             Err(err) => {
+                debug!(error = %err, upgrade = is_upgrade, "request refused");
                 metrics()
                     .request_errors
                     .add(1, &attr("error", err.to_string()));
@@ -526,7 +527,11 @@ impl<H: EngineHandler> Engine<H> {
             };
         };
         let result = self.serve_here(&session, request).await;
-        answer_reply(result.unwrap_or_else(error_response)).await
+        answer_reply(result.unwrap_or_else(|err| {
+            debug!(sid = %sid, error = %err, "forwarded request refused");
+            error_response(err)
+        }))
+        .await
     }
 
     /// The session if it is here, waiting a little if it is being taken
@@ -578,12 +583,15 @@ impl<H: EngineHandler> Engine<H> {
         }
         // The layer above may be busy for a moment (a CONNECT being
         // answered): wait for it within the same bound.
+        // The move is remembered before the session is closed here: a
+        // request that meets it gone then always finds where it went.
         let mut moved = None;
+        let mut take = || {
+            self.remember_move(sid, new_owner);
+            moved = Some(session.take_for_move());
+        };
         let socketio = loop {
-            match self
-                .handler
-                .export(&session, &mut || moved = Some(session.take_for_move()))
-            {
+            match self.handler.export(&session, &mut take) {
                 Ok(state) => break state,
                 Err(_) if Instant::now() < deadline && !session.is_closed() => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -594,8 +602,13 @@ impl<H: EngineHandler> Engine<H> {
                 }
             }
         };
-        self.remember_move(sid, new_owner);
-        let (queue, awaiting_pong) = moved.unwrap_or_else(|| session.take_for_move());
+        let (queue, awaiting_pong) = match moved {
+            Some(moved) => moved,
+            None => {
+                self.remember_move(sid, new_owner);
+                session.take_for_move()
+            }
+        };
         metrics().handoffs.add(1, &attr("direction", "out"));
         let handshake = session.handshake();
         debug!(sid = %sid, to = new_owner, queued = queue.len(), "session handed off");

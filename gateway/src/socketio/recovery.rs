@@ -47,6 +47,8 @@ pub const UNLOGGED: &str = "unlogged";
 /// Appends waiting for the writer; past this, emits are delivered without
 /// being logged (counted), never queued without bound.
 const APPEND_QUEUE: usize = 65_536;
+/// State writes waiting; past this they are dropped (counted).
+const STATE_QUEUE: usize = 65_536;
 /// Entries per append round trip.
 const APPEND_BATCH: usize = 512;
 /// Entries read per range call while catching a socket up.
@@ -236,7 +238,7 @@ pub struct Recovery {
     node_id: String,
     appends: mpsc::Sender<Append>,
     commands: mpsc::UnboundedSender<Command>,
-    states: mpsc::UnboundedSender<StateOp>,
+    states: mpsc::Sender<StateOp>,
     /// The deliverer's position: the last entry it delivered. Locked while
     /// an entry is being delivered, so whoever reads it under the lock
     /// (a join, a handoff taking the queue) sees a settled position.
@@ -250,7 +252,7 @@ pub struct Recovery {
 struct Receivers {
     appends: mpsc::Receiver<Append>,
     commands: mpsc::UnboundedReceiver<Command>,
-    states: mpsc::UnboundedReceiver<StateOp>,
+    states: mpsc::Receiver<StateOp>,
     tail: Tail,
 }
 
@@ -265,7 +267,7 @@ impl Recovery {
         let tail = store.tail().await?;
         let (appends, appends_rx) = mpsc::channel(APPEND_QUEUE);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (states, states_rx) = mpsc::unbounded_channel();
+        let (states, states_rx) = mpsc::channel(STATE_QUEUE);
         Ok(Arc::new(Recovery {
             position: Mutex::new(tail.start),
             store,
@@ -609,7 +611,7 @@ impl Recovery {
         if let Some(r) = socket.recovery() {
             self.live().insert(r.pid.clone(), Arc::downgrade(socket));
         }
-        let _ = self.states.send(StateOp::Put {
+        self.queue_state(StateOp::Put {
             socket: Arc::downgrade(socket),
             done,
         });
@@ -627,7 +629,7 @@ impl Recovery {
         } else {
             StateOp::Delete { pid, generation }
         };
-        let _ = self.states.send(op);
+        self.queue_state(op);
     }
 
     /// A socket moved to another node (handoff): its state stays, written
@@ -677,7 +679,18 @@ impl Recovery {
         ))
     }
 
-    async fn write_states(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<StateOp>) {
+    /// Queues a state write; a full queue (the store too slow or away)
+    /// drops it: live sockets' states are written again by the refresh,
+    /// and a dropped expiry or delete leaves a state to its time to live.
+    fn queue_state(&self, op: StateOp) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.states.try_send(op) {
+            crate::telemetry::metrics()
+                .log_appends
+                .add(1, &crate::telemetry::attr("outcome", "state_dropped"));
+        }
+    }
+
+    async fn write_states(self: Arc<Self>, mut rx: mpsc::Receiver<StateOp>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
             // Ops of one pid in order; different pids side by side.

@@ -35,6 +35,53 @@ impl Entry {
     }
 }
 
+/// Bound of every Redis call: a lost Redis fails calls, never hangs them.
+pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// A connection manager to `client` whose replies may take `response`
+/// (connecting is bounded by three call timeouts).
+pub(crate) async fn connect_redis(
+    client: &::redis::Client,
+    response: std::time::Duration,
+) -> Result<::redis::aio::ConnectionManager, StoreError> {
+    let config = ::redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_response_timeout(Some(response))
+        .set_number_of_retries(1)
+        .set_max_delay(std::time::Duration::from_millis(500));
+    tokio::time::timeout(
+        CALL_TIMEOUT * 3,
+        ::redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout)?
+    .map_err(StoreError::from)
+}
+
+/// A Redis call bounded by [`CALL_TIMEOUT`], in a span, timed in the
+/// `ringway.registry.duration` histogram by operation and outcome.
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    fut: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("redis", op);
+    let timed = tokio::time::timeout(CALL_TIMEOUT, fut);
+    let result = match tracing::Instrument::instrument(timed, span).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Timeout),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    crate::telemetry::metrics().registry_duration.record(
+        crate::telemetry::seconds(started),
+        &[
+            opentelemetry::KeyValue::new("op", op),
+            opentelemetry::KeyValue::new("outcome", outcome),
+        ],
+    );
+    result
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("redis: {0}")]

@@ -5,14 +5,12 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{Entry, Registry, StoreError};
+use super::{bounded, connect_redis, Entry, Registry, StoreError, CALL_TIMEOUT};
 use crate::engineio::{BoxFuture, Sid};
 
-/// Bound of every Redis call: a lost Redis fails calls, never hangs them.
-const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// Keys refreshed per pipeline.
 const REFRESH_BATCH: usize = 1000;
 
@@ -47,17 +45,7 @@ impl RedisRegistry {
     /// Connects (failing fast if Redis does not answer).
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 3,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
+        let conn = connect_redis(&client, CALL_TIMEOUT).await?;
         let registry = RedisRegistry {
             conn,
             prefix: prefix.to_owned(),
@@ -72,28 +60,6 @@ impl RedisRegistry {
     fn key(&self, sid: Sid) -> String {
         format!("{}:sid:{}", self.prefix, sid)
     }
-}
-
-async fn bounded<T>(
-    op: &'static str,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("registry", op);
-    let timed = tokio::time::timeout(CALL_TIMEOUT, fut);
-    let result = match tracing::Instrument::instrument(timed, span).await {
-        Ok(result) => result.map_err(StoreError::from),
-        Err(_) => Err(StoreError::Timeout),
-    };
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    crate::telemetry::metrics().registry_duration.record(
-        crate::telemetry::seconds(started),
-        &[
-            opentelemetry::KeyValue::new("op", op),
-            opentelemetry::KeyValue::new("outcome", outcome),
-        ],
-    );
-    result
 }
 
 impl Registry for RedisRegistry {

@@ -20,6 +20,23 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The Python of the test virtualenv (the pinned python-socketio,
+/// grpcio-tools): `RINGWAY_TEST_PYTHON`, or the virtualenv
+/// `scripts/test.sh` makes at the repository root.
+#[allow(dead_code)]
+pub fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("RINGWAY_TEST_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/python");
+    assert!(
+        venv.exists(),
+        "no test virtualenv at {}: run scripts/test.sh (it installs the Python clients)",
+        venv.display()
+    );
+    venv
+}
+
 /// The environment variable of `--recovery-window` (a flag overrides it).
 pub const RECOVERY_ENV: &str = "RINGWAY_RECOVERY_WINDOW";
 

@@ -5,7 +5,7 @@
 #
 #   start_nginx DIR PORT URL...   -> prints "PID", or fails
 #
-# Needs free_port-chosen PORT and alive() from the caller.
+# Needs alive() (lib/common.sh).
 
 start_nginx() {
   local ndir=$1 nginx_port=$2

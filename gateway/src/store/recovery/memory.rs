@@ -3,11 +3,11 @@
 //! transport, not its node), as in the reference server.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{
     now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoredState, Tail, TAIL_BATCHES,
@@ -21,8 +21,10 @@ struct Log {
     last: Offset,
     /// The largest offset trimmed away.
     trimmed: Offset,
-    tail: Option<mpsc::UnboundedSender<Vec<Record>>>,
 }
+
+/// Entries per batch the tail hands on.
+const TAIL_COUNT: usize = 512;
 
 struct State {
     generation: u64,
@@ -32,7 +34,10 @@ struct State {
 
 pub struct MemoryRecoveryStore {
     max_len: usize,
-    log: Mutex<Log>,
+    /// Shared with the tail's task, which reads the log itself when told
+    /// of new entries: nothing is buffered outside the bounded log.
+    log: Arc<Mutex<Log>>,
+    appended: Arc<Notify>,
     states: Mutex<HashMap<String, State>>,
 }
 
@@ -45,12 +50,12 @@ impl MemoryRecoveryStore {
     pub fn new(max_len: usize) -> MemoryRecoveryStore {
         MemoryRecoveryStore {
             max_len: max_len.max(1),
-            log: Mutex::new(Log {
+            log: Arc::new(Mutex::new(Log {
                 entries: VecDeque::new(),
                 last: Offset::ZERO,
                 trimmed: Offset::ZERO,
-                tail: None,
-            }),
+            })),
+            appended: Arc::new(Notify::new()),
             states: Mutex::new(HashMap::new()),
         }
     }
@@ -101,35 +106,46 @@ impl Log {
 
 impl RecoveryStore for MemoryRecoveryStore {
     fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut log = self.log();
-        let mut batch = Vec::with_capacity(entries.len());
-        for data in entries {
-            let offset = log.next_offset();
-            let record = Record { offset, data };
-            batch.push(record.clone());
-            log.entries.push_back(record);
-            if log.entries.len() > self.max_len {
-                log.drop_front();
+        {
+            let mut log = self.log();
+            for data in entries {
+                let offset = log.next_offset();
+                log.entries.push_back(Record { offset, data });
+                if log.entries.len() > self.max_len {
+                    log.drop_front();
+                }
             }
         }
-        // Under the lock: the tail sees entries in offset order.
-        if let Some(tail) = &log.tail {
-            let _ = tail.send(batch);
-        }
+        self.appended.notify_one();
         ready(Ok(()))
     }
 
     fn tail(&self) -> BoxFuture<'_, Result<Tail, StoreError>> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let start = {
-            let mut log = self.log();
-            log.tail = Some(tx);
-            log.last
-        };
-        // The same bounded receiver as the Redis tail: a small relay task.
+        let start = self.log().last;
         let (out, batches) = mpsc::channel(TAIL_BATCHES);
+        let (log, appended) = (self.log.clone(), self.appended.clone());
         tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
+            let mut last = start;
+            loop {
+                // Registered before looking, so an append in between wakes
+                // us (a permit is kept).
+                let notified = appended.notified();
+                let batch: Vec<Record> = {
+                    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let from = log.entries.partition_point(|r| r.offset <= last);
+                    log.entries
+                        .range(from..)
+                        .take(TAIL_COUNT)
+                        .cloned()
+                        .collect()
+                };
+                match batch.last() {
+                    Some(r) => last = r.offset,
+                    None => {
+                        notified.await;
+                        continue;
+                    }
+                }
                 if out.send(batch).await.is_err() {
                     return;
                 }
@@ -272,17 +288,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn log_orders_bounds_and_covers() {
-        let store = MemoryRecoveryStore::new(3);
+    async fn the_tail_hands_on_every_entry_in_order() {
+        let store = MemoryRecoveryStore::new(100);
         let mut tail = store.tail().await.unwrap();
         assert_eq!(tail.start, Offset::ZERO);
-        store.append(vec![data("a"), data("b")]).await.unwrap();
-        store.append(vec![data("c"), data("d")]).await.unwrap();
+        for i in 0..20 {
+            store.append(vec![data(&format!("{i}"))]).await.unwrap();
+        }
         let mut seen = Vec::new();
-        while seen.len() < 4 {
+        while seen.len() < 20 {
             seen.extend(tail.batches.recv().await.unwrap());
         }
+        let got: Vec<Bytes> = seen.iter().map(|r| r.data.clone()).collect();
+        let want: Vec<Bytes> = (0..20).map(|i| data(&format!("{i}"))).collect();
+        assert_eq!(got, want);
         let offsets: Vec<Offset> = seen.iter().map(|r| r.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+
+    #[tokio::test]
+    async fn log_orders_bounds_and_covers() {
+        let store = MemoryRecoveryStore::new(3);
+        let end = Offset::new(u64::MAX, 0);
+        let mut offsets = Vec::new();
+        for d in ["a", "b", "c", "d"] {
+            store.append(vec![data(d)]).await.unwrap();
+            let all = store.range(Offset::ZERO, end, 10).await.unwrap();
+            offsets.push(all.last);
+        }
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
         // Bounded at 3: "a" is gone, so nothing before "b" is covered.
         assert_eq!(store.len(), 3);

@@ -16,17 +16,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{Offset, Range, Record, RecoveryStore, StateWrite, StoredState, Tail, TAIL_BATCHES};
 use crate::engineio::BoxFuture;
-use crate::store::StoreError;
+use crate::store::{bounded, connect_redis, StoreError, CALL_TIMEOUT};
 
-/// Bound of every call but the tail's blocking read.
-const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long one tail read blocks waiting for entries.
 const TAIL_BLOCK_MS: u64 = 1000;
 /// Entries per tail read.
@@ -113,28 +111,6 @@ pub struct RedisRecoveryStore {
     delete: Script,
 }
 
-async fn bounded<T>(
-    op: &'static str,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("recovery_store", op);
-    let timed = tokio::time::timeout(CALL_TIMEOUT, fut);
-    let result = match tracing::Instrument::instrument(timed, span).await {
-        Ok(result) => result.map_err(StoreError::from),
-        Err(_) => Err(StoreError::Timeout),
-    };
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    crate::telemetry::metrics().registry_duration.record(
-        crate::telemetry::seconds(started),
-        &[
-            opentelemetry::KeyValue::new("op", op),
-            opentelemetry::KeyValue::new("outcome", outcome),
-        ],
-    );
-    result
-}
-
 /// The log's generation and `since`, written if missing.
 async fn ensure_generation(
     conn: &mut ConnectionManager,
@@ -148,14 +124,6 @@ async fn ensure_generation(
     let (gen, since): (String, String) = bounded("log_gen", call.invoke_async(conn)).await?;
     let since = Offset::parse(&since).ok_or_else(|| StoreError::Corrupt(since_key.to_owned()))?;
     Ok((gen, since))
-}
-
-fn manager_config(response: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CALL_TIMEOUT))
-        .set_response_timeout(Some(response))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500))
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -220,12 +188,7 @@ impl RedisRecoveryStore {
     /// the log (approximately, as `MAXLEN ~` does).
     pub async fn connect(url: &str, prefix: &str, max_len: usize) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 3,
-            ConnectionManager::new_with_config(client.clone(), manager_config(CALL_TIMEOUT)),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
+        let conn = connect_redis(&client, CALL_TIMEOUT).await?;
         Ok(RedisRecoveryStore {
             client,
             conn,
@@ -298,15 +261,7 @@ impl RecoveryStore for RedisRecoveryStore {
             // The blocking reads get a connection of their own, with room
             // for the block in its response timeout.
             let block = Duration::from_millis(TAIL_BLOCK_MS);
-            let mut reader = tokio::time::timeout(
-                CALL_TIMEOUT * 3,
-                ConnectionManager::new_with_config(
-                    self.client.clone(),
-                    manager_config(block + CALL_TIMEOUT * 2),
-                ),
-            )
-            .await
-            .map_err(|_| StoreError::Timeout)??;
+            let mut reader = connect_redis(&self.client, block + CALL_TIMEOUT * 2).await?;
             let (tx, batches) = mpsc::channel(TAIL_BATCHES);
             let key = self.log_key.clone();
             let gen_key = self.gen_key.clone();
