@@ -66,4 +66,9 @@ log "the Helm chart: lint, render, Kubernetes schemas, flags accepted by the bin
 # ringway-coordinator (built above) with --check-config on the rendered
 # flags, and redis-server on the embedded Redis' arguments.
 RINGWAY_CHART_REQUIRE_BINARIES=1 .venv-test/bin/python -m pytest helm/tests -q || status=$?
+
+shots="${RINGWAY_ARTIFACTS:-target}/browser-screenshots"
+if [ -d "$shots" ]; then
+  log "browser screenshots: $shots ($(find "$shots" -name '*.png' | wc -l) files)"
+fi
 exit "$status"

@@ -5,16 +5,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 /// Shortest lease the coordinator accepts, in milliseconds.
 pub const MIN_LEASE_TTL_MS: u64 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use ringway_telemetry::LogFormat;
 
 #[derive(Clone, Parser)]
 #[command(

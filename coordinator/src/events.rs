@@ -30,6 +30,20 @@ pub enum EventKind {
     Lapse,
 }
 
+impl EventKind {
+    /// The name in `/api/state` and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Start => "start",
+            EventKind::Join => "join",
+            EventKind::Restart => "restart",
+            EventKind::Update => "update",
+            EventKind::Leave => "leave",
+            EventKind::Lapse => "lapse",
+        }
+    }
+}
+
 /// One membership event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MembershipEvent {
@@ -147,5 +161,19 @@ mod tests {
         let json = serde_json::to_value(&start).expect("serializable");
         assert_eq!(json["kind"], "start");
         assert!(json["node_id"].is_null());
+    }
+
+    #[test]
+    fn metric_names_of_kinds_are_their_json_names() {
+        for kind in [
+            EventKind::Start,
+            EventKind::Join,
+            EventKind::Restart,
+            EventKind::Update,
+            EventKind::Leave,
+            EventKind::Lapse,
+        ] {
+            assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
+        }
     }
 }

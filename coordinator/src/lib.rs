@@ -48,6 +48,7 @@ pub mod membership;
 pub mod ring;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::io::Write;
@@ -68,6 +69,13 @@ use crate::service::{reap_loop, stopped, MembershipHub, MembershipService};
 use crate::store::{Ownership, SaveOutcome, Store, StoreError};
 
 pub use ringway_proto::cluster::v1 as proto;
+
+/// This process's id: the value it holds the coordinator lock with, and
+/// its `service.instance.id` (`<random hex>-pid<pid>`).
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{:016x}-pid{}", rand::random::<u64>(), std::process::id()))
+}
 
 /// How long in-flight RPCs may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -177,10 +185,13 @@ async fn run_inner(
         url: config.redis_url_redacted(),
         source,
     };
-    let instance_id = format!("{:016x}-pid{}", rand::random::<u64>(), std::process::id());
-    let store = Store::connect(&config.redis_url, &config.key_prefix, instance_id)
-        .await
-        .map_err(redis_unavailable)?;
+    let store = Store::connect(
+        &config.redis_url,
+        &config.key_prefix,
+        instance_id().to_owned(),
+    )
+    .await
+    .map_err(redis_unavailable)?;
     info!(redis = %config.redis_url_redacted(), instance = store.instance_id(), "connected to Redis");
 
     // The HTTP port is up from now on, standby or acting (a standby is
@@ -199,6 +210,7 @@ async fn run_inner(
         config.heartbeat_interval(),
         stop_rx.clone(),
     );
+    let _observers = telemetry::register_observers(dashboard.clone());
     let http = tokio::spawn(dashboard::http::serve(http_listener, dashboard.clone()));
     info!(%http_addr, "HTTP listening (dashboard, /healthz, /readyz)");
     on_ready(Listener::Http, http_addr);

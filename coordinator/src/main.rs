@@ -3,13 +3,12 @@
 //! Exit codes: 0 clean stop (SIGTERM/SIGINT) or `--check-config`, 2 bad
 //! configuration, 3 Redis unreachable at start, 1 anything else.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringway_coordinator::config::{Config, LogFormat};
+use ringway_coordinator::config::Config;
+use ringway_telemetry::{Options, Telemetry};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -21,7 +20,6 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,25 +30,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringway_coordinator::run(config, shutdown_signal())) {
+    let result = runtime.block_on(async {
+        // Logs, traces and metrics first (the OTLP exporters need the
+        // runtime).
+        let telemetry = match Telemetry::init(Options {
+            service: "ringway-coordinator",
+            instance: ringway_coordinator::instance_id(),
+            log_format: config.log_format,
+            exported_spans: "ringway_coordinator=info",
+        }) {
+            Ok(t) => t,
+            Err(err) => {
+                eprintln!("ringway-coordinator: telemetry: {err}");
+                return Err(None);
+            }
+        };
+        let result = ringway_coordinator::run(config, shutdown_signal()).await;
+        telemetry.shutdown();
+        result.map_err(Some)
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(None) => ExitCode::FAILURE,
+        Err(Some(err)) => {
             error!("{err}");
             eprintln!("ringway-coordinator: {err}");
             ExitCode::from(err.exit_code())
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

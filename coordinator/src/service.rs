@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::events::{EventKind, EventLog, MembershipEvent};
 use crate::membership::{Load, MemberStats, Membership, MembershipError};
+use crate::telemetry::rpc_done;
 
 /// The membership state shared by the RPCs, the reaper, the persister and
 /// the dashboard.
@@ -70,6 +71,9 @@ impl MembershipHub {
     /// Records an event at `epoch` (callers that change the view hold the
     /// state lock, so events are in epoch order).
     fn push_event(&self, kind: EventKind, node_id: Option<&str>, epoch: u64, detail: String) {
+        crate::telemetry::metrics()
+            .events
+            .add(1, &ringway_telemetry::attr("kind", kind.as_str()));
         self.lock_events()
             .push(kind, node_id, epoch, detail, SystemTime::now());
     }
@@ -306,24 +310,38 @@ type ViewStream = Pin<Box<dyn Stream<Item = Result<View, Status>> + Send + 'stat
 #[tonic::async_trait]
 impl membership_server::Membership for MembershipService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        self.hub
-            .join(request.get_ref())
-            .map(Response::new)
-            .map_err(status)
+        let span = tracing::info_span!("coordinator.join", node = %request.get_ref().node_id);
+        ringway_telemetry::continue_trace(&request, &span);
+        let _entered = span.enter();
+        let started = Instant::now();
+        let result = self.hub.join(request.get_ref()).map_err(status);
+        rpc_done("join", started, &result);
+        result.map(Response::new)
     }
 
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        Ok(Response::new(self.hub.heartbeat(request.get_ref())))
+        // Every member, every interval: timed, but its span is at debug
+        // (not exported by default).
+        let span = tracing::debug_span!("coordinator.heartbeat", node = %request.get_ref().node_id);
+        ringway_telemetry::continue_trace(&request, &span);
+        let _entered = span.enter();
+        let started = Instant::now();
+        let result = Ok(self.hub.heartbeat(request.get_ref()));
+        rpc_done("heartbeat", started, &result);
+        result.map(Response::new)
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        self.hub
-            .leave(request.get_ref())
-            .map(Response::new)
-            .map_err(status)
+        let span = tracing::info_span!("coordinator.leave", node = %request.get_ref().node_id);
+        ringway_telemetry::continue_trace(&request, &span);
+        let _entered = span.enter();
+        let started = Instant::now();
+        let result = self.hub.leave(request.get_ref()).map_err(status);
+        rpc_done("leave", started, &result);
+        result.map(Response::new)
     }
 
     type WatchStream = ViewStream;
@@ -332,11 +350,15 @@ impl membership_server::Membership for MembershipService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = Instant::now();
         // Cloned before the check: a shutdown after it is still seen below.
         let shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
-            return Err(Status::unavailable("the coordinator is shutting down"));
+            let refused = Err(Status::unavailable("the coordinator is shutting down"));
+            rpc_done("watch", started, &refused);
+            return refused;
         }
+        rpc_done("watch", started, &Ok(()));
         let watcher = request.into_inner().node_id;
         info!(watcher = %watcher, epoch = self.hub.epoch(), "watch opened");
         // Views as Some(view); shutdown as one None that ends the stream.

@@ -268,11 +268,23 @@ async fn bounded<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(StoreError::Redis { op, source }),
-        Err(_) => Err(StoreError::Timeout { op, timeout }),
-    }
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("redis", op);
+    let result =
+        match tracing::Instrument::instrument(tokio::time::timeout(timeout, fut), span).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(StoreError::Redis { op, source }),
+            Err(_) => Err(StoreError::Timeout { op, timeout }),
+        };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    crate::telemetry::metrics().store_duration.record(
+        ringway_telemetry::seconds(started),
+        &[
+            opentelemetry::KeyValue::new("op", op),
+            opentelemetry::KeyValue::new("outcome", outcome),
+        ],
+    );
+    result
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -147,6 +147,26 @@ fn wait_state(http: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// The value of metric `name` whose labels include `labels`, in
+/// Prometheus text (the first such series).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
+}
+
 fn member_ids(state: &Value) -> Vec<String> {
     state["members"]
         .as_array()
@@ -410,6 +430,49 @@ async fn the_state_follows_real_gateways() {
         member_ids(s) == ["n1"] && has_event(s, "lapse", "n2")
     });
     assert_eq!(member(&s, "n1")["ring_share"], 1.0);
+    let metrics = get(http, "/metrics").text();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&metrics, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}: {metrics}"))
+    };
+    assert_eq!(
+        value("ringway_coordinator_member_ring_share", &[("node", "n1")]),
+        1.0
+    );
+    assert_eq!(
+        value("ringway_coordinator_members", &[("state", "active")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "ringway_coordinator_member_sessions",
+            &[("node", "n1"), ("transport", "polling")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("ringway_coordinator_events_total", &[("kind", "join")]),
+        3.0
+    );
+    assert_eq!(
+        value("ringway_coordinator_events_total", &[("kind", "leave")]),
+        1.0
+    );
+    assert_eq!(
+        value("ringway_coordinator_events_total", &[("kind", "lapse")]),
+        1.0
+    );
+    assert!(
+        value(
+            "ringway_coordinator_rpc_duration_seconds_count",
+            &[("method", "heartbeat"), ("outcome", "ok")]
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            "ringway_coordinator_store_duration_seconds_count",
+            &[("outcome", "ok")]
+        ) >= 1.0
+    );
 
     // The events, newest first: start, three joins, the leave, the lapse.
     let events = s["events"].as_array().expect("events");
@@ -540,12 +603,32 @@ async fn page_health_and_event_stream() {
     assert_eq!(s["events"][0]["kind"], "start");
     assert!(s["events"][0]["node_id"].is_null());
     let metrics = get(http, "/metrics").text();
-    assert!(
-        metrics.contains("ringway_coordinator_acting 1\n"),
+    assert_eq!(
+        sample(&metrics, "ringway_coordinator_acting", &[]),
+        Some(1.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("ringway_coordinator_epoch 0\n"),
+    assert_eq!(
+        sample(&metrics, "ringway_coordinator_epoch", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "ringway_coordinator_members",
+            &[("state", "active")]
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "ringway_coordinator_events_total",
+            &[("kind", "start")]
+        ),
+        Some(1.0),
         "{metrics}"
     );
 
@@ -666,9 +749,14 @@ async fn a_standby_is_alive_but_not_ready_until_it_takes_over() {
     assert!(s["coordinator"]["grpc_addr"].is_null());
     assert!(s["epoch"].is_null());
     assert_eq!(member_ids(&s), Vec::<String>::new());
-    assert!(get(http, "/metrics")
-        .text()
-        .contains("ringway_coordinator_acting 0\n"));
+    let metrics = get(http, "/metrics").text();
+    assert_eq!(
+        sample(&metrics, "ringway_coordinator_acting", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+    // No view on a standby: no epoch.
+    assert_eq!(sample(&metrics, "ringway_coordinator_epoch", &[]), None);
     assert_eq!(get(acting_http, "/readyz").status, 200);
 
     // The acting one stops and frees the lock: the standby takes over with

@@ -35,11 +35,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use ringway_telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -108,8 +108,14 @@ fn main() -> ExitCode {
 async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     let fd_limit = raise_fd_limit();
     // Logs, traces and metrics first (the OTLP exporters need the runtime).
-    let telemetry = Telemetry::init("ringway-gateway", &config.node_id(), config.log_format)
-        .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
+    let node_id = config.node_id();
+    let telemetry = Telemetry::init(telemetry::Options {
+        service: "ringway-gateway",
+        instance: &node_id,
+        log_format: config.log_format,
+        exported_spans: "ringway_gateway=info",
+    })
+    .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
     match fd_limit {
         Ok((before, after)) if before != after => {
             info!(

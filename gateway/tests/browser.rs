@@ -9,6 +9,7 @@
 //! the next node. Users type into the page's form and press Enter; the
 //! assertions are on what the pages show (messages, transport, engine id)
 //! and on nginx's access log. Screenshots of the pages are written to
+//! `$RINGWAY_ARTIFACTS/browser-screenshots/` (CI keeps them), else
 //! `target/browser-screenshots/`.
 
 mod common;
@@ -47,17 +48,19 @@ const WAIT: Duration = Duration::from_secs(20);
 
 const ROOM: &str = "lobby";
 
-/// Where the screenshots go: `target/browser-screenshots/` (next to the
-/// binaries' directory), kept by CI.
+/// Where the screenshots go: `$RINGWAY_ARTIFACTS/browser-screenshots/`
+/// (`.ci/run` sets it to the `artifacts/` folder CI keeps), else
+/// `target/browser-screenshots/` (next to the binaries' directory).
 fn screenshot(test: &str, label: &str) -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ringway-gateway"));
-    let target = bin
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target directory");
-    target
-        .join("browser-screenshots")
-        .join(format!("{test}-{label}.png"))
+    let dir = match std::env::var_os("RINGWAY_ARTIFACTS").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("browser-screenshots"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_ringway-gateway"))
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target directory")
+            .join("browser-screenshots"),
+    };
+    dir.join(format!("{test}-{label}.png"))
 }
 
 /// Opens the demo at `base` (`http://host:port`), fills in the join form

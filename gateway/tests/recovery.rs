@@ -288,31 +288,12 @@ async fn another_users_pid_gets_a_fresh_socket_and_none_of_the_data() {
 
 #[test]
 fn the_pid_never_shows_in_the_logs() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
-        .args(["--listen", "127.0.0.1:0", "--recovery-window", "120000"])
-        // Everything Ringway logs, at its most verbose.
-        .env("RUST_LOG", "info,ringway_gateway=trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the gateway");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("a line").expect("stdout");
-        if let Some(a) = line.strip_prefix("ringway-gateway listening on http://") {
-            break a.to_owned();
-        }
-    };
-    let stderr = child.stderr.take().expect("stderr");
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+    // Everything Ringway logs, at its most verbose.
+    let (mut gateway, log) = Gateway::start_logged(
+        &["--listen", "127.0.0.1:0", "--recovery-window", "120000"],
+        "info,ringway_gateway=trace",
+    );
+    let addr = gateway.addr.clone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pid = rt.block_on(async {
         let (mut ws, first) = connect_ws(&addr, "{}").await;
@@ -326,9 +307,8 @@ fn the_pid_never_shows_in_the_logs() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         first["pid"].as_str().unwrap().to_owned()
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.join().expect("log reader");
+    gateway.kill();
+    let log = log.text();
     assert!(
         log.contains("socket recovered"),
         "no trace of the recovery: {log}"

@@ -1,6 +1,11 @@
-//! Traces across nodes: a 3-node cluster exporting spans by OTLP to a
-//! collector run by this test; one `Push.Emit` into a room with members
-//! on every node is one trace with spans from all three nodes.
+//! Traces, metrics and logs with a real OTLP collector (a gRPC server run
+//! by each test on a free port):
+//! - one `Push.Emit` into a room with members on every node of a 3-node
+//!   cluster is one trace with spans from all three nodes;
+//! - a gateway's join is one trace with the coordinator's side of it, and
+//!   both processes push their metrics;
+//! - log lines inside a traced span name its trace, in JSON and human
+//!   format.
 
 mod common;
 
@@ -9,7 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{push_client, Cluster};
-use common::{ws_open, ws_send, ws_text, Ws};
+use common::{ws_open, ws_send, ws_text, Gateway, Polling, Ws};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -17,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use ringway_proto::v1::{target, EmitRequest, RoomList, Target};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -29,14 +41,37 @@ struct Span {
     id: Vec<u8>,
     parent: Vec<u8>,
     name: String,
+    /// `service.instance.id` (a gateway's node id).
     node: String,
+    /// `service.name`.
+    service: String,
 }
 
-type Seen = Arc<Mutex<Vec<Span>>>;
+/// A metric as the collector got it: who sent it, and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Metric {
+    service: String,
+    name: String,
+}
 
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Seen,
+    spans: Arc<Mutex<Vec<Span>>>,
+    metrics: Arc<Mutex<HashSet<Metric>>>,
+}
+
+/// A string attribute of a resource.
+fn resource_attr(resource: Option<&Resource>, key: &str) -> String {
+    resource
+        .iter()
+        .flat_map(|r| r.attributes.iter())
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -47,17 +82,8 @@ impl TraceService for Collector {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().expect("lock");
         for resource in request.into_inner().resource_spans {
-            let node = resource
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.instance.id")
-                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
+            let node = resource_attr(resource.resource.as_ref(), "service.instance.id");
+            let service = resource_attr(resource.resource.as_ref(), "service.name");
             for scope in resource.scope_spans {
                 for span in scope.spans {
                     spans.push(Span {
@@ -66,12 +92,86 @@ impl TraceService for Collector {
                         parent: span.parent_span_id,
                         name: span.name,
                         node: node.clone(),
+                        service: service.clone(),
                     });
                 }
             }
         }
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut metrics = self.metrics.lock().expect("lock");
+        for resource in request.into_inner().resource_metrics {
+            let service = resource_attr(resource.resource.as_ref(), "service.name");
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    metrics.insert(Metric {
+                        service: service.clone(),
+                        name: metric.name,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves on a free port; sets the OTLP variables every process this
+    /// test starts inherits (each test binary's test runs in a process of
+    /// its own under nextest).
+    async fn start(metric_interval_ms: u64) -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let collector = Collector::default();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .add_service(MetricsServiceServer::new(collector.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+        std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+        std::env::set_var(
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            metric_interval_ms.to_string(),
+        );
+        collector
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.spans.lock().expect("lock").clone()
+    }
+
+    fn has_metric(&self, service: &str, name: &str) -> bool {
+        self.metrics.lock().expect("lock").contains(&Metric {
+            service: service.into(),
+            name: name.into(),
+        })
+    }
+}
+
+/// Polls `check` on the collector until it gives an answer (20 s).
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `span` is `root` or one of its descendants in `by_id`.
@@ -99,20 +199,7 @@ async fn expect(ws: &mut Ws, prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let collector = Collector::default();
-    let spans = collector.spans.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    // The gateways inherit these (this test binary runs alone).
-    // SAFETY-free in edition 2021; nothing else reads the environment now.
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
-    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "600000");
+    let collector = Collector::start(600_000).await;
     let c = Cluster::start(3, &["--api-token", "t"]).await;
 
     let mut members = Vec::new();
@@ -151,7 +238,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
     // nodes 2 and 3 (one per node, not one per message).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = spans.lock().expect("lock").clone();
+        let seen = collector.spans();
         let root = seen.iter().find(|s| s.name == "push.emit");
         if let Some(root) = root {
             assert_eq!(root.node, "n1");
@@ -198,4 +285,129 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The gateway's `Join` carries its trace context: the coordinator's
+/// span of it is a child of the gateway's, in the same trace. Both push
+/// their metrics by OTLP, and the coordinator exports its Redis calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
+    let collector = Collector::start(300).await;
+    let _c = Cluster::start(1, &[]).await;
+
+    let (join, served) = wait_for("the join's spans on both sides", || {
+        let spans = collector.spans();
+        let join = spans
+            .iter()
+            .find(|s| s.name == "membership.join" && s.node == "n1")?;
+        let served = spans
+            .iter()
+            .find(|s| s.name == "coordinator.join" && s.trace == join.trace)?;
+        Some((join.clone(), served.clone()))
+    })
+    .await;
+    assert_eq!(join.service, "ringway-gateway");
+    assert_eq!(served.service, "ringway-coordinator");
+    assert!(
+        served.node.contains("-pid"),
+        "coordinator instance id {:?}",
+        served.node
+    );
+    assert_eq!(
+        hex(&served.parent),
+        hex(&join.id),
+        "coordinator.join is not the child of membership.join"
+    );
+    wait_for("a Redis span of the coordinator", || {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.service == "ringway-coordinator" && s.name == "redis")
+            .then_some(())
+    })
+    .await;
+
+    for (service, name) in [
+        ("ringway-coordinator", "ringway.coordinator.epoch"),
+        ("ringway-coordinator", "ringway.coordinator.members"),
+        ("ringway-coordinator", "ringway.coordinator.events"),
+        ("ringway-coordinator", "ringway.coordinator.rpc.duration"),
+        ("ringway-coordinator", "ringway.coordinator.store.duration"),
+        ("ringway-gateway", "ringway.membership.members"),
+        ("ringway-gateway", "ringway.sessions"),
+    ] {
+        wait_for(&format!("{service}'s {name} by OTLP"), || {
+            collector.has_metric(service, name).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Every log line inside a traced span names the trace: a `trace_id`
+/// member of the JSON object (`--log-format json`), `trace_id=…` at the
+/// end of a human line; lines outside spans have none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_inside_a_span_name_its_trace() {
+    let collector = Collector::start(600_000).await;
+    let rust_log = "info,ringway_gateway=debug";
+    let (json_gw, json_log) = Gateway::start_logged(
+        &["--listen", "127.0.0.1:0", "--log-format", "json"],
+        rust_log,
+    );
+    let (human_gw, human_log) = Gateway::start_logged(&["--listen", "127.0.0.1:0"], rust_log);
+
+    // A polling handshake: "session opened" is logged in its span.
+    let json_sid = Polling::open(&json_gw.addr, "/socket.io/").await.sid;
+    let human_sid = Polling::open(&human_gw.addr, "/socket.io/").await.sid;
+    let handshakes = wait_for("both handshake spans", || {
+        let spans: Vec<Span> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.name == "handshake")
+            .collect();
+        (spans.len() >= 2).then_some(spans)
+    })
+    .await;
+    let traces: HashSet<String> = handshakes.iter().map(|s| hex(&s.trace)).collect();
+
+    // JSON: every line an object; the handshake's line in its trace.
+    let opened = wait_for("the JSON line of the handshake", || {
+        json_log
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("session opened") && l.contains(&json_sid))
+    })
+    .await;
+    for line in json_log.lines() {
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["fields"].is_object(), "{line}");
+    }
+    let opened: serde_json::Value = serde_json::from_str(&opened).expect("json");
+    let trace = opened["trace_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no trace_id: {opened}"));
+    assert!(traces.contains(trace), "{trace} is not a handshake's trace");
+    assert_eq!(opened["span"]["name"], "handshake", "{opened}");
+    // The start-up lines are logged outside any span.
+    let started = json_log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("listening"))
+        .expect("a start-up line");
+    assert!(!started.contains("trace_id"), "{started}");
+
+    // Human: the id closes the line.
+    let opened = wait_for("the human line of the handshake", || {
+        human_log
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("session opened") && l.contains(&human_sid))
+    })
+    .await;
+    let (_, trace) = opened
+        .rsplit_once(" trace_id=")
+        .unwrap_or_else(|| panic!("no trace_id: {opened}"));
+    assert!(traces.contains(trace), "{trace} is not a handshake's trace");
 }

@@ -445,10 +445,19 @@ def test_selectors_match_labels(chart, name):
                 backend = path["backend"]["service"]
                 svc = one(docs, "Service", backend["name"])
                 assert backend["port"]["name"] in {p["name"] for p in svc["spec"]["ports"]}
-    for sm in find(docs, "ServiceMonitor"):
+    monitors = find(docs, "ServiceMonitor")
+    scraped = set()
+    for sm in monitors:
         services = [s for s in find(docs, "Service") if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
-        assert [s["metadata"]["name"] for s in services] == [f"{RELEASE}-peers"]
+        assert len(services) == 1, (sm["metadata"]["name"], [s["metadata"]["name"] for s in services])
+        scraped.add(services[0]["metadata"]["name"])
         assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in services[0]["spec"]["ports"]}
+    if monitors:
+        values = helm_values(chart, name)
+        want = {f"{RELEASE}-peers"}
+        if values["coordinator"]["dashboard"]["enabled"]:
+            want.add(COORDINATOR)
+        assert scraped == want
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))

@@ -8,13 +8,12 @@
 //! | `/events` | Server-Sent Events: the state at once, then on every view or role change and every second |
 //! | `/healthz` | 200 `ok` while the process serves HTTP |
 //! | `/readyz` | 200 `ready` when acting (holds the lock, serves gRPC), else 503 `standby` / `stopping` |
-//! | `/metrics` | a few gauges, Prometheus text format |
+//! | `/metrics` | the coordinator's metrics ([`crate::telemetry`]), Prometheus text format |
 //!
 //! Nothing is fetched from elsewhere: the page's Content-Security-Policy
 //! only allows this origin.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +145,7 @@ fn route(
             Role::Stopping => text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
         },
         "/metrics" => {
-            let mut response = full(StatusCode::OK, metrics(dashboard));
+            let mut response = full(StatusCode::OK, ringway_telemetry::render());
             set(
                 &mut response,
                 header::CONTENT_TYPE,
@@ -318,79 +317,9 @@ async fn push_states(dashboard: Arc<Dashboard>, tx: mpsc::Sender<Bytes>, _slot: 
     }
 }
 
-/// A few gauges in Prometheus text format.
-fn metrics(dashboard: &Dashboard) -> String {
-    let state = dashboard.state();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    gauge(
-        "ringway_coordinator_acting",
-        "1 when this coordinator holds the lock and serves the Membership service.",
-        &[(String::new(), u8::from(state.coordinator.ready).to_string())],
-    );
-    if let Some(epoch) = state.epoch {
-        gauge(
-            "ringway_coordinator_epoch",
-            "Epoch of the membership view.",
-            &[(String::new(), epoch.to_string())],
-        );
-        gauge(
-            "ringway_coordinator_members",
-            "Members in the view.",
-            &[(String::new(), state.members.len().to_string())],
-        );
-    }
-    let mut sessions = Vec::new();
-    let mut shares = Vec::new();
-    for m in &state.members {
-        let node = escape_label(&m.node_id);
-        for (transport, n) in [
-            ("polling", m.polling_sessions),
-            ("websocket", m.websocket_sessions),
-        ] {
-            sessions.push((
-                format!("{{node=\"{node}\",transport=\"{transport}\"}}"),
-                n.to_string(),
-            ));
-        }
-        shares.push((format!("{{node=\"{node}\"}}"), m.ring_share.to_string()));
-    }
-    gauge(
-        "ringway_coordinator_member_sessions",
-        "Sessions per member and transport, from its last heartbeat.",
-        &sessions,
-    );
-    gauge(
-        "ringway_coordinator_member_ring_share",
-        "Fraction of the sid hash space a member owns on the gateways' ring.",
-        &shares,
-    );
-    out
-}
-
-/// A Prometheus label value: backslash, double quote and newline escaped.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("n1"), "n1");
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
 
     #[test]
     fn the_assets_name_nothing_outside_this_origin() {

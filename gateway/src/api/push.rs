@@ -703,7 +703,7 @@ impl<A: Application> Clone for PushService<A> {
 #[tonic::async_trait]
 impl<A: Application> Push for PushService<A> {
     async fn emit(&self, request: Request<EmitRequest>) -> ServiceResult<EmitReply> {
-        let span = tracing::info_span!("push.emit", trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("push.emit");
         crate::telemetry::continue_trace(&request, &span);
         let reply = self.emit_one(request.into_inner()).instrument(span).await?;
         Ok(Response::new(reply))

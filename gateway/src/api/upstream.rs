@@ -205,8 +205,7 @@ impl Inner {
         F: FnOnce(UpstreamClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let span = tracing::info_span!("upstream", call = what, trace_id = tracing::field::Empty);
-        crate::telemetry::record_trace_id(&span);
+        let span = tracing::info_span!("upstream", call = what);
         let result = tracing::Instrument::instrument(self.try_call(deadline, wait, f), span).await;
         match &result {
             Ok(_) => {

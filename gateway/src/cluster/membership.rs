@@ -10,9 +10,10 @@ use ringway_proto::cluster::v1::membership_client::MembershipClient;
 use ringway_proto::cluster::v1::{HeartbeatRequest, JoinRequest, LeaveRequest, WatchRequest};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::Cluster;
+use crate::telemetry::traced;
 
 /// Bound of each call to the coordinator.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,15 +111,18 @@ impl MembershipClientTask {
     /// lost (`Ok`, join again at once) or the coordinator fails (`Err`).
     async fn session(self: Arc<Self>, channel: Channel) -> Result<(), tonic::Status> {
         let mut client = MembershipClient::new(channel);
-        let reply = client
-            .join(JoinRequest {
-                node_id: self.cluster.node_id().to_owned(),
-                grpc_addr: self.registration.grpc_addr.clone(),
-                http_addr: self.registration.http_addr.clone(),
-                incarnation: self.cluster.incarnation(),
-            })
-            .await?
-            .into_inner();
+        let span = tracing::info_span!("membership.join");
+        let join = async {
+            client
+                .join(traced(JoinRequest {
+                    node_id: self.cluster.node_id().to_owned(),
+                    grpc_addr: self.registration.grpc_addr.clone(),
+                    http_addr: self.registration.http_addr.clone(),
+                    incarnation: self.cluster.incarnation(),
+                }))
+                .await
+        };
+        let reply = join.instrument(span).await?.into_inner();
         info!(lease = reply.lease_id, "joined the cluster");
         self.cluster.set_joined();
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply.lease_id);
@@ -186,7 +190,9 @@ impl MembershipClientTask {
             node_id: self.cluster.node_id().to_owned(),
             lease_id,
         };
-        match tokio::time::timeout(CALL_TIMEOUT, client.leave(request)).await {
+        let span = tracing::info_span!("membership.leave");
+        let leave = async { client.leave(traced(request)).await };
+        match tokio::time::timeout(CALL_TIMEOUT, leave.instrument(span)).await {
             Ok(Ok(_)) => info!("left the cluster"),
             Ok(Err(err)) => warn!(%err, "leave failed"),
             Err(_) => warn!("leave timed out"),

@@ -83,7 +83,7 @@ impl<A: Application> Node for NodeService<A> {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
-        let span = tracing::info_span!("node.forward", trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("node.forward");
         continue_trace(&request, &span);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
@@ -112,7 +112,7 @@ impl<A: Application> Node for NodeService<A> {
         &self,
         request: Request<HandoffRequest>,
     ) -> Result<Response<HandoffReply>, Status> {
-        let span = tracing::info_span!("node.handoff", trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("node.handoff");
         continue_trace(&request, &span);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
@@ -136,7 +136,7 @@ impl<A: Application> Node for NodeService<A> {
     }
 
     async fn local(&self, request: Request<LocalRequest>) -> Result<Response<LocalReply>, Status> {
-        let span = tracing::info_span!("node.local", trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("node.local");
         continue_trace(&request, &span);
         Ok(Response::new(
             self.push

@@ -423,9 +423,7 @@ impl<H: EngineHandler> Engine<H> {
         };
         let started = std::time::Instant::now();
         let method = request.method.as_str().to_owned();
-        let span =
-            tracing::info_span!("forward", method = %method, trace_id = tracing::field::Empty);
-        crate::telemetry::record_trace_id(&span);
+        let span = tracing::info_span!("forward", method = %method);
         let answer = self
             .directory
             .forward(sid, hint, request.clone())
@@ -640,8 +638,7 @@ impl<H: EngineHandler> Engine<H> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(sid);
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("handoff", trace_id = tracing::field::Empty);
-        crate::telemetry::record_trace_id(&span);
+        let span = tracing::info_span!("handoff");
         let result = match self.directory.take_over(sid, hint).instrument(span).await {
             Ok(taken) => self.adopt(sid, taken),
             Err(err) => Err(err),

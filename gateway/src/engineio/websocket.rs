@@ -57,9 +57,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     let ws = accept(&engine, upgraded).await;
     let (mut sink, mut stream) = ws.split();
     let deadline = Instant::now() + engine.config().upgrade_timeout;
-    let span =
-        tracing::info_span!("upgrade", sid = %session.sid(), trace_id = tracing::field::Empty);
-    crate::telemetry::record_trace_id(&span);
+    let span = tracing::info_span!("upgrade", sid = %session.sid());
     match tracing::Instrument::instrument(probe(&session, &mut sink, &mut stream, deadline), span)
         .await
     {

@@ -40,6 +40,20 @@ pub fn python() -> std::path::PathBuf {
 /// The environment variable of `--recovery-window` (a flag overrides it).
 pub const RECOVERY_ENV: &str = "RINGWAY_RECOVERY_WINDOW";
 
+/// The lines a process logged so far.
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
 /// A gateway process, killed when dropped.
 pub struct Gateway {
     child: Child,
@@ -76,15 +90,40 @@ impl Gateway {
     /// arguments and same-node ordering of emits and acks, which the
     /// recovery offsets and the log change (see tests/recovery.rs).
     pub fn start_raw(args: &[&str]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"))
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"));
+        command
             .args(args)
             .env(RECOVERY_ENV, "0")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", rust_log)
+            .stderr(Stdio::inherit());
+        Gateway::spawn(command)
+    }
+
+    /// Starts the gateway with exactly these flags and `RUST_LOG`, its log
+    /// (stderr) read line by line into the returned [`Log`].
+    pub fn start_logged(args: &[&str], rust_log: &str) -> (Gateway, Log) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"));
+        command
+            .args(args)
+            .env(RECOVERY_ENV, "0")
+            .env("RUST_LOG", rust_log)
+            .stderr(Stdio::piped());
+        let mut gateway = Gateway::spawn(command);
+        let stderr = gateway.child.stderr.take().expect("stderr");
+        let log = Log::default();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        (gateway, log)
+    }
+
+    fn spawn(mut command: Command) -> Gateway {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start ringway-gateway");
         let stdout = child.stdout.take().expect("stdout");
