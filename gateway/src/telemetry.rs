@@ -46,6 +46,8 @@ pub struct Metrics {
     pub registry_duration: Histogram<f64>,
     /// Push API calls, by method.
     pub push_duration: Histogram<f64>,
+    /// Upstream hook calls, by call and outcome.
+    pub upstream_duration: Histogram<f64>,
     /// Recovery attempts (CONNECTs with a pid), by outcome.
     pub recoveries: Counter<u64>,
     /// Events replayed to recovered or moved sockets.
@@ -129,6 +131,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .build(),
         registry_duration: histogram(&m, "ringway.registry.duration", "Registry (Redis) calls"),
         push_duration: histogram(&m, "ringway.push.duration", "Push API calls"),
+        upstream_duration: histogram(
+            &m,
+            "ringway.upstream.duration",
+            "Upstream hook calls (Authorize, Connected, Event, Disconnected)",
+        ),
         recoveries: m
             .u64_counter("ringway.recoveries")
             .with_description("Connection state recovery attempts, by outcome")

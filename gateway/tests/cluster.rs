@@ -607,17 +607,6 @@ where
     }
 }
 
-/// The sum of the Prometheus samples whose lines start with `prefix`
-/// (`None` if there are none).
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    let values: Vec<f64> = metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_forwards_handoffs_and_the_view() {
     let c = Cluster::start(3, &[]).await;
@@ -650,69 +639,71 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
     };
     let (m1, m2, m3) = (scrape(n1).await, scrape(n2).await, scrape(n3).await);
     assert_eq!(
-        sample(&m1, "ringway_handshakes_total{transport=\"polling\""),
+        common::sample(&m1, "ringway_handshakes_total{transport=\"polling\""),
         Some(1.0)
     );
     assert!(
-        sample(&m2, "ringway_forwards_total{method=\"POST\"").unwrap_or(0.0) >= 1.0,
+        common::sample(&m2, "ringway_forwards_total{method=\"POST\"").unwrap_or(0.0) >= 1.0,
         "{m2}"
     );
-    assert!(sample(&m2, "ringway_forwards_total{method=\"GET\"").unwrap_or(0.0) >= 1.0);
-    assert!(sample(&m2, "ringway_forward_duration_seconds_count").unwrap_or(0.0) >= 2.0);
+    assert!(common::sample(&m2, "ringway_forwards_total{method=\"GET\"").unwrap_or(0.0) >= 1.0);
+    assert!(common::sample(&m2, "ringway_forward_duration_seconds_count").unwrap_or(0.0) >= 2.0);
     assert_eq!(
-        sample(&m1, "ringway_handoffs_total{direction=\"out\""),
+        common::sample(&m1, "ringway_handoffs_total{direction=\"out\""),
         Some(1.0)
     );
     assert_eq!(
-        sample(&m3, "ringway_handoffs_total{direction=\"in\""),
+        common::sample(&m3, "ringway_handoffs_total{direction=\"in\""),
         Some(1.0)
     );
     assert_eq!(
-        sample(&m3, "ringway_handoff_duration_seconds_count"),
+        common::sample(&m3, "ringway_handoff_duration_seconds_count"),
         Some(1.0)
     );
-    assert_eq!(sample(&m3, "ringway_upgrades_total"), Some(1.0));
+    assert_eq!(common::sample(&m3, "ringway_upgrades_total"), Some(1.0));
     assert_eq!(
-        sample(&m3, "ringway_sessions{transport=\"websocket\""),
+        common::sample(&m3, "ringway_sessions{transport=\"websocket\""),
         Some(1.0)
     );
     assert_eq!(
-        sample(&m1, "ringway_sessions{transport=\"polling\""),
+        common::sample(&m1, "ringway_sessions{transport=\"polling\""),
         Some(0.0)
     );
-    assert!(sample(&m3, "ringway_messages_received_total").unwrap_or(0.0) >= 1.0);
+    assert!(common::sample(&m3, "ringway_messages_received_total").unwrap_or(0.0) >= 1.0);
     assert!(
-        sample(&m3, "ringway_messages_delivered_total").is_some()
+        common::sample(&m3, "ringway_messages_delivered_total").is_some()
             || m3.contains("ringway_messages")
     );
     assert!(
-        sample(&m1, "ringway_registry_duration_seconds_count{op=\"put\"").unwrap_or(0.0) >= 1.0,
+        common::sample(&m1, "ringway_registry_duration_seconds_count{op=\"put\"").unwrap_or(0.0)
+            >= 1.0,
         "{m1}"
     );
     for m in [&m1, &m2, &m3] {
-        assert_eq!(sample(m, "ringway_membership_members"), Some(3.0));
-        assert_eq!(sample(m, "ringway_ready"), Some(1.0));
+        assert_eq!(common::sample(m, "ringway_membership_members"), Some(3.0));
+        assert_eq!(common::sample(m, "ringway_ready"), Some(1.0));
     }
     // Bytes, sockets per namespace, calls to other gateways.
     assert!(
-        sample(&m3, "ringway_network_io_bytes_total{direction=\"receive\"").unwrap_or(0.0)
+        common::sample(&m3, "ringway_network_io_bytes_total{direction=\"receive\"").unwrap_or(0.0)
             >= "2[\"message\",1]".len() as f64,
         "{m3}"
     );
     assert!(
-        sample(&m3, "ringway_network_io_bytes_total{direction=\"transmit\"").unwrap_or(0.0) > 0.0
+        common::sample(&m3, "ringway_network_io_bytes_total{direction=\"transmit\"").unwrap_or(0.0)
+            > 0.0
     );
     assert_eq!(
-        sample(&m3, "ringway_sockets{namespace=\"/\""),
+        common::sample(&m3, "ringway_sockets{namespace=\"/\""),
         Some(1.0),
         "{m3}"
     );
     assert!(
-        sample(&m3, "ringway_rooms{namespace=\"/\"").is_some(),
+        common::sample(&m3, "ringway_rooms{namespace=\"/\"").is_some(),
         "{m3}"
     );
     assert!(
-        sample(
+        common::sample(
             &m2,
             "ringway_peer_duration_seconds_count{method=\"forward\",outcome=\"ok\""
         )
@@ -721,7 +712,7 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
         "{m2}"
     );
     assert_eq!(
-        sample(
+        common::sample(
             &m3,
             "ringway_peer_duration_seconds_count{method=\"handoff\",outcome=\"ok\""
         ),

@@ -596,6 +596,29 @@ async fn a_slow_backend_gives_upstream_timeout_not_a_hang() {
     ws_send(&mut ws, "423[\"chat\"]").await;
     let ack = ws_expect(&mut ws, "433").await;
     assert_eq!(json_after(&ack, "433")[0]["user"], "carol", "{ack}");
+
+    // The calls, timed by outcome.
+    let metrics = get(c.addr(0), "/metrics").await.text();
+    let count = |labels: &str| {
+        common::sample(
+            &metrics,
+            &format!("ringway_upstream_duration_seconds_count{{{labels}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        count("call=\"OnConnect\",outcome=\"timeout\"") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count("call=\"OnConnect\",outcome=\"ok\"") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count("call=\"OnEvent\",outcome=\"timeout\"") >= 1.0,
+        "{metrics}"
+    );
+    assert!(count("call=\"OnEvent\",outcome=\"ok\"") >= 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,6 +681,16 @@ async fn a_backend_that_is_down_gives_upstream_unavailable_at_once() {
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
+    );
+    let metrics = get(n2, "/metrics").await.text();
+    assert!(
+        common::sample(
+            &metrics,
+            "ringway_upstream_duration_seconds_count{call=\"OnConnect\",outcome=\"unavailable\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
     );
 
     // The backend comes up: CONNECTs reach it.

@@ -206,7 +206,23 @@ impl Inner {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let span = tracing::info_span!("upstream", call = what);
+        let started = std::time::Instant::now();
         let result = tracing::Instrument::instrument(self.try_call(deadline, wait, f), span).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CallError::Busy) => "busy",
+            Err(CallError::Timeout) => "timeout",
+            Err(CallError::Unavailable(_)) => "unavailable",
+            Err(CallError::Failed(_)) => "failed",
+            Err(CallError::BadReply(_)) => "bad_reply",
+        };
+        crate::telemetry::metrics().upstream_duration.record(
+            crate::telemetry::seconds(started),
+            &[
+                opentelemetry::KeyValue::new("call", what),
+                opentelemetry::KeyValue::new("outcome", outcome),
+            ],
+        );
         match &result {
             Ok(_) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {

@@ -40,6 +40,17 @@ pub fn python() -> std::path::PathBuf {
 /// The environment variable of `--recovery-window` (a flag overrides it).
 pub const RECOVERY_ENV: &str = "RINGWAY_RECOVERY_WINDOW";
 
+/// The sum of the Prometheus series whose line starts with `prefix` (a
+/// metric name, optionally with the first labels: `name{a="b"`).
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// The lines a process logged so far.
 #[derive(Clone, Default)]
 pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
