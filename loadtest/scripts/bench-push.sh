@@ -43,20 +43,10 @@ quiet_cores=${QUIET_CORES:-0.25}
 quiet_wait=${QUIET_WAIT:-1800}
 
 if [ "$summary_only" = 0 ]; then
-cargo build --release -q -p ringway-gateway -p ringway-coordinator -p ringway-loadtest
-lt="$root/target/release/ringway-loadtest"
-cluster="$root/loadtest/scripts/cluster.sh"
-peers="$root/loadtest/scripts/peers.sh"
-export RINGWAY_CLUSTER_DIR="$out/cluster"
-export RINGWAY_PEERS_DIR="$out/peers"
-cleanup() {
-  "$cluster" down >/dev/null 2>&1 || true
-  "$peers" down reference >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 bench=bench-push
 # shellcheck source=lib/bench.sh
 source "$root/loadtest/scripts/lib/bench.sh"
+cluster_bench_setup
 token=bench-push-token
 common=(--receivers "$receivers" --duration "$duration" --drain 10)
 

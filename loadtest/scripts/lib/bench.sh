@@ -54,3 +54,16 @@ measure() { # measure NAME SCENARIO ARGS...
   done
 }
 
+
+# For the cluster benches: builds the release binaries, sets lt, cluster
+# and peers (the scripts), keeps the local cluster's and the peers' state
+# under $out, and stops both on exit.
+cluster_bench_setup() {
+  cargo build --release -q -p ringway-gateway -p ringway-coordinator -p ringway-loadtest
+  lt="$root/target/release/ringway-loadtest"
+  cluster="$root/loadtest/scripts/cluster.sh"
+  peers="$root/loadtest/scripts/peers.sh"
+  export RINGWAY_CLUSTER_DIR="$out/cluster"
+  export RINGWAY_PEERS_DIR="$out/peers"
+  trap '"$cluster" down >/dev/null 2>&1 || true; "$peers" down reference >/dev/null 2>&1 || true' EXIT
+}
