@@ -411,3 +411,58 @@ async fn log_lines_inside_a_span_name_its_trace() {
         .unwrap_or_else(|| panic!("no trace_id: {opened}"));
     assert!(traces.contains(trace), "{trace} is not a handshake's trace");
 }
+
+/// The spans of a session's path through a cluster, each exported by the
+/// node that did the work: the handshake on node 1, a POST forwarded from
+/// node 2 (`forward` there, `node.forward` on the owner), the WebSocket
+/// upgrade on node 3 (`handoff` and `upgrade` there, `node.handoff` on
+/// the old owner), and the registry's Redis calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_forward_handoff_upgrade_and_redis_spans_are_exported() {
+    let collector = Collector::start(600_000).await;
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.on(n2).send("40").await;
+    let mut ws = common::ws_connect(
+        n3,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
+    )
+    .await;
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    ws_send(&mut ws, "5").await;
+    ws_send(&mut ws, "42[\"message\",1]").await;
+    expect(&mut ws, "42[\"message-back\"").await;
+
+    for (node, name) in [
+        ("n1", "handshake"),
+        ("n2", "forward"),
+        ("n1", "node.forward"),
+        ("n3", "handoff"),
+        ("n1", "node.handoff"),
+        ("n3", "upgrade"),
+        ("n1", "redis"),
+        ("n3", "redis"),
+    ] {
+        wait_for(&format!("a {name} span from {node}"), || {
+            collector
+                .spans()
+                .iter()
+                .any(|s| s.node == node && s.name == name)
+                .then_some(())
+        })
+        .await;
+    }
+    // The owner's side of each call is in the caller's trace.
+    let spans = collector.spans();
+    for (caller, callee) in [("forward", "node.forward"), ("handoff", "node.handoff")] {
+        let outer = spans.iter().find(|s| s.name == caller).expect("caller");
+        let inner = spans.iter().find(|s| s.name == callee).expect("callee");
+        assert_eq!(
+            hex(&inner.trace),
+            hex(&outer.trace),
+            "{callee} not in {caller}'s trace"
+        );
+    }
+}
