@@ -785,3 +785,31 @@ async fn a_standby_is_alive_but_not_ready_until_it_takes_over() {
     assert_eq!(a["has_lease"], false);
     assert!(a["last_heartbeat_ms_ago"].is_null());
 }
+
+/// A node id with a quote, a backslash and a newline (the coordinator
+/// takes any id up to its length limit) stays one escaped label value: the
+/// Prometheus text keeps one series per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_node_ids_are_escaped_in_metrics() {
+    let redis = RedisServer::start();
+    let mut coord = Coordinator::start(&redis.url(), RELAXED);
+    let http = coord.http_addr();
+    let mut client = coord.client().await;
+    client.join(join_req("a\"b\\c\nd", 1)).await.expect("join");
+    let metrics = get(http, "/metrics").text();
+    assert_eq!(
+        sample(
+            &metrics,
+            "ringway_coordinator_member_ring_share",
+            &[("node", "a\\\"b\\\\c\\nd")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    for line in metrics.lines() {
+        assert!(
+            line.starts_with('#') || line.starts_with("ringway_coordinator_"),
+            "a broken series line: {line:?}"
+        );
+    }
+}
