@@ -777,4 +777,51 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         expect(&mut socks[0].0, "42[\"v\"").await,
         "42[\"v\",\"now\"]"
     );
+
+    // An emit, then a disconnect by the API from another node: the emit
+    // arrives first, then the reason, then the DISCONNECT; and the socket
+    // cannot be recovered (a server-side disconnect is for good).
+    let (mut ws, open) = ws_open(c.addr(0)).await;
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    ws_send(&mut ws, "40").await;
+    let answer = expect(&mut ws, "40{").await;
+    let first: serde_json::Value =
+        serde_json::from_str(answer.trim_start_matches("40")).expect("json");
+    expect(&mut ws, "42[\"auth\"").await;
+    api[2]
+        .emit(emit(to_sid(&sid), "bye", "[1]"))
+        .await
+        .expect("emit");
+    api[1]
+        .disconnect(DisconnectRequest {
+            namespace: "/".into(),
+            target: to_sid(&sid),
+            reason: "kicked".into(),
+            close_session: false,
+        })
+        .await
+        .expect("disconnect");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let text = ws_text(&mut ws).await.expect("websocket closed");
+        if text != "2" {
+            seen.push(text);
+        }
+    }
+    assert_eq!(without_offset(&seen[0], "42"), "42[\"bye\",1]", "{seen:?}");
+    assert_eq!(seen[1], "42[\"ringway:disconnect\",\"kicked\"]", "{seen:?}");
+    assert_eq!(seen[2], "41", "{seen:?}");
+    let offset: serde_json::Value =
+        serde_json::from_str(seen[0].trim_start_matches("42")).expect("json");
+    let auth = serde_json::json!({"pid": first["pid"], "offset": offset[2]});
+    let (mut again, _) = ws_open(c.addr(1)).await;
+    ws_send(&mut again, &format!("40{auth}")).await;
+    let answer = expect(&mut again, "40{").await;
+    let answer: serde_json::Value =
+        serde_json::from_str(answer.trim_start_matches("40")).expect("json");
+    assert_ne!(
+        answer["sid"], first["sid"],
+        "recovered after a server disconnect"
+    );
+    assert_ne!(answer["pid"], first["pid"]);
 }

@@ -267,6 +267,13 @@ async fn another_users_pid_gets_a_fresh_socket_and_none_of_the_data() {
         r#"421["broadcast",{"room":"alice-only","msg":"secret"}]"#,
     )
     .await;
+    // Logged and sent once the broadcast is acked.
+    loop {
+        let text = ws_text(&mut other).await.expect("carol's websocket");
+        if text.starts_with("431") {
+            break;
+        }
+    }
     // Bob presents Alice's pid and offset with his own token.
     let mallory = json!({"token": token("bob"), "pid": first["pid"], "offset": offset}).to_string();
     let (mut bob, answer) = connect_ws(&gw.addr, &mallory).await;
@@ -276,6 +283,12 @@ async fn another_users_pid_gets_a_fresh_socket_and_none_of_the_data() {
     let ev = next_event(&mut bob).await;
     assert_eq!(ev[0], "auth", "{ev}");
     assert!(!ev.to_string().contains("secret"), "{ev}");
+    // ... and nothing of hers after it: the next event is the answer to
+    // his own message.
+    ws_send(&mut bob, r#"42["message","bob"]"#).await;
+    let ev = next_event(&mut bob).await;
+    assert_eq!(ev[0], "message-back", "{ev}");
+    assert_eq!(ev[1], "bob", "{ev}");
     // Alice herself still recovers, and gets it.
     let alice_back =
         json!({"token": token("alice"), "pid": first["pid"], "offset": offset}).to_string();

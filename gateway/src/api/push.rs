@@ -55,6 +55,19 @@ async fn send_reply(tx: &mpsc::Sender<EmitResult>, reply: EmitResult) -> bool {
     tx.send(reply).await.is_ok() && !failed
 }
 
+/// Sends every pending reply, in order; false once the stream is over.
+async fn send_pending<F: std::future::Future<Output = EmitResult>>(
+    tx: &mpsc::Sender<EmitResult>,
+    pending: &mut futures_util::stream::FuturesOrdered<F>,
+) -> bool {
+    while let Some(reply) = pending.next().await {
+        if !send_reply(tx, reply).await {
+            return false;
+        }
+    }
+    true
+}
+
 fn record_push(started: std::time::Instant) {
     crate::telemetry::metrics().push_duration.record(
         crate::telemetry::seconds(started),
@@ -347,21 +360,13 @@ impl<A: Application> LocalPush<A> {
         }
         let scope = self.scope(&req.namespace, target)?;
         // The reason, for the client: an event just before the DISCONNECT
-        // (the protocol's DISCONNECT carries none). Sent directly, never
-        // through the recovery log, so it cannot arrive after.
+        // (the protocol's DISCONNECT carries none).
         let notice = (!req.reason.is_empty())
             .then(|| Payload::from_values(&[serde_json::Value::String(req.reason.clone())]));
         Ok(self.each(scope, |socket| {
             debug!(socket = %socket.id(), reason = %req.reason, "disconnected by the API");
-            if let Some(args) = &notice {
-                let frames = encode_event(socket.namespace().name(), DISCONNECT_NOTICE, args, None);
-                let _ = socket.session().send_all(frames);
-            }
-            if req.close_session {
-                socket.close_session();
-            } else {
-                socket.disconnect();
-            }
+            let notice = notice.as_ref().map(|args| (DISCONNECT_NOTICE, args));
+            socket.end(notice, req.close_session);
             true
         }))
     }
@@ -632,8 +637,13 @@ impl<A: Application> PushService<A> {
         }
         let durable = recovery.append_confirmed(entry);
         let nodes = self.nodes_for(&req.namespace, target);
+        // The nodes only count: the payload travels in the log.
         let count = LocalRequest {
-            op: Some(local_request::Op::Count(req)),
+            op: Some(local_request::Op::Count(EmitRequest {
+                args_json: String::new(),
+                attachments: Vec::new(),
+                ..req
+            })),
         };
         let service = self.clone();
         Ok(Box::pin(async move {
@@ -749,10 +759,8 @@ impl<A: Application> Push for PushService<A> {
                 match service.begin_emit(req) {
                     Ok(Begun::Logged(finish)) => pending.push_back(timed(finish, started)),
                     Ok(Begun::Direct(req, target)) => {
-                        while let Some(reply) = pending.next().await {
-                            if !send_reply(&tx, reply).await {
-                                return;
-                            }
+                        if !send_pending(&tx, &mut pending).await {
+                            return;
                         }
                         let reply = service.emit_direct(req, target).await;
                         record_push(started);
@@ -761,21 +769,14 @@ impl<A: Application> Push for PushService<A> {
                         }
                     }
                     Err(status) => {
-                        while let Some(reply) = pending.next().await {
-                            if !send_reply(&tx, reply).await {
-                                return;
-                            }
+                        if send_pending(&tx, &mut pending).await {
+                            let _ = tx.send(Err(status)).await;
                         }
-                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }
             }
-            while let Some(reply) = pending.next().await {
-                if !send_reply(&tx, reply).await {
-                    return;
-                }
-            }
+            send_pending(&tx, &mut pending).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

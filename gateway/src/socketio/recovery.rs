@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use prost::Message as _;
-use ringway_proto::cluster::v1::{LogEntry, RecoveryState, RoomSince};
+use ringway_proto::cluster::v1::{Control, LogEntry, RecoveryState, RoomSince};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -49,6 +49,10 @@ pub const UNLOGGED: &str = "unlogged";
 const APPEND_QUEUE: usize = 65_536;
 /// State writes waiting; past this they are dropped (counted).
 const STATE_QUEUE: usize = 65_536;
+/// Bound of the deliverer's commands (installs, unlogged entries): past
+/// it an install fails (the client gets a fresh session) and an unlogged
+/// entry is dropped (`outcome="dropped"`).
+const COMMAND_QUEUE: usize = 65_536;
 /// Entries per append round trip.
 const APPEND_BATCH: usize = 512;
 /// Entries read per range call while catching a socket up.
@@ -237,8 +241,11 @@ pub struct Recovery {
     config: RecoveryConfig,
     node_id: String,
     appends: mpsc::Sender<Append>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     states: mpsc::Sender<StateOp>,
+    /// The other nodes, for entries this node could not log (set by
+    /// [`Recovery::start`]).
+    fabric: std::sync::OnceLock<Arc<dyn Fabric>>,
     /// The deliverer's position: the last entry it delivered. Locked while
     /// an entry is being delivered, so whoever reads it under the lock
     /// (a join, a handoff taking the queue) sees a settled position.
@@ -251,7 +258,7 @@ pub struct Recovery {
 
 struct Receivers {
     appends: mpsc::Receiver<Append>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::Receiver<Command>,
     states: mpsc::Receiver<StateOp>,
     tail: Tail,
 }
@@ -266,7 +273,7 @@ impl Recovery {
     ) -> Result<Arc<Recovery>, crate::store::StoreError> {
         let tail = store.tail().await?;
         let (appends, appends_rx) = mpsc::channel(APPEND_QUEUE);
-        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (states, states_rx) = mpsc::channel(STATE_QUEUE);
         Ok(Arc::new(Recovery {
             position: Mutex::new(tail.start),
@@ -276,6 +283,7 @@ impl Recovery {
             appends,
             commands,
             states,
+            fabric: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
             receivers: Mutex::new(Some(Receivers {
                 appends: appends_rx,
@@ -284,14 +292,6 @@ impl Recovery {
                 tail,
             })),
         }))
-    }
-
-    pub fn config(&self) -> &RecoveryConfig {
-        &self.config
-    }
-
-    pub fn store(&self) -> &Arc<dyn RecoveryStore> {
-        &self.store
     }
 
     pub fn node_id(&self) -> &str {
@@ -321,7 +321,8 @@ impl Recovery {
         else {
             return;
         };
-        tokio::spawn(self.clone().write_log(rx.appends, fabric));
+        let _ = self.fabric.set(fabric);
+        tokio::spawn(self.clone().write_log(rx.appends));
         tokio::spawn(self.clone().deliver(rx.tail, rx.commands, namespaces));
         tokio::spawn(self.clone().write_states(rx.states));
     }
@@ -351,15 +352,42 @@ impl Recovery {
             crate::telemetry::metrics()
                 .log_appends
                 .add(1, &crate::telemetry::attr("outcome", "queue_full"));
-            // Locally only: this node's queue is what overflowed.
-            let _ = self.commands.send(Command::Unlogged(entry));
+            self.unlogged(entry);
             if let Some(done) = append.done {
                 let _ = done.send(false);
             }
         }
     }
 
-    async fn write_log(self: Arc<Self>, mut rx: mpsc::Receiver<Append>, fabric: Arc<dyn Fabric>) {
+    /// Delivers an entry that is not in the log, here and on every other
+    /// node, with an offset no recovery accepts.
+    fn unlogged(&self, entry: LogEntry) {
+        if let Some(fabric) = self.fabric.get() {
+            fabric.publish_unlogged(&entry);
+        }
+        self.command(Command::Unlogged(entry));
+    }
+
+    /// Hands the deliverer a command; a full queue fails an install and
+    /// drops an unlogged entry.
+    fn command(&self, command: Command) {
+        match self.commands.try_send(command) {
+            Ok(()) => {}
+            Err(
+                mpsc::error::TrySendError::Full(command)
+                | mpsc::error::TrySendError::Closed(command),
+            ) => match command {
+                Command::Install(install) => fail(install),
+                Command::Unlogged(_) => {
+                    crate::telemetry::metrics()
+                        .log_appends
+                        .add(1, &crate::telemetry::attr("outcome", "dropped"));
+                }
+            },
+        }
+    }
+
+    async fn write_log(self: Arc<Self>, mut rx: mpsc::Receiver<Append>) {
         let mut batch = Vec::with_capacity(APPEND_BATCH);
         let mut failing = false;
         while rx.recv_many(&mut batch, APPEND_BATCH).await > 0 {
@@ -387,8 +415,7 @@ impl Recovery {
                     // recovery accepts.
                     for append in &batch {
                         if let Ok(entry) = LogEntry::decode(append.entry.clone()) {
-                            fabric.publish_unlogged(&entry);
-                            let _ = self.commands.send(Command::Unlogged(entry));
+                            self.unlogged(entry);
                         }
                     }
                 }
@@ -407,7 +434,7 @@ impl Recovery {
 
     /// An entry another node could not log: delivered here, unlogged.
     pub fn deliver_unlogged(&self, entry: LogEntry) {
-        let _ = self.commands.send(Command::Unlogged(entry));
+        self.command(Command::Unlogged(entry));
     }
 
     // ---- delivering ----------------------------------------------------
@@ -415,19 +442,13 @@ impl Recovery {
     /// Puts a socket into its namespace at a log position (see
     /// [`Install`]).
     pub(crate) fn install(&self, install: Install) {
-        if let Err(mpsc::error::SendError(Command::Install(install))) =
-            self.commands.send(Command::Install(install))
-        {
-            if let Some(done) = install.done {
-                let _ = done.send(false);
-            }
-        }
+        self.command(Command::Install(install));
     }
 
     async fn deliver(
         self: Arc<Self>,
         mut tail: Tail,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::Receiver<Command>,
         namespaces: Arc<dyn NamespaceSource>,
     ) {
         let mut pending: Vec<(Install, tokio::time::Instant)> = Vec::new();
@@ -523,15 +544,11 @@ impl Recovery {
                 }
             };
             let Some(read) = read else {
-                if let Some(done) = install.done {
-                    let _ = done.send(false);
-                }
+                fail(install);
                 continue;
             };
             if install.check && (!read.covered || install.from > read.last) {
-                if let Some(done) = install.done {
-                    let _ = done.send(false);
-                }
+                fail(install);
                 continue;
             }
             if install.from > position {
@@ -707,9 +724,20 @@ impl Recovery {
     }
 
     async fn run_state_ops(&self, ops: Vec<StateOp>) {
-        for op in ops {
+        let mut ops = ops.into_iter().peekable();
+        while let Some(op) = ops.next() {
             let result = match op {
-                StateOp::Put { socket, done } => {
+                StateOp::Put { mut socket, done } => {
+                    // A write snapshots the socket as it is then: one
+                    // write serves a run of them (a socket joining many
+                    // rooms at once).
+                    let mut dones: Vec<_> = done.into_iter().collect();
+                    while let Some(StateOp::Put { .. }) = ops.peek() {
+                        if let Some(StateOp::Put { socket: next, done }) = ops.next() {
+                            socket = next;
+                            dones.extend(done);
+                        }
+                    }
                     let snapshot = socket
                         .upgrade()
                         .filter(|s| s.connected())
@@ -728,7 +756,7 @@ impl Recovery {
                             .map(|_| ()),
                         None => Ok(()),
                     };
-                    if let Some(done) = done {
+                    for done in dones {
                         let _ = done.send(());
                     }
                     result
@@ -879,7 +907,18 @@ fn send_first(install: &Install) -> bool {
         && socket.session().send(first.clone()).is_ok()
 }
 
+/// An install that cannot be done. A recovery's caller answers with a
+/// fresh socket; a socket handed over from another node cannot be caught
+/// up, so its session closes and the client reconnects (recovering from
+/// its offset once the log answers again).
 fn fail(install: Install) {
+    if !install.check && install.socket.connected() {
+        warn!(socket = %install.socket.id(), "a handed-over socket could not be caught up: closing its session");
+        install
+            .socket
+            .session()
+            .close(crate::engineio::CloseReason::TransportError);
+    }
     if let Some(done) = install.done {
         let _ = done.send(false);
     }
@@ -913,6 +952,10 @@ fn payload_of(entry: &LogEntry) -> Payload {
 
 /// Delivers one entry to the sockets of this node it targets.
 fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &str) {
+    if entry.control != Control::None as i32 {
+        apply_control(namespaces, entry);
+        return;
+    }
     let target = target_of(entry);
     let args = payload_of(entry);
     let deliver = |ns: &Namespace| {
@@ -925,6 +968,21 @@ fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &st
         }
     } else if let Some(ns) = namespaces.namespace(&entry.namespace) {
         deliver(&ns);
+    }
+}
+
+/// Ends the sockets of this node a control entry names.
+fn apply_control(namespaces: &dyn NamespaceSource, entry: &LogEntry) {
+    let Some(ns) = namespaces.namespace(&entry.namespace) else {
+        return;
+    };
+    let close_session = entry.control == Control::CloseSession as i32;
+    let notice = (!entry.event.is_empty()).then(|| payload_of(entry));
+    for id in entry.rooms.iter().filter_map(|id| Sid::parse(id)) {
+        if let Some(socket) = ns.socket(&id) {
+            let notice = notice.as_ref().map(|args| (entry.event.as_str(), args));
+            socket.end_now(notice, close_session);
+        }
     }
 }
 
@@ -967,7 +1025,7 @@ fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> usize {
         let Ok(entry) = LogEntry::decode(record.data.clone()) else {
             continue;
         };
-        if !targets(&entry, record.offset, socket) {
+        if entry.control != Control::None as i32 || !targets(&entry, record.offset, socket) {
             continue;
         }
         let frames = encode_recoverable(
@@ -996,7 +1054,29 @@ pub fn entry(namespace: &str, target: &Target, event: &str, args: &Payload) -> L
         event: event.to_owned(),
         args_json: args.json().to_owned(),
         attachments: args.attachments().to_vec(),
+        control: Control::None as i32,
     }
+}
+
+/// The log entry that ends socket `id` of `namespace` in its turn (see
+/// [`super::socket::Socket::end`]), with the event `notice` just before.
+pub fn control_entry(
+    namespace: &str,
+    id: Sid,
+    notice: Option<(&str, &Payload)>,
+    close_session: bool,
+) -> LogEntry {
+    let target = Target::room(id.to_string());
+    let mut entry = match notice {
+        Some((event, args)) => entry(namespace, &target, event, args),
+        None => entry(namespace, &target, "", &Payload::empty()),
+    };
+    entry.control = if close_session {
+        Control::CloseSession
+    } else {
+        Control::Disconnect
+    } as i32;
+    entry
 }
 
 /// The reasons after which the reference lets a socket recover.

@@ -313,15 +313,12 @@ fn finish_connect<A: Application>(
     if let Some(recovery) = ns.recovery() {
         return finish_recoverable(app, ns, session, auth, grant, recovery);
     }
-    let socket = Socket::restored(
+    let socket = Socket::new(
         ns.clone(),
         session.clone(),
-        Sid::random(),
         auth.into(),
         grant.user.map(String::into_boxed_str),
         grant.data,
-        0,
-        None,
     );
     ns.insert(socket.clone());
     let user_room = socket.user().map(super::socket::user_room);

@@ -100,7 +100,7 @@ pub struct Socket {
 }
 
 impl Socket {
-    #[cfg(test)]
+    /// A new socket, with a fresh id (recovery off).
     pub(crate) fn new(
         ns: Arc<Namespace>,
         session: SessionRef<ClientState>,
@@ -392,18 +392,59 @@ impl Socket {
     }
 
     /// Disconnects this socket from its namespace (the client gets a
-    /// DISCONNECT packet; the session stays for other namespaces).
+    /// DISCONNECT packet; the session stays for other namespaces). For
+    /// good: the socket cannot be recovered (the reference's "server
+    /// namespace disconnect").
     pub fn disconnect(&self) {
-        if self.connected() {
-            let _ = self.session.send(encode_disconnect(self.ns.name()));
-        }
-        if self.detach() {
-            self.session.data().remove_socket(self);
-        }
+        self.end(None, false);
     }
 
-    /// Closes the whole Engine.IO session; every socket on it disconnects.
+    /// Closes the whole Engine.IO session; every socket on it disconnects,
+    /// for good.
     pub fn close_session(&self) {
+        self.end(None, true);
+    }
+
+    /// [`Socket::disconnect`] or (`close_session`) [`Socket::close_session`],
+    /// with the event `notice` sent just before. With recovery on it takes
+    /// effect in the log's order: after everything emitted to the socket
+    /// before, on whichever node then holds it.
+    pub fn end(&self, notice: Option<(&str, &Payload)>, close_session: bool) {
+        if let Some(recovery) = self.ns.recovery() {
+            if self.connected() {
+                let entry =
+                    super::recovery::control_entry(self.ns.name(), self.id, notice, close_session);
+                recovery.append(entry);
+                return;
+            }
+        }
+        self.end_now(notice, close_session);
+    }
+
+    /// [`Socket::end`], at once.
+    pub(crate) fn end_now(&self, notice: Option<(&str, &Payload)>, close_session: bool) {
+        if let Some((event, args)) = notice {
+            let _ = self.send_frames(encode_event(self.ns.name(), event, args, None));
+        }
+        if !close_session {
+            if self.connected() {
+                let _ = self.session.send(encode_disconnect(self.ns.name()));
+            }
+            if self.detach() {
+                self.session.data().remove_socket(self);
+                if let Some(recovery) = self.ns.recovery() {
+                    recovery.forget(self, false);
+                }
+            }
+            return;
+        }
+        if let Some(recovery) = self.ns.recovery() {
+            // Deleted now; the close's own (recoverable) expiry then finds
+            // nothing to keep.
+            for socket in self.session.data().sockets() {
+                recovery.forget(&socket, false);
+            }
+        }
         self.session.close(CloseReason::ForcedClose);
     }
 }
