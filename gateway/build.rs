@@ -15,11 +15,18 @@ fn main() {
     let bundle = package.join("dist/socket.io.min.js");
     let license = package.join("LICENSE");
     println!("cargo:rerun-if-changed=../examples/chat/package-lock.json");
-    println!("cargo:rerun-if-changed=../examples/chat/node_modules/socket.io-client/dist/socket.io.min.js");
     println!("cargo:rerun-if-env-changed=RINGWAY_NO_NPM");
 
     if !bundle.exists() && std::env::var_os("RINGWAY_NO_NPM").is_none() {
         npm_ci(&chat);
+    }
+    // A path that does not exist would rerun this on every build (and
+    // npm with it): watch the bundle once it is there, else the folder a
+    // later `npm ci` changes.
+    if bundle.exists() {
+        println!("cargo:rerun-if-changed=../examples/chat/node_modules/socket.io-client/dist/socket.io.min.js");
+    } else {
+        println!("cargo:rerun-if-changed=../examples/chat");
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let (js, text) = match (std::fs::read(&bundle), std::fs::read(&license)) {

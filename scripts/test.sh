@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the tests
-# need (npm packages, the Python client, cargo-nextest if missing), then
+# need (Debian packages, npm packages, the Python clients), then
 # runs every test of the workspace.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

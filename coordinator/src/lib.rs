@@ -70,11 +70,21 @@ use crate::store::{Ownership, SaveOutcome, Store, StoreError};
 
 pub use ringway_proto::cluster::v1 as proto;
 
-/// This process's id: the value it holds the coordinator lock with, and
-/// its `service.instance.id` (`<random hex>-pid<pid>`).
+/// This process's id (`<random hex>-pid<pid>`): its `service.instance.id`,
+/// and the value its first coordinator run holds the lock with.
 pub fn instance_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| format!("{:016x}-pid{}", rand::random::<u64>(), std::process::id()))
+}
+
+/// The lock id of one run: [`instance_id`], with a suffix past the first
+/// run, so two coordinators in one process never share the lock.
+fn run_instance_id() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    match RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => instance_id().to_owned(),
+        n => format!("{}-{n}", instance_id()),
+    }
 }
 
 /// How long in-flight RPCs may take to finish after a shutdown signal.
@@ -185,13 +195,9 @@ async fn run_inner(
         url: config.redis_url_redacted(),
         source,
     };
-    let store = Store::connect(
-        &config.redis_url,
-        &config.key_prefix,
-        instance_id().to_owned(),
-    )
-    .await
-    .map_err(redis_unavailable)?;
+    let store = Store::connect(&config.redis_url, &config.key_prefix, run_instance_id())
+        .await
+        .map_err(redis_unavailable)?;
     info!(redis = %config.redis_url_redacted(), instance = store.instance_id(), "connected to Redis");
 
     // The HTTP port is up from now on, standby or acting (a standby is

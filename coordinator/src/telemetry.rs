@@ -51,10 +51,7 @@ pub fn rpc_done<T>(
     started: std::time::Instant,
     result: &Result<T, tonic::Status>,
 ) {
-    let outcome = match result {
-        Ok(_) => "ok".to_owned(),
-        Err(status) => format!("{:?}", status.code()).to_lowercase(),
-    };
+    let outcome = ringway_telemetry::grpc_outcome(result);
     metrics().rpc_duration.record(
         ringway_telemetry::seconds(started),
         &[
@@ -81,8 +78,8 @@ pub fn register_observers(dashboard: Arc<Dashboard>) -> Vec<Box<dyn Any + Send +
         .u64_observable_gauge("ringway.coordinator.epoch")
         .with_description("Epoch of the membership view")
         .with_callback(move |o| {
-            if let Some(epoch) = d.state().epoch {
-                o.observe(epoch, &[]);
+            if let Some(hub) = d.hub() {
+                o.observe(hub.epoch(), &[]);
             }
         })
         .build();

@@ -78,11 +78,17 @@ async fn rejoin(page: &Page, name: &str, transports: Option<&str>) {
     page.fill("#name", name).await;
     if let Some(t) = transports {
         let t = serde_json::to_string(t).expect("json");
-        page.eval(&format!(
-            "(() => {{ const s = document.getElementById('transports'); s.value = {t}; \
-             s.dispatchEvent(new Event('change')); return s.value === {t}; }})()"
-        ))
-        .await;
+        let chosen = page
+            .eval(&format!(
+                "(() => {{ const s = document.getElementById('transports'); s.value = {t}; \
+                 s.dispatchEvent(new Event('change')); return s.value === {t}; }})()"
+            ))
+            .await;
+        assert_eq!(
+            chosen,
+            serde_json::Value::Bool(true),
+            "no transports option {t}"
+        );
     }
     page.fill("#room", ROOM).await;
     page.press_enter().await;

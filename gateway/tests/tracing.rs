@@ -123,11 +123,16 @@ impl MetricsService for Collector {
     }
 }
 
+/// The collector's address reaches the processes a test starts through
+/// the environment: one test at a time (nextest runs each test in a
+/// process of its own, `cargo test` as threads of one).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Collector {
     /// Serves on a free port; sets the OTLP variables every process this
-    /// test starts inherits (each test binary's test runs in a process of
-    /// its own under nextest).
-    async fn start(metric_interval_ms: u64) -> Collector {
+    /// test starts inherits. Keep the guard for the whole test.
+    async fn start(metric_interval_ms: u64) -> (Collector, tokio::sync::MutexGuard<'static, ()>) {
+        let serial = SERIAL.lock().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let collector = Collector::default();
@@ -143,7 +148,7 @@ impl Collector {
             "OTEL_METRIC_EXPORT_INTERVAL",
             metric_interval_ms.to_string(),
         );
-        collector
+        (collector, serial)
     }
 
     fn spans(&self) -> Vec<Span> {
@@ -199,7 +204,7 @@ async fn expect(ws: &mut Ws, prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
-    let collector = Collector::start(600_000).await;
+    let (collector, _serial) = Collector::start(600_000).await;
     let c = Cluster::start(3, &["--api-token", "t"]).await;
 
     let mut members = Vec::new();
@@ -292,7 +297,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
 /// their metrics by OTLP, and the coordinator exports its Redis calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
-    let collector = Collector::start(300).await;
+    let (collector, _serial) = Collector::start(300).await;
     let _c = Cluster::start(1, &[]).await;
 
     let (join, served) = wait_for("the join's spans on both sides", || {
@@ -348,7 +353,7 @@ async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
 /// end of a human line; lines outside spans have none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_inside_a_span_name_its_trace() {
-    let collector = Collector::start(600_000).await;
+    let (collector, _serial) = Collector::start(600_000).await;
     let rust_log = "info,ringway_gateway=debug";
     let (json_gw, json_log) = Gateway::start_logged(
         &["--listen", "127.0.0.1:0", "--log-format", "json"],
@@ -419,7 +424,7 @@ async fn log_lines_inside_a_span_name_its_trace() {
 /// the old owner), and the registry's Redis calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_forward_handoff_upgrade_and_redis_spans_are_exported() {
-    let collector = Collector::start(600_000).await;
+    let (collector, _serial) = Collector::start(600_000).await;
     let c = Cluster::start(3, &[]).await;
     let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
     let p = Polling::open(n1, "/socket.io/").await;

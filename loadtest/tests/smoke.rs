@@ -523,6 +523,7 @@ fn cluster_chaos_recovers_a_killed_nodes_receivers() {
             "1",
         ],
     );
+    assert_eq!(figure(&r, "kills"), 1.0, "{}", r["figures"]);
     let expected = figure(&r, "expected");
     assert_eq!(expected, 30.0 * 150.0, "{}", r["figures"]);
     assert_eq!(figure(&r, "unique"), expected, "{}", r["figures"]);

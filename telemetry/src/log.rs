@@ -26,21 +26,25 @@ impl<F> WithTraceId<F> {
     }
 }
 
-/// The trace id of the span an event happens in, if that span is traced.
+/// The trace id of the innermost traced span the event happens in (a
+/// span that is not exported, such as a debug one, gives way to its
+/// parents).
 fn trace_id<S>(ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> Option<String>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let span = ctx.lookup_current()?;
-    // No extension of the span is borrowed here (the OpenTelemetry layer
-    // may need to start the span to answer).
-    let context = tracing::dispatcher::get_default(|d| {
-        tracing_opentelemetry::get_otel_context(&span.id(), d)
-    })?;
-    let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    let spans: Vec<tracing::span::Id> = ctx.event_scope()?.map(|span| span.id()).collect();
+    tracing::dispatcher::get_default(|dispatch| {
+        spans.iter().find_map(|id| {
+            // No extension of the span is borrowed here (the OpenTelemetry
+            // layer may need to start the span to answer).
+            let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+            let span_context = context.span().span_context().clone();
+            span_context
+                .is_valid()
+                .then(|| span_context.trace_id().to_string())
+        })
+    })
 }
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>

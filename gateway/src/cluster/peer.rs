@@ -197,10 +197,7 @@ async fn timed<T>(
 ) -> Result<T, tonic::Status> {
     let started = std::time::Instant::now();
     let result = call.await;
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(status) => format!("{:?}", status.code()),
-    };
+    let outcome = ringway_telemetry::grpc_outcome(&result);
     crate::telemetry::metrics().peer_duration.record(
         crate::telemetry::seconds(started),
         &[

@@ -145,9 +145,10 @@ impl SioPacket {
     }
 
     /// Connection state recovery: takes the offset off a recoverable
-    /// event (the last argument, a string, after at least one other) and
+    /// event (the last argument, after at least one other: a string shaped
+    /// like a log offset, `<ms>-<seq>`, or Ringway's `unlogged`) and
     /// returns it; the packet then reads as the server's application sent
-    /// it.
+    /// it. Events without one (volatile ones) keep their arguments.
     pub fn take_offset(&mut self) -> Option<String> {
         if !matches!(self.kind, PacketType::Event | PacketType::BinaryEvent) || self.id.is_some() {
             return None;
@@ -159,6 +160,9 @@ impl SioPacket {
         }
         let last = items.last()?;
         let offset: String = serde_json::from_str(last.get()).ok()?;
+        if !is_offset(&offset) {
+            return None;
+        }
         // Where the last item starts in the text, and the comma before it.
         let at = last.get().as_ptr() as usize - self.text.as_ptr() as usize;
         let comma = self.text[..at].rfind(',')?;
@@ -176,6 +180,16 @@ impl SioPacket {
         }
         self.event().ok().map(|(name, _)| name)
     }
+}
+
+/// A recovery offset: a stream id (`<ms>-<seq>`, as Ringway's log and the
+/// reference's Redis streams adapter give), or Ringway's mark of an emit
+/// delivered without the log.
+fn is_offset(s: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    s == "unlogged"
+        || s.split_once('-')
+            .is_some_and(|(a, b)| digits(a) && digits(b))
 }
 
 /// Parses one JSON argument into `T`.
@@ -480,6 +494,12 @@ mod tests {
         assert_eq!(p.take_offset(), None);
         let mut p = parse(r#"3["s","t"]"#);
         assert_eq!(p.take_offset(), None);
+        // A volatile event (no offset) keeps a last string argument.
+        let mut p = parse(r#"2["m","kept"]"#);
+        assert_eq!(p.take_offset(), None);
+        assert_eq!(p.data(), r#"["m","kept"]"#);
+        let mut p = parse(r#"2["m",1,"unlogged"]"#);
+        assert_eq!(p.take_offset().as_deref(), Some("unlogged"));
 
         assert_eq!(parse("1").kind, PacketType::Disconnect);
         assert!(SioPacket::parse("9".into()).is_err());

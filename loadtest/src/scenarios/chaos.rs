@@ -225,16 +225,22 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         Timeline::start("delivery", move || s.latency.take_interval())
     };
     // The kills, on their schedule from the start of publishing.
+    // Kills that the kernel accepted (a wrong pid, or a kill scheduled
+    // after the run, does not count).
+    let killed = Arc::new(AtomicU64::new(0));
     let kills = {
         let pids = args.kill_pids.clone();
         let (after, every) = (args.kill_after, args.kill_interval);
+        let killed = killed.clone();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             for (i, pid) in pids.into_iter().enumerate() {
                 let at = Duration::from_secs_f64(after + every * i as f64);
                 tokio::time::sleep_until(start + at).await;
                 // SAFETY: kill(2) with a pid and a signal number; no memory.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                    killed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
     };
@@ -294,7 +300,14 @@ pub async fn run(args: ChaosArgs) -> Result<Report, String> {
         (last_ns.saturating_sub(publish_start_ns) as f64 / 1e9).max(fan.duration.min(window_s));
     let count = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     report.figure("receivers", "receivers joined", joined as f64, "");
-    report.figure("kills", "processes killed", args.kill_pids.len() as f64, "");
+    report.figure("kills", "processes killed", count(&killed), "");
+    if count(&killed) < args.kill_pids.len() as f64 {
+        report.note(format!(
+            "{} of {} kills done (a pid not running, or a kill after the run)",
+            count(&killed),
+            args.kill_pids.len()
+        ));
+    }
     report.figure(
         "broadcasts_sent",
         "broadcasts sent",
