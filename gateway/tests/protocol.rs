@@ -792,3 +792,33 @@ async fn polling_answers_hold_at_most_16_packets_and_keep_order() {
     s.send(&body.join("\u{1e}")).await;
     assert_eq!(s.next_non_ping().await, body);
 }
+
+#[tokio::test]
+async fn websocket_write_interval_holds_only_writes_that_follow_closely() {
+    let gw = Gateway::start(&["--ws-write-interval", "600"]);
+    let mut ws = ws_connect(&gw.addr, &format!("{EIO}?EIO=4&transport=websocket")).await;
+    let open = ws_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    // A quiet spell longer than the interval: the next write goes at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent = Instant::now();
+    ws_send(&mut ws, "4a").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4a"));
+    let first = Instant::now();
+    assert!(
+        first - sent < Duration::from_millis(500),
+        "first write after a quiet spell held for {:?}",
+        first - sent
+    );
+    // Written within the interval of that write: held until it is over,
+    // then everything queued meanwhile, in order.
+    ws_send(&mut ws, "4b").await;
+    ws_send(&mut ws, "4c").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4b"));
+    let held = first.elapsed();
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4c"));
+    assert!(
+        held >= Duration::from_millis(500),
+        "a write {held:?} after the last one was not held"
+    );
+}

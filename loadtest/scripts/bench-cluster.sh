@@ -16,7 +16,9 @@
 # c. 3-node fanout: 1,500 WebSocket receivers in one room spread over the
 #    3 nodes, 100 broadcasts/s from node 1: gateway CPU per delivery summed
 #    over the nodes vs one standalone gateway with the same load, and vs
-#    the reference socket.io on 3 nodes with @socket.io/redis-adapter.
+#    the reference socket.io on 3 nodes with @socket.io/redis-adapter;
+#    and the same 3-node load with the gateways' write coalescing on
+#    (--ws-write-interval WRITE_INTERVAL ms, default 20): CPU for latency.
 #
 # The gateways run with connection state recovery off (--recovery-window
 # 0): these are the costs of the cluster's own paths, against a reference
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-$root/target/bench-cluster/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
+write_interval=${WRITE_INTERVAL:-20}
 quiet_cores=${QUIET_CORES:-0.25}
 quiet_wait=${QUIET_WAIT:-1800}
 
@@ -103,6 +106,16 @@ for round in $(seq "$rounds"); do
   }
   "$cluster" down >/dev/null
 
+  # The same fanout, the gateways coalescing each socket's writes.
+  "$cluster" up --nodes 3 --bin-dir "$bindir" -- --recovery-window 0 \
+    --ws-write-interval "$write_interval" >/dev/null
+  # shellcheck disable=SC1091
+  source "$RINGWAY_CLUSTER_DIR/state.env"
+  # shellcheck disable=SC2086
+  measure fanout-coalesced3 fanout --url "$NODE_URLS" $(pid_args $GATEWAY_PIDS) \
+    --receivers "$receivers" --rate "$fan_rate" --duration "$duration"
+  "$cluster" down >/dev/null
+
   # One standalone gateway with the same fanout load.
   log="$out/single.log"
   "$bindir/ringway-gateway" --listen 127.0.0.1:0 --recovery-window 0 >"$log" 2>&1 &
@@ -125,12 +138,13 @@ for round in $(seq "$rounds"); do
   fi
 done
 
-python3 - "$out" <<'PY' | tee "$out/summary.md"
+python3 - "$out" "$write_interval" <<'PY' | tee "$out/summary.md"
 import glob, json, os, platform, statistics, sys
 out = sys.argv[1]
+write_interval = sys.argv[2]
 
 def load(name):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-*.json"))]
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-[0-9]*.json"))]
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -196,7 +210,7 @@ if errs:
 
 # c. fanout
 print("\n### c. Fanout: 1 room, receivers spread over the nodes, broadcasts from node 1\n")
-names = [("fanout-ringway3", "Ringway, 3 nodes"), ("fanout-ringway1", "Ringway, 1 node"), ("fanout-reference3", "reference + Redis adapter, 3 nodes")]
+names = [("fanout-ringway3", "Ringway, 3 nodes"), ("fanout-ringway1", "Ringway, 1 node"), ("fanout-reference3", "reference + Redis adapter, 3 nodes"), ("fanout-coalesced3", f"Ringway, 3 nodes, --ws-write-interval {write_interval}")]
 names = [(k, l) for k, l in names if load(k)]
 print("| measure | " + " | ".join(l for _, l in names) + " |")
 print("|---|" + "---|" * len(names))
@@ -224,10 +238,15 @@ for label, f in rows:
     print(f"| {label} | " + " | ".join(cells) + " |")
 cpu = "server CPU per delivery, nodes summed (µs)"
 r3, r1, ref = vals.get((cpu, "fanout-ringway3")), vals.get((cpu, "fanout-ringway1")), vals.get((cpu, "fanout-reference3"))
+r3c = vals.get((cpu, "fanout-coalesced3"))
 print()
 if r3 and r1:
     print(f"- Ringway 3 nodes / 1 node, CPU per delivery: **{r3 / r1:.2f}** (target <= 1.5)")
 if r3 and ref:
     print(f"- Ringway 3 nodes / reference 3 nodes, CPU per delivery: **{r3 / ref:.2f}** (target <= 0.5)")
+if r3c and ref:
+    print(f"- Ringway 3 nodes with --ws-write-interval {write_interval} / reference 3 nodes, CPU per delivery: **{r3c / ref:.2f}** (target <= 0.5)")
+if r3c and r3:
+    print(f"- write coalescing on / off, Ringway 3 nodes, CPU per delivery: **{r3c / r3:.2f}**")
 print(f"\nmachine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}")
 PY

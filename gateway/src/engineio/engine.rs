@@ -47,8 +47,11 @@ pub struct EngineConfig {
     pub max_queued_bytes: usize,
     /// WebSocket read buffer per connection (grows for large messages).
     pub ws_read_buffer: usize,
-    /// WebSocket write buffer threshold per connection.
+    /// WebSocket write buffer threshold per connection: the frames of one
+    /// batch are written together until they exceed it.
     pub ws_write_buffer: usize,
+    /// Shortest time between two writes to one WebSocket (zero: none).
+    pub ws_write_interval: Duration,
     /// Most packets in one polling answer (0: no limit). python-engineio
     /// refuses answers of more than 16 packets and drops the session.
     pub max_poll_packets: usize,
@@ -63,7 +66,8 @@ impl Default for EngineConfig {
             upgrade_timeout: Duration::from_millis(10_000),
             max_queued_bytes: 4 << 20,
             ws_read_buffer: 1024,
-            ws_write_buffer: 0,
+            ws_write_buffer: 16 << 10,
+            ws_write_interval: Duration::ZERO,
             max_poll_packets: 16,
         }
     }

@@ -152,7 +152,7 @@ async fn serve<H: EngineHandler>(
         }
     };
     let writer = async {
-        write_loop(session, &mut sink).await;
+        write_loop(session, &mut sink, engine.config().ws_write_interval).await;
         writer_done.notify_one();
         // Polite close frame, but never wait long on a client that does
         // not read; dropping the socket closes it anyway.
@@ -164,8 +164,18 @@ async fn serve<H: EngineHandler>(
 /// How long a closing WebSocket may take to send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-async fn write_loop<D>(session: &SessionRef<D>, sink: &mut SplitSink<Ws, WsMessage>) {
+/// Writes what the session queues, each batch (everything queued when the
+/// writer looks) with one write. With an `interval`, a write that follows
+/// another within it waits out the rest of the interval first, so the
+/// frames queued meanwhile join it; the first write after a quiet spell
+/// goes at once.
+async fn write_loop<D>(
+    session: &SessionRef<D>,
+    sink: &mut SplitSink<Ws, WsMessage>,
+    interval: Duration,
+) {
     let mut out: Vec<Frame> = Vec::new();
+    let mut last_write: Option<Instant> = None;
     loop {
         let closed = session.drain_for_websocket(&mut out);
         if !out.is_empty() {
@@ -194,10 +204,19 @@ async fn write_loop<D>(session: &SessionRef<D>, sink: &mut SplitSink<Ws, WsMessa
                 session.close(CloseReason::TransportError);
                 return;
             }
+            if !interval.is_zero() {
+                last_write = Some(Instant::now());
+            }
         }
         if closed.is_some() {
             return;
         }
         session.writer_event().await;
+        if let Some(at) = last_write.map(|last| last + interval) {
+            // A close arriving meanwhile waits at most the interval too.
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+        }
     }
 }
