@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{push_client as client, Cluster, PushClient as Client};
-use common::{ws_open, ws_send, ws_text, Ws};
+use common::{ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_proto::v1::{
     target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
     RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
@@ -824,4 +824,101 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         "recovered after a server disconnect"
     );
     assert_ne!(answer["pid"], first["pid"]);
+}
+
+/// Polls until a packet that `wanted` accepts arrives, and returns it.
+async fn poll_for(p: &Polling, wanted: impl Fn(&str) -> bool) -> String {
+    for _ in 0..20 {
+        if let Some(found) = p.next_non_ping().await.into_iter().find(|x| wanted(x)) {
+            return found;
+        }
+    }
+    panic!("the packet did not come");
+}
+
+/// An EVENT that asks for an ack.
+fn asks_ack(packet: &str) -> bool {
+    packet
+        .strip_prefix("42")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// The ack id and arguments of an EVENT packet `42<id>[...]`.
+fn ack_id(packet: &str) -> (u64, &str) {
+    let rest = packet.strip_prefix("42").expect("an event");
+    let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+    (rest[..digits].parse().expect("an ack id"), &rest[digits..])
+}
+
+fn question(sid: &str, text: &str) -> EmitWithAckRequest {
+    EmitWithAckRequest {
+        namespace: "/".into(),
+        sid: sid.to_owned(),
+        event: "question".into(),
+        args_json: format!("[\"{text}\"]"),
+        attachments: vec![],
+        timeout_ms: 10_000,
+    }
+}
+
+#[tokio::test]
+async fn an_ack_pending_across_a_handoff_reaches_its_waiter() {
+    let (c, api) = start().await;
+    let (n1, n3) = (c.addr(0), c.addr(2));
+    // A polling session owned by node 1.
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.send("40").await;
+    poll_for(&p, |x| x.starts_with("40{\"sid\"")).await;
+
+    // An emit with ack made by node 1 (the call taken by node 2), asked
+    // over polling and not answered yet.
+    let call = {
+        let mut api = api[1].clone();
+        let sid = p.sid.clone();
+        tokio::spawn(async move { api.emit_with_ack(question(&sid, "first?")).await })
+    };
+    let asked = poll_for(&p, asks_ack).await;
+    let (first, args) = ack_id(&asked);
+    assert_eq!(args, "[\"question\",\"first?\"]");
+
+    // The WebSocket upgrade lands on node 3: the session moves there.
+    let mut ws = ws_connect(
+        n3,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
+    )
+    .await;
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    ws_send(&mut ws, "5").await;
+
+    // Answered on node 3: the waiter on node 1 gets it.
+    ws_send(&mut ws, &format!("43{first}[\"one\"]")).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the call returns")
+        .expect("task")
+        .expect("the ack made before the move is answered")
+        .into_inner();
+    assert_eq!(answer.args_json, "[\"one\"]");
+
+    // An emit with ack after the move is made by node 3, with the next id.
+    let call = {
+        let mut api = api[0].clone();
+        let sid = p.sid.clone();
+        tokio::spawn(async move { api.emit_with_ack(question(&sid, "second?")).await })
+    };
+    let asked = expect(&mut ws, "42").await;
+    let (second, args) = ack_id(&asked);
+    assert_eq!(args, "[\"question\",\"second?\"]");
+    assert_eq!(second, first + 1, "ack ids go on after the move");
+    // The first id answered again: nobody waits for it any more.
+    ws_send(&mut ws, &format!("43{first}[\"again\"]")).await;
+    ws_send(&mut ws, &format!("43{second}[\"two\"]")).await;
+    let answer = call
+        .await
+        .expect("task")
+        .expect("the ack made after the move is answered")
+        .into_inner();
+    assert_eq!(answer.args_json, "[\"two\"]");
+    nothing_more(&mut ws).await;
 }

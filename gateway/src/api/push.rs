@@ -241,6 +241,12 @@ impl<A: Application> LocalPush<A> {
             Some(local_request::Op::Evict(evict)) => {
                 Ok(served(u64::from(self.engine.handler().evict(&evict))))
             }
+            Some(local_request::Op::Ack(answer)) => {
+                match self.engine.handler().resolve_moved_ack(answer) {
+                    Ok(resolved) => Ok(served(u64::from(resolved))),
+                    Err(err) => Err(Status::invalid_argument(format!("moved ack: {err}"))),
+                }
+            }
             Some(local_request::Op::Stats(_)) => {
                 let (polling, websocket) = self.engine.transport_counts();
                 Ok(LocalReply {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
     deliver_item, local_request, DeliverItem, Disposition, Emit, Evict, ForwardRequest,
-    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, RoomChange, View,
+    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange, View,
 };
 use tracing::{debug, info, warn};
 
@@ -638,25 +638,41 @@ impl Fabric for Cluster {
     }
 
     fn evict(&self, node: &str, evict: Evict) {
+        // Not a member any more: nothing of it to evict.
+        self.tell(node, local_request::Op::Evict(evict), "evict");
+    }
+
+    fn node_id(&self) -> &str {
+        Cluster::node_id(self)
+    }
+
+    fn moved_ack(&self, node: &str, answer: MovedAckAnswer) {
+        // Not a member any more: its waiter died with it.
+        self.tell(node, local_request::Op::Ack(answer), "moved ack");
+    }
+}
+
+impl Cluster {
+    /// Sends a peer a one-way `Local` call in the background (bounded by
+    /// [`TELL_TIMEOUT`]); nothing if it is not a member.
+    fn tell(&self, node: &str, op: local_request::Op, what: &'static str) {
         let Some(peer) = self.peer(node) else {
-            // Not a member any more: nothing of it to evict.
             return;
         };
         tokio::spawn(async move {
-            let request = LocalRequest {
-                op: Some(local_request::Op::Evict(evict)),
-            };
-            match tokio::time::timeout(EVICT_TIMEOUT, peer.local(request)).await {
+            let request = LocalRequest { op: Some(op) };
+            match tokio::time::timeout(TELL_TIMEOUT, peer.local(request)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(status)) => debug!(peer = peer.node_id(), %status, "evict failed"),
-                Err(_) => debug!(peer = peer.node_id(), "evict timed out"),
+                Ok(Err(status)) => debug!(peer = peer.node_id(), %status, "{what} failed"),
+                Err(_) => debug!(peer = peer.node_id(), "{what} timed out"),
             }
         });
     }
 }
 
-/// Longest wait for a peer to drop a socket recovered here.
-const EVICT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a peer to take a one-way call (drop a socket
+/// recovered here, resolve an ack).
+const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often live sessions' registry entries are refreshed: a third of
 /// their TTL.

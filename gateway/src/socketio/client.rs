@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use ringway_proto::cluster::v1::{PartialPacket, SocketIoState, SocketState};
+use ringway_proto::cluster::v1::{MovedAck, PartialPacket, SocketIoState, SocketState};
 
 use super::socket::{Socket, SocketRef};
 
@@ -111,7 +111,7 @@ impl ClientState {
     /// numbering, application data), whether any namespace was joined, and a binary packet
     /// still waiting for attachments. `None` while a CONNECT is being
     /// decided (its answer belongs to this node).
-    pub(crate) fn export(&self) -> Option<SocketIoState> {
+    pub(crate) fn export(&self, this_node: &str) -> Option<SocketIoState> {
         let inner = self.lock();
         if !inner.connecting.is_empty() {
             return None;
@@ -138,6 +138,14 @@ impl ClientState {
                     generation: r.map_or(0, |r| r.generation),
                     started_at: r.map(|r| r.started_at.to_string()).unwrap_or_default(),
                     room_since: if r.is_some() { room_since } else { Vec::new() },
+                    moved_acks: s
+                        .awaited_acks(this_node)
+                        .into_iter()
+                        .map(|(id, node)| MovedAck {
+                            id,
+                            node: node.into(),
+                        })
+                        .collect(),
                 }
             })
             .collect();

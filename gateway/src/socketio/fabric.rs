@@ -1,7 +1,7 @@
 //! The Socket.IO layer's one seam to other nodes: emits that must reach
 //! sockets elsewhere, and the rooms this node has members in.
 
-use ringway_proto::cluster::v1::{Evict, LogEntry};
+use ringway_proto::cluster::v1::{Evict, LogEntry, MovedAckAnswer};
 
 use crate::engineio::{BoxFuture, Frame};
 
@@ -26,6 +26,13 @@ pub trait Fabric: Send + Sync + 'static {
     /// A client recovered a socket here that `node` may still hold: it
     /// drops its copy (best effort).
     fn evict(&self, node: &str, evict: Evict);
+
+    /// This node's id in the cluster (empty alone).
+    fn node_id(&self) -> &str;
+
+    /// A client's answer to an emit with ack that `node` made before the
+    /// session moved here: resolve its waiter there (best effort).
+    fn moved_ack(&self, node: &str, answer: MovedAckAnswer);
 }
 
 /// Resolves once every other node knows that this node has members in a
@@ -44,4 +51,8 @@ impl Fabric for LocalFabric {
     }
     fn publish_unlogged(&self, _entry: &LogEntry) {}
     fn evict(&self, _node: &str, _evict: Evict) {}
+    fn node_id(&self) -> &str {
+        ""
+    }
+    fn moved_ack(&self, _node: &str, _answer: MovedAckAnswer) {}
 }

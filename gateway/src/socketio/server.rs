@@ -3,14 +3,14 @@
 //! events and acks to sockets.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::debug;
 
-use ringway_proto::cluster::v1::{Evict, LogEntry, SocketIoState};
+use ringway_proto::cluster::v1::{Evict, LogEntry, MovedAckAnswer, SocketIoState};
 use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
@@ -22,7 +22,9 @@ use super::fabric::Fabric;
 use super::namespace::Namespace;
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
-use super::socket::{is_hidden_room, user_room, AckSender, DisconnectReason, Socket, SocketRef};
+use super::socket::{
+    is_hidden_room, user_room, AckSender, AckWaiters, DisconnectReason, Socket, SocketRef,
+};
 
 #[derive(Debug, Clone)]
 pub struct SocketIoConfig {
@@ -85,6 +87,10 @@ pub struct SocketIo<A: Application> {
     fabric: Arc<dyn Fabric>,
     recovery: Option<Arc<Recovery>>,
     namespaces: Arc<Namespaces>,
+    /// Waiters of emits with ack made here for sockets whose sessions
+    /// moved to other nodes since, by socket id: the client's answer comes
+    /// back from there. A waiter that gave up (its timeout) is swept out.
+    moved_acks: Mutex<HashMap<Sid, AckWaiters>>,
 }
 
 impl<A: Application> SocketIo<A> {
@@ -110,6 +116,7 @@ impl<A: Application> SocketIo<A> {
             fabric,
             recovery,
             namespaces,
+            moved_acks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +164,42 @@ impl<A: Application> SocketIo<A> {
         };
         evict_local(&socket);
         true
+    }
+
+    /// A client's answer, on the node its session moved to, to an emit
+    /// with ack made here: resolves the waiter (still on the socket if
+    /// the move is not finished here). False if nobody waits for it.
+    pub fn resolve_moved_ack(&self, answer: MovedAckAnswer) -> Result<bool, PacketError> {
+        let Some(id) = Sid::parse(&answer.socket_id) else {
+            return Ok(false);
+        };
+        let payload = Payload::checked(answer.args_json, answer.attachments)?;
+        // Under the table's lock, as the move of the waiters into it.
+        let mut table = self.moved_acks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiters) = table.get_mut(&id) {
+            let waiter = waiters.remove(&answer.id);
+            if waiters.is_empty() {
+                table.remove(&id);
+            }
+            return Ok(waiter.is_some_and(|tx| tx.send(payload).is_ok()));
+        }
+        let socket = self
+            .namespace(&answer.namespace)
+            .and_then(|ns| ns.socket(&id));
+        Ok(socket.is_some_and(|s| s.on_ack(answer.id, payload).is_none()))
+    }
+
+    /// The session of `socket` moved away: its ack waiters wait on here.
+    fn park_ack_waiters(&self, socket: &SocketRef) {
+        let mut table = self.moved_acks.lock().unwrap_or_else(|e| e.into_inner());
+        let waiters = socket.take_ack_waiters();
+        table.retain(|_, waiters| {
+            waiters.retain(|_, tx| !tx.is_closed());
+            !waiters.is_empty()
+        });
+        if !waiters.is_empty() {
+            table.insert(socket.id(), waiters);
+        }
     }
 
     fn dispatch(
@@ -217,7 +260,24 @@ impl<A: Application> SocketIo<A> {
                 Err(err) => self.parse_error(session, err),
             },
             Packet::Ack { id, args: raw, .. } => match (args(raw), id) {
-                (Ok(args), Some(id)) => socket.on_ack(id, args),
+                (Ok(args), Some(id)) => {
+                    if let Some((node, args)) = socket.on_ack(id, args) {
+                        let (args_json, attachments) = args.into_parts();
+                        let answer = MovedAckAnswer {
+                            namespace: socket.namespace().name().to_owned(),
+                            socket_id: socket.id().to_string(),
+                            id,
+                            args_json,
+                            attachments,
+                        };
+                        if *node == *self.fabric.node_id() {
+                            // Moved away and back: the waiter is parked here.
+                            let _ = self.resolve_moved_ack(answer);
+                        } else {
+                            self.fabric.moved_ack(&node, answer);
+                        }
+                    }
+                }
                 (Ok(_), None) => {}
                 (Err(err), _) => self.parse_error(session, err),
             },
@@ -637,6 +697,9 @@ impl<A: Application> EngineHandler for SocketIo<A> {
 
     fn on_close(&self, session: &SessionRef<ClientState>, reason: CloseReason) {
         for socket in session.data().close() {
+            if reason == CloseReason::HandedOff {
+                self.park_ack_waiters(&socket);
+            }
             if let Some(recovery) = &self.recovery {
                 match reason {
                     CloseReason::HandedOff => recovery.moved_away(&socket),
@@ -660,7 +723,10 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         take: &mut dyn FnMut(),
     ) -> Result<Option<SocketIoState>, NotMovable> {
         let gate = self.recovery.as_ref().map(|r| r.gate());
-        let mut state = session.data().export().ok_or(NotMovable)?;
+        let mut state = session
+            .data()
+            .export(self.fabric.node_id())
+            .ok_or(NotMovable)?;
         if let Some(position) = gate.as_deref() {
             state.position = position.to_string();
         }
@@ -702,6 +768,12 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 (!s.data.is_empty()).then_some(s.data),
                 s.next_ack_id,
                 socket_recovery,
+            );
+            socket.set_moved_acks(
+                s.moved_acks
+                    .into_iter()
+                    .filter(|a| !a.node.is_empty())
+                    .map(|a| (a.id, a.node.into_boxed_str())),
             );
             client.add_restored(socket.clone());
             match moved {

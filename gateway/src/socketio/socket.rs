@@ -76,7 +76,15 @@ pub enum AckError {
 struct PendingAcks {
     next_id: u64,
     waiting: HashMap<u64, oneshot::Sender<Payload>>,
+    /// Acks the client owes to waiters on other nodes: emitted there
+    /// before the session moved here. Id -> that node.
+    moved: HashMap<u64, Box<str>>,
 }
+
+/// The waiters of a socket's acks, taken from it when its session moved
+/// to another node (they wait on here for the answer sent back from
+/// there).
+pub(crate) type AckWaiters = HashMap<u64, oneshot::Sender<Payload>>;
 
 pub struct Socket {
     id: Sid,
@@ -127,7 +135,7 @@ impl Socket {
         let acks = (next_ack_id > 0).then(|| {
             Box::new(PendingAcks {
                 next_id: next_ack_id,
-                waiting: HashMap::new(),
+                ..PendingAcks::default()
             })
         });
         Arc::new(Socket {
@@ -300,17 +308,52 @@ impl Socket {
         }
     }
 
-    /// An ACK from the client; unknown ids are ignored.
-    pub(crate) fn on_ack(&self, id: u64, payload: Payload) {
-        let waiter = self
-            .acks
+    /// An ACK from the client; unknown ids are ignored. An ack owed to a
+    /// waiter on another node (emitted there before the session moved)
+    /// comes back with that node, to be sent there.
+    pub(crate) fn on_ack(&self, id: u64, payload: Payload) -> Option<(Box<str>, Payload)> {
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = acks.as_mut()?;
+        if let Some(tx) = pending.waiting.remove(&id) {
+            drop(acks);
+            let _ = tx.send(payload);
+            return None;
+        }
+        pending.moved.remove(&id).map(|node| (node, payload))
+    }
+
+    /// The acks still awaited, for a handoff: those waited for here (by
+    /// `this_node`) and those owed to other nodes.
+    pub(crate) fn awaited_acks(&self, this_node: &str) -> Vec<(u64, Box<str>)> {
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pending) = acks.as_ref() else {
+            return Vec::new();
+        };
+        let here = pending
+            .waiting
+            .iter()
+            .filter(|(_, tx)| !tx.is_closed())
+            .map(|(id, _)| (*id, Box::<str>::from(this_node)));
+        let there = pending.moved.iter().map(|(id, node)| (*id, node.clone()));
+        here.chain(there).collect()
+    }
+
+    /// Acks of a moved socket still awaited on other nodes.
+    pub(crate) fn set_moved_acks(&self, moved: impl IntoIterator<Item = (u64, Box<str>)>) {
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = acks.get_or_insert_with(Box::default);
+        pending.moved.extend(moved);
+    }
+
+    /// The waiters of this socket's acks, taken out (the session moved
+    /// away: they wait on here for answers from its new node).
+    pub(crate) fn take_ack_waiters(&self) -> AckWaiters {
+        self.acks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-            .and_then(|p| p.waiting.remove(&id));
-        if let Some(tx) = waiter {
-            let _ = tx.send(payload);
-        }
+            .map(|p| std::mem::take(&mut p.waiting))
+            .unwrap_or_default()
     }
 
     /// Joins a room. In a cluster, when this is the room's first member
