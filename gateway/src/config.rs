@@ -300,6 +300,11 @@ impl Config {
         if self.max_payload == 0 {
             return Err("--max-payload must be positive".into());
         }
+        if self.ws_write_interval > MAX_WS_WRITE_INTERVAL {
+            return Err(format!(
+                "--ws-write-interval is at most {MAX_WS_WRITE_INTERVAL} ms: it delays messages"
+            ));
+        }
         if self.max_queued_bytes < self.max_payload {
             return Err("--max-queued-bytes must be at least --max-payload".into());
         }
@@ -441,6 +446,9 @@ pub fn advertised(given: Option<&str>, bound: SocketAddr) -> String {
         None => bound.to_string(),
     }
 }
+
+/// Longest `--ws-write-interval`, in milliseconds.
+const MAX_WS_WRITE_INTERVAL: u64 = 1_000;
 
 /// Frames written to a WebSocket at once are buffered up to this many
 /// bytes and sent with one write; larger batches are written as they fill.

@@ -51,6 +51,7 @@ fn bad_values_are_refused() {
         &["--listen", "not-an-address"],
         &["--app", "nope"],
         &["--ping-timeout", "-5"],
+        &["--ws-write-interval", "1001"],
     ] {
         let (code, out) = check(args, &[]);
         assert_eq!(code, 2, "{args:?} accepted: {out}");

@@ -822,3 +822,26 @@ async fn websocket_write_interval_holds_only_writes_that_follow_closely() {
         "a write {held:?} after the last one was not held"
     );
 }
+
+#[tokio::test]
+async fn websocket_writer_drains_what_was_queued_while_a_write_was_blocked() {
+    let gw = Gateway::start(&["--max-queued-bytes", "67108864"]);
+    let mut ws = ws_connect(&gw.addr, &format!("{EIO}?EIO=4&transport=websocket")).await;
+    let open = ws_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    // More echoes than the sockets' buffers hold, while the client does
+    // not read: the server's write blocks with more echoes queued behind.
+    let big = format!("4{}", "x".repeat(64 << 10));
+    let n = 400;
+    for _ in 0..n {
+        ws.feed(Message::text(big.clone())).await.expect("ws feed");
+    }
+    ws.flush().await.expect("ws flush");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every echo arrives without waiting for another wake-up (the next
+    // ping is 25 s away; each read gives up after 10 s).
+    for i in 0..n {
+        let echo = ws_text(&mut ws).await.expect("an echo");
+        assert_eq!(echo.len(), big.len(), "echo {i}");
+    }
+}

@@ -177,6 +177,9 @@ async fn write_loop<D>(
     let mut out: Vec<Frame> = Vec::new();
     let mut last_write: Option<Instant> = None;
     loop {
+        // Whether a wake-up came while a write was pending: what it
+        // announced is drained next, without waiting for another.
+        let mut woken = false;
         let closed = session.drain_for_websocket(&mut out);
         if !out.is_empty() {
             let frames = out.drain(..).map(|frame| {
@@ -197,6 +200,7 @@ async fn write_loop<D>(
                         if session.is_closed() {
                             return;
                         }
+                        woken = true;
                     }
                 }
             };
@@ -211,7 +215,9 @@ async fn write_loop<D>(
         if closed.is_some() {
             return;
         }
-        session.writer_event().await;
+        if !woken {
+            session.writer_event().await;
+        }
         if let Some(at) = last_write.map(|last| last + interval) {
             // A close arriving meanwhile waits at most the interval too.
             if at > Instant::now() {
