@@ -378,6 +378,13 @@ impl Recovery {
                 | mpsc::error::TrySendError::Closed(command),
             ) => match command {
                 Command::Install(install) => fail(install),
+                Command::Unlogged(entry) if entry.control != Control::None as i32 => {
+                    // A disconnect is never dropped: it waits for room.
+                    let commands = self.commands.clone();
+                    tokio::spawn(async move {
+                        let _ = commands.send(Command::Unlogged(entry)).await;
+                    });
+                }
                 Command::Unlogged(_) => {
                     crate::telemetry::metrics()
                         .log_appends
@@ -561,13 +568,18 @@ impl Recovery {
                 fail(install);
                 continue;
             }
-            let replayed = replay(&install.socket, install.from, &read.records);
+            let (replayed, ended) = replay(&install.socket, install.from, &read.records);
             if replayed > 0 {
                 crate::telemetry::metrics()
                     .replayed
                     .add(replayed as u64, &[]);
             }
+            let socket = install.socket.clone();
             release(install);
+            if let Some(control) = ended {
+                // The server ended this socket while it was away.
+                end_by(&socket, &control);
+            }
         }
     }
 
@@ -976,12 +988,9 @@ fn apply_control(namespaces: &dyn NamespaceSource, entry: &LogEntry) {
     let Some(ns) = namespaces.namespace(&entry.namespace) else {
         return;
     };
-    let close_session = entry.control == Control::CloseSession as i32;
-    let notice = (!entry.event.is_empty()).then(|| payload_of(entry));
     for id in entry.rooms.iter().filter_map(|id| Sid::parse(id)) {
         if let Some(socket) = ns.socket(&id) {
-            let notice = notice.as_ref().map(|args| (entry.event.as_str(), args));
-            socket.end_now(notice, close_session);
+            end_by(&socket, entry);
         }
     }
 }
@@ -1018,14 +1027,22 @@ fn targets(entry: &LogEntry, offset: Offset, socket: &SocketRef) -> bool {
         })
 }
 
-/// Sends a socket what it missed after `from`; returns how many entries.
-fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> usize {
+/// Sends a socket what it missed after `from`; returns how many entries,
+/// and the control entry that ended the socket meanwhile, if one did (the
+/// replay stops there: the caller ends the socket once it is in).
+fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> (usize, Option<LogEntry>) {
     let mut n = 0;
     for record in records.iter().filter(|r| r.offset > from) {
         let Ok(entry) = LogEntry::decode(record.data.clone()) else {
             continue;
         };
-        if entry.control != Control::None as i32 || !targets(&entry, record.offset, socket) {
+        if entry.control != Control::None as i32 {
+            if ends(&entry, socket) {
+                return (n, Some(entry));
+            }
+            continue;
+        }
+        if !targets(&entry, record.offset, socket) {
             continue;
         }
         let frames = encode_recoverable(
@@ -1038,7 +1055,22 @@ fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> usize {
             n += 1;
         }
     }
-    n
+    (n, None)
+}
+
+/// Whether a control entry names this socket.
+fn ends(entry: &LogEntry, socket: &SocketRef) -> bool {
+    let id = socket.id();
+    entry.namespace == socket.namespace().name() && entry.rooms.iter().any(|r| r == id.as_str())
+}
+
+/// Ends a socket as the control entry says (see [`apply_control`]).
+fn end_by(socket: &SocketRef, entry: &LogEntry) {
+    let notice = (!entry.event.is_empty()).then(|| payload_of(entry));
+    socket.end_now(
+        notice.as_ref().map(|args| (entry.event.as_str(), args)),
+        entry.control == Control::CloseSession as i32,
+    );
 }
 
 /// The log entry of an emit.
@@ -1115,6 +1147,68 @@ mod tests {
         );
         // Not an object: left as it is.
         assert_eq!(split_auth(r#"["pid"]"#).1, None);
+    }
+
+    fn recoverable_socket(ns: &Arc<Namespace>) -> SocketRef {
+        use crate::engineio::{Handshake, Session, TransportKind};
+        let session = Arc::new(Session::new(
+            Sid::random(),
+            TransportKind::WebSocket,
+            1 << 20,
+            Handshake {
+                remote_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                query: String::new(),
+                raw_headers: "".into(),
+                issued_ms: 0,
+            },
+            super::super::client::ClientState::default(),
+        ));
+        let recovery = SocketRecovery::restored(&new_pid(), 1, Offset::ZERO);
+        crate::socketio::Socket::restored(
+            ns.clone(),
+            session,
+            Sid::random(),
+            "{}".into(),
+            None,
+            None,
+            0,
+            Some(recovery),
+        )
+    }
+
+    fn record(offset: &str, entry: &LogEntry) -> Record {
+        Record {
+            offset: Offset::parse(offset).expect("an offset"),
+            data: Bytes::from(entry.encode_to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_replay_stops_at_the_disconnect_of_its_socket() {
+        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
+        let socket = recoverable_socket(&ns);
+        let other = recoverable_socket(&ns);
+        let to_it = Target::room(socket.id().to_string());
+        let args = Payload::from_json_array("[1]".into());
+        let records = [
+            record("1-0", &entry("/", &to_it, "before", &args)),
+            record("2-0", &control_entry("/", other.id(), None, false)),
+            record("3-0", &entry("/", &Target::all(), "also before", &args)),
+            record(
+                "4-0",
+                &control_entry("/", socket.id(), Some(("bye", &args)), true),
+            ),
+            record("5-0", &entry("/", &to_it, "after", &args)),
+        ];
+        let (replayed, ended) = replay(&socket, Offset::ZERO, &records);
+        assert_eq!(replayed, 2, "the entries before the disconnect");
+        let ended = ended.expect("the socket's own disconnect");
+        assert_eq!(ended.event, "bye");
+        assert_eq!(ended.control, Control::CloseSession as i32);
+        // From past it: nothing ends the socket.
+        let from = Offset::parse("4-0").expect("an offset");
+        let (replayed, ended) = replay(&socket, from, &records);
+        assert_eq!((replayed, ended.is_none()), (1, true));
     }
 
     #[test]
