@@ -138,14 +138,7 @@ impl ClientState {
                     generation: r.map_or(0, |r| r.generation),
                     started_at: r.map(|r| r.started_at.to_string()).unwrap_or_default(),
                     room_since: if r.is_some() { room_since } else { Vec::new() },
-                    moved_acks: s
-                        .awaited_acks(this_node)
-                        .into_iter()
-                        .map(|(id, node)| MovedAck {
-                            id,
-                            node: node.into(),
-                        })
-                        .collect(),
+                    moved_acks: moved_acks(s, this_node),
                 }
             })
             .collect();
@@ -163,6 +156,22 @@ impl ClientState {
             partial,
             position: String::new(),
         })
+    }
+
+    /// The ack numbering and awaited acks of an exported state, again: an
+    /// emit with ack made between [`ClientState::export`] and the moment
+    /// the session stopped taking packets is in the queue that moves.
+    pub(crate) fn refresh_acks(&self, state: &mut SocketIoState, this_node: &str) {
+        let inner = self.lock();
+        for exported in &mut state.sockets {
+            let socket = inner.sockets.iter().find(|s| {
+                s.namespace().name() == exported.namespace && s.id().as_str() == exported.id
+            });
+            if let Some(socket) = socket {
+                exported.next_ack_id = socket.next_ack_id();
+                exported.moved_acks = moved_acks(socket, this_node);
+            }
+        }
     }
 
     /// Restores the flags of an exported state; sockets are added one by
@@ -206,4 +215,18 @@ impl ClientState {
         }
         Ok(inner.partial.take())
     }
+}
+
+/// A socket's awaited acks as a handoff carries them.
+fn moved_acks(socket: &Socket, this_node: &str) -> Vec<MovedAck> {
+    let now = std::time::Instant::now();
+    socket
+        .awaited_acks(this_node)
+        .into_iter()
+        .map(|a| MovedAck {
+            id: a.id,
+            node: a.node.into(),
+            expires_in_ms: a.deadline.saturating_duration_since(now).as_millis() as u64,
+        })
+        .collect()
 }

@@ -23,7 +23,8 @@ use super::namespace::Namespace;
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
 use super::socket::{
-    is_hidden_room, user_room, AckSender, AckWaiters, DisconnectReason, Socket, SocketRef,
+    is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
+    SocketRef,
 };
 
 #[derive(Debug, Clone)]
@@ -80,6 +81,10 @@ impl Namespaces {
             .clone()
     }
 }
+
+/// Longest a moved socket keeps an ack owed to another node (the API
+/// waits at most 300 s).
+const MAX_MOVED_ACK_MS: u64 = 600_000;
 
 pub struct SocketIo<A: Application> {
     app: Arc<A>,
@@ -177,15 +182,19 @@ impl<A: Application> SocketIo<A> {
         // Under the table's lock, as the move of the waiters into it.
         let mut table = self.moved_acks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(waiters) = table.get_mut(&id) {
-            let waiter = waiters.remove(&answer.id);
-            if waiters.is_empty() {
-                table.remove(&id);
+            if let Some(waiter) = waiters.remove(&answer.id) {
+                if waiters.is_empty() {
+                    table.remove(&id);
+                }
+                return Ok(waiter.resolve(payload));
             }
-            return Ok(waiter.is_some_and(|tx| tx.send(payload).is_ok()));
         }
+        // The move is not finished here: the waiter is still on the socket
+        // (of that very session).
         let socket = self
             .namespace(&answer.namespace)
-            .and_then(|ns| ns.socket(&id));
+            .and_then(|ns| ns.socket(&id))
+            .filter(|s| s.session().sid().as_str() == answer.sid);
         Ok(socket.is_some_and(|s| s.on_ack(answer.id, payload).is_none()))
     }
 
@@ -193,12 +202,14 @@ impl<A: Application> SocketIo<A> {
     fn park_ack_waiters(&self, socket: &SocketRef) {
         let mut table = self.moved_acks.lock().unwrap_or_else(|e| e.into_inner());
         let waiters = socket.take_ack_waiters();
+        let now = std::time::Instant::now();
         table.retain(|_, waiters| {
-            waiters.retain(|_, tx| !tx.is_closed());
+            waiters.retain(|_, w| w.waits(now));
             !waiters.is_empty()
         });
         if !waiters.is_empty() {
-            table.insert(socket.id(), waiters);
+            // Moved away and back before: earlier waiters stay parked too.
+            table.entry(socket.id()).or_default().extend(waiters);
         }
     }
 
@@ -269,6 +280,7 @@ impl<A: Application> SocketIo<A> {
                             id,
                             args_json,
                             attachments,
+                            sid: session.sid().to_string(),
                         };
                         if *node == *self.fabric.node_id() {
                             // Moved away and back: the waiter is parked here.
@@ -731,6 +743,10 @@ impl<A: Application> EngineHandler for SocketIo<A> {
             state.position = position.to_string();
         }
         take();
+        // Emits with ack made since the export are in the queue taken.
+        session
+            .data()
+            .refresh_acks(&mut state, self.fabric.node_id());
         Ok(Some(state))
     }
 
@@ -769,11 +785,17 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 s.next_ack_id,
                 socket_recovery,
             );
+            let now = std::time::Instant::now();
             socket.set_moved_acks(
                 s.moved_acks
                     .into_iter()
-                    .filter(|a| !a.node.is_empty())
-                    .map(|a| (a.id, a.node.into_boxed_str())),
+                    .filter(|a| !a.node.is_empty() && a.expires_in_ms > 0)
+                    .map(|a| AwaitedAck {
+                        id: a.id,
+                        node: a.node.into_boxed_str(),
+                        deadline: now
+                            + Duration::from_millis(a.expires_in_ms.min(MAX_MOVED_ACK_MS)),
+                    }),
             );
             client.add_restored(socket.clone());
             match moved {

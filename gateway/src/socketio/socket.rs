@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -75,16 +75,47 @@ pub enum AckError {
 #[derive(Default)]
 struct PendingAcks {
     next_id: u64,
-    waiting: HashMap<u64, oneshot::Sender<Payload>>,
+    waiting: AckWaiters,
     /// Acks the client owes to waiters on other nodes: emitted there
-    /// before the session moved here. Id -> that node.
-    moved: HashMap<u64, Box<str>>,
+    /// before the session moved here. Id -> that node, until the waiter
+    /// there gives up.
+    moved: HashMap<u64, (Box<str>, Instant)>,
 }
 
-/// The waiters of a socket's acks, taken from it when its session moved
-/// to another node (they wait on here for the answer sent back from
+/// Longest an ack is waited for when a timeout is out of range.
+const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Someone waiting for the client's answer to an emit with ack, until
+/// `deadline`.
+pub(crate) struct AckWaiter {
+    tx: oneshot::Sender<Payload>,
+    deadline: Instant,
+}
+
+impl AckWaiter {
+    /// Resolves the waiter; false if it gave up.
+    pub(crate) fn resolve(self, payload: Payload) -> bool {
+        self.tx.send(payload).is_ok()
+    }
+
+    /// Whether it still waits.
+    pub(crate) fn waits(&self, now: Instant) -> bool {
+        !self.tx.is_closed() && self.deadline > now
+    }
+}
+
+/// The waiters of a socket's acks by id (taken from it when its session
+/// moved to another node: they wait on here for the answer sent back from
 /// there).
-pub(crate) type AckWaiters = HashMap<u64, oneshot::Sender<Payload>>;
+pub(crate) type AckWaiters = HashMap<u64, AckWaiter>;
+
+/// An ack a moved socket's client still owes: its id, the node that
+/// waits for it, and until when.
+pub(crate) struct AwaitedAck {
+    pub id: u64,
+    pub node: Box<str>,
+    pub deadline: Instant,
+}
 
 pub struct Socket {
     id: Sid,
@@ -282,7 +313,10 @@ impl Socket {
             let pending = acks.get_or_insert_with(Box::default);
             let id = pending.next_id;
             pending.next_id += 1;
-            pending.waiting.insert(id, tx);
+            let deadline = Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + MAX_ACK_WAIT);
+            pending.waiting.insert(id, AckWaiter { tx, deadline });
             id
         };
         if let Err(err) = self
@@ -314,35 +348,53 @@ impl Socket {
     pub(crate) fn on_ack(&self, id: u64, payload: Payload) -> Option<(Box<str>, Payload)> {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let pending = acks.as_mut()?;
-        if let Some(tx) = pending.waiting.remove(&id) {
+        if let Some(waiter) = pending.waiting.remove(&id) {
             drop(acks);
-            let _ = tx.send(payload);
+            waiter.resolve(payload);
             return None;
         }
-        pending.moved.remove(&id).map(|node| (node, payload))
+        let now = Instant::now();
+        pending.moved.retain(|_, (_, deadline)| *deadline > now);
+        pending.moved.remove(&id).map(|(node, _)| (node, payload))
     }
 
     /// The acks still awaited, for a handoff: those waited for here (by
-    /// `this_node`) and those owed to other nodes.
-    pub(crate) fn awaited_acks(&self, this_node: &str) -> Vec<(u64, Box<str>)> {
+    /// `this_node`) and those owed to other nodes; what its waiter gave up
+    /// on is left out.
+    pub(crate) fn awaited_acks(&self, this_node: &str) -> Vec<AwaitedAck> {
         let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let Some(pending) = acks.as_ref() else {
             return Vec::new();
         };
+        let now = Instant::now();
         let here = pending
             .waiting
             .iter()
-            .filter(|(_, tx)| !tx.is_closed())
-            .map(|(id, _)| (*id, Box::<str>::from(this_node)));
-        let there = pending.moved.iter().map(|(id, node)| (*id, node.clone()));
+            .filter(|(_, w)| w.waits(now))
+            .map(|(id, w)| AwaitedAck {
+                id: *id,
+                node: this_node.into(),
+                deadline: w.deadline,
+            });
+        let there = pending
+            .moved
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline > now)
+            .map(|(id, (node, deadline))| AwaitedAck {
+                id: *id,
+                node: node.clone(),
+                deadline: *deadline,
+            });
         here.chain(there).collect()
     }
 
     /// Acks of a moved socket still awaited on other nodes.
-    pub(crate) fn set_moved_acks(&self, moved: impl IntoIterator<Item = (u64, Box<str>)>) {
+    pub(crate) fn set_moved_acks(&self, moved: impl IntoIterator<Item = AwaitedAck>) {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
         let pending = acks.get_or_insert_with(Box::default);
-        pending.moved.extend(moved);
+        pending
+            .moved
+            .extend(moved.into_iter().map(|a| (a.id, (a.node, a.deadline))));
     }
 
     /// The waiters of this socket's acks, taken out (the session moved
