@@ -4,6 +4,7 @@
 #   loadtest/scripts/bench-recovery.sh [--rounds N] [--receivers N] [--rate R]
 #                                      [--duration S] [--kill-after S]
 #                                      [--quick] [--no-reference] [--out DIR]
+#                                      [--write-interval MS]
 #                                      [--summary-only --out DIR]  (tables of earlier reports)
 #
 # a. Kill test (`ringway-loadtest chaos`): WebSocket receivers in one room
@@ -13,7 +14,9 @@
 #    to recover. Ringway (recovery on, the default) against the reference
 #    socket.io 4.8 with @socket.io/redis-streams-adapter and
 #    connectionStateRecovery (the combination that supports recovery
-#    across nodes), same client, same sizes.
+#    across nodes), same client, same sizes. With --write-interval MS,
+#    Ringway runs the kill test a second time in each round with its
+#    gateways coalescing writes (--ws-write-interval MS).
 # b. The cost of recovery: `fanout` (same sizes, no kill) on the Ringway
 #    cluster with recovery on and with --recovery-window 0: gateway CPU per
 #    delivery, summed over the nodes.
@@ -34,6 +37,7 @@ kill_after=8
 reference=1
 out=""
 summary_only=0
+write_interval=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
     --no-reference) reference=0; shift ;;
     --out) out=$2; shift 2 ;;
     --summary-only) summary_only=1; shift ;;
+    --write-interval) write_interval=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -81,6 +86,14 @@ for round in $(seq "$rounds"); do
   # shellcheck disable=SC2086
   chaos chaos-ringway "$NGINX_URL" "$NODE1_URL" "$NODE2_PID" $GATEWAY_PIDS
   "$cluster" down >/dev/null
+  if [ -n "$write_interval" ]; then
+    "$cluster" up --nodes 3 -- --ws-write-interval "$write_interval" >/dev/null
+    # shellcheck disable=SC1091
+    source "$RINGWAY_CLUSTER_DIR/state.env"
+    # shellcheck disable=SC2086
+    chaos chaos-coalesced "$NGINX_URL" "$NODE1_URL" "$NODE2_PID" $GATEWAY_PIDS
+    "$cluster" down >/dev/null
+  fi
 
   # b. Ringway fanout, recovery on and off.
   for mode in on off; do
@@ -107,12 +120,12 @@ done
 
 fi
 
-python3 - "$out" "$receivers" "$rate" "$duration" "$kill_after" <<'PY' | tee "$out/summary.md"
+python3 - "$out" "$receivers" "$rate" "$duration" "$kill_after" "$write_interval" <<'PY' | tee "$out/summary.md"
 import glob, json, statistics, sys
-out, receivers, rate, duration, kill_after = sys.argv[1:6]
+out, receivers, rate, duration, kill_after, write_interval = sys.argv[1:7]
 
 def load(name):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-*.json"))]
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}-[0-9]*.json"))]
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -133,11 +146,13 @@ def fmt(v, digits=2):
         return f"{v:.{digits}f}"
     return f"{int(v):,}"
 
-ring, ref = load("chaos-ringway"), load("chaos-reference")
+ring, ref, coal = load("chaos-ringway"), load("chaos-reference"), load("chaos-coalesced")
 print(f"Median of {len(ring)} round(s); {receivers} WebSocket receivers, {rate} broadcasts/s for {duration} s, "
       f"node 2 of 3 SIGKILLed {kill_after} s in; JSON reports in {out}.\n")
 print("### a. Kill test\n")
 cols = [("Ringway (recovery on)", ring)] + ([("reference + redis-streams-adapter", ref)] if ref else [])
+if coal:
+    cols.append((f"Ringway, --ws-write-interval {write_interval or '?'}", coal))
 print("| measure | " + " | ".join(c for c, _ in cols) + " |")
 print("|---" * (len(cols) + 1) + "|")
 rows = [
