@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{push_client as client, Cluster, PushClient as Client};
-use common::{ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
+use common::{ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_proto::v1::{
     target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
     RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
@@ -882,14 +882,7 @@ async fn an_ack_pending_across_a_handoff_reaches_its_waiter() {
     assert_eq!(args, "[\"question\",\"first?\"]");
 
     // The WebSocket upgrade lands on node 3: the session moves there.
-    let mut ws = ws_connect(
-        n3,
-        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
-    )
-    .await;
-    ws_send(&mut ws, "2probe").await;
-    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
-    ws_send(&mut ws, "5").await;
+    let mut ws = p.on(n3).upgrade().await;
 
     // Answered on node 3: the waiter on node 1 gets it.
     ws_send(&mut ws, &format!("43{first}[\"one\"]")).await;

@@ -429,14 +429,7 @@ async fn handshake_forward_handoff_upgrade_and_redis_spans_are_exported() {
     let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
     let p = Polling::open(n1, "/socket.io/").await;
     p.on(n2).send("40").await;
-    let mut ws = common::ws_connect(
-        n3,
-        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
-    )
-    .await;
-    ws_send(&mut ws, "2probe").await;
-    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
-    ws_send(&mut ws, "5").await;
+    let mut ws = p.on(n3).upgrade().await;
     ws_send(&mut ws, "42[\"message\",1]").await;
     expect(&mut ws, "42[\"message-back\"").await;
 

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tonic::{Request, Response, Status};
 
 use common::cluster::{free_port, push_client, Cluster};
-use common::{get, ws_connect, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
+use common::{get, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
 
 // ---------------------------------------------------------------------------
 // The test backend.
@@ -450,14 +450,7 @@ async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
 
     // The session moves to node 3 (WebSocket upgrade there): the socket's
     // user and data travel with it; a binary event and its binary ack.
-    let mut ws = ws_connect(
-        n3,
-        &format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
-    )
-    .await;
-    ws_send(&mut ws, "2probe").await;
-    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
-    ws_send(&mut ws, "5").await;
+    let mut ws = p.on(n3).upgrade().await;
     ws_send(&mut ws, r#"451-8["bin",{"_placeholder":true,"num":0}]"#).await;
     ws.send(Message::binary(vec![1u8, 2, 3]))
         .await

@@ -332,6 +332,16 @@ impl Polling {
         assert_eq!(resp.text(), "ok");
     }
 
+    /// Upgrades the session to a WebSocket on this node (probe, `5`).
+    pub async fn upgrade(&self) -> Ws {
+        let ws_path = format!("{}?EIO=4&transport=websocket&sid={}", self.path, self.sid);
+        let mut ws = ws_connect(&self.addr, &ws_path).await;
+        ws_send(&mut ws, "2probe").await;
+        assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+        ws_send(&mut ws, "5").await;
+        ws
+    }
+
     /// Polls until a packet that is not a ping arrives (answering pings).
     pub async fn next_non_ping(&self) -> Vec<String> {
         loop {
