@@ -334,9 +334,11 @@ async fn chat_through_round_robin_upgrades_to_websocket() {
     wait_transport(&alice, "websocket").await;
     let bob = join(&browser, &base, "bob", None).await;
     wait_transport(&bob, "websocket").await;
-    // The upgrade lands on the session's owner one time in three or so:
-    // until one landed elsewhere (a handoff), bob joins again (a reload:
-    // a new session).
+    // Whether the upgrade lands on the session's owner depends on how many
+    // requests nginx's round robin has passed since the handshake, which
+    // is often the same from one page load to the next: until an upgrade
+    // landed elsewhere (a handoff), bob joins again (a reload: a new
+    // session), one more request through nginx shifting the rotation.
     let mut reloads = 0;
     while s.handoffs().await == 0 {
         reloads += 1;
@@ -345,6 +347,8 @@ async fn chat_through_round_robin_upgrades_to_websocket() {
             "no upgrade of {} sessions landed off its owner",
             reloads + 1
         );
+        let shift = common::get(&s.nginx.addr, "/healthz").await;
+        assert_eq!(shift.status, 200, "{}", shift.text());
         bob.goto(&format!("{base}/demo/")).await;
         rejoin(&bob, "bob", None).await;
         wait_transport(&bob, "websocket").await;
