@@ -167,7 +167,7 @@ impl ClientState {
             let socket = inner.sockets.iter().find(|s| {
                 s.namespace().name() == exported.namespace && s.id().as_str() == exported.id
             });
-            if let Some(socket) = socket {
+            if let Some(socket) = socket.filter(|s| s.connected()) {
                 exported.next_ack_id = socket.next_ack_id();
                 exported.moved_acks = moved_acks(socket, this_node);
             }

@@ -564,11 +564,21 @@ impl Recovery {
                 continue;
             }
             let _gate = self.gate();
+            let (missed, ended) = replay(&install.socket, install.from, &read.records);
+            if install.check && ended.is_some() {
+                // The server disconnected this socket while its client was
+                // away: not recoverable (a fresh socket, as the reference).
+                fail(install);
+                continue;
+            }
             if !send_first(&install) {
                 fail(install);
                 continue;
             }
-            let (replayed, ended) = replay(&install.socket, install.from, &read.records);
+            let replayed = missed
+                .into_iter()
+                .filter(|frames| install.socket.send_frames(frames.iter().cloned()))
+                .count();
             if replayed > 0 {
                 crate::telemetry::metrics()
                     .replayed
@@ -577,7 +587,7 @@ impl Recovery {
             let socket = install.socket.clone();
             release(install);
             if let Some(control) = ended {
-                // The server ended this socket while it was away.
+                // A handed-over socket the server ended on the way.
                 end_by(&socket, &control);
             }
         }
@@ -1027,18 +1037,22 @@ fn targets(entry: &LogEntry, offset: Offset, socket: &SocketRef) -> bool {
         })
 }
 
-/// Sends a socket what it missed after `from`; returns how many entries,
-/// and the control entry that ended the socket meanwhile, if one did (the
-/// replay stops there: the caller ends the socket once it is in).
-fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> (usize, Option<LogEntry>) {
-    let mut n = 0;
+/// What a socket missed after `from`, an entry's frames each; and the
+/// control entry that ended the socket meanwhile, if one did (the replay
+/// stops there).
+fn replay(
+    socket: &SocketRef,
+    from: Offset,
+    records: &[Record],
+) -> (Vec<Vec<Frame>>, Option<LogEntry>) {
+    let mut missed = Vec::new();
     for record in records.iter().filter(|r| r.offset > from) {
         let Ok(entry) = LogEntry::decode(record.data.clone()) else {
             continue;
         };
         if entry.control != Control::None as i32 {
             if ends(&entry, socket) {
-                return (n, Some(entry));
+                return (missed, Some(entry));
             }
             continue;
         }
@@ -1051,11 +1065,9 @@ fn replay(socket: &SocketRef, from: Offset, records: &[Record]) -> (usize, Optio
             &payload_of(&entry),
             &record.offset.to_string(),
         );
-        if socket.send_frames(frames) {
-            n += 1;
-        }
+        missed.push(frames);
     }
-    (n, None)
+    (missed, None)
 }
 
 /// Whether a control entry names this socket.
@@ -1200,15 +1212,15 @@ mod tests {
             ),
             record("5-0", &entry("/", &to_it, "after", &args)),
         ];
-        let (replayed, ended) = replay(&socket, Offset::ZERO, &records);
-        assert_eq!(replayed, 2, "the entries before the disconnect");
+        let (missed, ended) = replay(&socket, Offset::ZERO, &records);
+        assert_eq!(missed.len(), 2, "the entries before the disconnect");
         let ended = ended.expect("the socket's own disconnect");
         assert_eq!(ended.event, "bye");
         assert_eq!(ended.control, Control::CloseSession as i32);
         // From past it: nothing ends the socket.
         let from = Offset::parse("4-0").expect("an offset");
-        let (replayed, ended) = replay(&socket, from, &records);
-        assert_eq!((replayed, ended.is_none()), (1, true));
+        let (missed, ended) = replay(&socket, from, &records);
+        assert_eq!((missed.len(), ended.is_none()), (1, true));
     }
 
     #[test]
