@@ -577,7 +577,8 @@ impl Recovery {
             }
             let replayed = missed
                 .into_iter()
-                .filter(|frames| install.socket.send_frames(frames.iter().cloned()))
+                .map(|frames| install.socket.send_frames(frames))
+                .filter(|sent| *sent)
                 .count();
             if replayed > 0 {
                 crate::telemetry::metrics()
