@@ -244,15 +244,16 @@ impl Namespace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::engineio::{Handshake, Session, TransportKind};
+    use crate::engineio::{Handshake, Session, SessionRef, TransportKind};
     use crate::socketio::client::ClientState;
 
-    fn socket(ns: &Arc<Namespace>) -> SocketRef {
-        let session = Arc::new(Session::new(
+    /// A WebSocket session of this process, for sockets in unit tests.
+    pub(crate) fn test_session() -> SessionRef<ClientState> {
+        Arc::new(Session::new(
             Sid::random(),
             TransportKind::WebSocket,
             1 << 20,
@@ -263,8 +264,11 @@ mod tests {
                 issued_ms: 0,
             },
             ClientState::default(),
-        ));
-        let socket = Socket::new(ns.clone(), session, "{}".into(), None, None);
+        ))
+    }
+
+    fn socket(ns: &Arc<Namespace>) -> SocketRef {
+        let socket = Socket::new(ns.clone(), test_session(), "{}".into(), None, None);
         ns.insert(socket.clone());
         socket
     }

@@ -1163,19 +1163,7 @@ mod tests {
     }
 
     fn recoverable_socket(ns: &Arc<Namespace>) -> SocketRef {
-        use crate::engineio::{Handshake, Session, TransportKind};
-        let session = Arc::new(Session::new(
-            Sid::random(),
-            TransportKind::WebSocket,
-            1 << 20,
-            Handshake {
-                remote_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-                query: String::new(),
-                raw_headers: "".into(),
-                issued_ms: 0,
-            },
-            super::super::client::ClientState::default(),
-        ));
+        let session = super::super::namespace::tests::test_session();
         let recovery = SocketRecovery::restored(&new_pid(), 1, Offset::ZERO);
         crate::socketio::Socket::restored(
             ns.clone(),
