@@ -448,9 +448,23 @@ async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
         "{got:?}"
     );
 
-    // The session moves to node 3 (WebSocket upgrade there): the socket's
-    // user and data travel with it; a binary event and its binary ack.
+    // The session moves to node 3 (WebSocket upgrade there) while node 1
+    // waits for the backend's answer to an event with ack: the ack,
+    // made on node 1 after the move, reaches the client on node 3.
+    p.on(n2).send(r#"427["hold"]"#).await;
+    backend
+        .wait_until("the held call", |s| s.holding == 1)
+        .await;
     let mut ws = p.on(n3).upgrade().await;
+    backend.release.send_replace(true);
+    let held = ws_expect(&mut ws, "437[").await;
+    assert_eq!(
+        json_after(&held, "437"),
+        json!([{"user": "alice", "data": "data-of-alice", "event": "hold"}])
+    );
+
+    // The socket's user and data travelled with it; a binary event and
+    // its binary ack.
     ws_send(&mut ws, r#"451-8["bin",{"_placeholder":true,"num":0}]"#).await;
     ws.send(Message::binary(vec![1u8, 2, 3]))
         .await

@@ -241,6 +241,19 @@ impl<A: Application> LocalPush<A> {
             Some(local_request::Op::Evict(evict)) => {
                 Ok(served(u64::from(self.engine.handler().evict(&evict))))
             }
+            Some(local_request::Op::SessionFrames(req)) => {
+                let frames: Option<Vec<crate::engineio::Frame>> = req
+                    .frames
+                    .into_iter()
+                    .map(crate::engineio::Frame::from_proto)
+                    .collect();
+                let Some(frames) = frames else {
+                    return Err(Status::invalid_argument("session frames: not UTF-8 text"));
+                };
+                let session = Sid::parse(&req.sid).and_then(|sid| self.engine.session(&sid));
+                let queued = session.is_some_and(|s| s.send_all(frames).is_ok());
+                Ok(served(u64::from(queued)))
+            }
             Some(local_request::Op::Ack(answer)) => {
                 match self.engine.handler().resolve_moved_ack(answer) {
                     Ok(resolved) => Ok(served(u64::from(resolved))),

@@ -20,7 +20,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
     deliver_item, local_request, DeliverItem, Disposition, Emit, Evict, ForwardRequest,
-    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange, View,
+    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange,
+    SessionFrames, View,
 };
 use tracing::{debug, info, warn};
 
@@ -649,6 +650,18 @@ impl Fabric for Cluster {
     fn moved_ack(&self, node: &str, answer: MovedAckAnswer) {
         // Not a member any more: its waiter died with it.
         self.tell(node, local_request::Op::Ack(answer), "moved ack");
+    }
+
+    fn session_frames(&self, node: &str, sid: Sid, frames: Vec<Frame>) {
+        let request = SessionFrames {
+            sid: sid.to_string(),
+            frames: frames.iter().map(Frame::to_proto).collect(),
+        };
+        self.tell(
+            node,
+            local_request::Op::SessionFrames(request),
+            "session frames",
+        );
     }
 }
 

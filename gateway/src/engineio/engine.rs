@@ -590,7 +590,7 @@ impl<H: EngineHandler> Engine<H> {
         let mut moved = None;
         let mut take = || {
             self.remember_move(sid, new_owner);
-            moved = Some(session.take_for_move());
+            moved = Some(session.take_for_move(new_owner));
         };
         let socketio = loop {
             match self.handler.export(&session, &mut take) {
@@ -608,7 +608,7 @@ impl<H: EngineHandler> Engine<H> {
             Some(moved) => moved,
             None => {
                 self.remember_move(sid, new_owner);
-                session.take_for_move()
+                session.take_for_move(new_owner)
             }
         };
         metrics().handoffs.add(1, &attr("direction", "out"));

@@ -171,6 +171,8 @@ struct State {
     /// A handoff to another node has begun: no new GET or POST starts here.
     moving: bool,
     close: Option<CloseReason>,
+    /// The node the session was handed off to.
+    moved_to: Option<Box<str>>,
 }
 
 /// One session. Shared by its transports, its lifecycle task and the
@@ -235,6 +237,7 @@ impl<D> Session<D> {
                 awaiting_pong,
                 moving: false,
                 close: None,
+                moved_to: None,
             }),
             writer: Notify::new(),
             lifecycle: Notify::new(),
@@ -282,6 +285,11 @@ impl<D> Session<D> {
 
     pub fn is_closed(&self) -> bool {
         self.lock().close.is_some()
+    }
+
+    /// The node this session was handed off to, once it was.
+    pub fn moved_to(&self) -> Option<Box<str>> {
+        self.lock().moved_to.clone()
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -499,8 +507,9 @@ impl<D> Session<D> {
 
     /// Finishes a handoff: takes what is queued and closes the session
     /// here as handed off (a pending poll gets a noop).
-    pub(crate) fn take_for_move(&self) -> (Vec<Frame>, bool) {
+    pub(crate) fn take_for_move(&self, new_owner: &str) -> (Vec<Frame>, bool) {
         let mut st = self.lock();
+        st.moved_to = Some(new_owner.into());
         let frames: Vec<Frame> = st.queue.drain(..).collect();
         st.queued_bytes = 0;
         let awaiting = st.awaiting_pong;

@@ -3,7 +3,7 @@
 
 use ringway_proto::cluster::v1::{Evict, LogEntry, MovedAckAnswer};
 
-use crate::engineio::{BoxFuture, Frame};
+use crate::engineio::{BoxFuture, Frame, Sid};
 
 use super::namespace::Target;
 
@@ -33,6 +33,10 @@ pub trait Fabric: Send + Sync + 'static {
     /// A client's answer to an emit with ack that `node` made before the
     /// session moved here: resolve its waiter there (best effort).
     fn moved_ack(&self, node: &str, answer: MovedAckAnswer);
+
+    /// Packets for session `sid`, which moved from here to `node`: queue
+    /// them there (best effort).
+    fn session_frames(&self, node: &str, sid: Sid, frames: Vec<Frame>);
 }
 
 /// Resolves once every other node knows that this node has members in a
@@ -55,4 +59,5 @@ impl Fabric for LocalFabric {
         ""
     }
     fn moved_ack(&self, _node: &str, _answer: MovedAckAnswer) {}
+    fn session_frames(&self, _node: &str, _sid: Sid, _frames: Vec<Frame>) {}
 }

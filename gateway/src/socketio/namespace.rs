@@ -66,6 +66,11 @@ impl Namespace {
         &self.name
     }
 
+    /// The seam to the other nodes.
+    pub(crate) fn fabric(&self) -> &Arc<dyn Fabric> {
+        &self.fabric
+    }
+
     pub fn recovery(&self) -> Option<&Arc<Recovery>> {
         self.recovery.as_ref()
     }

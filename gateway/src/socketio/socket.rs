@@ -555,12 +555,25 @@ impl AckSender {
         AckSender { socket, id }
     }
 
+    /// Sends the ack; if the session moved to another node meanwhile (a
+    /// handoff while the answer was being made), it goes there.
     pub fn send(self, args: &Payload) -> Result<(), SendError> {
-        if !self.socket.connected() {
-            return Err(SendError::Closed);
+        let encode = || encode_ack(self.socket.ns.name(), self.id, args);
+        let session = &self.socket.session;
+        if session.moved_to().is_none() && self.socket.connected() {
+            match session.send_all(encode()) {
+                Ok(()) => return Ok(()),
+                Err(err) if session.moved_to().is_none() => return Err(err),
+                Err(_) => {}
+            }
         }
+        let Some(node) = session.moved_to() else {
+            return Err(SendError::Closed);
+        };
         self.socket
-            .session
-            .send_all(encode_ack(self.socket.ns.name(), self.id, args))
+            .ns
+            .fabric()
+            .session_frames(&node, session.sid(), encode());
+        Ok(())
     }
 }
