@@ -35,6 +35,9 @@ use crate::socketio::{
 /// The event a client gets with the reason of a `Push.Disconnect`.
 pub const DISCONNECT_NOTICE: &str = "ringway:disconnect";
 
+/// How long packets for a session moving here wait for its install.
+const SESSION_FRAMES_WAIT: Duration = Duration::from_secs(1);
+
 /// Emits of one `EmitStream` finished side by side (recovery log only).
 const STREAM_WINDOW: usize = 256;
 
@@ -250,7 +253,21 @@ impl<A: Application> LocalPush<A> {
                 let Some(frames) = frames else {
                     return Err(Status::invalid_argument("session frames: not UTF-8 text"));
                 };
-                let session = Sid::parse(&req.sid).and_then(|sid| self.engine.session(&sid));
+                let Some(sid) = Sid::parse(&req.sid) else {
+                    return Ok(served(0));
+                };
+                // Sent as the session moves: this node may still be
+                // installing it.
+                let deadline = tokio::time::Instant::now() + SESSION_FRAMES_WAIT;
+                let session = loop {
+                    match self.engine.session(&sid) {
+                        Some(session) => break Some(session),
+                        None if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        None => break None,
+                    }
+                };
                 let queued = session.is_some_and(|s| s.send_all(frames).is_ok());
                 Ok(served(u64::from(queued)))
             }
