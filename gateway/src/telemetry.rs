@@ -27,6 +27,9 @@ pub struct Metrics {
     pub handoff_duration: Histogram<f64>,
     /// Polling requests forwarded to their owner, by method.
     pub forwards: Counter<u64>,
+    /// Emits received from other nodes (room emits only reach nodes with
+    /// members in the room).
+    pub peer_emits: Counter<u64>,
     pub forward_duration: Histogram<f64>,
     /// Messages from clients, and deliveries to clients.
     pub messages_in: Tally,
@@ -98,6 +101,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .with_description("Polling requests forwarded to the owner node")
             .build(),
         forward_duration: histogram(&m, "ringway.forward.duration", "Forwarded request time"),
+        peer_emits: m
+            .u64_counter("ringway.peer.emits")
+            .with_description("Emits received from other gateways, to deliver here")
+            .build(),
         messages_in: Tally::new(
             m.u64_counter("ringway.messages.received")
                 .with_description("Engine.IO messages received from clients")

@@ -256,6 +256,51 @@ async fn room_broadcasts_reach_members_on_every_node_once() {
     );
 }
 
+#[tokio::test]
+async fn a_room_emit_goes_only_to_nodes_with_members() {
+    let c = Cluster::start(3, &[]).await;
+    let mut on1 = ws_client(c.addr(0)).await;
+    let mut on2 = ws_client(c.addr(1)).await;
+    let mut on3 = ws_client(c.addr(2)).await;
+    ws_join(&mut on1, "r").await;
+    ws_join(&mut on2, "r").await;
+    let received = |i: usize| {
+        let addr = c.addr(i).to_owned();
+        async move {
+            let metrics = get(&addr, "/metrics").await.text();
+            common::sample(&metrics, "ringway_peer_emits_total").unwrap_or(0.0)
+        }
+    };
+    ws_send(
+        &mut on1,
+        "421[\"broadcast\",{\"room\":\"r\",\"msg\":\"m\"}]",
+    )
+    .await;
+    assert_eq!(
+        ws_expect(&mut on2, "42[\"message\"").await,
+        "42[\"message\",\"m\"]"
+    );
+    // Node 3 has no member: nothing was sent to it.
+    assert_eq!(
+        received(2).await,
+        0.0,
+        "a room emit reached a node without members"
+    );
+    assert!(received(1).await >= 1.0);
+    // Once node 3 has a member of a room, that room's emits reach it.
+    ws_join(&mut on3, "s").await;
+    ws_send(
+        &mut on1,
+        "421[\"broadcast\",{\"room\":\"s\",\"msg\":\"n\"}]",
+    )
+    .await;
+    assert_eq!(
+        ws_expect(&mut on3, "42[\"message\"").await,
+        "42[\"message\",\"n\"]"
+    );
+    assert!(received(2).await >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_unknown_and_dead_sids_get_the_protocol_error() {
     let mut c = Cluster::start(3, &[]).await;
@@ -712,4 +757,70 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
         Some(1.0),
         "{m3}"
     );
+}
+
+#[tokio::test]
+async fn bad_moved_acks_and_session_frames_from_a_peer_are_refused() {
+    use ringway_proto::cluster::v1::{
+        local_request::Op, node_client::NodeClient, Frame, LocalRequest, MovedAckAnswer,
+        SessionFrames,
+    };
+    let c = Cluster::start(3, &[]).await;
+    let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
+    let mut node = NodeClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect to the node service");
+    let call = |op: Op| LocalRequest { op: Some(op) };
+    let answer = |args_json: &str, socket_id: &str| MovedAckAnswer {
+        namespace: "/".into(),
+        socket_id: socket_id.into(),
+        id: 1,
+        args_json: args_json.into(),
+        attachments: vec![],
+        sid: "nope".into(),
+    };
+    // An answer that is not a JSON array: INVALID_ARGUMENT.
+    let err = node
+        .local(call(Op::Ack(answer("{not json", "AAAAAAAAAAAAAAAAAAAA"))))
+        .await
+        .expect_err("bad arguments");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Nobody waits for it (no such socket, a garbage socket id): nothing.
+    for socket_id in ["AAAAAAAAAAAAAAAAAAAA", "not a sid"] {
+        let reply = node
+            .local(call(Op::Ack(answer("[1]", socket_id))))
+            .await
+            .expect("an unknown ack is not an error")
+            .into_inner();
+        assert_eq!(reply.sockets, 0);
+    }
+    // A text frame that is not UTF-8: INVALID_ARGUMENT.
+    let frames = |sid: &str, data: &'static [u8]| SessionFrames {
+        sid: sid.into(),
+        frames: vec![Frame {
+            data: data.into(),
+            binary: false,
+        }],
+    };
+    let err = node
+        .local(call(Op::SessionFrames(frames("x", b"\xff\xfe"))))
+        .await
+        .expect_err("bad text");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // For a session that is not here (after a bounded wait): nothing.
+    let started = Instant::now();
+    let reply = node
+        .local(call(Op::SessionFrames(frames(
+            "AAAAAAAAAAAAAAAAAAAA",
+            b"42[1]",
+        ))))
+        .await
+        .expect("an unknown session is not an error")
+        .into_inner();
+    assert_eq!(reply.sockets, 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The node serves on.
+    let mut ws = ws_client(c.addr(0)).await;
+    ws_send(&mut ws, "42[\"message\",\"still\"]").await;
+    ws_expect(&mut ws, "42[\"message-back\"").await;
 }

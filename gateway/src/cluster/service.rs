@@ -48,6 +48,7 @@ fn apply<A: Application>(
 ) {
     match item.kind {
         Some(deliver_item::Kind::Emit(emit)) => {
+            crate::telemetry::metrics().peer_emits.add(1, &[]);
             let Some(ns) = engine.handler().namespace(&emit.namespace) else {
                 return;
             };
