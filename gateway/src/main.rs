@@ -179,7 +179,7 @@ fn register_observers<A: Application>(
         .with_callback(move |observer| {
             for ns in engine_ns.handler().namespaces() {
                 observer.observe(
-                    ns.room_names().len() as u64,
+                    ns.room_count() as u64,
                     &telemetry::attr("namespace", ns.name().to_owned()),
                 );
             }

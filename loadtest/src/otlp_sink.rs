@@ -40,7 +40,7 @@ struct Counts {
     span_exports: AtomicU64,
     spans: AtomicU64,
     metric_exports: AtomicU64,
-    points: AtomicU64,
+    metrics: AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -82,7 +82,7 @@ impl MetricsService for Sink {
             .sum();
         self.counts.metric_exports.fetch_add(1, Ordering::Relaxed);
         self.counts
-            .points
+            .metrics
             .fetch_add(metrics as u64, Ordering::Relaxed);
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -107,7 +107,7 @@ pub async fn run(args: SinkArgs) -> Result<(), String> {
                     "spans {} in {} exports, metrics {} in {} exports",
                     counts.spans.load(Ordering::Relaxed),
                     counts.span_exports.load(Ordering::Relaxed),
-                    counts.points.load(Ordering::Relaxed),
+                    counts.metrics.load(Ordering::Relaxed),
                     counts.metric_exports.load(Ordering::Relaxed)
                 );
             }

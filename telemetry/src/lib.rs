@@ -158,13 +158,18 @@ impl Telemetry {
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi);
-        let fmt = match options.log_format {
-            LogFormat::Human => fmt.map_event_format(log::WithTraceId::human).boxed(),
-            LogFormat::Json => fmt
+        // Trace ids only where there are traces: without a tracer no span
+        // carries one.
+        let traced = tracer_provider.is_some();
+        let fmt = match (options.log_format, traced) {
+            (LogFormat::Human, true) => fmt.map_event_format(log::WithTraceId::human).boxed(),
+            (LogFormat::Human, false) => fmt.boxed(),
+            (LogFormat::Json, true) => fmt
                 .json()
                 .with_current_span(true)
                 .map_event_format(log::WithTraceId::json)
                 .boxed(),
+            (LogFormat::Json, false) => fmt.json().with_current_span(true).boxed(),
         };
         let otel = tracer_provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()

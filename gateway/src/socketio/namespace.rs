@@ -108,6 +108,14 @@ impl Namespace {
             .collect()
     }
 
+    /// How many rooms [`Namespace::room_names`] lists, without listing them.
+    pub fn room_count(&self) -> usize {
+        self.rooms()
+            .keys()
+            .filter(|r| !super::socket::is_hidden_room(r))
+            .count()
+    }
+
     /// Every socket the target reaches here.
     pub fn sockets_of(&self, target: &Target) -> Vec<SocketRef> {
         let mut out = Vec::new();

@@ -560,15 +560,18 @@ impl AckSender {
     pub fn send(self, args: &Payload) -> Result<(), SendError> {
         let encode = || encode_ack(self.socket.ns.name(), self.id, args);
         let session = &self.socket.session;
-        if session.moved_to().is_none() && self.socket.connected() {
-            match session.send_all(encode()) {
-                Ok(()) => return Ok(()),
-                Err(err) if session.moved_to().is_none() => return Err(err),
-                Err(_) => {}
-            }
-        }
+        // A moved session is closed (both are set under its lock), so a
+        // send to it fails: only then is there a node to ask for.
+        let sent = if self.socket.connected() {
+            session.send_all(encode())
+        } else {
+            Err(SendError::Closed)
+        };
+        let Err(err) = sent else {
+            return Ok(());
+        };
         let Some(node) = session.moved_to() else {
-            return Err(SendError::Closed);
+            return Err(err);
         };
         self.socket
             .ns
