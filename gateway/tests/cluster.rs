@@ -824,3 +824,37 @@ async fn bad_moved_acks_and_session_frames_from_a_peer_are_refused() {
     ws_send(&mut ws, "42[\"message\",\"still\"]").await;
     ws_expect(&mut ws, "42[\"message-back\"").await;
 }
+
+#[tokio::test]
+async fn a_non_owner_looks_a_session_up_in_the_registry_at_most_once() {
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2) = (c.addr(0), c.addr(1));
+    let p = Polling::open(n1, "/socket.io/").await;
+    wait_for("the registry entry", || {
+        c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1")
+    })
+    .await;
+    let lookups = || async {
+        let metrics = get(n2, "/metrics").await.text();
+        common::sample(
+            &metrics,
+            "ringway_registry_duration_seconds_count{op=\"get\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = lookups().await;
+    // Every request of the session on node 2, forwarded to node 1.
+    p.on(n2).send("40").await;
+    expect_packets(&p.on(n2), &["40{\"sid\""]).await;
+    for i in 0..20 {
+        p.on(n2).send(&format!("42[\"message\",{i}]")).await;
+        let echo = format!("42[\"message-back\",{i}]");
+        expect_packets(&p.on(n2), &[echo.as_str()]).await;
+    }
+    let after = lookups().await;
+    assert!(
+        after - before <= 1.0,
+        "{} registry lookups for one session's 42 requests",
+        after - before
+    );
+}
