@@ -30,6 +30,10 @@ pub struct Metrics {
     /// Emits received from other nodes (room emits only reach nodes with
     /// members in the room).
     pub peer_emits: Counter<u64>,
+    /// Answers of forwarded polls that the forwarding node did not
+    /// confirm delivered (it failed, or its client went away), whose
+    /// packets went back to the queue.
+    pub poll_answers_retaken: Counter<u64>,
     pub forward_duration: Histogram<f64>,
     /// Messages from clients, and deliveries to clients.
     pub messages_in: Tally,
@@ -101,6 +105,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .with_description("Polling requests forwarded to the owner node")
             .build(),
         forward_duration: histogram(&m, "ringway.forward.duration", "Forwarded request time"),
+        poll_answers_retaken: m
+            .u64_counter("ringway.poll.answers.retaken")
+            .with_description("Forwarded poll answers not confirmed delivered, requeued")
+            .build(),
         peer_emits: m
             .u64_counter("ringway.peer.emits")
             .with_description("Emits received from other gateways, to deliver here")

@@ -740,15 +740,15 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
         common::sample(&m3, "ringway_rooms{namespace=\"/\"").is_some(),
         "{m3}"
     );
-    assert!(
-        common::sample(
-            &m2,
-            "ringway_peer_duration_seconds_count{method=\"forward\",outcome=\"ok\""
-        )
-        .unwrap_or(0.0)
-            >= 2.0,
-        "{m2}"
-    );
+    // POSTs go by Forward, GETs by Poll (with a delivery receipt).
+    for method in ["forward", "poll"] {
+        let calls =
+            format!("ringway_peer_duration_seconds_count{{method=\"{method}\",outcome=\"ok\"");
+        assert!(
+            common::sample(&m2, &calls).unwrap_or(0.0) >= 1.0,
+            "{method}: {m2}"
+        );
+    }
     assert_eq!(
         common::sample(
             &m3,
@@ -857,4 +857,127 @@ async fn a_non_owner_looks_a_session_up_in_the_registry_at_most_once() {
         "{} registry lookups for one session's 42 requests",
         after - before
     );
+}
+
+/// A forwarded poll's answer stays with the owner until the forwarding
+/// node confirms that it reached the client. Here the test plays the
+/// forwarding node over the real `Node.Poll` RPC: a forwarder whose call
+/// ends unconfirmed (it died, or its client left), or a proxy retrying
+/// the same GET through another node, gets the same packets again; a
+/// confirmed answer never comes twice; a retried GET replaces the
+/// pending one instead of closing the session as an overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
+    use ringway_proto::cluster::v1::{
+        node_client::NodeClient, poll_message::Kind, ForwardReply, ForwardRequest, PollMessage,
+    };
+    use tokio::sync::mpsc;
+    use tonic::Streaming;
+
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2, n3) = (c.addr(0), c.addr(1), c.addr(2));
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.send("40").await;
+    expect_packets(&p, &["40{\"sid\"", "42[\"auth\""]).await;
+    let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
+    let node = NodeClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect to the node service");
+    let query = |stamp: &str| format!("EIO=4&transport=polling&sid={}&t={stamp}", p.sid);
+    let open = |query: String| {
+        let mut node = node.clone();
+        let sid = p.sid.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(2);
+            let request = ForwardRequest {
+                sid,
+                method: "GET".into(),
+                query,
+                body: Default::default(),
+                binary_body: false,
+            };
+            tx.send(PollMessage {
+                kind: Some(Kind::Request(request)),
+            })
+            .await
+            .expect("queue the request");
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let replies = node.poll(stream).await.expect("poll").into_inner();
+            (tx, replies)
+        }
+    };
+    async fn answer(replies: &mut Streaming<ForwardReply>) -> String {
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
+            .await
+            .expect("answered in time")
+            .expect("no error")
+            .expect("an answer");
+        assert_eq!(reply.status, 200);
+        String::from_utf8_lossy(&reply.body).into_owned()
+    }
+    let delivered = PollMessage {
+        kind: Some(Kind::Delivered(true)),
+    };
+    let echo = |word: &str| format!("42[\"message-back\",\"{word}\"]");
+
+    // The forwarder goes away with the answer unconfirmed: the next GET,
+    // here a local one, gets it.
+    let (tx, mut replies) = open(query("a")).await;
+    p.send("42[\"message\",\"one\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("one"));
+    drop((tx, replies));
+    expect_packets(&p, &[&echo("one")]).await;
+
+    // Confirmed: gone for good.
+    let (tx, mut replies) = open(query("b")).await;
+    p.send("42[\"message\",\"two\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("two"));
+    tx.send(delivered.clone()).await.expect("confirm");
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.message()).await;
+    assert!(
+        matches!(end, Ok(Ok(None))),
+        "the owner ends the call: {end:?}"
+    );
+    p.send("42[\"message\",\"three\"]").await;
+    let got = expect_packets(&p, &[&echo("three")]).await;
+    assert!(!got.contains(&echo("two")), "sent twice: {got:?}");
+
+    // A proxy retries the same GET (same `t`) through node 3 while the
+    // first forwarder still holds the answer: the retry gets it, and the
+    // late confirmation changes nothing.
+    let (tx, mut replies) = open(query("c")).await;
+    p.send("42[\"message\",\"four\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("four"));
+    let retry = get(n3, &format!("/socket.io/?{}", query("c"))).await;
+    assert_eq!((retry.status, retry.text()), (200, echo("four")));
+    let _ = tx.send(delivered.clone()).await;
+    p.send("42[\"message\",\"five\"]").await;
+    let got = expect_packets(&p, &[&echo("five")]).await;
+    assert!(!got.contains(&echo("four")), "sent twice: {got:?}");
+    drop((tx, replies));
+
+    // A GET pending through a forwarder when the proxy retries it
+    // through node 2: the retry takes its place (the first gets a noop),
+    // the session is not closed as an overlap.
+    let (tx, mut replies) = open(query("d")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (on2, again) = (n2.to_owned(), format!("/socket.io/?{}", query("d")));
+    let retried = tokio::spawn(async move {
+        let resp = get(&on2, &again).await;
+        (resp.status, resp.text())
+    });
+    assert_eq!(answer(&mut replies).await, "6");
+    drop((tx, replies));
+    p.send("42[\"message\",\"six\"]").await;
+    let on2 = tokio::time::timeout(Duration::from_secs(5), retried)
+        .await
+        .expect("the retry is answered")
+        .expect("retry task");
+    assert_eq!(on2, (200, echo("six")));
+    p.send("42[\"message\",\"seven\"]").await;
+    expect_packets(&p, &[&echo("seven")]).await;
+
+    let metrics = get(n1, "/metrics").await.text();
+    let retaken = common::sample(&metrics, "ringway_poll_answers_retaken_total").unwrap_or(0.0);
+    assert!(retaken >= 2.0, "answers retaken: {retaken}\n{metrics}");
 }

@@ -493,6 +493,10 @@ impl Directory for ClusterDirectory {
         hint: Option<String>,
         request: ForwardedRequest,
     ) -> BoxFuture<'_, Result<ForwardedAnswer, RequestError>> {
+        // A GET's answer leaves the owner's queue only for good once this
+        // node has handed it to the client: it goes by `Poll`, with a
+        // receipt.
+        let is_get = request.method == http::Method::GET;
         let request = ForwardRequest {
             sid: sid.to_string(),
             method: request.method.as_str().to_owned(),
@@ -503,14 +507,20 @@ impl Directory for ClusterDirectory {
         Box::pin(self.0.route(sid, hint, move |peer| {
             let request = request.clone();
             async move {
-                match peer.forward(request).await {
-                    Ok(reply) => Ok(disposition(
+                let answered = if is_get {
+                    peer.poll(request).await
+                } else {
+                    peer.forward(request).await.map(|reply| (reply, None))
+                };
+                match answered {
+                    Ok((reply, receipt)) => Ok(disposition(
                         reply.disposition,
                         reply.moved_to.clone(),
                         || ForwardedAnswer {
                             status: reply.status as u16,
                             content_type: reply.content_type,
                             body: reply.body,
+                            receipt,
                         },
                     )),
                     Err(status) => {

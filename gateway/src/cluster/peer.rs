@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ringway_proto::cluster::v1::node_client::NodeClient;
 use ringway_proto::cluster::v1::{
-    deliver_item, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest, HandoffReply,
-    HandoffRequest, LocalReply, LocalRequest,
+    deliver_item, poll_message, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest,
+    HandoffReply, HandoffRequest, LocalReply, LocalRequest, PollMessage,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -19,6 +19,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, warn};
 
 use super::rooms::LocalRooms;
+use crate::engineio::engine::HOLD_WAIT;
+use crate::engineio::Receipt;
 use crate::telemetry::traced;
 
 /// Items waiting for the delivery stream of one peer; past this a peer
@@ -164,6 +166,57 @@ impl Peer {
         let mut client = self.client.clone();
         timed("forward", async move {
             Ok(client.forward(traced(request)).await?.into_inner())
+        })
+        .await
+    }
+
+    /// A polling GET held by the peer (`Poll`), and the receipt that tells
+    /// it whether the answer reached the client: until then the peer
+    /// keeps the answer's packets. A peer without `Poll` gets `Forward`.
+    pub async fn poll(
+        &self,
+        request: ForwardRequest,
+    ) -> Result<(ForwardReply, Option<Receipt>), tonic::Status> {
+        let mut client = self.client.clone();
+        timed("poll", async move {
+            let (messages, messages_rx) = mpsc::channel(2);
+            let first = PollMessage {
+                kind: Some(poll_message::Kind::Request(request.clone())),
+            };
+            // The channel is empty and its receiver alive.
+            let _ = messages.try_send(first);
+            let call = client.poll(traced(ReceiverStream::new(messages_rx))).await;
+            let mut replies = match call {
+                Ok(replies) => replies.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    let reply = client.forward(traced(request)).await?.into_inner();
+                    return Ok((reply, None));
+                }
+                Err(status) => return Err(status),
+            };
+            let reply = replies
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("the poll ended unanswered"))?;
+            // Not delivered: both halves of the call drop, which tells the
+            // peer as much.
+            let receipt = Receipt::new(move |delivered| {
+                if !delivered {
+                    return;
+                }
+                tokio::spawn(async move {
+                    let confirm = PollMessage {
+                        kind: Some(poll_message::Kind::Delivered(true)),
+                    };
+                    if messages.send(confirm).await.is_ok() {
+                        drop(messages);
+                        // The call stays open until the peer ends it, so
+                        // the confirmation is not cancelled on the way.
+                        let _ = tokio::time::timeout(HOLD_WAIT, replies.message()).await;
+                    }
+                });
+            });
+            Ok((reply, Some(receipt)))
         })
         .await
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::Method;
 use ringway_proto::cluster::v1::node_server::Node;
 use ringway_proto::cluster::v1::{
-    deliver_item, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply, ForwardRequest,
-    HandoffReply, HandoffRequest, LocalReply, LocalRequest,
+    deliver_item, poll_message, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply,
+    ForwardRequest, HandoffReply, HandoffRequest, LocalReply, LocalRequest, PollMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::api::push::LocalPush;
+use crate::engineio::engine::HOLD_WAIT;
 use crate::engineio::{Engine, ForwardedRequest, Frame, Sid};
 use crate::socketio::{Application, SocketIo, Target};
 use crate::telemetry::continue_trace;
@@ -78,6 +79,38 @@ fn unknown() -> ForwardReply {
     }
 }
 
+/// A forwarded request as the engine takes it; `None` for a garbage sid.
+fn forwarded(request: ForwardRequest) -> Result<Option<(Sid, ForwardedRequest)>, Status> {
+    let method = match request.method.as_str() {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        _ => return Err(Status::invalid_argument("only GET and POST are forwarded")),
+    };
+    let Some(sid) = Sid::parse(&request.sid) else {
+        return Ok(None);
+    };
+    let forwarded = ForwardedRequest {
+        method,
+        query: request.query,
+        body: request.body,
+        binary_body: request.binary_body,
+    };
+    Ok(Some((sid, forwarded)))
+}
+
+/// Waits for the caller of a `Poll` to say the answer reached its client.
+/// Anything else (another message, its stream ending or breaking, silence
+/// past the bound) means it did not.
+async fn delivered(inbound: &mut Streaming<PollMessage>) -> bool {
+    let message = tokio::time::timeout(HOLD_WAIT, inbound.message()).await;
+    matches!(
+        message,
+        Ok(Ok(Some(PollMessage {
+            kind: Some(poll_message::Kind::Delivered(true))
+        })))
+    )
+}
+
 #[tonic::async_trait]
 impl<A: Application> Node for NodeService<A> {
     async fn forward(
@@ -86,27 +119,64 @@ impl<A: Application> Node for NodeService<A> {
     ) -> Result<Response<ForwardReply>, Status> {
         let span = tracing::info_span!("node.forward");
         continue_trace(&request, &span);
-        let request = request.into_inner();
-        let Some(sid) = Sid::parse(&request.sid) else {
+        let Some((sid, forwarded)) = forwarded(request.into_inner())? else {
             return Ok(Response::new(unknown()));
         };
-        let method = match request.method.as_str() {
-            "GET" => Method::GET,
-            "POST" => Method::POST,
-            _ => return Err(Status::invalid_argument("only GET and POST are forwarded")),
+        let (reply, receipt) = self
+            .engine
+            .serve_forwarded(sid, forwarded, false)
+            .instrument(span)
+            .await;
+        // A caller without receipts: delivered as far as anyone knows.
+        if let Some(receipt) = receipt {
+            receipt.settle(true);
+        }
+        Ok(Response::new(reply))
+    }
+
+    type PollStream = ReceiverStream<Result<ForwardReply, Status>>;
+
+    async fn poll(
+        &self,
+        request: Request<Streaming<PollMessage>>,
+    ) -> Result<Response<Self::PollStream>, Status> {
+        let span = tracing::info_span!("node.poll");
+        continue_trace(&request, &span);
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let Some(PollMessage {
+            kind: Some(poll_message::Kind::Request(request)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("a poll starts with its request"));
         };
-        let forwarded = ForwardedRequest {
-            method,
-            query: request.query,
-            body: request.body,
-            binary_body: request.binary_body,
+        if request.method != "GET" {
+            return Err(Status::invalid_argument("only a GET is polled"));
+        }
+        let (replies, replies_rx) = mpsc::channel(1);
+        let Some((sid, forwarded)) = forwarded(request)? else {
+            let _ = replies.try_send(Ok(unknown()));
+            return Ok(Response::new(ReceiverStream::new(replies_rx)));
         };
-        Ok(Response::new(
-            self.engine
-                .serve_forwarded(sid, forwarded)
-                .instrument(span)
-                .await,
-        ))
+        let engine = self.engine.clone();
+        tokio::spawn(
+            async move {
+                // The caller going away (its client left, or it failed)
+                // ends the poll unanswered: nothing leaves the queue.
+                let (reply, receipt) = tokio::select! {
+                    served = engine.serve_forwarded(sid, forwarded, true) => served,
+                    _ = inbound.message() => return,
+                };
+                if replies.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+                if let Some(receipt) = receipt {
+                    receipt.settle(delivered(&mut inbound).await);
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(replies_rx)))
     }
 
     async fn handoff(

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::Method;
 use ringway_proto::cluster::v1::SessionState;
 
+use super::body::Receipt;
 use super::errors::RequestError;
 use super::session::CloseReason;
 use super::sid::Sid;
@@ -29,11 +30,14 @@ pub struct ForwardedRequest {
 }
 
 /// The owner's answer to a forwarded request, as it goes to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ForwardedAnswer {
     pub status: u16,
     pub content_type: String,
     pub body: Bytes,
+    /// Tells the owner whether the answer reached the client (a polling
+    /// GET's packets are held there until then).
+    pub receipt: Option<Receipt>,
 }
 
 /// A session taken over from its previous owner.

@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ringway_proto::cluster::v1::{Disposition, ForwardReply, HandoffReply, SessionState};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, trace, Instrument};
 
+use super::body::{Body, Receipt};
 use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
 use super::errors::RequestError;
 use super::handler::{EngineHandler, Message};
@@ -29,8 +30,6 @@ use super::session::{
 use super::sid::Sid;
 use super::websocket;
 use crate::telemetry::{attr, metrics, seconds};
-
-pub type Body = Full<Bytes>;
 
 /// Engine.IO settings; defaults are the reference server's.
 #[derive(Debug, Clone)]
@@ -78,6 +77,14 @@ impl Default for EngineConfig {
 const MOVED_MEMORY: Duration = Duration::from_secs(60);
 /// How long a request waits for a handoff in progress to finish.
 const MOVE_WAIT: Duration = Duration::from_secs(2);
+/// Longest a forwarded poll's answer is held for its forwarding node's
+/// receipt; past it, its packets go back to the queue. (The receipt comes
+/// within a millisecond, or the forwarder's connection breaks.)
+pub const HOLD_WAIT: Duration = Duration::from_secs(3);
+
+/// Marks a poll's answer that its session holds under this id.
+#[derive(Debug, Clone, Copy)]
+struct HeldId(u64);
 
 pub struct Engine<H: EngineHandler> {
     config: EngineConfig,
@@ -303,7 +310,7 @@ impl<H: EngineHandler> Engine<H> {
             let method = req.method().clone();
             let body = (method == Method::POST).then(|| PostBody::of(req));
             return self
-                .serve_polling(&session, transport, method, body, &raw_query)
+                .serve_polling(&session, transport, method, body, &raw_query, false)
                 .await;
         }
 
@@ -334,7 +341,7 @@ impl<H: EngineHandler> Engine<H> {
                 let session = self.open_session(TransportKind::Polling, handshake);
                 // The open packet is the first thing queued: answer with it
                 // right away.
-                self.poll(&session, &raw_query).await
+                self.poll(&session, &raw_query, false).await
             }
             TransportKind::WebSocket => self.upgrade_direct(req, handshake),
         }
@@ -349,12 +356,13 @@ impl<H: EngineHandler> Engine<H> {
         method: Method,
         body: Option<PostBody>,
         raw_query: &str,
+        hold: bool,
     ) -> Result<Response<Body>, RequestError> {
         if session.transport() != transport {
             return Err(RequestError::BadRequest);
         }
         match (method, body) {
-            (Method::GET, _) => self.poll(session, raw_query).await,
+            (Method::GET, _) => self.poll(session, raw_query, hold).await,
             (Method::POST, Some(body)) => self.post(session, body, raw_query).await,
             // The reference's polling transport answers other methods
             // with a bare 500 and leaves the session alone.
@@ -398,8 +406,10 @@ impl<H: EngineHandler> Engine<H> {
                     return Err(RequestError::BadRequest);
                 }
                 let body = (method == Method::POST).then_some(body);
-                return Box::pin(self.serve_polling(&session, transport, method, body, &raw_query))
-                    .await;
+                return Box::pin(
+                    self.serve_polling(&session, transport, method, body, &raw_query, false),
+                )
+                .await;
             }
         }
         self.forward(sid, hint, method, body, raw_query).await
@@ -443,7 +453,7 @@ impl<H: EngineHandler> Engine<H> {
             // node finishing while the owner already answered "moved
             // here").
             Err(RequestError::UnknownSid) => match self.local_or_arriving(&sid).await {
-                Some(session) => Box::pin(self.serve_here(&session, request)).await,
+                Some(session) => Box::pin(self.serve_here(&session, request, false)).await,
                 None => Err(RequestError::UnknownSid),
             },
             Err(err) => Err(err),
@@ -456,6 +466,7 @@ impl<H: EngineHandler> Engine<H> {
         &self,
         session: &SessionRef<H::Data>,
         request: ForwardedRequest,
+        hold: bool,
     ) -> Result<Response<Body>, RequestError> {
         let query = EngineQuery::parse(&request.query);
         if query.eio.as_deref() != Some("4") {
@@ -471,8 +482,15 @@ impl<H: EngineHandler> Engine<H> {
             binary: request.binary_body,
         };
         let body = (request.method == Method::POST).then_some(body);
-        self.serve_polling(session, transport, request.method, body, &request.query)
-            .await
+        self.serve_polling(
+            session,
+            transport,
+            request.method,
+            body,
+            &request.query,
+            hold,
+        )
+        .await
     }
 
     /// A request met a session in the middle of a handoff: waits for it to
@@ -483,6 +501,7 @@ impl<H: EngineHandler> Engine<H> {
         method: Method,
         body: PostBody,
         query: &str,
+        hold: bool,
     ) -> Result<Response<Body>, RequestError> {
         let deadline = Instant::now() + MOVE_WAIT;
         loop {
@@ -500,6 +519,7 @@ impl<H: EngineHandler> Engine<H> {
                         method,
                         Some(body),
                         query,
+                        hold,
                     ))
                     .await;
                 }
@@ -513,10 +533,18 @@ impl<H: EngineHandler> Engine<H> {
 
     // ----- cluster: the owner's side --------------------------------------
 
-    /// Serves a polling request another node forwarded here.
-    pub async fn serve_forwarded(&self, sid: Sid, request: ForwardedRequest) -> ForwardReply {
+    /// Serves a polling request another node forwarded here. With `hold`
+    /// (the forwarding node confirms delivery), a GET's answer comes with
+    /// a receipt to settle with what the forwarder tells: until then the
+    /// session holds its packets, and takes them back unless delivered.
+    pub async fn serve_forwarded(
+        &self,
+        sid: Sid,
+        request: ForwardedRequest,
+        hold: bool,
+    ) -> (ForwardReply, Option<Receipt>) {
         let Some(session) = self.local_or_arriving(&sid).await else {
-            return match self.moved_to(&sid) {
+            let reply = match self.moved_to(&sid) {
                 Some(node) => ForwardReply {
                     disposition: Disposition::Moved as i32,
                     moved_to: node,
@@ -527,13 +555,27 @@ impl<H: EngineHandler> Engine<H> {
                     ..ForwardReply::default()
                 },
             };
+            return (reply, None);
         };
-        let result = self.serve_here(&session, request).await;
-        answer_reply(result.unwrap_or_else(|err| {
-            debug!(sid = %sid, error = %err, "forwarded request refused");
-            error_response(err)
-        }))
-        .await
+        let hold = hold && request.method == Method::GET;
+        let resp = self
+            .serve_here(&session, request, hold)
+            .await
+            .unwrap_or_else(|err| {
+                debug!(sid = %sid, error = %err, "forwarded request refused");
+                error_response(err)
+            });
+        let held = resp.extensions().get::<HeldId>().copied();
+        let (reply, relayed) = answer_reply(resp);
+        // Held here, or (the session moved on) by the node this answer
+        // was relayed from.
+        let receipt = match held {
+            Some(HeldId(id)) => Some(Receipt::new(move |delivered| {
+                session.settle_held(id, delivered)
+            })),
+            None => relayed,
+        };
+        (reply, receipt)
     }
 
     /// The session if it is here, waiting a little if it is being taken
@@ -573,6 +615,11 @@ impl<H: EngineHandler> Engine<H> {
             return Err(NotHandedOff::Busy);
         }
         let deadline = Instant::now() + MOVE_WAIT;
+        // A forwarded poll's answer waiting for its receipt: once it comes,
+        // the packets are either delivered or back in the queue to export.
+        while session.holds_answer() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         while session.is_posting() {
             if Instant::now() >= deadline {
                 // A POST still uploading: moving now would lose it. The
@@ -828,40 +875,63 @@ impl<H: EngineHandler> Engine<H> {
 
     // ----- polling ---------------------------------------------------------
 
+    /// A polling GET. `hold`: it was forwarded by a node that confirms
+    /// delivery, so the answer is held until it does.
     async fn poll(
         &self,
         session: &SessionRef<H::Data>,
         raw_query: &str,
+        hold: bool,
     ) -> Result<Response<Body>, RequestError> {
-        match session.begin_poll() {
-            Ok(()) => {}
-            Err(BeginError::Overlap) => {
-                // A second concurrent GET: the reference closes the session
-                // (the pending GET gets a close packet) and answers a bare
-                // 400.
-                session.close(CloseReason::TransportError);
-                return Ok(status_only(StatusCode::BAD_REQUEST));
+        let deadline = Instant::now() + HOLD_WAIT;
+        let gen = loop {
+            // The previous answer may still wait for its forwarding node's
+            // receipt: this GET may tell its fate, or it waits for it.
+            if session.settle_by_request(raw_query) && Instant::now() >= deadline {
+                session.release_held();
             }
-            Err(BeginError::Moving) => {
-                let empty = PostBody::Read {
-                    body: Bytes::new(),
-                    binary: false,
-                };
-                return self
-                    .follow_move(session.sid(), Method::GET, empty, raw_query)
-                    .await;
+            match session.begin_poll(raw_query) {
+                Ok(gen) => break gen,
+                Err(BeginError::Unconfirmed) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(BeginError::Overlap) => {
+                    // A second concurrent GET: the reference closes the
+                    // session (the pending GET gets a close packet) and
+                    // answers a bare 400.
+                    session.close(CloseReason::TransportError);
+                    return Ok(status_only(StatusCode::BAD_REQUEST));
+                }
+                Err(BeginError::Moving) => {
+                    let empty = PostBody::Read {
+                        body: Bytes::new(),
+                        binary: false,
+                    };
+                    return self
+                        .follow_move(session.sid(), Method::GET, empty, raw_query, hold)
+                        .await;
+                }
+                Err(BeginError::NotPolling) => return Err(RequestError::BadRequest),
             }
-            Err(BeginError::NotPolling) => return Err(RequestError::BadRequest),
-        }
-        let _guard = PollGuard(session);
+        };
+        let _guard = PollGuard(session, gen);
+        let hold = hold.then_some(raw_query);
         loop {
-            if let PollOutcome::Payload(payload) =
-                session.poll_outcome(self.config.max_poll_packets)
-            {
-                trace!(sid = %session.sid(), bytes = payload.len(), "poll answered");
-                return Ok(payload_response(payload));
+            match session.poll_outcome(gen, self.config.max_poll_packets, hold) {
+                PollOutcome::Payload(payload) => {
+                    trace!(sid = %session.sid(), bytes = payload.len(), "poll answered");
+                    return Ok(payload_response(payload));
+                }
+                PollOutcome::Held(payload, id) => {
+                    trace!(sid = %session.sid(), bytes = payload.len(), "forwarded poll answered");
+                    let mut resp = payload_response(payload);
+                    resp.extensions_mut().insert(HeldId(id));
+                    return Ok(resp);
+                }
+                // Nobody waits for this answer any more.
+                PollOutcome::Superseded => {
+                    return Ok(payload_response(Bytes::from_static(Frame::NOOP.as_bytes())))
+                }
+                PollOutcome::Wait => session.writer_event().await,
             }
-            session.writer_event().await;
         }
     }
 
@@ -879,10 +949,12 @@ impl<H: EngineHandler> Engine<H> {
             }
             Err(BeginError::Moving) => {
                 return self
-                    .follow_move(session.sid(), Method::POST, body, raw_query)
+                    .follow_move(session.sid(), Method::POST, body, raw_query, false)
                     .await;
             }
-            Err(BeginError::NotPolling) => return Err(RequestError::BadRequest),
+            Err(BeginError::NotPolling | BeginError::Unconfirmed) => {
+                return Err(RequestError::BadRequest)
+            }
         }
         let _guard = PostGuard(session);
         if body.binary() {
@@ -1076,7 +1148,7 @@ pub enum NotHandedOff {
 
 /// The client's answer built from what the owner node answered.
 fn forwarded_response(answer: ForwardedAnswer) -> Response<Body> {
-    let mut resp = Response::new(Body::new(answer.body));
+    let mut resp = Response::new(Body::with_receipt(answer.body, answer.receipt));
     *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
@@ -1090,8 +1162,9 @@ fn forwarded_response(answer: ForwardedAnswer) -> Response<Body> {
     resp
 }
 
-/// A local answer, packed for the node that forwarded the request.
-async fn answer_reply(resp: Response<Body>) -> ForwardReply {
+/// A local answer, packed for the node that forwarded the request, and
+/// the receipt its body carries (an answer relayed from a further node).
+fn answer_reply(resp: Response<Body>) -> (ForwardReply, Option<Receipt>) {
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -1099,20 +1172,15 @@ async fn answer_reply(resp: Response<Body>) -> ForwardReply {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    // A full body is ready at once; it cannot fail.
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    ForwardReply {
+    let (body, receipt) = resp.into_body().into_parts();
+    let reply = ForwardReply {
         disposition: Disposition::Served as i32,
         moved_to: String::new(),
         status: status as u32,
         content_type,
         body,
-    }
+    };
+    (reply, receipt)
 }
 
 fn ok_response() -> Response<Body> {

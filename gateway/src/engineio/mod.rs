@@ -2,6 +2,7 @@
 //! transports and the upgrade between them. Knows nothing of Socket.IO:
 //! the layer above plugs in through [`EngineHandler`].
 
+pub mod body;
 pub mod directory;
 pub mod engine;
 pub mod errors;
@@ -13,10 +14,11 @@ pub mod session;
 pub mod sid;
 mod websocket;
 
+pub use body::{Body, Receipt};
 pub use directory::{
     BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, LocalDirectory, TakenOver,
 };
-pub use engine::{Body, Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig};
 pub use errors::{DecodeError, RequestError};
 pub use handler::{EngineHandler, Message, NotMovable};
 pub use packet::Frame;

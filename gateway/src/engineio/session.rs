@@ -90,6 +90,9 @@ pub(crate) enum BeginError {
     NotPolling,
     /// One is already pending: the session must be closed.
     Overlap,
+    /// The answer of a forwarded poll is not confirmed delivered yet: the
+    /// next GET waits for the forwarding node to tell (or for the bound).
+    Unconfirmed,
     /// The session is being handed off to another node: the request
     /// waits and follows it there.
     Moving,
@@ -165,6 +168,10 @@ struct State {
     queued_bytes: usize,
     /// A polling GET is pending.
     polling: bool,
+    /// Which GET: a retry of the same request (same stamp) replaces the
+    /// pending one, whose requester is gone.
+    poll_gen: u64,
+    poll_stamp: Option<Box<str>>,
     /// A polling POST is being read or processed.
     posting: bool,
     awaiting_pong: bool,
@@ -173,6 +180,30 @@ struct State {
     close: Option<CloseReason>,
     /// The node the session was handed off to.
     moved_to: Option<Box<str>>,
+    /// The answer of a forwarded poll, kept until the forwarding node
+    /// confirms it reached the client.
+    unconfirmed: Option<Unconfirmed>,
+    /// Ids for held answers.
+    held: u64,
+}
+
+/// The packets of a forwarded poll's answer, and what identifies the
+/// client's request that gets them.
+struct Unconfirmed {
+    id: u64,
+    frames: Vec<Frame>,
+    /// The request's cache-busting `t` parameter, when it has one: a GET
+    /// repeating it is the same request retried (the answer never reached
+    /// the client), one with another stamp comes after the client read it.
+    stamp: Option<Box<str>>,
+}
+
+/// The `t` parameter the official clients add to every polling request.
+fn request_stamp(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("t="))
+        .filter(|stamp| !stamp.is_empty())
 }
 
 /// One session. Shared by its transports, its lifecycle task and the
@@ -198,6 +229,12 @@ pub(crate) enum PollOutcome {
     Wait,
     /// The payload to answer with.
     Payload(Bytes),
+    /// The payload of a forwarded poll, kept under this id until its
+    /// delivery is confirmed ([`Session::settle_held`]).
+    Held(Bytes, u64),
+    /// A retry of the same request took this poll's place: answer nothing
+    /// from the queue.
+    Superseded,
 }
 
 impl<D> Session<D> {
@@ -233,11 +270,15 @@ impl<D> Session<D> {
                 queue: queue.into(),
                 queued_bytes,
                 polling: false,
+                poll_gen: 0,
+                poll_stamp: None,
                 posting: false,
                 awaiting_pong,
                 moving: false,
                 close: None,
                 moved_to: None,
+                unconfirmed: None,
+                held: 0,
             }),
             writer: Notify::new(),
             lifecycle: Notify::new(),
@@ -384,8 +425,11 @@ impl<D> Session<D> {
 
     // ----- polling ---------------------------------------------------------
 
-    /// Registers a polling GET.
-    pub(crate) fn begin_poll(&self) -> Result<(), BeginError> {
+    /// Registers a polling GET; returns its generation. A GET that
+    /// repeats the stamp of the pending one is that request retried by a
+    /// proxy after the node carrying it failed: it takes the pending
+    /// one's place instead of closing the session as an overlap.
+    pub(crate) fn begin_poll(&self, query: &str) -> Result<u64, BeginError> {
         let mut st = self.lock();
         if st.moving {
             return Err(BeginError::Moving);
@@ -393,21 +437,106 @@ impl<D> Session<D> {
         if st.transport != TransportKind::Polling || st.upgrade == UpgradeState::Done {
             return Err(BeginError::NotPolling);
         }
+        let stamp = request_stamp(query);
         if st.polling {
-            return Err(BeginError::Overlap);
+            if stamp.is_none() || st.poll_stamp.as_deref() != stamp {
+                return Err(BeginError::Overlap);
+            }
+            st.poll_gen += 1;
+            let gen = st.poll_gen;
+            drop(st);
+            self.wake_writers();
+            return Ok(gen);
+        }
+        if st.unconfirmed.is_some() {
+            return Err(BeginError::Unconfirmed);
         }
         st.polling = true;
-        Ok(())
+        st.poll_gen += 1;
+        st.poll_stamp = stamp.map(Into::into);
+        Ok(st.poll_gen)
     }
 
-    pub(crate) fn end_poll(&self) {
-        self.lock().polling = false;
+    /// Settles a held answer with what a new GET tells of it: the same
+    /// request stamp means the answer never reached the client (a proxy
+    /// retried the request), another stamp means the client read it.
+    /// Without stamps nothing is known. True if an answer is still held.
+    pub(crate) fn settle_by_request(&self, query: &str) -> bool {
+        let st = self.lock();
+        let Some(held) = st.unconfirmed.as_ref() else {
+            return false;
+        };
+        let Some(stamp) = held.stamp.as_deref() else {
+            return true;
+        };
+        let id = held.id;
+        let delivered = match request_stamp(query) {
+            Some(other) => other != stamp,
+            None => return true,
+        };
+        drop(st);
+        self.settle_held(id, delivered);
+        false
+    }
+
+    /// Whether a forwarded poll's answer awaits its confirmation.
+    pub(crate) fn holds_answer(&self) -> bool {
+        self.lock().unconfirmed.is_some()
+    }
+
+    /// Ends the hold of answer `id`: delivered, it is forgotten; not
+    /// delivered, its packets go back to the head of the queue, ahead of
+    /// anything queued since, for the next poll (or the transport that
+    /// follows). An id already settled is ignored.
+    pub(crate) fn settle_held(&self, id: u64, delivered: bool) {
+        let mut st = self.lock();
+        let held = match st.unconfirmed.take() {
+            Some(held) if held.id == id => held,
+            other => {
+                st.unconfirmed = other;
+                return;
+            }
+        };
+        if !delivered && st.close.is_none() {
+            crate::telemetry::metrics().poll_answers_retaken.add(1, &[]);
+            for frame in held.frames.into_iter().rev() {
+                st.queued_bytes += frame.wire_len() + FRAME_OVERHEAD;
+                st.queue.push_front(frame);
+            }
+        }
+        drop(st);
+        self.wake_writers();
+    }
+
+    /// Ends whatever hold there is as not delivered (its bound passed).
+    pub(crate) fn release_held(&self) {
+        let id = self.lock().unconfirmed.as_ref().map(|h| h.id);
+        if let Some(id) = id {
+            self.settle_held(id, false);
+        }
+    }
+
+    pub(crate) fn end_poll(&self, gen: u64) {
+        let mut st = self.lock();
+        if st.poll_gen == gen {
+            st.polling = false;
+        }
     }
 
     /// Decides what a pending poll answers now: at most `max_packets`
     /// packets (0: no limit), the rest stays queued for the next poll.
-    pub(crate) fn poll_outcome(&self, max_packets: usize) -> PollOutcome {
+    /// `hold`: the request's raw query when a forwarding node answers the
+    /// client; the packets are then kept until it confirms delivery.
+    pub(crate) fn poll_outcome(
+        &self,
+        gen: u64,
+        max_packets: usize,
+        hold: Option<&str>,
+    ) -> PollOutcome {
         let mut st = self.lock();
+        if st.poll_gen != gen {
+            return PollOutcome::Superseded;
+        }
         let take = if max_packets == 0 {
             st.queue.len()
         } else {
@@ -439,6 +568,20 @@ impl<D> Session<D> {
         // on a transport the client is leaving.
         if matches!(st.upgrade, UpgradeState::Probing | UpgradeState::Done) {
             return PollOutcome::Payload(Bytes::from_static(Frame::NOOP.as_bytes()));
+        }
+        if take > 0 && hold.is_some() {
+            let frames: Vec<Frame> = st.queue.drain(..take).collect();
+            let released: usize = frames.iter().map(|f| f.wire_len() + FRAME_OVERHEAD).sum();
+            st.queued_bytes = st.queued_bytes.saturating_sub(released);
+            let payload = encode_payload(&frames);
+            st.held += 1;
+            let id = st.held;
+            st.unconfirmed = Some(Unconfirmed {
+                id,
+                frames,
+                stamp: hold.and_then(request_stamp).map(Into::into),
+            });
+            return PollOutcome::Held(payload, id);
         }
         if take > 0 {
             let payload = encode_payload(st.queue.iter().take(take));
@@ -510,7 +653,9 @@ impl<D> Session<D> {
     pub(crate) fn take_for_move(&self, new_owner: &str) -> (Vec<Frame>, bool) {
         let mut st = self.lock();
         st.moved_to = Some(new_owner.into());
-        let frames: Vec<Frame> = st.queue.drain(..).collect();
+        // An answer still held (its bound passed) goes along, ahead.
+        let mut frames = st.unconfirmed.take().map(|h| h.frames).unwrap_or_default();
+        frames.extend(st.queue.drain(..));
         st.queued_bytes = 0;
         let awaiting = st.awaiting_pong;
         if st.close.is_none() {
@@ -586,11 +731,11 @@ impl<D> Session<D> {
 
 /// Resets the "GET pending" flag however the poll ends (answered, or the
 /// client went away and hyper dropped the future).
-pub(crate) struct PollGuard<'a, D>(pub(crate) &'a Session<D>);
+pub(crate) struct PollGuard<'a, D>(pub(crate) &'a Session<D>, pub(crate) u64);
 
 impl<D> Drop for PollGuard<'_, D> {
     fn drop(&mut self) {
-        self.0.end_poll();
+        self.0.end_poll(self.1);
     }
 }
 
@@ -603,3 +748,136 @@ impl<D> Drop for PostGuard<'_, D> {
 }
 
 pub type SessionRef<D> = Arc<Session<D>>;
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn polling_session() -> Session<()> {
+        let handshake = Handshake {
+            remote_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            query: String::new(),
+            raw_headers: "".into(),
+            issued_ms: 0,
+        };
+        Session::new(
+            Sid::random(),
+            TransportKind::Polling,
+            1 << 20,
+            handshake,
+            (),
+        )
+    }
+
+    fn payload(outcome: PollOutcome) -> (Bytes, Option<u64>) {
+        match outcome {
+            PollOutcome::Payload(bytes) => (bytes, None),
+            PollOutcome::Held(bytes, id) => (bytes, Some(id)),
+            PollOutcome::Wait => panic!("nothing to answer"),
+            PollOutcome::Superseded => panic!("superseded"),
+        }
+    }
+
+    /// A forwarded GET: begun, answered with what is queued, held, ended.
+    fn forwarded_poll(session: &Session<()>, query: &str) -> (Bytes, u64) {
+        let gen = session.begin_poll(query).expect("a poll begins");
+        let (bytes, id) = payload(session.poll_outcome(gen, 0, Some(query)));
+        session.end_poll(gen);
+        (bytes, id.expect("a forwarded poll's answer is held"))
+    }
+
+    fn local_poll(session: &Session<()>, query: &str) -> Bytes {
+        let gen = session.begin_poll(query).expect("a poll begins");
+        let (bytes, id) = payload(session.poll_outcome(gen, 0, None));
+        session.end_poll(gen);
+        assert_eq!(id, None, "a local poll's answer is not held");
+        bytes
+    }
+
+    #[test]
+    fn a_held_answer_not_delivered_goes_back_ahead_of_what_came_since() {
+        let s = polling_session();
+        s.send(Frame::message("a")).unwrap();
+        s.send(Frame::message("b")).unwrap();
+        let (bytes, id) = forwarded_poll(&s, "sid=x");
+        assert_eq!(&bytes[..], b"4a\x1e4b");
+        // The next GET waits while the answer is held.
+        assert_eq!(s.begin_poll("sid=x"), Err(BeginError::Unconfirmed));
+        s.send(Frame::message("c")).unwrap();
+        s.settle_held(id, false);
+        // Settling again (the stream's end after the receipt) is ignored.
+        s.settle_held(id, false);
+        assert_eq!(&local_poll(&s, "sid=x")[..], b"4a\x1e4b\x1e4c");
+    }
+
+    #[test]
+    fn a_held_answer_delivered_is_forgotten() {
+        let s = polling_session();
+        s.send(Frame::message("a")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x");
+        s.settle_held(id, true);
+        s.settle_held(id, false);
+        assert!(!s.holds_answer());
+        s.send(Frame::message("b")).unwrap();
+        assert_eq!(&local_poll(&s, "sid=x")[..], b"4b");
+    }
+
+    #[test]
+    fn the_request_stamp_of_the_next_get_settles_a_held_answer() {
+        let s = polling_session();
+        // The same stamp: the proxy retried the request, the client never
+        // got the answer.
+        s.send(Frame::message("a")).unwrap();
+        forwarded_poll(&s, "sid=x&t=one");
+        assert!(!s.settle_by_request("sid=x&t=one"));
+        assert_eq!(&local_poll(&s, "sid=x&t=one")[..], b"4a");
+        // Another stamp: the client read it and asks for more.
+        s.send(Frame::message("b")).unwrap();
+        forwarded_poll(&s, "sid=x&t=two");
+        assert!(!s.settle_by_request("sid=x&t=three"));
+        s.send(Frame::message("c")).unwrap();
+        assert_eq!(&local_poll(&s, "sid=x&t=three")[..], b"4c");
+        // No stamp on either side: nothing is known, it stays held.
+        s.send(Frame::message("d")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x");
+        assert!(s.settle_by_request("sid=x&t=four"));
+        assert!(s.holds_answer());
+        s.release_held();
+        assert_eq!(&local_poll(&s, "sid=x&t=four")[..], b"4d");
+        s.settle_held(id, true);
+    }
+
+    #[test]
+    fn a_retried_get_takes_the_place_of_the_pending_one() {
+        let s = polling_session();
+        let first = s.begin_poll("sid=x&t=one").expect("first GET");
+        // Another request while one is pending is an overlap...
+        assert_eq!(s.begin_poll("sid=x&t=two"), Err(BeginError::Overlap));
+        assert_eq!(s.begin_poll("sid=x"), Err(BeginError::Overlap));
+        // ...but the same request again replaces it.
+        let retry = s.begin_poll("sid=x&t=one").expect("the retry");
+        s.send(Frame::message("a")).unwrap();
+        assert!(matches!(
+            s.poll_outcome(first, 0, None),
+            PollOutcome::Superseded
+        ));
+        // The replaced GET ending does not end the retry.
+        s.end_poll(first);
+        assert_eq!(s.begin_poll("sid=x&t=two"), Err(BeginError::Overlap));
+        let (bytes, _) = payload(s.poll_outcome(retry, 0, None));
+        assert_eq!(&bytes[..], b"4a");
+        s.end_poll(retry);
+    }
+
+    #[test]
+    fn a_handoff_takes_a_held_answer_along_ahead_of_the_queue() {
+        let s = polling_session();
+        s.send(Frame::message("a")).unwrap();
+        forwarded_poll(&s, "sid=x");
+        s.send(Frame::message("b")).unwrap();
+        let (frames, _) = s.take_for_move("n2");
+        assert_eq!(frames, vec![Frame::message("a"), Frame::message("b")]);
+    }
+}
