@@ -920,6 +920,49 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     };
     let echo = |word: &str| format!("42[\"message-back\",\"{word}\"]");
 
+    // Bad calls from a peer get a defined answer: a call that does not
+    // start with its request, or is not a GET, INVALID_ARGUMENT; a
+    // garbage sid, "unknown".
+    for first in [
+        delivered.clone(),
+        PollMessage {
+            kind: Some(Kind::Request(ForwardRequest {
+                sid: p.sid.clone(),
+                method: "POST".into(),
+                query: query("x"),
+                body: "42[\"message\",\"lost\"]".into(),
+                binary_body: false,
+            })),
+        },
+    ] {
+        let mut node = node.clone();
+        let err = node
+            .poll(tokio_stream::iter([first]))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    }
+    let garbage = ForwardRequest {
+        sid: "not a sid".into(),
+        method: "GET".into(),
+        query: "EIO=4&transport=polling&sid=not%20a%20sid".into(),
+        body: Default::default(),
+        binary_body: false,
+    };
+    let mut replies = node
+        .clone()
+        .poll(tokio_stream::iter([PollMessage {
+            kind: Some(Kind::Request(garbage)),
+        }]))
+        .await
+        .expect("a garbage sid is not an error")
+        .into_inner();
+    let reply = replies.message().await.expect("reply").expect("one reply");
+    assert_eq!(
+        reply.disposition,
+        ringway_proto::cluster::v1::Disposition::Unknown as i32
+    );
+
     // The forwarder goes away with the answer unconfirmed: the next GET,
     // here a local one, gets it.
     let (tx, mut replies) = open(query("a")).await;

@@ -143,7 +143,11 @@ impl<A: Application> Node for NodeService<A> {
         let span = tracing::info_span!("node.poll");
         continue_trace(&request, &span);
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?;
+        // The request comes with the call (a caller silent past the bound
+        // is refused, not waited for).
+        let first = tokio::time::timeout(HOLD_WAIT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no request"))??;
         let Some(PollMessage {
             kind: Some(poll_message::Kind::Request(request)),
         }) = first
