@@ -199,7 +199,9 @@ impl Peer {
                 .await?
                 .ok_or_else(|| tonic::Status::unavailable("the poll ended unanswered"))?;
             // Not delivered: both halves of the call drop, which tells the
-            // peer as much.
+            // peer as much. Past a third of the peer's bound, the answer is
+            // not given to the client at all (the peer may take it back).
+            let expires = std::time::Instant::now() + HOLD_WAIT / 3;
             let receipt = Receipt::new(move |delivered| {
                 if !delivered {
                     return;
@@ -215,7 +217,8 @@ impl Peer {
                         let _ = tokio::time::timeout(HOLD_WAIT, replies.message()).await;
                     }
                 });
-            });
+            })
+            .expiring(expires);
             Ok((reply, Some(receipt)))
         })
         .await

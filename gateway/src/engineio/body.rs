@@ -2,25 +2,43 @@
 //! forwarded from another node, a receipt that tells that node once hyper
 //! has taken the bytes for the client's connection.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use thiserror::Error;
 
 /// Tells, once, whether an answer was handed to the client's connection:
 /// `true` when hyper took its bytes, `false` when it was dropped before
 /// (the connection went away first, or whoever held it gave up).
-pub struct Receipt(Option<Box<dyn FnOnce(bool) + Send>>);
+pub struct Receipt {
+    settle: Option<Box<dyn FnOnce(bool) + Send>>,
+    /// Past this the answer is no longer the client's to get (its owner
+    /// has taken the packets back): the body fails instead.
+    expires: Option<Instant>,
+}
 
 impl Receipt {
     pub fn new(settle: impl FnOnce(bool) + Send + 'static) -> Self {
-        Receipt(Some(Box::new(settle)))
+        Receipt {
+            settle: Some(Box::new(settle)),
+            expires: None,
+        }
+    }
+
+    pub fn expiring(mut self, at: Instant) -> Self {
+        self.expires = Some(at);
+        self
+    }
+
+    fn expired(&self) -> bool {
+        self.expires.is_some_and(|at| Instant::now() >= at)
     }
 
     pub fn settle(mut self, delivered: bool) {
-        if let Some(settle) = self.0.take() {
+        if let Some(settle) = self.settle.take() {
             settle(delivered)
         }
     }
@@ -28,11 +46,17 @@ impl Receipt {
 
 impl Drop for Receipt {
     fn drop(&mut self) {
-        if let Some(settle) = self.0.take() {
+        if let Some(settle) = self.settle.take() {
             settle(false)
         }
     }
 }
+
+/// A forwarded answer taken too late: the connection is dropped rather
+/// than the client given packets its owner already took back.
+#[derive(Debug, Error)]
+#[error("the forwarded answer expired before it could be written")]
+pub struct AnswerExpired;
 
 impl std::fmt::Debug for Receipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,14 +92,18 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = AnswerExpired;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, AnswerExpired>>> {
         let this = self.get_mut();
         if let Some(receipt) = this.receipt.take() {
+            if receipt.expired() {
+                receipt.settle(false);
+                return Poll::Ready(Some(Err(AnswerExpired)));
+            }
             receipt.settle(true);
         }
         if this.data.is_empty() {
@@ -129,5 +157,14 @@ mod tests {
             [true],
             "settled once, not again on drop"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_taken_after_its_receipt_expired_fails_and_delivers_nothing() {
+        let (receipt, seen) = recorded();
+        let receipt = receipt.expiring(Instant::now());
+        let body = Body::with_receipt(Bytes::from_static(b"4late"), Some(receipt));
+        assert!(body.collect().await.is_err());
+        assert_eq!(*seen.lock().unwrap(), [false]);
     }
 }

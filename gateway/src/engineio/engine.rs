@@ -24,8 +24,8 @@ use super::packet::{Frame, Packet};
 use super::payload::{decode_item, decode_payload, PayloadItem};
 use super::query::EngineQuery;
 use super::session::{
-    BeginError, CloseReason, Handshake, PollGuard, PollOutcome, PostGuard, Session, SessionRef,
-    TransportKind,
+    BeginError, CloseReason, Handshake, HeldAnswer, PollGuard, PollOutcome, PostGuard, Session,
+    SessionRef, TransportKind,
 };
 use super::sid::Sid;
 use super::websocket;
@@ -81,6 +81,11 @@ const MOVE_WAIT: Duration = Duration::from_secs(2);
 /// receipt; past it, its packets go back to the queue. (The receipt comes
 /// within a millisecond, or the forwarder's connection breaks.)
 pub const HOLD_WAIT: Duration = Duration::from_secs(3);
+/// How long a GET that repeats a held answer's request (a proxy's retry)
+/// waits for that answer's receipt before taking it as lost: the
+/// forwarder's confirmation may still be on its way, its broken
+/// connection usually tells within this.
+const RETRY_GRACE: Duration = Duration::from_millis(100);
 
 /// Marks a poll's answer that its session holds under this id.
 #[derive(Debug, Clone, Copy)]
@@ -617,7 +622,13 @@ impl<H: EngineHandler> Engine<H> {
         let deadline = Instant::now() + MOVE_WAIT;
         // A forwarded poll's answer waiting for its receipt: once it comes,
         // the packets are either delivered or back in the queue to export.
-        while session.holds_answer() && Instant::now() < deadline {
+        // (No poll takes packets while moving.) Still held at the bound:
+        // the session stays, as for a POST.
+        while session.holds_answer() {
+            if Instant::now() >= deadline {
+                session.cancel_move();
+                return Err(NotHandedOff::Busy);
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         while session.is_posting() {
@@ -883,12 +894,21 @@ impl<H: EngineHandler> Engine<H> {
         raw_query: &str,
         hold: bool,
     ) -> Result<Response<Body>, RequestError> {
-        let deadline = Instant::now() + HOLD_WAIT;
+        let arrived = Instant::now();
+        let mut watched = None;
         let gen = loop {
             // The previous answer may still wait for its forwarding node's
-            // receipt: this GET may tell its fate, or it waits for it.
-            if session.settle_by_request(raw_query) && Instant::now() >= deadline {
-                session.release_held();
+            // receipt: this GET may tell its fate, or it waits for it (its
+            // owner-side bound settles it too).
+            let (id, bound) = match session.settle_by_request(raw_query) {
+                HeldAnswer::None => (None, HOLD_WAIT),
+                HeldAnswer::Unknown(id) => (Some(id), HOLD_WAIT),
+                HeldAnswer::Retried(id) => (Some(id), RETRY_GRACE),
+            };
+            if let Some(id) = id {
+                if *watched.get_or_insert(id) == id && arrived.elapsed() >= bound {
+                    session.settle_held(id, false);
+                }
             }
             match session.begin_poll(raw_query) {
                 Ok(gen) => break gen,

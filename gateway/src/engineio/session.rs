@@ -198,6 +198,16 @@ struct Unconfirmed {
     stamp: Option<Box<str>>,
 }
 
+/// A held answer, as a new GET sees it ([`Session::settle_by_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeldAnswer {
+    None,
+    /// Held; nothing known of its fate yet.
+    Unknown(u64),
+    /// Held, and this GET repeats its request: a proxy's retry.
+    Retried(u64),
+}
+
 /// The `t` parameter the official clients add to every polling request.
 fn request_stamp(query: &str) -> Option<&str> {
     query
@@ -457,26 +467,25 @@ impl<D> Session<D> {
         Ok(st.poll_gen)
     }
 
-    /// Settles a held answer with what a new GET tells of it: the same
-    /// request stamp means the answer never reached the client (a proxy
-    /// retried the request), another stamp means the client read it.
-    /// Without stamps nothing is known. True if an answer is still held.
-    pub(crate) fn settle_by_request(&self, query: &str) -> bool {
+    /// What a new GET tells of a held answer: another request stamp
+    /// means the client read it (settled here as delivered); the same
+    /// stamp, that a proxy retried the request, so most likely it never
+    /// arrived; no stamps, nothing.
+    pub(crate) fn settle_by_request(&self, query: &str) -> HeldAnswer {
         let st = self.lock();
         let Some(held) = st.unconfirmed.as_ref() else {
-            return false;
-        };
-        let Some(stamp) = held.stamp.as_deref() else {
-            return true;
+            return HeldAnswer::None;
         };
         let id = held.id;
-        let delivered = match request_stamp(query) {
-            Some(other) => other != stamp,
-            None => return true,
-        };
-        drop(st);
-        self.settle_held(id, delivered);
-        false
+        match (held.stamp.as_deref(), request_stamp(query)) {
+            (Some(stamp), Some(other)) if stamp == other => HeldAnswer::Retried(id),
+            (Some(_), Some(_)) => {
+                drop(st);
+                self.settle_held(id, true);
+                HeldAnswer::None
+            }
+            _ => HeldAnswer::Unknown(id),
+        }
     }
 
     /// Whether a forwarded poll's answer awaits its confirmation.
@@ -508,14 +517,6 @@ impl<D> Session<D> {
         self.wake_writers();
     }
 
-    /// Ends whatever hold there is as not delivered (its bound passed).
-    pub(crate) fn release_held(&self) {
-        let id = self.lock().unconfirmed.as_ref().map(|h| h.id);
-        if let Some(id) = id {
-            self.settle_held(id, false);
-        }
-    }
-
     pub(crate) fn end_poll(&self, gen: u64) {
         let mut st = self.lock();
         if st.poll_gen == gen {
@@ -536,6 +537,11 @@ impl<D> Session<D> {
         let mut st = self.lock();
         if st.poll_gen != gen {
             return PollOutcome::Superseded;
+        }
+        // Moving: the queue goes with the session; this poll gets the
+        // handed-off noop (or the queue back if the move is given up).
+        if st.moving && st.close.is_none() {
+            return PollOutcome::Wait;
         }
         let take = if max_packets == 0 {
             st.queue.len()
@@ -646,6 +652,7 @@ impl<D> Session<D> {
     /// Ends a handoff that could not finish: the session stays here.
     pub(crate) fn cancel_move(&self) {
         self.lock().moving = false;
+        self.wake_writers();
     }
 
     /// Finishes a handoff: takes what is queued and closes the session
@@ -653,9 +660,7 @@ impl<D> Session<D> {
     pub(crate) fn take_for_move(&self, new_owner: &str) -> (Vec<Frame>, bool) {
         let mut st = self.lock();
         st.moved_to = Some(new_owner.into());
-        // An answer still held (its bound passed) goes along, ahead.
-        let mut frames = st.unconfirmed.take().map(|h| h.frames).unwrap_or_default();
-        frames.extend(st.queue.drain(..));
+        let frames: Vec<Frame> = st.queue.drain(..).collect();
         st.queued_bytes = 0;
         let awaiting = st.awaiting_pong;
         if st.close.is_none() {
@@ -721,8 +726,13 @@ impl<D> Session<D> {
 
     /// Takes every queued frame for the WebSocket writer. Returns the
     /// close reason once the session is closed (after the last frames).
+    /// While a forwarded poll's answer is held, nothing is taken: should
+    /// it come back, it goes out first.
     pub(crate) fn drain_for_websocket(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
         let mut st = self.lock();
+        if st.unconfirmed.is_some() {
+            return st.close;
+        }
         out.extend(st.queue.drain(..));
         st.queued_bytes = 0;
         st.close
@@ -831,22 +841,25 @@ mod tests {
         // got the answer.
         s.send(Frame::message("a")).unwrap();
         forwarded_poll(&s, "sid=x&t=one");
-        assert!(!s.settle_by_request("sid=x&t=one"));
+        let id = match s.settle_by_request("sid=x&t=one") {
+            HeldAnswer::Retried(id) => id,
+            other => panic!("{other:?}"),
+        };
+        s.settle_held(id, false);
         assert_eq!(&local_poll(&s, "sid=x&t=one")[..], b"4a");
         // Another stamp: the client read it and asks for more.
         s.send(Frame::message("b")).unwrap();
         forwarded_poll(&s, "sid=x&t=two");
-        assert!(!s.settle_by_request("sid=x&t=three"));
+        assert_eq!(s.settle_by_request("sid=x&t=three"), HeldAnswer::None);
         s.send(Frame::message("c")).unwrap();
         assert_eq!(&local_poll(&s, "sid=x&t=three")[..], b"4c");
         // No stamp on either side: nothing is known, it stays held.
         s.send(Frame::message("d")).unwrap();
         let (_, id) = forwarded_poll(&s, "sid=x");
-        assert!(s.settle_by_request("sid=x&t=four"));
+        assert_eq!(s.settle_by_request("sid=x&t=four"), HeldAnswer::Unknown(id));
         assert!(s.holds_answer());
-        s.release_held();
+        s.settle_held(id, false);
         assert_eq!(&local_poll(&s, "sid=x&t=four")[..], b"4d");
-        s.settle_held(id, true);
     }
 
     #[test]
@@ -872,12 +885,41 @@ mod tests {
     }
 
     #[test]
-    fn a_handoff_takes_a_held_answer_along_ahead_of_the_queue() {
+    fn a_poll_pending_while_the_session_moves_takes_nothing() {
+        let s = polling_session();
+        let gen = s.begin_poll("sid=x").expect("a poll begins");
+        assert!(s.begin_move());
+        s.send(Frame::message("a")).unwrap();
+        assert!(matches!(
+            s.poll_outcome(gen, 0, Some("sid=x")),
+            PollOutcome::Wait
+        ));
+        // The move given up: the poll gets the queue after all.
+        s.cancel_move();
+        let (bytes, _) = payload(s.poll_outcome(gen, 0, None));
+        assert_eq!(&bytes[..], b"4a");
+        // The move done: the queue goes along, the poll gets a noop.
+        s.send(Frame::message("b")).unwrap();
+        assert!(s.begin_move());
+        let (frames, _) = s.take_for_move("n2");
+        assert_eq!(frames, vec![Frame::message("b")]);
+        let (bytes, _) = payload(s.poll_outcome(gen, 0, None));
+        assert_eq!(&bytes[..], b"6");
+    }
+
+    #[test]
+    fn the_websocket_takes_nothing_while_an_answer_is_held() {
         let s = polling_session();
         s.send(Frame::message("a")).unwrap();
-        forwarded_poll(&s, "sid=x");
+        let (_, id) = forwarded_poll(&s, "sid=x");
+        assert!(s.attach_websocket());
+        assert!(s.complete_upgrade());
         s.send(Frame::message("b")).unwrap();
-        let (frames, _) = s.take_for_move("n2");
-        assert_eq!(frames, vec![Frame::message("a"), Frame::message("b")]);
+        let mut out = Vec::new();
+        s.drain_for_websocket(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        s.settle_held(id, false);
+        s.drain_for_websocket(&mut out);
+        assert_eq!(out, vec![Frame::message("a"), Frame::message("b")]);
     }
 }

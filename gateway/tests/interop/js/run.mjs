@@ -144,9 +144,15 @@ function manager(opts = {}) {
   return m;
 }
 
-/** Resolves on `connect`; rejects at once on `connect_error`. */
+/** Resolves on `connect` (at once if connected already: its answer may
+ * have come in the payload that also carried an earlier event awaited
+ * before this call); rejects at once on `connect_error`. */
 function connected(socket, timeout = 5000) {
   return new Promise((resolve, reject) => {
+    if (socket.connected) {
+      resolve();
+      return;
+    }
     const timer = setTimeout(() => reject(new Error(`no 'connect' on ${socket.nsp} within ${timeout} ms`)), timeout);
     socket.once('connect', () => {
       clearTimeout(timer);
