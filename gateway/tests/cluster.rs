@@ -1024,3 +1024,61 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     let retaken = common::sample(&metrics, "ringway_poll_answers_retaken_total").unwrap_or(0.0);
     assert!(retaken >= 2.0, "answers retaken: {retaken}\n{metrics}");
 }
+
+/// A handoff whose caller goes away midway (its call cancelled while the
+/// owner waits for a POST still uploading) leaves the session with its
+/// owner, serving as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
+    use ringway_proto::cluster::v1::{node_client::NodeClient, HandoffRequest};
+    use tokio::io::AsyncWriteExt;
+
+    let c = Cluster::start(3, &[]).await;
+    let n1 = c.addr(0);
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.send("40").await;
+    expect_packets(&p, &["40{\"sid\"", "42[\"auth\""]).await;
+
+    // A POST whose body is still on its way: the handoff waits for it.
+    let body = r#"42["message","late"]"#;
+    let mut post = tokio::net::TcpStream::connect(n1).await.expect("connect");
+    let head = format!(
+        "POST /socket.io/?{} HTTP/1.1\r\nHost: {n1}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+        p.query().split_once('?').map_or("", |(_, q)| q),
+        body.len()
+    );
+    post.write_all(head.as_bytes()).await.expect("head");
+    post.write_all(&body.as_bytes()[..4])
+        .await
+        .expect("start of body");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
+    let mut node = NodeClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect to the node service");
+    let call = node.handoff(HandoffRequest {
+        sid: p.sid.clone(),
+        new_owner: "n2".into(),
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err(),
+        "the handoff waits for the POST"
+    );
+
+    // The POST finishes; the session is still served by its owner.
+    post.write_all(&body.as_bytes()[4..])
+        .await
+        .expect("rest of body");
+    let started = Instant::now();
+    expect_packets(&p, &["42[\"message-back\",\"late\"]"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served after {:?}",
+        started.elapsed()
+    );
+    p.send("42[\"message\",\"after\"]").await;
+    expect_packets(&p, &["42[\"message-back\",\"after\"]"]).await;
+}

@@ -619,6 +619,9 @@ impl<H: EngineHandler> Engine<H> {
         if !session.begin_move() {
             return Err(NotHandedOff::Busy);
         }
+        // However this ends short of the move (refused, or the call
+        // cancelled because the caller went away), the session stays here.
+        let _staying = MoveGuard(&session);
         let deadline = Instant::now() + MOVE_WAIT;
         // A forwarded poll's answer waiting for its receipt: once it comes,
         // the packets are either delivered or back in the queue to export.
@@ -626,7 +629,6 @@ impl<H: EngineHandler> Engine<H> {
         // the session stays, as for a POST.
         while session.holds_answer() {
             if Instant::now() >= deadline {
-                session.cancel_move();
                 return Err(NotHandedOff::Busy);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -636,7 +638,6 @@ impl<H: EngineHandler> Engine<H> {
                 // A POST still uploading: moving now would lose it. The
                 // session stays; the upgrade is refused (the client keeps
                 // polling).
-                session.cancel_move();
                 return Err(NotHandedOff::Busy);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -656,10 +657,7 @@ impl<H: EngineHandler> Engine<H> {
                 Err(_) if Instant::now() < deadline && !session.is_closed() => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err(_) => {
-                    session.cancel_move();
-                    return Err(NotHandedOff::Busy);
-                }
+                Err(_) => return Err(NotHandedOff::Busy),
             }
         };
         let (queue, awaiting_pong) = match moved {
@@ -1164,6 +1162,17 @@ pub enum NotHandedOff {
     /// busy with it.
     #[error("the session cannot be handed off now")]
     Busy,
+}
+
+/// Gives a handoff up on drop unless the session was taken.
+struct MoveGuard<'a, D>(&'a Session<D>);
+
+impl<D> Drop for MoveGuard<'_, D> {
+    fn drop(&mut self) {
+        if !self.0.is_closed() {
+            self.0.cancel_move();
+        }
+    }
 }
 
 /// The client's answer built from what the owner node answered.
