@@ -942,6 +942,16 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
             .expect_err("refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     }
+    // A caller that never sends its request is refused within the bound.
+    let (_silent, rx) = mpsc::channel::<PollMessage>(1);
+    let started = Instant::now();
+    let err = node
+        .clone()
+        .poll(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a silent caller is refused");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(6));
     let garbage = ForwardRequest {
         sid: "not a sid".into(),
         method: "GET".into(),

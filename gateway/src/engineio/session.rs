@@ -853,6 +853,12 @@ mod tests {
         assert_eq!(s.settle_by_request("sid=x&t=three"), HeldAnswer::None);
         s.send(Frame::message("c")).unwrap();
         assert_eq!(&local_poll(&s, "sid=x&t=three")[..], b"4c");
+        // An empty stamp is no stamp.
+        s.send(Frame::message("e")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x&t=");
+        assert_eq!(s.settle_by_request("sid=x&t="), HeldAnswer::Unknown(id));
+        s.settle_held(id, false);
+        assert_eq!(&local_poll(&s, "sid=x&t=")[..], b"4e");
         // No stamp on either side: nothing is known, it stays held.
         s.send(Frame::message("d")).unwrap();
         let (_, id) = forwarded_poll(&s, "sid=x");
