@@ -575,31 +575,24 @@ impl<D> Session<D> {
         if matches!(st.upgrade, UpgradeState::Probing | UpgradeState::Done) {
             return PollOutcome::Payload(Bytes::from_static(Frame::NOOP.as_bytes()));
         }
-        if take > 0 && hold.is_some() {
-            let frames: Vec<Frame> = st.queue.drain(..take).collect();
-            let released: usize = frames.iter().map(|f| f.wire_len() + FRAME_OVERHEAD).sum();
-            st.queued_bytes = st.queued_bytes.saturating_sub(released);
-            let payload = encode_payload(&frames);
-            st.held += 1;
-            let id = st.held;
-            st.unconfirmed = Some(Unconfirmed {
-                id,
-                frames,
-                stamp: hold.and_then(request_stamp).map(Into::into),
-            });
-            return PollOutcome::Held(payload, id);
+        if take == 0 {
+            return PollOutcome::Wait;
         }
-        if take > 0 {
-            let payload = encode_payload(st.queue.iter().take(take));
-            let released: usize = st
-                .queue
-                .drain(..take)
-                .map(|f| f.wire_len() + FRAME_OVERHEAD)
-                .sum();
-            st.queued_bytes = st.queued_bytes.saturating_sub(released);
+        let frames: Vec<Frame> = st.queue.drain(..take).collect();
+        let released: usize = frames.iter().map(|f| f.wire_len() + FRAME_OVERHEAD).sum();
+        st.queued_bytes = st.queued_bytes.saturating_sub(released);
+        let payload = encode_payload(&frames);
+        let Some(query) = hold else {
             return PollOutcome::Payload(payload);
-        }
-        PollOutcome::Wait
+        };
+        st.held += 1;
+        let id = st.held;
+        st.unconfirmed = Some(Unconfirmed {
+            id,
+            frames,
+            stamp: request_stamp(query).map(Into::into),
+        });
+        PollOutcome::Held(payload, id)
     }
 
     pub(crate) fn begin_post(&self) -> Result<(), BeginError> {
