@@ -725,6 +725,33 @@ async fn server_disconnect_and_close() {
     assert_eq!(ws_text(&mut ws).await, None);
 }
 
+/// A polling session the application closes while no GET is pending: the
+/// next GET still gets the close packet (the client sees "transport
+/// close", not an unknown sid); only then is the session gone.
+#[tokio::test]
+async fn a_polling_session_closed_between_two_gets_gets_its_close_packet() {
+    let gw = Gateway::start_suite();
+    let p = Polling::open(&gw.addr, "/socket.io/").await;
+    p.send("40").await;
+    let connected = p.packets().await;
+    assert!(connected[0].starts_with("40{"), "{connected:?}");
+    // No GET pending: the close comes between two GETs.
+    p.send(r#"42["server-close"]"#).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Packets posted now are not applied to the closed session.
+    let late = p.post(r#"42["message","late"]"#).await;
+    assert_eq!((late.status, late.text()), (200, "ok".to_owned()));
+    let last = p.packets().await;
+    assert_eq!(last.last().map(String::as_str), Some("1"), "{last:?}");
+    assert!(
+        !last.iter().any(|packet| packet.contains("late")),
+        "{last:?}"
+    );
+    let gone = p.get().await;
+    assert_eq!(gone.status, 400);
+    assert_eq!(gone.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
+}
+
 #[tokio::test]
 async fn websocket_without_pong_is_closed_after_ping_timeout() {
     let gw = Gateway::start_suite();

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +87,9 @@ pub const HOLD_WAIT: Duration = Duration::from_secs(3);
 /// forwarder's confirmation may still be on its way, its broken
 /// connection usually tells within this.
 const RETRY_GRACE: Duration = Duration::from_millis(100);
+/// Longest a polling session closed for its client between two GETs waits
+/// for the next GET to carry the close packet.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Marks a poll's answer that its session holds under this id.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +104,9 @@ pub struct Engine<H: EngineHandler> {
     moved: Mutex<HashMap<Sid, (String, Instant)>>,
     /// Sessions being taken over from another node right now.
     arriving: Mutex<HashSet<Sid>>,
+    /// Every session was closed (shutdown): none waits for its client to
+    /// fetch the close packet any more.
+    closing_all: AtomicBool,
 }
 
 /// The body of a polling POST: still on the connection, or already read
@@ -173,6 +180,7 @@ impl<H: EngineHandler> Engine<H> {
             sessions: RwLock::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             arriving: Mutex::new(HashSet::new()),
+            closing_all: AtomicBool::new(false),
         })
     }
 
@@ -227,6 +235,19 @@ impl<H: EngineHandler> Engine<H> {
             .cloned()
     }
 
+    /// A live session, or one closed for its client that has not fetched
+    /// the close packet yet: what a polling GET or POST is served.
+    fn polling_session(&self, sid: &Sid) -> Option<SessionRef<H::Data>> {
+        self.session(sid).or_else(|| {
+            self.sessions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(sid)
+                .filter(|session| session.owes_close_packet())
+                .cloned()
+        })
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions
             .read()
@@ -253,8 +274,10 @@ impl<H: EngineHandler> Engine<H> {
             .values()
             .cloned()
             .collect();
+        self.closing_all.store(true, Ordering::SeqCst);
         for session in sessions {
             session.close(reason);
+            session.wake_lifecycle();
         }
     }
 
@@ -298,7 +321,12 @@ impl<H: EngineHandler> Engine<H> {
         // An empty sid counts as none (a new handshake), as in the reference.
         if let Some(sid) = query.sid.as_deref().filter(|s| !s.is_empty()) {
             let sid = Sid::parse(sid).ok_or(RequestError::UnknownSid)?;
-            let Some(session) = self.session(&sid) else {
+            let found = if is_upgrade {
+                self.session(&sid)
+            } else {
+                self.polling_session(&sid)
+            };
+            let Some(session) = found else {
                 return self
                     .route_elsewhere(sid, req, raw_query.clone(), &query, transport, is_upgrade)
                     .await;
@@ -548,7 +576,11 @@ impl<H: EngineHandler> Engine<H> {
         request: ForwardedRequest,
         hold: bool,
     ) -> (ForwardReply, Option<Receipt>) {
-        let Some(session) = self.local_or_arriving(&sid).await else {
+        let here = match self.polling_session(&sid) {
+            Some(session) => Some(session),
+            None => self.local_or_arriving(&sid).await,
+        };
+        let Some(session) = here else {
             let reply = match self.moved_to(&sid) {
                 Some(node) => ForwardReply {
                     disposition: Disposition::Moved as i32,
@@ -818,10 +850,13 @@ impl<H: EngineHandler> Engine<H> {
     /// handler. Every session has exactly one of these tasks.
     async fn lifecycle(self: Arc<Self>, session: SessionRef<H::Data>, first_ping: Duration) {
         let reason = self.heartbeat(&session, first_ping).await;
-        self.sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&session.sid());
+        // A polling client closed between two GETs still finds the session
+        // with its next one, which carries the close packet; within a
+        // bound. The layer above is told at once.
+        let lingers = session.owes_close_packet();
+        if !lingers {
+            self.forget(&session);
+        }
         debug!(sid = %session.sid(), %reason, "session closed");
         metrics()
             .session_closes
@@ -829,6 +864,26 @@ impl<H: EngineHandler> Engine<H> {
         self.directory
             .closed(session.sid(), session.epoch(), reason);
         self.handler.on_close(&session, reason);
+        if lingers {
+            let until = Instant::now() + CLOSE_LINGER;
+            while session.owes_close_packet()
+                && !self.closing_all.load(Ordering::SeqCst)
+                && Instant::now() < until
+            {
+                tokio::select! {
+                    _ = sleep_until(until) => {}
+                    _ = session.lifecycle_event() => {}
+                }
+            }
+            self.forget(&session);
+        }
+    }
+
+    fn forget(&self, session: &SessionRef<H::Data>) {
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session.sid());
     }
 
     async fn heartbeat(&self, session: &SessionRef<H::Data>, first_ping: Duration) -> CloseReason {
@@ -994,6 +1049,11 @@ impl<H: EngineHandler> Engine<H> {
         // closes the session; the POST itself is still answered `ok`, as
         // the reference server does.
         for item in decode_payload(&body) {
+            // Nothing is applied to a closed session (one waiting for its
+            // client to fetch the close packet).
+            if session.is_closed() {
+                break;
+            }
             let result = match item {
                 Ok(PayloadItem::Packet(packet)) => {
                     self.on_packet(session, packet, TransportKind::Polling)
@@ -1009,9 +1069,6 @@ impl<H: EngineHandler> Engine<H> {
             };
             if let Err(reason) = result {
                 session.close(reason);
-            }
-            if session.is_closed() {
-                break;
             }
         }
         Ok(ok_response())

@@ -178,6 +178,9 @@ struct State {
     /// A handoff to another node has begun: no new GET or POST starts here.
     moving: bool,
     close: Option<CloseReason>,
+    /// Closed by the application for a client that still polls: it is
+    /// owed the close packet, which its next GET carries.
+    close_owed: bool,
     /// The node the session was handed off to.
     moved_to: Option<Box<str>>,
     /// The answer of a forwarded poll, kept until the forwarding node
@@ -286,6 +289,7 @@ impl<D> Session<D> {
                 awaiting_pong,
                 moving: false,
                 close: None,
+                close_owed: false,
                 moved_to: None,
                 unconfirmed: None,
                 held: 0,
@@ -347,6 +351,17 @@ impl<D> Session<D> {
         self.lock().close
     }
 
+    /// Closed with [`Session::close_for_client`], and no GET has carried
+    /// the close packet out yet.
+    pub(crate) fn owes_close_packet(&self) -> bool {
+        let st = self.lock();
+        st.close_owed && st.upgrade != UpgradeState::Done
+    }
+
+    pub(crate) fn wake_lifecycle(&self) {
+        self.lifecycle.notify_one();
+    }
+
     /// Queues one packet for the client.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
         self.send_all([frame])
@@ -379,11 +394,25 @@ impl<D> Session<D> {
     /// Closes the session. The first reason wins; the lifecycle task then
     /// removes it from the engine and tells the application.
     pub fn close(&self, reason: CloseReason) {
+        self.close_with(reason, false)
+    }
+
+    /// Closes the session for a client that goes on polling (the
+    /// application closed it): if no GET is pending now, the session is
+    /// still found by the next one, which carries the close packet (the
+    /// client then sees "transport close", as from the reference server,
+    /// not an unknown sid).
+    pub fn close_for_client(&self, reason: CloseReason) {
+        self.close_with(reason, true)
+    }
+
+    fn close_with(&self, reason: CloseReason, owed: bool) {
         let mut st = self.lock();
         if st.close.is_some() {
             return;
         }
         st.close = Some(reason);
+        st.close_owed = owed && st.transport == TransportKind::Polling;
         // What was queued before the close still goes out (a pending poll
         // gets it before the close packet); only a slow consumer's queue
         // is dropped, and that happened when it overflowed.
@@ -567,6 +596,11 @@ impl<D> Session<D> {
             st.queue.clear();
             st.queued_bytes = 0;
             frames.push(Frame::control(last));
+            if st.close_owed {
+                st.close_owed = false;
+                drop(st);
+                self.lifecycle.notify_one();
+            }
             return PollOutcome::Payload(encode_payload(&frames));
         }
         // Once the probe is answered the queue belongs to the WebSocket:
