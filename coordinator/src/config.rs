@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -50,6 +51,40 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
+    /// File holding the cluster's shared secret (at least 32 bytes; one
+    /// trailing newline is ignored), the same file as the gateways':
+    /// Membership calls without a credential made with it are refused.
+    #[arg(long, env = "RINGWAY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) of the cluster: with `--cluster-tls-cert` and
+    /// `--cluster-tls-key`, the Membership service takes mutual TLS only.
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// PEM certificate (chain) of the coordinator's gRPC listener.
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--cluster-tls-cert`.
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// Serve the Membership service with neither a shared secret nor mutual
+    /// TLS: anyone who reaches it can join, replace or remove gateways.
+    /// For local experiments only; logged as a warning.
+    #[arg(
+        long,
+        env = "RINGWAY_INSECURE_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_cluster: bool,
+
+    /// Most gateways in the view; joins of new node ids past it are
+    /// refused (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "RINGWAY_MAX_MEMBERS", default_value_t = 1024)]
+    pub max_members: usize,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -68,6 +103,16 @@ pub enum ConfigError {
     KeyPrefix(String),
     #[error("--redis-url is not a valid Redis URL ({url}): {reason}")]
     RedisUrl { url: String, reason: String },
+    #[error("the coordinator needs a cluster credential: --cluster-secret-file, or mutual TLS (--cluster-tls-ca, --cluster-tls-cert, --cluster-tls-key); --insecure-cluster runs without one (local experiments only)")]
+    NoCredential,
+    #[error("--insecure-cluster cannot be combined with a cluster credential")]
+    InsecureWithCredential,
+    #[error("--cluster-tls-ca, --cluster-tls-cert and --cluster-tls-key go together")]
+    PartialTls,
+    #[error("{0}")]
+    Secret(String),
+    #[error("--max-members must be positive")]
+    ZeroMaxMembers,
 }
 
 impl Config {
@@ -89,6 +134,27 @@ impl Config {
         }
         if self.key_prefix.is_empty() || self.key_prefix.chars().any(char::is_whitespace) {
             return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
+        }
+        let tls = [
+            self.cluster_tls_ca.is_some(),
+            self.cluster_tls_cert.is_some(),
+            self.cluster_tls_key.is_some(),
+        ];
+        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+            return Err(ConfigError::PartialTls);
+        }
+        if let Some(path) = &self.cluster_secret_file {
+            ringway_proto::auth::ClusterSecret::from_file(path)
+                .map_err(|e| ConfigError::Secret(e.to_string()))?;
+        }
+        let secured = self.cluster_secret_file.is_some() || self.cluster_tls_cert.is_some();
+        match (secured, self.insecure_cluster) {
+            (false, false) => return Err(ConfigError::NoCredential),
+            (true, true) => return Err(ConfigError::InsecureWithCredential),
+            _ => {}
+        }
+        if self.max_members == 0 {
+            return Err(ConfigError::ZeroMaxMembers);
         }
         if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
             return Err(ConfigError::RedisUrl {
@@ -123,6 +189,32 @@ impl Config {
         format!("{}:coordinator", self.key_prefix)
     }
 
+    /// The cluster credential and mutual TLS of the coordinator.
+    pub fn security(&self) -> Result<ringway_proto::auth::ClusterSecurity, String> {
+        let secret = self
+            .cluster_secret_file
+            .as_deref()
+            .map(ringway_proto::auth::ClusterSecret::from_file)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let tls = match (
+            &self.cluster_tls_ca,
+            &self.cluster_tls_cert,
+            &self.cluster_tls_key,
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Some(
+                ringway_proto::auth::ClusterTls::from_files(ca, cert, key, None)
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        Ok(ringway_proto::auth::ClusterSecurity {
+            node_id: "coordinator".to_owned(),
+            secret,
+            tls,
+        })
+    }
+
     /// The Redis URL with its password (if any) replaced by `***`.
     pub fn redis_url_redacted(&self) -> String {
         redact_url(&self.redis_url)
@@ -140,6 +232,12 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("key_prefix", &self.key_prefix)
             .field("log_format", &self.log_format)
+            .field("cluster_secret_file", &self.cluster_secret_file)
+            .field("cluster_tls_ca", &self.cluster_tls_ca)
+            .field("cluster_tls_cert", &self.cluster_tls_cert)
+            .field("cluster_tls_key", &self.cluster_tls_key)
+            .field("insecure_cluster", &self.insecure_cluster)
+            .field("max_members", &self.max_members)
             .field("check_config", &self.check_config)
             .finish()
     }
@@ -180,6 +278,12 @@ mod tests {
         let mut all = vec!["ringway-coordinator"];
         if !args.contains(&"--redis-url") {
             all.extend_from_slice(&["--redis-url", "redis://127.0.0.1:1/"]);
+        }
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--cluster-") || *a == "--insecure-cluster")
+        {
+            all.push("--insecure-cluster");
         }
         all.extend_from_slice(args);
         match Config::try_parse_from(all) {
@@ -229,6 +333,25 @@ mod tests {
         assert!(matches!(
             parse(&["--redis-url", "http://nope"]).validate(),
             Err(ConfigError::RedisUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn a_credential_is_required() {
+        let mut bare = parse(&[]);
+        bare.insecure_cluster = false;
+        assert_eq!(bare.validate(), Err(ConfigError::NoCredential));
+        assert!(matches!(
+            parse(&["--cluster-tls-ca", "/ca.pem"]).validate(),
+            Err(ConfigError::PartialTls)
+        ));
+        assert!(matches!(
+            parse(&["--cluster-secret-file", "/nonexistent/secret"]).validate(),
+            Err(ConfigError::Secret(_))
+        ));
+        assert!(matches!(
+            parse(&["--max-members", "0"]).validate(),
+            Err(ConfigError::ZeroMaxMembers)
         ));
     }
 

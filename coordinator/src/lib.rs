@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use ringway_proto::cluster::v1::View;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
@@ -118,6 +119,8 @@ pub enum CoordinatorError {
     Serve(#[from] tonic::transport::Error),
     #[error("another coordinator ({holder}) took the coordinator lock")]
     LostOwnership { holder: String },
+    #[error("cluster credential: {0}")]
+    Security(String),
 }
 
 impl CoordinatorError {
@@ -125,7 +128,7 @@ impl CoordinatorError {
     /// start, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CoordinatorError::Config(_) => 2,
+            CoordinatorError::Config(_) | CoordinatorError::Security(_) => 2,
             CoordinatorError::RedisUnavailable { .. } => 3,
             _ => 1,
         }
@@ -251,6 +254,10 @@ async fn run_coordinator(
         url: config.redis_url_redacted(),
         source,
     };
+    let security = config.security().map_err(CoordinatorError::Security)?;
+    if !security.is_secure() {
+        warn!("--insecure-cluster: Membership calls are neither authenticated nor encrypted; anyone who reaches the port can join, replace or remove gateways");
+    }
     if !acquire_ownership(store, config, &mut stop_rx)
         .await
         .map_err(redis_unavailable)?
@@ -291,7 +298,19 @@ async fn run_coordinator(
             return Err(redis_unavailable(err));
         }
     };
-    let hub = MembershipHub::new(membership, config.heartbeat_interval());
+    let member_key = match store.member_key().await {
+        Ok(key) => key,
+        Err(err) => {
+            let _ = store.release_owner().await;
+            return Err(redis_unavailable(err));
+        }
+    };
+    let hub = MembershipHub::with_limits(
+        membership,
+        config.heartbeat_interval(),
+        member_key,
+        config.max_members,
+    );
     hub.record(EventKind::Start, None, start);
 
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -341,10 +360,22 @@ async fn run_coordinator(
     on_ready(addr);
 
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let guard = security.guard().on_refusal(Arc::new(|reason| {
+        telemetry::metrics()
+            .auth_refusals
+            .add(1, &ringway_telemetry::attr("reason", reason.as_str()));
+    }));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(MembershipService::new(hub.clone(), stop_rx.clone()).into_server())
+        .add_service(InterceptedService::new(
+            MembershipService::new(hub.clone(), stop_rx.clone()).into_server(),
+            guard,
+        ))
         .serve_with_incoming_shutdown(incoming, {
             let mut stop = stop_rx.clone();
             async move { stopped(&mut stop).await }

@@ -38,6 +38,16 @@ pub enum MembershipError {
     },
     #[error("lease {lease_id} is not the current lease of node {node_id:?}")]
     LeaseMismatch { node_id: String, lease_id: u64 },
+    #[error("{field} {value:?} is not host:port: {reason}")]
+    BadAddress {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("node {node_id:?} is a live member and the join does not prove it holds that membership (its member token); it can join once that lease lapses")]
+    NotTheMember { node_id: String },
+    #[error("the cluster has its most members ({max}, --max-members)")]
+    Full { max: usize },
 }
 
 /// What [`Membership::join`] did.
@@ -380,8 +390,30 @@ fn validate_join(request: &JoinRequest) -> Result<(), MembershipError> {
             return Err(MembershipError::EmptyAddress { field });
         }
         check_len(field, value, MAX_ADDR_LEN)?;
+        check_host_port(field, value)?;
     }
     Ok(())
+}
+
+/// An address other members call: `host:port`, nothing else (a scheme
+/// would make every call to it fail later).
+fn check_host_port(field: &'static str, value: &str) -> Result<(), MembershipError> {
+    let bad = |reason| MembershipError::BadAddress {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.contains("://") || value.contains('/') || value.contains(char::is_whitespace) {
+        return Err(bad("no scheme, path or spaces"));
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad("bad port")),
+    }
 }
 
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), MembershipError> {
@@ -407,6 +439,7 @@ mod tests {
             grpc_addr: format!("10.0.0.1:{port}"),
             http_addr: format!("10.0.0.1:{}", port + 1000),
             incarnation,
+            ..JoinRequest::default()
         }
     }
 

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use ringway_proto::auth::{member_token, same_bytes, Caller};
 use ringway_proto::cluster::v1::membership_server::{self, MembershipServer};
 use ringway_proto::cluster::v1::{
     HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, Member,
@@ -31,6 +32,10 @@ use crate::telemetry::rpc_done;
 #[derive(Debug)]
 pub struct MembershipHub {
     state: Mutex<Membership>,
+    /// Signs the members' proofs of membership (`member_token`).
+    member_key: [u8; 32],
+    /// Most members in the view.
+    max_members: usize,
     /// Written with `state` locked (so in epoch order), read alone.
     events: Mutex<EventLog>,
     views: watch::Sender<View>,
@@ -48,10 +53,26 @@ pub struct HubSnapshot {
 }
 
 impl MembershipHub {
+    /// A hub with a random member key (proofs do not outlive it) and no
+    /// limit on members: tests and tools.
     pub fn new(membership: Membership, heartbeat_interval: Duration) -> Arc<Self> {
+        Self::with_limits(membership, heartbeat_interval, rand::random(), usize::MAX)
+    }
+
+    /// A hub whose proofs of membership are signed with `member_key` (kept
+    /// in Redis, so they hold across coordinator restarts), with at most
+    /// `max_members` members.
+    pub fn with_limits(
+        membership: Membership,
+        heartbeat_interval: Duration,
+        member_key: [u8; 32],
+        max_members: usize,
+    ) -> Arc<Self> {
         let (views, _) = watch::channel(membership.view());
         Arc::new(MembershipHub {
             state: Mutex::new(membership),
+            member_key,
+            max_members,
             events: Mutex::new(EventLog::default()),
             views,
             heartbeat_interval,
@@ -132,6 +153,24 @@ impl MembershipHub {
         let lease_id = new_lease_id();
         let mut m = self.lock();
         let before = m.member(&request.node_id).cloned();
+        match &before {
+            // A live member's place is taken only by who proves it holds
+            // it (the same process joining again).
+            Some(live) => {
+                let expected = member_token(&self.member_key, &live.node_id, live.incarnation);
+                if !same_bytes(&request.proof, &expected) {
+                    return Err(MembershipError::NotTheMember {
+                        node_id: request.node_id.clone(),
+                    });
+                }
+            }
+            None if m.len() >= self.max_members => {
+                return Err(MembershipError::Full {
+                    max: self.max_members,
+                })
+            }
+            None => {}
+        }
         let out = m.join(request, lease_id, Instant::now())?;
         if out.changed {
             self.publish(&m);
@@ -154,6 +193,9 @@ impl MembershipHub {
             lease_ttl_ms: millis_u32(m.lease_ttl()),
             heartbeat_interval_ms: millis_u32(self.heartbeat_interval),
             view: Some(m.view()),
+            member_token: member_token(&self.member_key, &request.node_id, request.incarnation)
+                .to_vec()
+                .into(),
         })
     }
 
@@ -281,8 +323,11 @@ fn status(err: MembershipError) -> Status {
     match err {
         MembershipError::EmptyNodeId
         | MembershipError::EmptyAddress { .. }
+        | MembershipError::BadAddress { .. }
         | MembershipError::TooLong { .. } => Status::invalid_argument(err.to_string()),
         MembershipError::LeaseMismatch { .. } => Status::failed_precondition(err.to_string()),
+        MembershipError::NotTheMember { .. } => Status::already_exists(err.to_string()),
+        MembershipError::Full { .. } => Status::resource_exhausted(err.to_string()),
     }
 }
 
@@ -314,7 +359,9 @@ impl membership_server::Membership for MembershipService {
         ringway_telemetry::continue_trace(&request, &span);
         let _entered = span.enter();
         let started = Instant::now();
-        let result = self.hub.join(request.get_ref()).map_err(status);
+        let result = Caller::of(&request)
+            .check_acts_as(&request.get_ref().node_id, "node_id")
+            .and_then(|()| self.hub.join(request.get_ref()).map_err(status));
         rpc_done("join", started, &result);
         result.map(Response::new)
     }
@@ -329,7 +376,9 @@ impl membership_server::Membership for MembershipService {
         ringway_telemetry::continue_trace(&request, &span);
         let _entered = span.enter();
         let started = Instant::now();
-        let result = Ok(self.hub.heartbeat(request.get_ref()));
+        let result = Caller::of(&request)
+            .check_acts_as(&request.get_ref().node_id, "node_id")
+            .map(|()| self.hub.heartbeat(request.get_ref()));
         rpc_done("heartbeat", started, &result);
         result.map(Response::new)
     }
@@ -339,7 +388,9 @@ impl membership_server::Membership for MembershipService {
         ringway_telemetry::continue_trace(&request, &span);
         let _entered = span.enter();
         let started = Instant::now();
-        let result = self.hub.leave(request.get_ref()).map_err(status);
+        let result = Caller::of(&request)
+            .check_acts_as(&request.get_ref().node_id, "node_id")
+            .and_then(|()| self.hub.leave(request.get_ref()).map_err(status));
         rpc_done("leave", started, &result);
         result.map(Response::new)
     }
@@ -392,6 +443,7 @@ mod tests {
             grpc_addr: "127.0.0.1:7001".into(),
             http_addr: "127.0.0.1:3000".into(),
             incarnation: 1,
+            ..JoinRequest::default()
         }
     }
 
@@ -400,6 +452,53 @@ mod tests {
             .await
             .expect("a stream item in time")
             .map(|r| r.expect("a view"))
+    }
+
+    #[test]
+    fn a_live_member_is_replaced_only_with_its_proof() {
+        let key = [9u8; 32];
+        let hub = MembershipHub::with_limits(Membership::new(TTL), INTERVAL, key, 2);
+        let a = hub.join(&req("a")).expect("join");
+        // Someone else's claim to the id: refused, and the view is as it was.
+        let mut intruder = req("a");
+        intruder.grpc_addr = "10.6.6.6:7100".into();
+        intruder.incarnation = 66;
+        for proof in [vec![], vec![0u8; 32], a.member_token[..31].to_vec()] {
+            intruder.proof = proof.into();
+            assert!(matches!(
+                hub.join(&intruder),
+                Err(MembershipError::NotTheMember { .. })
+            ));
+        }
+        assert_eq!(hub.view().members[0].grpc_addr, "127.0.0.1:7001");
+        // A proof is bound to the node id and the incarnation it was for.
+        let b = hub.join(&req("b")).expect("join b");
+        intruder.proof = b.member_token;
+        assert!(hub.join(&intruder).is_err());
+        // A proof survives the hub (the key lives in Redis).
+        let restarted = MembershipHub::with_limits(
+            Membership::restore(hub.view(), TTL, Instant::now()),
+            INTERVAL,
+            key,
+            2,
+        );
+        let mut again = req("a");
+        again.proof = a.member_token;
+        restarted
+            .join(&again)
+            .expect("the member itself, after a restart");
+        // Full: new ids are refused, members may still rejoin.
+        assert!(matches!(
+            restarted.join(&req("c")),
+            Err(MembershipError::Full { max: 2 })
+        ));
+        // Addresses must be host:port.
+        let mut bad = req("d");
+        bad.grpc_addr = "http://127.0.0.1:7101".into();
+        assert!(matches!(
+            MembershipHub::new(Membership::new(TTL), INTERVAL).join(&bad),
+            Err(MembershipError::BadAddress { .. })
+        ));
     }
 
     #[tokio::test]
@@ -503,13 +602,21 @@ mod tests {
     fn view_changes_are_recorded_as_events() {
         let hub = MembershipHub::new(Membership::new(TTL), INTERVAL);
         hub.record(EventKind::Start, None, "started".into());
-        hub.join(&req("a")).expect("join");
-        // Unchanged: no event.
-        let a = hub.join(&req("a")).expect("rejoin").lease_id;
-        let mut restarted = req("a");
+        let first = hub.join(&req("a")).expect("join");
+        // Unchanged: no event. A live member's id joins again only with
+        // its proof.
+        assert!(matches!(
+            hub.join(&req("a")),
+            Err(MembershipError::NotTheMember { .. })
+        ));
+        let mut again = req("a");
+        again.proof = first.member_token.clone();
+        let a = hub.join(&again).expect("rejoin").lease_id;
+        let mut restarted = again.clone();
         restarted.incarnation = 2;
-        hub.join(&restarted).expect("restart");
+        let restart = hub.join(&restarted).expect("restart");
         let mut moved = restarted.clone();
+        moved.proof = restart.member_token;
         moved.http_addr = "127.0.0.1:3001".into();
         let a2 = hub.join(&moved).expect("update").lease_id;
         assert_ne!(a, a2);

@@ -88,6 +88,8 @@ pub enum StoreError {
     },
     #[error("Redis {op} timed out after {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
+    #[error("the member key in {key} is not 64 hex digits; delete it (members then join again once their leases lapse)")]
+    BadMemberKey { key: String },
     #[error("the stored view in {key} is not readable: {source}")]
     Corrupt {
         key: String,
@@ -129,6 +131,7 @@ pub struct Store {
     con: ConnectionManager,
     membership_key: String,
     owner_key: String,
+    member_key_key: String,
     instance_id: String,
     save_view: Script,
     claim_owner: Script,
@@ -160,6 +163,7 @@ impl Store {
             con,
             membership_key: format!("{key_prefix}:membership"),
             owner_key: format!("{key_prefix}:coordinator"),
+            member_key_key: format!("{key_prefix}:member-key"),
             instance_id,
             save_view: Script::new(SAVE_VIEW),
             claim_owner: Script::new(CLAIM_OWNER),
@@ -224,6 +228,43 @@ impl Store {
                 stored_epoch: u64::try_from(stored).unwrap_or(0),
             })
         }
+    }
+
+    /// The key that signs the members' proofs of membership: made once
+    /// (random, `SET NX`), then read by every coordinator, so a proof
+    /// holds across coordinator restarts and failovers.
+    pub async fn member_key(&self) -> Result<[u8; 32], StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        let mut con = self.con.clone();
+        // SET NX, then GET (SET NX GET needs Redis 7).
+        let _: Option<String> = bounded(
+            "member key",
+            OP_TIMEOUT,
+            redis::cmd("SET")
+                .arg(&self.member_key_key)
+                .arg(&hex)
+                .arg("NX")
+                .query_async(&mut con),
+        )
+        .await?;
+        let stored: String = bounded(
+            "member key",
+            OP_TIMEOUT,
+            redis::cmd("GET")
+                .arg(&self.member_key_key)
+                .query_async::<Option<String>>(&mut con),
+        )
+        .await?
+        .unwrap_or(hex);
+        let bytes: Vec<u8> = (0..stored.len())
+            .step_by(2)
+            .filter_map(|i| stored.get(i..i + 2))
+            .filter_map(|pair| u8::from_str_radix(pair, 16).ok())
+            .collect();
+        bytes.try_into().map_err(|_| StoreError::BadMemberKey {
+            key: self.member_key_key.clone(),
+        })
     }
 
     /// Takes the coordinator lock if free, renews it if ours.

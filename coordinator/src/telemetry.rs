@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Redis calls (the view, the coordinator lock), by operation and
     /// outcome.
     pub store_duration: Histogram<f64>,
+    /// Membership calls refused for their cluster credential, by reason.
+    pub auth_refusals: Counter<u64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -38,6 +40,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "ringway.coordinator.store.duration",
             "Redis calls (the stored view, the coordinator lock)",
         ),
+        auth_refusals: m
+            .u64_counter("ringway.coordinator.auth.refusals")
+            .with_description("Membership calls refused for their cluster credential, by reason")
+            .build(),
     }
 });
 

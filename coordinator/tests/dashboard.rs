@@ -280,6 +280,7 @@ impl Gateway {
             .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
             .args(["--node-id", node, "--redis-url", redis_url])
             .args(["--coordinator", &coordinator.to_string()])
+            .args(["--cluster-secret-file", common::secret_file()])
             // Echoes answered in the same poll: no recovery log between.
             .env("RINGWAY_RECOVERY_WINDOW", "0")
             .env("RUST_LOG", "warn")
@@ -795,7 +796,10 @@ async fn odd_node_ids_are_escaped_in_metrics() {
     let mut coord = Coordinator::start(&redis.url(), RELAXED);
     let http = coord.http_addr();
     let mut client = coord.client().await;
-    client.join(join_req("a\"b\\c\nd", 1)).await.expect("join");
+    let mut odd = join_req("a\"b\\c\nd", 1);
+    odd.grpc_addr = "odd.local:7001".into();
+    odd.http_addr = "odd.local:3000".into();
+    client.join(odd).await.expect("join");
     let metrics = get(http, "/metrics").text();
     assert_eq!(
         sample(

@@ -57,12 +57,10 @@ async fn join_two_nodes_watch_sees_epochs_grow() {
         "epochs must grow: {epochs:?}"
     );
 
-    // Joining again unchanged: new lease, same epoch.
-    let again = client
-        .join(join_req("a", 1))
-        .await
-        .expect("rejoin")
-        .into_inner();
+    // Joining again unchanged (with its proof): new lease, same epoch.
+    let mut rejoin = join_req("a", 1);
+    rejoin.proof = a.member_token.clone();
+    let again = client.join(rejoin).await.expect("rejoin").into_inner();
     assert_ne!(again.lease_id, a.lease_id);
     assert_eq!(again.view.expect("view").epoch, vb.epoch);
 
@@ -285,7 +283,11 @@ async fn a_restarted_coordinator_continues_the_view() {
         .await
         .expect("join")
         .into_inner();
-    client.join(join_req("b", 1)).await.expect("join");
+    let b = client
+        .join(join_req("b", 1))
+        .await
+        .expect("join")
+        .into_inner();
     let c = client
         .join(join_req("c", 1))
         .await
@@ -327,19 +329,19 @@ async fn a_restarted_coordinator_continues_the_view() {
         .expect("heartbeat")
         .into_inner();
     assert!(!hb.known);
-    // Joining again unchanged does not bump the epoch.
-    let a2 = client
-        .join(join_req("a", 1))
-        .await
-        .expect("rejoin")
-        .into_inner();
+    // Joining again unchanged, with the proof the first coordinator gave
+    // (its key is in Redis), does not bump the epoch.
+    let mut rejoin = join_req("a", 1);
+    rejoin.proof = a.member_token.clone();
+    let a2 = client.join(rejoin).await.expect("rejoin").into_inner();
     assert_eq!(a2.view.expect("view").epoch, restored.epoch);
-    // A restarted gateway (new incarnation) does.
-    let b2 = client
-        .join(join_req("b", 2))
-        .await
-        .expect("rejoin")
-        .into_inner();
+    // Without the proof, a live member's id is refused.
+    let refused = client.join(join_req("b", 2)).await.expect_err("no proof");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused}");
+    // With it, a new incarnation replaces the member and bumps the epoch.
+    let mut restarted = join_req("b", 2);
+    restarted.proof = b.member_token.clone();
+    let b2 = client.join(restarted).await.expect("rejoin").into_inner();
     let after_b = b2.view.expect("view");
     assert!(after_b.epoch > restored.epoch);
 

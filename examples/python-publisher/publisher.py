@@ -6,7 +6,7 @@ proto/proto/ringway/v1/push.proto with grpcio-tools each time the publisher
 starts (into a temporary directory, or --stubs-dir), which is what any
 other language does with the same .proto file.
 
-    python publisher.py --gateway 127.0.0.1:7100 --token s3cret \\
+    python publisher.py --gateway 127.0.0.1:7200 --token s3cret \\
         --room lobby --event news --json '["hello", {"n": 1}]' --count 3 --seq
 
 One message is sent with Push.Emit; more than one with Push.EmitStream, on
@@ -81,7 +81,7 @@ def parse_args(argv):
     parser.add_argument(
         "--gateway",
         required=True,
-        help="a gateway's gRPC address, host:port (its --grpc-listen); any gateway reaches the whole cluster",
+        help="a gateway's Push API address, host:port (its --api-listen); any gateway reaches the whole cluster",
     )
     parser.add_argument(
         "--token",

@@ -264,24 +264,69 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
-    /// PEM certificate (chain) of the gRPC listener: turns TLS on for the
-    /// whole gRPC port (the Push API and node-to-node traffic).
-    #[arg(long, env = "RINGWAY_GRPC_TLS_CERT")]
-    pub grpc_tls_cert: Option<PathBuf>,
+    /// Address of the Push API's gRPC listener (`ringway.v1.Push`, for
+    /// backends). It listens when API tokens (or `--api-tls-client-ca`)
+    /// are given; the node-to-node service is never served here.
+    #[arg(long, env = "RINGWAY_API_LISTEN", default_value = "0.0.0.0:7200")]
+    pub api_listen: SocketAddr,
 
-    /// PEM private key of `--grpc-tls-cert`.
-    #[arg(long, env = "RINGWAY_GRPC_TLS_KEY")]
-    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM certificate (chain) of the Push API listener: turns TLS on
+    /// for it.
+    #[arg(long, env = "RINGWAY_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
 
-    /// PEM CA certificate(s) gateways verify each other's gRPC
-    /// certificates with (cluster mode with TLS).
-    #[arg(long, env = "RINGWAY_GRPC_TLS_CA")]
-    pub grpc_tls_ca: Option<PathBuf>,
+    /// PEM private key of `--api-tls-cert`.
+    #[arg(long, env = "RINGWAY_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
 
-    /// Name checked in the other gateways' certificates (default: the host
-    /// part of their advertised gRPC address).
-    #[arg(long, env = "RINGWAY_GRPC_TLS_SERVER_NAME")]
-    pub grpc_tls_server_name: Option<String>,
+    /// PEM CA certificate(s) of backends' client certificates: a backend
+    /// presenting a certificate chained to it may call the Push API
+    /// without a token (needs `--api-tls-cert`).
+    #[arg(long, env = "RINGWAY_API_TLS_CLIENT_CA")]
+    pub api_tls_client_ca: Option<PathBuf>,
+
+    /// File holding the cluster's shared secret (at least 32 bytes; one
+    /// trailing newline is ignored). Every node-to-node and coordinator
+    /// call carries a credential made with it (never the secret itself),
+    /// and calls without one are refused. The same file on every gateway
+    /// and the coordinator.
+    #[arg(long, env = "RINGWAY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) the cluster's certificates chain to: with
+    /// `--cluster-tls-cert` and `--cluster-tls-key`, node-to-node and
+    /// coordinator connections use mutual TLS (both sides verify).
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// PEM certificate (chain) of this node for mutual TLS in the cluster.
+    /// A URI SAN `urn:ringway:node:<id>` binds it to one node id.
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--cluster-tls-cert`.
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// Name checked in the other members' certificates (default: the host
+    /// part of the address called).
+    #[arg(long, env = "RINGWAY_CLUSTER_TLS_SERVER_NAME")]
+    pub cluster_tls_server_name: Option<String>,
+
+    /// Run a cluster with neither a shared secret nor mutual TLS: anyone
+    /// who reaches the node port can read and take over sessions. For
+    /// local experiments only; logged as a warning.
+    #[arg(
+        long,
+        env = "RINGWAY_INSECURE_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_cluster: bool,
+
+    /// Address of a separate listener for `/metrics` (Prometheus text);
+    /// when set, the client port no longer serves `/metrics`.
+    #[arg(long, env = "RINGWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
@@ -314,15 +359,14 @@ impl Config {
         if self.coordinator.is_some() != self.redis_url.is_some() {
             return Err("cluster mode needs both --coordinator and --redis-url".into());
         }
-        if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
-            return Err("--grpc-tls-cert and --grpc-tls-key go together".into());
+        if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {
+            return Err("--api-tls-cert and --api-tls-key go together".into());
         }
-        if self.grpc_tls_cert.is_some() && self.clustered() && self.grpc_tls_ca.is_none() {
-            return Err(
-                "a cluster with --grpc-tls-cert needs --grpc-tls-ca (to verify the other gateways)"
-                    .into(),
-            );
+        if self.api_tls_client_ca.is_some() && self.api_tls_cert.is_none() {
+            return Err("--api-tls-client-ca needs --api-tls-cert and --api-tls-key".into());
         }
+        self.validate_cluster_security()?;
+        self.validate_addresses()?;
         if self.registry_ttl < 1000 {
             return Err("--registry-ttl must be at least 1000 ms".into());
         }
@@ -337,6 +381,88 @@ impl Config {
             return Err("--node-id must be non-empty, without spaces".into());
         }
         self.validate_backend()
+    }
+
+    /// The cluster credential: a secret, mutual TLS, or an explicit
+    /// `--insecure-cluster`.
+    fn validate_cluster_security(&self) -> Result<(), String> {
+        let tls = [
+            self.cluster_tls_ca.is_some(),
+            self.cluster_tls_cert.is_some(),
+            self.cluster_tls_key.is_some(),
+        ];
+        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+            return Err(
+                "--cluster-tls-ca, --cluster-tls-cert and --cluster-tls-key go together".into(),
+            );
+        }
+        if let Some(path) = &self.cluster_secret_file {
+            ringway_proto::auth::ClusterSecret::from_file(path).map_err(|e| e.to_string())?;
+        }
+        let secured = self.cluster_secret_file.is_some() || self.cluster_tls_cert.is_some();
+        if self.clustered() && !secured && !self.insecure_cluster {
+            return Err(
+                "cluster mode needs a cluster credential: --cluster-secret-file, or mutual TLS \
+                 (--cluster-tls-ca, --cluster-tls-cert, --cluster-tls-key); \
+                 --insecure-cluster runs without one (local experiments only)"
+                    .into(),
+            );
+        }
+        if self.insecure_cluster && secured {
+            return Err("--insecure-cluster cannot be combined with a cluster credential".into());
+        }
+        Ok(())
+    }
+
+    /// Addresses given as text: parsed now, so a typo fails at start and
+    /// not at the first call that uses it.
+    fn validate_addresses(&self) -> Result<(), String> {
+        if let Some(addr) = &self.advertise_grpc {
+            check_host_port(addr, true).map_err(|e| format!("--advertise-grpc {addr:?}: {e}"))?;
+        }
+        if let Some(addr) = &self.advertise_http {
+            check_host_port(addr, true).map_err(|e| format!("--advertise-http {addr:?}: {e}"))?;
+        }
+        if let Some(addr) = &self.coordinator {
+            let host_port = match addr.split_once("://") {
+                Some(("http" | "https", rest)) => rest.trim_end_matches('/'),
+                Some((scheme, _)) => {
+                    return Err(format!(
+                        "--coordinator {addr:?}: the scheme is http or https, not {scheme:?}"
+                    ))
+                }
+                None => addr.as_str(),
+            };
+            check_host_port(host_port, false)
+                .map_err(|e| format!("--coordinator {addr:?}: {e}"))?;
+        }
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+        }
+        let listeners = [
+            ("--listen", Some(self.listen)),
+            (
+                "--grpc-listen",
+                self.clustered().then_some(self.grpc_listen),
+            ),
+            (
+                "--api-listen",
+                self.api_enabled().then_some(self.api_listen),
+            ),
+            ("--metrics-listen", self.metrics_listen),
+        ];
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            if let Some((other, _)) = listeners[i + 1..]
+                .iter()
+                .find(|(_, b)| b.is_some_and(|b| b == addr))
+            {
+                return Err(format!("{name} and {other} are the same address ({addr})"));
+            }
+        }
+        Ok(())
     }
 
     /// The upstream and JWT settings: one way of deciding CONNECTs.
@@ -401,6 +527,13 @@ impl Config {
         Ok(tokens)
     }
 
+    /// Whether the Push API listens (tokens, or client certificates).
+    pub fn api_enabled(&self) -> bool {
+        !self.api_tokens.is_empty()
+            || self.api_token_file.is_some()
+            || self.api_tls_client_ca.is_some()
+    }
+
     /// Whether the gateway runs as a member of a cluster.
     pub fn clustered(&self) -> bool {
         self.coordinator.is_some() && self.redis_url.is_some()
@@ -412,6 +545,48 @@ impl Config {
     }
 }
 
+/// Checks an address to advertise or call: `host:port`, no scheme, a
+/// port, and (`advertised`) not an unspecified IP that others cannot
+/// reach.
+pub fn check_host_port(addr: &str, advertised: bool) -> Result<(), String> {
+    if addr.contains("://") {
+        return Err("give host:port, without a scheme".into());
+    }
+    if addr.contains('/') || addr.contains(char::is_whitespace) {
+        return Err("give host:port, without a path or spaces".into());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("the port is missing (host:port)".into());
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(format!("{port:?} is not a port")),
+        Ok(_) => {}
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() {
+        return Err("the host is missing (host:port)".into());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("an IPv6 address goes in brackets: [::1]:7100".into());
+    }
+    if advertised {
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            if ip.is_unspecified() {
+                return Err(format!("{ip} is not an address others can reach"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Redis URL as the Redis client will read it; the message never
+/// shows the password.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("--redis-url {}: {e}", without_password(url)))
+}
+
 /// The URL with its password replaced by `***`, for printing.
 pub fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -421,6 +596,49 @@ pub fn without_password(url: &str) -> String {
         },
         _ => url.to_owned(),
     }
+}
+
+/// `text` with every appearance of `url`'s password (as written, and
+/// percent-decoded) replaced by `***`: for messages that may quote the URL
+/// or the server's answer about it.
+pub fn redact_url_in(text: &str, url: &str) -> String {
+    let Some(password) = url_password(url) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(url, &without_password(url));
+    for form in [password.clone(), percent_decode(&password)] {
+        if !form.is_empty() {
+            out = out.replace(&form, "***");
+        }
+    }
+    out
+}
+
+/// The password part of `scheme://user:password@host`.
+fn url_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let at = rest.rfind('@')?;
+    let (_, password) = rest[..at].split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The machine's hostname (the pod name on Kubernetes).
@@ -513,5 +731,47 @@ mod redaction_tests {
             "redis://user@redis/"
         );
         assert_eq!(without_password("not a url"), "not a url");
+    }
+
+    #[test]
+    fn messages_lose_the_password_in_every_form() {
+        use super::redact_url_in;
+        let url = "redis://u:p%40ss@127.0.0.1:1/";
+        let message = format!("cannot reach {url}: auth failed for p@ss (p%40ss)");
+        let redacted = redact_url_in(&message, url);
+        assert!(
+            !redacted.contains("p@ss") && !redacted.contains("p%40ss"),
+            "{redacted}"
+        );
+        assert!(
+            redacted.contains("redis://u:***@127.0.0.1:1/"),
+            "{redacted}"
+        );
+        assert_eq!(
+            redact_url_in("no password here", "redis://h:1/"),
+            "no password here"
+        );
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        use super::check_host_port;
+        for good in ["127.0.0.1:7100", "gw-0.peers:7100", "[::1]:7100"] {
+            assert_eq!(check_host_port(good, true), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:7101",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:port",
+            ":7100",
+            "0.0.0.0:7100",
+            "[::]:7100",
+            "::1:7100",
+            "host:7100/path",
+        ] {
+            assert!(check_host_port(bad, true).is_err(), "{bad}");
+        }
+        assert_eq!(check_host_port("0.0.0.0:7000", false), Ok(()));
     }
 }

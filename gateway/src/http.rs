@@ -39,6 +39,8 @@ pub struct Gateway<A: Application> {
     cluster: Arc<Cluster>,
     /// The chat demo page under `/demo/` (`--demo`).
     demo: Option<crate::demo::Demo>,
+    /// `/metrics` on the client port (not with `--metrics-listen`).
+    metrics_here: bool,
 }
 
 impl<A: Application> Gateway<A> {
@@ -67,6 +69,7 @@ impl<A: Application> Gateway<A> {
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout),
             cluster,
             demo: config.demo.then(|| crate::demo::Demo::new(&config.path)),
+            metrics_here: config.metrics_listen.is_none(),
         })
     }
 
@@ -176,13 +179,8 @@ impl<A: Application> Gateway<A> {
         if path == HEALTHZ {
             return plain(StatusCode::OK, "ok");
         }
-        if path == METRICS {
-            let mut resp = Response::new(Body::new(Bytes::from(crate::telemetry::render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            return resp;
+        if path == METRICS && self.metrics_here {
+            return metrics_response();
         }
         if path == READYZ {
             return if self.cluster.is_ready() {
@@ -219,6 +217,50 @@ pub const HEALTHZ: &str = "/healthz";
 pub const METRICS: &str = "/metrics";
 /// Readiness: in the ring, registry reachable, not draining.
 pub const READYZ: &str = "/readyz";
+
+fn metrics_response() -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from(crate::telemetry::render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves `/metrics` (and `/healthz`) alone on `listener`
+/// (`--metrics-listen`) until `stop` turns true.
+pub async fn serve_metrics(listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(%err, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        let service = service_fn(|req: Request<Incoming>| async move {
+            let resp = match req.uri().path() {
+                METRICS => metrics_response(),
+                HEALTHZ => plain(StatusCode::OK, "ok"),
+                _ => not_found(),
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(%err, "metrics connection ended with an error");
+            }
+        });
+    }
+}
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from_static(text.as_bytes())));

@@ -14,24 +14,26 @@ use ringway_gateway::app::EchoApp;
 use ringway_gateway::cluster::membership::{
     HeartbeatLoad, LoadSource, MembershipClientTask, Registration,
 };
-use ringway_gateway::cluster::peer::{PeerTls, MAX_MESSAGE};
+use ringway_gateway::cluster::peer::MAX_MESSAGE;
 use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
-use ringway_gateway::config::{advertised, without_password, AppKind, Config};
+use ringway_gateway::config::{advertised, redact_url_in, without_password, AppKind, Config};
 use ringway_gateway::engineio::Engine;
 use ringway_gateway::http::Gateway;
 use ringway_gateway::socketio::{Application, Recovery, SocketIo};
 use ringway_gateway::store::recovery::{MemoryRecoveryStore, RecoveryStore, RedisRecoveryStore};
 use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
 use ringway_gateway::telemetry::{self, Telemetry};
+use ringway_proto::auth::{ClusterSecret, ClusterSecurity, ClusterTls};
 use ringway_proto::cluster::v1::node_server::NodeServer;
 use ringway_proto::v1::push_server::PushServer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Why the gateway stopped with an error; each has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -213,23 +215,16 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             let ttl = Duration::from_millis(config.registry_ttl);
             let registry = RedisRegistry::connect(url, &config.key_prefix, ttl)
                 .await
-                .map_err(|e| Failure::Redis(format!("cannot reach Redis at {url}: {e}")))?;
+                .map_err(|e| redis_unreachable(url, e))?;
             Arc::new(registry)
         }
         _ => Arc::new(MemoryRegistry::default()),
     };
-    let tls = grpc_tls(&config).map_err(Failure::Other)?;
-    let peer_tls = match (&tls, &config.grpc_tls_ca) {
-        (Some(_), Some(ca)) => Some(PeerTls {
-            ca: Certificate::from_pem(
-                std::fs::read(ca)
-                    .map_err(|e| Failure::Other(format!("cannot read {}: {e}", ca.display())))?,
-            ),
-            server_name: config.grpc_tls_server_name.clone(),
-        }),
-        _ => None,
-    };
-    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry, peer_tls);
+    let security = cluster_security(&config, &node_id).map_err(Failure::Other)?;
+    if config.clustered() && !security.is_secure() {
+        warn!("--insecure-cluster: node-to-node calls are neither authenticated nor encrypted; anyone who reaches the node port can read and take over sessions");
+    }
+    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry, security.clone());
     if !config.clustered() {
         // A node alone is its own cluster from the start.
         cluster.set_joined();
@@ -241,13 +236,19 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
                 Some(url) if config.clustered() => Arc::new(
                     RedisRecoveryStore::connect(url, &config.key_prefix, config.recovery_max_log)
                         .await
-                        .map_err(|e| Failure::Redis(format!("cannot reach Redis at {url}: {e}")))?,
+                        .map_err(|e| redis_unreachable(url, e))?,
                 ),
                 _ => Arc::new(MemoryRecoveryStore::new(config.recovery_max_log)),
             };
             let recovery = Recovery::open(store, settings, &node_id)
                 .await
-                .map_err(|e| Failure::Redis(format!("recovery log: {e}")))?;
+                .map_err(|e| {
+                    let message = format!("recovery log: {e}");
+                    Failure::Redis(match &config.redis_url {
+                        Some(url) => redact_url_in(&message, url),
+                        None => message,
+                    })
+                })?;
             info!(
                 window_ms = config.recovery_window,
                 max_log = config.recovery_max_log,
@@ -257,7 +258,10 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         }
         None => None,
     };
-    let gateway = Gateway::new(&config, app, true, cluster.clone(), recovery.clone());
+    // The plain Engine.IO echo endpoint belongs to the built-in echo
+    // application only.
+    let engine_echo = config.upstream.is_none() && config.app == AppKind::Echo;
+    let gateway = Gateway::new(&config, app, engine_echo, cluster.clone(), recovery.clone());
     if let Some(recovery) = recovery {
         let (refresher, trimmer) = (recovery.clone(), recovery);
         let every = refresh_interval(Duration::from_millis(config.registry_ttl));
@@ -272,54 +276,112 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     }
     let _observers = register_observers(gateway.socketio().clone(), cluster.clone());
 
-    // The gRPC listener: the Push API (with tokens), and in cluster mode
-    // the node-to-node service; then membership and the registry refresher.
-    let mut membership = None;
-    let mut grpc_task = None;
+    if let Some(metrics_addr) = config.metrics_listen {
+        let listener = TcpListener::bind(metrics_addr).await.map_err(|e| {
+            Failure::Other(format!(
+                "cannot listen on {metrics_addr} (--metrics-listen): {e}"
+            ))
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
+        tokio::spawn(ringway_gateway::http::serve_metrics(
+            listener,
+            stop_rx.clone(),
+        ));
+        println!("ringway-gateway metrics listening on {bound}");
+    }
+
+    // The Push API for backends, on its own listener.
+    let mut tasks = Vec::new();
     let api_tokens = config.api_tokens().map_err(Failure::Other)?;
-    if config.clustered() || !api_tokens.is_empty() {
-        let grpc_listener = TcpListener::bind(config.grpc_listen)
-            .await
-            .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.grpc_listen)))?;
-        let grpc_addr = grpc_listener
+    if config.api_enabled() {
+        let api_listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
+            Failure::Other(format!(
+                "cannot listen on {} (--api-listen): {e}",
+                config.api_listen
+            ))
+        })?;
+        let api_addr = api_listener
             .local_addr()
             .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
         let local_push = LocalPush::new(gateway.socketio().clone());
         let push = PushService::new(local_push, cluster.clone(), config.max_payload);
-        let push = tonic::service::interceptor::InterceptedService::new(
+        let mut auth = ApiAuth::new(api_tokens);
+        if config.api_tls_client_ca.is_some() {
+            auth = auth.with_client_certificates();
+        }
+        let push = InterceptedService::new(
             PushServer::new(push).max_decoding_message_size(MAX_MESSAGE),
-            ApiAuth::new(api_tokens),
+            auth,
         );
-        let node = config.clustered().then(|| {
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = api_tls(&config).map_err(Failure::Other)? {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| Failure::Other(format!("API TLS: {e}")))?;
+        }
+        let mut api_stop = stop_rx.clone();
+        let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
+        tasks.push(tokio::spawn(
+            server
+                .tcp_nodelay(true)
+                .add_service(push)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = api_stop.wait_for(|stop| *stop).await;
+                }),
+        ));
+        println!("ringway-gateway api listening on {api_addr}");
+    }
+
+    // The node-to-node service (cluster mode), then membership and the
+    // registry refresher.
+    let mut membership = None;
+    if config.clustered() {
+        let grpc_listener = TcpListener::bind(config.grpc_listen).await.map_err(|e| {
+            Failure::Other(format!(
+                "cannot listen on {} (--grpc-listen): {e}",
+                config.grpc_listen
+            ))
+        })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
+        let guard = security.guard().on_refusal(Arc::new(|reason| {
+            telemetry::metrics()
+                .cluster_auth_refusals
+                .add(1, &telemetry::attr("reason", reason.as_str()));
+        }));
+        let node = InterceptedService::new(
             NodeServer::new(NodeService::new(
                 gateway.socketio().clone(),
                 cluster.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
-        });
+            .max_encoding_message_size(MAX_MESSAGE),
+            guard,
+        );
         let mut grpc_stop = stop_rx.clone();
         // Accepted node-to-node connections get TCP_NODELAY too: without
         // it a forwarded answer's HTTP/2 frames wait on delayed ACKs (a
         // 40 ms p99 on forwarded polls).
         let grpc_incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
+        if let Some(tls) = &security.tls {
             server = server
-                .tls_config(tls)
-                .map_err(|e| Failure::Other(format!("gRPC TLS: {e}")))?;
+                .tls_config(tls.server())
+                .map_err(|e| Failure::Other(format!("cluster TLS: {e}")))?;
         }
-        grpc_task = Some(tokio::spawn(
+        tasks.push(tokio::spawn(
             server
                 .tcp_nodelay(true)
                 .max_concurrent_streams(Some(1 << 20))
-                .add_service(push)
-                .add_optional_service(node)
+                .add_service(node)
                 .serve_with_incoming_shutdown(grpc_incoming, async move {
                     let _ = grpc_stop.wait_for(|stop| *stop).await;
                 }),
         ));
-        if let Some(coordinator) = config.coordinator.as_deref().filter(|_| config.clustered()) {
+        if let Some(coordinator) = config.coordinator.as_deref() {
             let registration = Registration {
                 grpc_addr: advertised(config.advertise_grpc.as_deref(), grpc_addr),
                 http_addr: advertised(config.advertise_http.as_deref(), addr),
@@ -376,7 +438,7 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     };
     let served = gateway.serve(listener, drain).await;
     let _ = stop_tx.send(true);
-    if let Some(task) = grpc_task {
+    for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     served.map_err(|e| Failure::Other(format!("server failed: {e}")))?;
@@ -384,17 +446,57 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The gRPC listener's TLS, from `--grpc-tls-cert` and `--grpc-tls-key`.
-fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
-    let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) else {
+/// A Redis that did not answer at start; the message never shows the
+/// password of the URL.
+fn redis_unreachable(url: &str, err: impl std::fmt::Display) -> Failure {
+    let message = format!("cannot reach Redis at {}: {err}", without_password(url));
+    Failure::Redis(redact_url_in(&message, url))
+}
+
+/// The Push API listener's TLS, from `--api-tls-cert` and `--api-tls-key`;
+/// with `--api-tls-client-ca`, backends may present client certificates
+/// (optional: a token still works).
+fn api_tls(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&config.api_tls_cert, &config.api_tls_key) else {
         return Ok(None);
     };
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
-    Ok(Some(
-        ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
-    ))
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.api_tls_client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
+}
+
+/// The cluster credential and mutual TLS of this node, from
+/// `--cluster-secret-file` and `--cluster-tls-*`.
+fn cluster_security(config: &Config, node_id: &str) -> Result<ClusterSecurity, String> {
+    let secret = config
+        .cluster_secret_file
+        .as_deref()
+        .map(ClusterSecret::from_file)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let tls = match (
+        &config.cluster_tls_ca,
+        &config.cluster_tls_cert,
+        &config.cluster_tls_key,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some(
+            ClusterTls::from_files(ca, cert, key, config.cluster_tls_server_name.clone())
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    Ok(ClusterSecurity {
+        node_id: node_id.to_owned(),
+        secret,
+        tls,
+    })
 }
 
 /// Raises the soft limit on open files to the hard limit (every session

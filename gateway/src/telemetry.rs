@@ -64,6 +64,11 @@ pub struct Metrics {
     pub log_appends: Counter<u64>,
     /// Round trips of log appends (one per batch).
     pub log_append_duration: Histogram<f64>,
+    /// Internal calls refused for their cluster credential, by reason.
+    pub cluster_auth_refusals: Counter<u64>,
+    /// Requests, sessions and packets refused by a public-port limit, by
+    /// limit.
+    pub limit_refusals: Counter<u64>,
 }
 
 impl Metrics {
@@ -168,6 +173,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "ringway.recovery.log.append.duration",
             "Recovery log appends (one round trip per batch)",
         ),
+        cluster_auth_refusals: m
+            .u64_counter("ringway.cluster.auth.refusals")
+            .with_description("Node-to-node calls refused for their cluster credential, by reason")
+            .build(),
+        limit_refusals: m
+            .u64_counter("ringway.limits.refusals")
+            .with_description(
+                "Requests, sessions and packets refused by a public-port limit, by limit",
+            )
+            .build(),
     }
 });
 

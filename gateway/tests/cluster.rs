@@ -538,6 +538,8 @@ fn redis_unreachable_at_start_is_a_clear_error() {
             "127.0.0.1:1",
             "--redis-url",
             &dead,
+            "--cluster-secret-file",
+            common::cluster::secret_file(),
         ])
         .output()
         .expect("run the gateway");
@@ -762,14 +764,11 @@ async fn metrics_show_forwards_handoffs_and_the_view() {
 #[tokio::test]
 async fn bad_moved_acks_and_session_frames_from_a_peer_are_refused() {
     use ringway_proto::cluster::v1::{
-        local_request::Op, node_client::NodeClient, Frame, LocalRequest, MovedAckAnswer,
-        SessionFrames,
+        local_request::Op, Frame, LocalRequest, MovedAckAnswer, SessionFrames,
     };
     let c = Cluster::start(3, &[]).await;
     let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
-    let mut node = NodeClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect to the node service");
+    let mut node = common::cluster::node_client(grpc, Some("n2")).await;
     let call = |op: Op| LocalRequest { op: Some(op) };
     let answer = |args_json: &str, socket_id: &str| MovedAckAnswer {
         namespace: "/".into(),
@@ -869,7 +868,7 @@ async fn a_non_owner_looks_a_session_up_in_the_registry_at_most_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     use ringway_proto::cluster::v1::{
-        node_client::NodeClient, poll_message::Kind, ForwardReply, ForwardRequest, PollMessage,
+        poll_message::Kind, ForwardReply, ForwardRequest, PollMessage,
     };
     use tokio::sync::mpsc;
     use tonic::Streaming;
@@ -880,9 +879,7 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     p.send("40").await;
     expect_packets(&p, &["40{\"sid\"", "42[\"auth\""]).await;
     let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
-    let node = NodeClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect to the node service");
+    let node = common::cluster::node_client(grpc, Some("n2")).await;
     let query = |stamp: &str| format!("EIO=4&transport=polling&sid={}&t={stamp}", p.sid);
     let open = |query: String| {
         let mut node = node.clone();
@@ -1040,7 +1037,7 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
 /// owner, serving as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
-    use ringway_proto::cluster::v1::{node_client::NodeClient, HandoffRequest};
+    use ringway_proto::cluster::v1::HandoffRequest;
     use tokio::io::AsyncWriteExt;
 
     let c = Cluster::start(3, &[]).await;
@@ -1064,9 +1061,7 @@ async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
-    let mut node = NodeClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect to the node service");
+    let mut node = common::cluster::node_client(grpc, Some("n2")).await;
     let call = node.handoff(HandoffRequest {
         sid: p.sid.clone(),
         new_owner: "n2".into(),

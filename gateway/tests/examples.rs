@@ -191,7 +191,7 @@ async fn python_publisher_reaches_a_room_on_every_node_in_order() {
     let mut outsider = echo_client(c.addr(0), None).await;
 
     // 20 messages on one EmitStream, through node 2.
-    let grpc = c.nodes[1].grpc.clone().expect("grpc address");
+    let grpc = c.nodes[1].api.clone().expect("api address");
     let run = publisher(&[
         "--gateway",
         &grpc,
@@ -234,7 +234,7 @@ async fn python_publisher_reaches_a_room_on_every_node_in_order() {
     }
 
     // One message: Push.Emit, through node 3.
-    let grpc = c.nodes[2].grpc.clone().expect("grpc address");
+    let grpc = c.nodes[2].api.clone().expect("api address");
     let run = publisher(&[
         "--gateway",
         &grpc,
@@ -395,7 +395,7 @@ async fn chat_backend_across_three_nodes() {
     let listen = format!("127.0.0.1:{}", free_port());
     let upstream = format!("http://{listen}");
     let c = Cluster::start(3, &["--upstream", &upstream, "--api-token", TOKEN]).await;
-    let grpc = c.nodes[1].grpc.clone().expect("grpc address");
+    let grpc = c.nodes[1].api.clone().expect("api address");
     let backend = ChatBackend::start(&listen, &grpc);
 
     // Bad names get CONNECT_ERROR with the backend's message; the session

@@ -20,7 +20,7 @@ async fn start() -> (Cluster, Vec<Client>) {
     let c = Cluster::start(3, &["--api-token", TOKEN]).await;
     let mut clients = Vec::new();
     for node in &c.nodes {
-        clients.push(client(node.grpc.as_deref().expect("grpc address"), Some(TOKEN)).await);
+        clients.push(client(node.api.as_deref().expect("api address"), Some(TOKEN)).await);
     }
     (c, clients)
 }
@@ -341,13 +341,13 @@ async fn errors_are_grpc_status_codes() {
     let (_a, sid_a) = connect(c.addr(0)).await;
 
     // Tokens.
-    let mut anonymous = client(c.nodes[0].grpc.as_deref().expect("grpc"), None).await;
+    let mut anonymous = client(c.nodes[0].api.as_deref().expect("api"), None).await;
     let err = anonymous
         .stats(StatsRequest {})
         .await
         .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
-    let mut wrong = client(c.nodes[1].grpc.as_deref().expect("grpc"), Some("nope")).await;
+    let mut wrong = client(c.nodes[1].api.as_deref().expect("api"), Some("nope")).await;
     let err = wrong.stats(StatsRequest {}).await.expect_err("wrong token");
     assert_eq!(err.code(), Code::Unauthenticated);
 
@@ -447,7 +447,7 @@ async fn connect_as(addr: &str, user: &str) -> (Ws, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_with_sessions_on_several_nodes() {
     let c = Cluster::start(3, &["--api-token", TOKEN, "--jwt-hs256-secret", JWT_SECRET]).await;
-    let mut api = client(c.nodes[2].grpc.as_deref().expect("grpc"), Some(TOKEN)).await;
+    let mut api = client(c.nodes[2].api.as_deref().expect("api"), Some(TOKEN)).await;
     // alice on nodes 1 and 2, bob on node 3.
     let (mut alice1, _) = connect_as(c.addr(0), "alice").await;
     let (mut alice2, _) = connect_as(c.addr(1), "alice").await;
@@ -561,7 +561,7 @@ async fn volatile_everyone_and_disconnects_with_a_reason() {
         ],
     )
     .await;
-    let mut api = client(c.nodes[2].grpc.as_deref().expect("grpc"), Some(TOKEN)).await;
+    let mut api = client(c.nodes[2].api.as_deref().expect("api"), Some(TOKEN)).await;
 
     // Everyone: every namespace of every node, once per socket.
     let (mut a, sid_a) = connect(c.addr(0)).await;
@@ -656,7 +656,7 @@ async fn api_tokens_from_a_file() {
     let file = dir.join("tokens");
     std::fs::write(&file, "# one per line\nfile-token-1\n\nfile-token-2\n").expect("write");
     let c = Cluster::start(1, &["--api-token-file", file.to_str().expect("utf-8")]).await;
-    let grpc = c.nodes[0].grpc.as_deref().expect("grpc");
+    let grpc = c.nodes[0].api.as_deref().expect("api");
     let stats = StatsRequest::default();
     for token in ["file-token-1", "file-token-2"] {
         let mut ok = client(grpc, Some(token)).await;
@@ -691,7 +691,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
     let c = Cluster::start(3, &["--api-token", TOKEN, "--recovery-window", "120000"]).await;
     let mut api = Vec::new();
     for node in &c.nodes {
-        api.push(client(node.grpc.as_deref().expect("grpc"), Some(TOKEN)).await);
+        api.push(client(node.api.as_deref().expect("api"), Some(TOKEN)).await);
     }
     let mut socks = Vec::new();
     for i in 0..3 {

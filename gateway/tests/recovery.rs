@@ -557,7 +557,7 @@ async fn a_killed_nodes_clients_recover_everything_through_any_node() {
         per_node[victim] > 0,
         "no client on the node to kill: {per_node:?}"
     );
-    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    let mut push = push_client(setup.cluster.nodes[0].api.as_deref().unwrap(), Some(TOKEN)).await;
 
     publish(&mut push, 1, 150, 100).await;
     // Mid-stream: SIGKILL the node that holds about a third of the clients.
@@ -580,7 +580,7 @@ async fn two_nodes_killed_one_after_the_other_lose_nothing() {
     let fleet = Fleet::start(&setup.nginx.url(), 24);
     let ready = fleet.line("ready ", Duration::from_secs(60));
     let per_node = owners(&setup, &ready);
-    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    let mut push = push_client(setup.cluster.nodes[0].api.as_deref().unwrap(), Some(TOKEN)).await;
 
     publish(&mut push, 1, 100, 100).await;
     setup.cluster.nodes[1].kill();
@@ -603,7 +603,7 @@ async fn a_killed_node_restarted_rejoins_and_serves_recovered_clients() {
     let mut setup = Setup::start().await;
     let fleet = Fleet::start(&setup.nginx.url(), 15);
     let _ = fleet.line("ready ", Duration::from_secs(60));
-    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    let mut push = push_client(setup.cluster.nodes[0].api.as_deref().unwrap(), Some(TOKEN)).await;
     publish(&mut push, 1, 50, 100).await;
     setup.cluster.nodes[2].kill();
     publish(&mut push, 51, 100, 100).await;
@@ -645,7 +645,7 @@ async fn a_redis_restart_mid_stream_keeps_sessions_and_later_recoveries() {
     let ready = fleet.line("ready ", Duration::from_secs(60));
     let per_node = owners(&setup, &ready);
     let victim = victim(&per_node);
-    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    let mut push = push_client(setup.cluster.nodes[0].api.as_deref().unwrap(), Some(TOKEN)).await;
     publish(&mut push, 1, 50, 100).await;
     // Redis goes away (and comes back empty: no persistence). Meanwhile
     // emits are delivered live without the log.
@@ -675,7 +675,7 @@ async fn a_drained_nodes_clients_recover_on_the_others_with_nothing_lost() {
     let ready = fleet.line("ready ", Duration::from_secs(60));
     let per_node = owners(&setup, &ready);
     let victim = victim(&per_node);
-    let mut push = push_client(setup.cluster.nodes[0].grpc.as_deref().unwrap(), Some(TOKEN)).await;
+    let mut push = push_client(setup.cluster.nodes[0].api.as_deref().unwrap(), Some(TOKEN)).await;
     publish(&mut push, 1, 100, 100).await;
     // SIGTERM: the node leaves the ring, closes its sessions ("server
     // shutting down", recoverable) and exits; its clients come back on

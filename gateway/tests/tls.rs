@@ -1,11 +1,12 @@
-//! TLS on the gRPC port: the Push API and node-to-node traffic of a
-//! 3-node cluster over TLS, with certificates made here.
+//! TLS on the gRPC ports: node-to-node traffic of a 3-node cluster over
+//! mutual TLS (`--cluster-tls-*`) and the Push API over TLS
+//! (`--api-tls-*`), with certificates made here.
 
 mod common;
 
 use std::path::Path;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, TestTls};
 use common::{ws_open, ws_send, ws_text, Polling};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use ringway_proto::v1::push_client::PushClient;
@@ -42,23 +43,26 @@ fn certificates(dir: &Path) -> (String, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_grpc_port_speaks_tls_between_nodes_and_to_backends() {
+async fn the_grpc_ports_speak_tls_between_nodes_and_to_backends() {
     let dir = std::env::temp_dir().join(format!("ringway-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (ca, cert, key) = certificates(&dir);
-    let c = Cluster::start(
+    let tls = TestTls {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+        name: NAME.to_owned(),
+    };
+    let c = Cluster::start_tls(
         3,
+        Some(tls),
         &[
             "--api-token",
             TOKEN,
-            "--grpc-tls-cert",
+            "--api-tls-cert",
             &cert,
-            "--grpc-tls-key",
+            "--api-tls-key",
             &key,
-            "--grpc-tls-ca",
-            &ca,
-            "--grpc-tls-server-name",
-            NAME,
         ],
     )
     .await;
@@ -75,7 +79,7 @@ async fn the_grpc_port_speaks_tls_between_nodes_and_to_backends() {
     let (mut ws, open) = ws_open(c.addr(0)).await;
     let sid = open["sid"].as_str().expect("sid").to_owned();
     ws_send(&mut ws, "40").await;
-    let grpc = c.nodes[2].grpc.as_deref().expect("grpc");
+    let grpc = c.nodes[2].api.as_deref().expect("api");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(
             std::fs::read(&ca).expect("read the CA"),

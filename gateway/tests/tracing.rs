@@ -216,7 +216,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
         expect(&mut ws, "431[true]").await;
         members.push(ws);
     }
-    let mut api = push_client(c.nodes[0].grpc.as_deref().expect("grpc"), Some("t")).await;
+    let mut api = push_client(c.nodes[0].api.as_deref().expect("api"), Some("t")).await;
     let reply = api
         .emit(EmitRequest {
             namespace: "/".into(),

@@ -349,7 +349,7 @@ async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
 
     // The Allow's user and rooms hold across the cluster: a push (on node
     // 3) to the room and one to the user reach the socket.
-    let mut api = push_client(c.nodes[2].grpc.as_deref().expect("grpc"), Some("t0ken")).await;
+    let mut api = push_client(c.nodes[2].api.as_deref().expect("api"), Some("t0ken")).await;
     for to in [
         target::To::Rooms(RoomList {
             rooms: vec!["lobby".into()],

@@ -63,11 +63,11 @@ for round in $(seq "$rounds"); do
     # shellcheck disable=SC1091
     source "$RINGWAY_CLUSTER_DIR/state.env"
     # shellcheck disable=SC2046,SC2086
-    measure "ringway-$mode-max" push --url "$NODE_URLS" --grpc "$NODE1_GRPC" --token "$token" \
+    measure "ringway-$mode-max" push --url "$NODE_URLS" --grpc "$NODE1_API" --token "$token" \
       "${common[@]}" --rate 0 $(pid_args $GATEWAY_PIDS)
     half=$(( $(emit_rate "$out/ringway-$mode-max-$round.json") / 2 ))
     # shellcheck disable=SC2046,SC2086
-    measure "ringway-$mode-half" push --url "$NODE_URLS" --grpc "$NODE1_GRPC" --token "$token" \
+    measure "ringway-$mode-half" push --url "$NODE_URLS" --grpc "$NODE1_API" --token "$token" \
       "${common[@]}" --rate "$half" $(pid_args $GATEWAY_PIDS)
     "$cluster" down >/dev/null
   done

@@ -16,7 +16,8 @@
 # (default target/cluster/state.env, a shell fragment to `source`):
 #
 #   REDIS_PID REDIS_PORT REDIS_URL COORD_PID COORD_ADDR COORD_HTTP NODES
-#   NODE<i>_PID NODE<i>_URL NODE<i>_GRPC (i = 1..N)
+#   NODE<i>_PID NODE<i>_URL NODE<i>_GRPC NODE<i>_API (i = 1..N; _API only
+#   with an API token among the gateway flags)
 #   GATEWAY_PIDS (space separated)  NODE_URLS (comma separated)
 #   NGINX_PID NGINX_URL
 #
@@ -170,11 +171,17 @@ do_up() {
   done
   [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ]
 
+  # The cluster credential: a fresh random secret for this cluster, read
+  # by the coordinator and every gateway.
+  local secret="$state_dir/cluster-secret"
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secret")
+  echo "CLUSTER_SECRET_FILE=$secret" >>"$tmp"
+
   local coord_port
   coord_port=$(free_port)
   # The dashboard on a free port (an env variable: older binaries ignore it).
   RINGWAY_HTTP_LISTEN=127.0.0.1:0 RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-coordinator" --listen "127.0.0.1:$coord_port" \
-    --redis-url "$redis_url" >"$state_dir/coordinator.log" 2>&1 &
+    --redis-url "$redis_url" --cluster-secret-file "$secret" >"$state_dir/coordinator.log" 2>&1 &
   local coord_pid=$!
   echo "COORD_PID=$coord_pid" >>"$tmp"
   local line
@@ -190,12 +197,15 @@ do_up() {
   for i in $(seq "$nodes"); do
     local log="$state_dir/n$i.log"
     RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-gateway" --listen 127.0.0.1:0 \
-      --grpc-listen 127.0.0.1:0 --node-id "n$i" --coordinator "$coord_addr" \
-      --redis-url "$redis_url" "${gateway_args[@]}" >"$log" 2>&1 &
+      --grpc-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --node-id "n$i" \
+      --coordinator "$coord_addr" --redis-url "$redis_url" \
+      --cluster-secret-file "$secret" "${gateway_args[@]}" >"$log" 2>&1 &
     local pid=$!
     echo "NODE${i}_PID=$pid" >>"$tmp"
     line=$(wait_line "$log" 'ringway-gateway grpc listening on' 30 "$pid")
     echo "NODE${i}_GRPC=${line##* }" >>"$tmp"
+    line=$(grep -m1 'ringway-gateway api listening on' "$log" || true)
+    [ -n "$line" ] && echo "NODE${i}_API=${line##* }" >>"$tmp"
     line=$(wait_line "$log" 'ringway-gateway listening on http://' 30 "$pid")
     local url=${line##* }
     echo "NODE${i}_URL=$url" >>"$tmp"

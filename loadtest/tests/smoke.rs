@@ -33,8 +33,19 @@ fn gateway_binary() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
-    /// The gRPC listener, when there is one.
-    grpc: Option<String>,
+    /// The Push API listener, when there is one.
+    api: Option<String>,
+}
+
+/// A file holding the test clusters' shared secret (written once).
+fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("ringway-loadtest-secret-{}", std::process::id()));
+        std::fs::write(&path, "ringway-loadtest-cluster-secret-0123456789").expect("write secret");
+        path.to_str().expect("utf-8 temp dir").to_owned()
+    })
 }
 
 impl Server {
@@ -54,17 +65,20 @@ impl Server {
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
+            // Tests run side by side: no fixed ports.
+            .env("RINGWAY_GRPC_LISTEN", "127.0.0.1:0")
+            .env("RINGWAY_API_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start gateway");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        // The gRPC line, when there is one, comes first.
-        let mut grpc = None;
+        // The API line, when there is one, comes first.
+        let mut api = None;
         let line = loop {
             let line = lines.next().and_then(Result::ok).expect("listening line");
-            if let Some(addr) = line.strip_prefix("ringway-gateway grpc listening on ") {
-                grpc = Some(addr.trim().to_owned());
+            if let Some(addr) = line.strip_prefix("ringway-gateway api listening on ") {
+                api = Some(addr.trim().to_owned());
             }
             if line.contains("listening on http://") {
                 break line;
@@ -73,7 +87,7 @@ impl Server {
         // Keep reading stdout so that the gateway never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         let url = line.rsplit(' ').next().expect("url").to_owned();
-        Server { child, url, grpc }
+        Server { child, url, api }
     }
 }
 
@@ -335,6 +349,7 @@ impl Coordinator {
         let mut child = Command::new(workspace_binary("ringway-coordinator"))
             .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
             .args(["--lease-ttl", "1500", "--heartbeat-interval", "300"])
+            .args(["--cluster-secret-file", secret_file()])
             // Its dashboard port too (default 7080): tests run side by side.
             .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
@@ -392,6 +407,8 @@ impl Cluster {
                     &coordinator.addr,
                     "--redis-url",
                     &redis_url,
+                    "--cluster-secret-file",
+                    secret_file(),
                 ];
                 args.extend_from_slice(extra);
                 Server::start_with(&args)
@@ -545,7 +562,7 @@ fn cluster_chaos_recovers_a_killed_nodes_receivers() {
 #[test]
 fn cluster_push_through_the_api() {
     let cluster = Cluster::start_with(&["--api-token", "smoke-token"]);
-    let grpc = cluster.nodes[0].grpc.clone().expect("the gRPC address");
+    let grpc = cluster.nodes[0].api.clone().expect("the API address");
     for rate in ["100", "0"] {
         let r = run_on(
             &cluster.servers(),

@@ -1,4 +1,7 @@
-//! Ringway's protobuf definitions, compiled at build time.
+//! Ringway's protobuf definitions, compiled at build time, and the
+//! cluster credential ([`auth`]) that every internal call carries.
+
+pub mod auth;
 
 /// Cluster-internal services: membership (gateways <-> coordinator) and
 /// node-to-node traffic (gateway <-> gateway).

@@ -311,6 +311,7 @@ mod tests {
             grpc_addr: format!("{node}:7100"),
             http_addr: format!("{node}:3000"),
             incarnation: u64::MAX - 1,
+            ..JoinRequest::default()
         })
         .expect("join")
         .lease_id

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use ringway_coordinator::proto::membership_client::MembershipClient;
 use ringway_coordinator::proto::{JoinRequest, View, WatchRequest};
+use ringway_proto::auth::{ClusterSecret, Signer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Upper bound of any wait that should take far less on an idle machine.
@@ -247,6 +249,7 @@ impl Coordinator {
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--lease-ttl", &timing.ttl.to_string()])
             .args(["--heartbeat-interval", &timing.interval.to_string()])
+            .args(credential(extra))
             .args(extra)
             .env("RUST_LOG", "info,ringway_coordinator=debug")
             .stdin(Stdio::null())
@@ -363,16 +366,62 @@ impl Coordinator {
         self.proc.wait_exit(timeout)
     }
 
-    pub async fn client(&self) -> MembershipClient<Channel> {
+    pub async fn client(&self) -> Client {
         connect(self.addr()).await
     }
 }
 
-pub async fn connect(addr: SocketAddr) -> MembershipClient<Channel> {
+/// The shared secret of the test coordinators.
+pub const SECRET: &str = "ringway-test-cluster-secret-0123456789abcdef";
+
+/// A file holding [`SECRET`] (written once per test process).
+pub fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "ringway-coordinator-test-secret-{}",
+            std::process::id()
+        ));
+        std::fs::write(&path, SECRET).expect("write the cluster secret");
+        path.to_str().expect("utf-8 temp dir").to_owned()
+    })
+}
+
+/// The secret's flag, unless `extra` chooses the credential itself.
+fn credential(extra: &[&str]) -> Vec<&'static str> {
+    if extra
+        .iter()
+        .any(|a| a.starts_with("--cluster-") || *a == "--insecure-cluster")
+    {
+        vec![]
+    } else {
+        vec!["--cluster-secret-file", secret_file()]
+    }
+}
+
+/// A Membership client signed with the test secret.
+pub type Client = MembershipClient<InterceptedService<Channel, Signer>>;
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    connect_as(addr, Some("test-client")).await
+}
+
+/// A Membership client signed as `node` (`None`: with no credential).
+pub async fn connect_as(addr: SocketAddr, node: Option<&str>) -> Client {
+    let signer = node.map_or_else(Signer::none, |node| {
+        Signer::new(
+            Some(ClusterSecret::new(SECRET.as_bytes()).expect("secret")),
+            node,
+        )
+    });
     let deadline = Instant::now() + WAIT;
     loop {
-        match MembershipClient::connect(format!("http://{addr}")).await {
-            Ok(c) => return c,
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await;
+        match channel {
+            Ok(channel) => return MembershipClient::with_interceptor(channel, signer),
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -387,6 +436,7 @@ pub fn join_req(node: &str, incarnation: u64) -> JoinRequest {
         grpc_addr: format!("{node}.local:7001"),
         http_addr: format!("{node}.local:3000"),
         incarnation,
+        ..JoinRequest::default()
     }
 }
 
@@ -403,7 +453,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub async fn open(client: &mut MembershipClient<Channel>, node_id: &str) -> Self {
+    pub async fn open(client: &mut Client, node_id: &str) -> Self {
         let mut stream = client
             .watch(WatchRequest {
                 node_id: node_id.into(),

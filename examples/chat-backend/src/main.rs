@@ -32,9 +32,9 @@ struct Args {
     /// http://ADDR`). Port 0 picks a free port; the address is printed.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:7300")]
     listen: SocketAddr,
-    /// A gateway's gRPC address for Push calls (`host:port` or
+    /// A gateway's Push API address (its `--api-listen`) for Push calls (`host:port` or
     /// `http://host:port`); any gateway of the cluster reaches every client.
-    #[arg(long, env = "CHAT_GATEWAY", default_value = "127.0.0.1:7100")]
+    #[arg(long, env = "CHAT_GATEWAY", default_value = "127.0.0.1:7200")]
     gateway: String,
     /// Bearer token for Push calls: one of the gateways' `--api-token`s.
     #[arg(long, env = "CHAT_API_TOKEN", hide_env_values = true)]

@@ -57,7 +57,7 @@ fn start(args: &[&str]) -> Backend {
 fn bad_flags_exit_2() {
     for args in [
         &["--gateway", "127.0.0.1:1", "--api-token", ""][..],
-        &["--gateway", "https://gw:7100", "--api-token", "t"][..],
+        &["--gateway", "https://gw:7200", "--api-token", "t"][..],
         &["--gateway", "127.0.0.1:1"][..],
     ] {
         let out = Command::new(BIN)

@@ -987,13 +987,24 @@ impl<A: Application> Push for PushService<A> {
 #[derive(Clone)]
 pub struct ApiAuth {
     tokens: Arc<[String]>,
+    /// A verified client certificate is enough (`--api-tls-client-ca`:
+    /// the TLS layer checked it against the backends' CA).
+    client_certificates: bool,
 }
 
 impl ApiAuth {
     pub fn new(tokens: Vec<String>) -> ApiAuth {
         ApiAuth {
             tokens: tokens.into(),
+            client_certificates: false,
         }
+    }
+
+    /// Also accepts callers with a client certificate the TLS layer
+    /// verified.
+    pub fn with_client_certificates(mut self) -> ApiAuth {
+        self.client_certificates = true;
+        self
     }
 }
 
@@ -1007,6 +1018,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for ApiAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.client_certificates && request.peer_certs().is_some_and(|certs| !certs.is_empty()) {
+            return Ok(request);
+        }
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated("missing bearer token"));
         };

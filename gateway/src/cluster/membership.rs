@@ -6,10 +6,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringway_proto::auth::Signer;
 use ringway_proto::cluster::v1::membership_client::MembershipClient;
 use ringway_proto::cluster::v1::{HeartbeatRequest, JoinRequest, LeaveRequest, WatchRequest};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{info, warn, Instrument};
 
 use super::Cluster;
@@ -36,6 +38,10 @@ pub struct HeartbeatLoad {
     pub messages_out: u64,
 }
 
+/// A client of the coordinator: every call signed with the cluster
+/// credential.
+type Coordinator = MembershipClient<InterceptedService<Channel, Signer>>;
+
 /// Reads the load at each heartbeat.
 pub type LoadSource = Arc<dyn Fn() -> HeartbeatLoad + Send + Sync>;
 
@@ -45,6 +51,9 @@ pub struct MembershipClientTask {
     registration: Registration,
     load: LoadSource,
     lease: Mutex<Option<u64>>,
+    /// The proof of this node's membership (the coordinator's
+    /// `member_token`), for joining again while the old membership lives.
+    proof: Mutex<bytes::Bytes>,
 }
 
 impl MembershipClientTask {
@@ -60,26 +69,28 @@ impl MembershipClientTask {
             registration,
             load,
             lease: Mutex::new(None),
+            proof: Mutex::new(bytes::Bytes::new()),
         })
     }
 
-    fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let url = if self.coordinator.contains("://") {
-            self.coordinator.clone()
-        } else {
-            format!("http://{}", self.coordinator)
-        };
-        Ok(Endpoint::from_shared(url)?
+    fn client(&self) -> Result<Coordinator, tonic::transport::Error> {
+        let security = self.cluster.security();
+        let channel = security
+            .endpoint(&self.coordinator)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(CALL_TIMEOUT)
-            .connect_lazy())
+            .connect_lazy();
+        Ok(MembershipClient::with_interceptor(
+            channel,
+            security.signer(),
+        ))
     }
 
     /// Joins, heartbeats and watches until `stop` turns true; never
     /// returns early on coordinator failures (it retries with backoff).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let channel = match self.channel() {
-            Ok(channel) => channel,
+        let client = match self.client() {
+            Ok(client) => client,
             Err(err) => {
                 warn!(%err, coordinator = %self.coordinator, "bad coordinator address");
                 return;
@@ -90,11 +101,17 @@ impl MembershipClientTask {
             if *stop.borrow() {
                 return;
             }
-            let session = self.clone().session(channel.clone());
+            let session = self.clone().session(client.clone());
             tokio::select! {
                 result = session => {
                     match result {
                         Ok(()) => backoff = Duration::from_millis(100),
+                        Err(err) if err.code() == tonic::Code::AlreadyExists => {
+                            warn!(%err, "this node id is a live member without our proof (an earlier process?): joining once its lease lapses");
+                        }
+                        Err(err) if matches!(err.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                            warn!(%err, coordinator = %self.coordinator, "the coordinator refused our cluster credential: check --cluster-secret-file / --cluster-tls-*");
+                        }
                         Err(err) => {
                             warn!(%err, coordinator = %self.coordinator, "coordinator unreachable: serving on the last view");
                         }
@@ -109,9 +126,9 @@ impl MembershipClientTask {
 
     /// One registration: join, then heartbeat and watch until the lease is
     /// lost (`Ok`, join again at once) or the coordinator fails (`Err`).
-    async fn session(self: Arc<Self>, channel: Channel) -> Result<(), tonic::Status> {
-        let mut client = MembershipClient::new(channel);
+    async fn session(self: Arc<Self>, mut client: Coordinator) -> Result<(), tonic::Status> {
         let span = tracing::info_span!("membership.join");
+        let proof = self.proof.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let join = async {
             client
                 .join(traced(JoinRequest {
@@ -119,10 +136,12 @@ impl MembershipClientTask {
                     grpc_addr: self.registration.grpc_addr.clone(),
                     http_addr: self.registration.http_addr.clone(),
                     incarnation: self.cluster.incarnation(),
+                    proof,
                 }))
                 .await
         };
         let reply = join.instrument(span).await?.into_inner();
+        *self.proof.lock().unwrap_or_else(|e| e.into_inner()) = reply.member_token.clone();
         info!(lease = reply.lease_id, "joined the cluster");
         self.cluster.set_joined();
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply.lease_id);
@@ -182,10 +201,9 @@ impl MembershipClientTask {
         let Some(lease_id) = lease else {
             return;
         };
-        let Ok(channel) = self.channel() else {
+        let Ok(mut client) = self.client() else {
             return;
         };
-        let mut client = MembershipClient::new(channel);
         let request = LeaveRequest {
             node_id: self.cluster.node_id().to_owned(),
             lease_id,

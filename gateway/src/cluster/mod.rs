@@ -32,7 +32,9 @@ use crate::engineio::{
 use crate::socketio::{Fabric, RoomReceipt, Target};
 use crate::store::{Entry, Registry};
 
-use self::peer::{Peer, PeerTls};
+use ringway_proto::auth::ClusterSecurity;
+
+use self::peer::Peer;
 use self::ring::Ring;
 use self::rooms::{LocalRooms, RoomIndex};
 
@@ -61,8 +63,9 @@ pub struct Cluster {
     joined: AtomicBool,
     /// The registry answered its last health check.
     registry_ok: AtomicBool,
-    /// TLS towards the other gateways, when the gRPC port uses it.
-    peer_tls: Option<PeerTls>,
+    /// How this node authenticates to the others (the cluster credential,
+    /// mutual TLS).
+    security: ClusterSecurity,
 }
 
 /// One membership view and its ring.
@@ -78,7 +81,7 @@ impl Cluster {
         node_id: &str,
         vnodes: u32,
         registry: Arc<dyn Registry>,
-        peer_tls: Option<PeerTls>,
+        security: ClusterSecurity,
     ) -> Arc<Cluster> {
         let incarnation = rand::random::<u64>();
         let me = Member {
@@ -106,7 +109,7 @@ impl Cluster {
             draining: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             registry_ok: AtomicBool::new(true),
-            peer_tls,
+            security,
         })
     }
 
@@ -138,6 +141,11 @@ impl Cluster {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The cluster credential and TLS settings of this node.
+    pub fn security(&self) -> &ClusterSecurity {
+        &self.security
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -240,7 +248,7 @@ impl Cluster {
                     &member.node_id,
                     &member.grpc_addr,
                     self.local_rooms.clone(),
-                    self.peer_tls.as_ref(),
+                    &self.security,
                 ) {
                     Ok(peer) => {
                         info!(peer = %member.node_id, addr = %member.grpc_addr, "peer added");

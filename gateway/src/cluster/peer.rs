@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringway_proto::auth::{ClusterSecurity, Signer};
 use ringway_proto::cluster::v1::node_client::NodeClient;
 use ringway_proto::cluster::v1::{
     deliver_item, poll_message, DeliverBatch, DeliverItem, ForwardReply, ForwardRequest,
@@ -15,7 +16,8 @@ use ringway_proto::cluster::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::rooms::LocalRooms;
@@ -36,14 +38,9 @@ pub const MAX_MESSAGE: usize = 256 << 20;
 /// Bound of a handoff call.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How gateways verify each other over TLS.
-#[derive(Clone, Debug)]
-pub struct PeerTls {
-    pub ca: Certificate,
-    /// The name their certificates carry; `None`: the host of their
-    /// advertised address.
-    pub server_name: Option<String>,
-}
+/// A client of another member's node service: every call signed with
+/// the cluster credential.
+pub type NodeChannel = NodeClient<InterceptedService<Channel, Signer>>;
 
 /// An item for the delivery stream, and who waits for the peer to have
 /// applied it.
@@ -58,7 +55,7 @@ type Unacked = Arc<Mutex<VecDeque<(u64, Vec<oneshot::Sender<()>>)>>>;
 pub struct Peer {
     node_id: String,
     addr: String,
-    client: NodeClient<Channel>,
+    client: NodeChannel,
     queue: mpsc::Sender<Outgoing>,
     dropped: AtomicU64,
     pump: JoinHandle<()>,
@@ -77,27 +74,17 @@ impl Peer {
         node_id: &str,
         addr: &str,
         local_rooms: Arc<LocalRooms>,
-        tls: Option<&PeerTls>,
+        security: &ClusterSecurity,
     ) -> Result<Arc<Peer>, tonic::transport::Error> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
-        if let Some(tls) = tls {
-            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-            let name = tls.server_name.as_deref().unwrap_or(host);
-            endpoint = endpoint.tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(tls.ca.clone())
-                    .domain_name(name),
-            )?;
-        }
-        let channel = endpoint
+        let channel = security
+            .endpoint(addr)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = NodeClient::new(channel)
+        let client = NodeClient::with_interceptor(channel, security.signer())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let (queue, rx) = mpsc::channel(QUEUE_ITEMS);
@@ -269,7 +256,7 @@ async fn timed<T>(
 async fn pump(
     self_id: String,
     peer_id: String,
-    client: NodeClient<Channel>,
+    client: NodeChannel,
     mut rx: mpsc::Receiver<Outgoing>,
     local_rooms: Arc<LocalRooms>,
 ) {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::Method;
+use ringway_proto::auth::Caller;
 use ringway_proto::cluster::v1::node_server::Node;
 use ringway_proto::cluster::v1::{
     deliver_item, poll_message, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply,
@@ -189,6 +190,7 @@ impl<A: Application> Node for NodeService<A> {
     ) -> Result<Response<HandoffReply>, Status> {
         let span = tracing::info_span!("node.handoff");
         continue_trace(&request, &span);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
             return Ok(Response::new(HandoffReply {
@@ -199,6 +201,8 @@ impl<A: Application> Node for NodeService<A> {
         if request.new_owner.is_empty() {
             return Err(Status::invalid_argument("new_owner is required"));
         }
+        // Only the node that takes the session may ask for it.
+        caller.check_acts_as(&request.new_owner, "new_owner")?;
         match self
             .engine
             .hand_off(sid, &request.new_owner)
@@ -227,6 +231,7 @@ impl<A: Application> Node for NodeService<A> {
         &self,
         request: Request<Streaming<DeliverBatch>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
+        let caller = Caller::of(&request);
         let mut stream = request.into_inner();
         let (acks, acks_rx) = mpsc::channel(64);
         let engine = self.engine.clone();
@@ -245,6 +250,11 @@ impl<A: Application> Node for NodeService<A> {
                 if from.is_empty() {
                     if batch.from_node.is_empty() {
                         let refusal = Status::invalid_argument("the first batch names its node");
+                        let _ = acks.send(Err(refusal)).await;
+                        return;
+                    }
+                    // A stream speaks for the node that opened it only.
+                    if let Err(refusal) = caller.check_acts_as(&batch.from_node, "from_node") {
                         let _ = acks.send(Err(refusal)).await;
                         return;
                     }

@@ -9,10 +9,64 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ringway_proto::auth::{ClusterSecret, Signer};
 use ringway_proto::cluster::v1::membership_client::MembershipClient;
+use ringway_proto::cluster::v1::node_client::NodeClient;
 use ringway_proto::cluster::v1::{View, WatchRequest};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use super::Gateway;
+
+/// The shared secret of every test cluster, as its bytes.
+pub const SECRET: &str = "ringway-test-cluster-secret-0123456789abcdef";
+
+/// A file holding [`SECRET`] (written once per test process).
+pub fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "ringway-test-cluster-secret-{}",
+            std::process::id()
+        ));
+        std::fs::write(&path, format!("{SECRET}\n")).expect("write the cluster secret");
+        path.to_str().expect("utf-8 temp dir").to_owned()
+    })
+}
+
+/// Signs calls as `node_id` with the test clusters' secret.
+pub fn signer(node_id: &str) -> Signer {
+    Signer::new(
+        Some(ClusterSecret::new(SECRET.as_bytes()).expect("secret")),
+        node_id,
+    )
+}
+
+pub type NodeChannel = NodeClient<InterceptedService<Channel, Signer>>;
+
+/// A client of a node's `Node` service, calling as `as_node` with the
+/// cluster's credential (`None`: with no credential at all).
+pub async fn node_client(grpc: &str, as_node: Option<&str>) -> NodeChannel {
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the node service");
+    NodeClient::with_interceptor(channel, as_node.map_or_else(Signer::none, signer))
+}
+
+pub type MembershipChannel = MembershipClient<InterceptedService<Channel, Signer>>;
+
+/// A client of the coordinator, calling as `as_node` with the cluster's
+/// credential (`None`: with none).
+pub async fn membership_client(addr: &str, as_node: Option<&str>) -> MembershipChannel {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the coordinator");
+    MembershipClient::with_interceptor(channel, as_node.map_or_else(Signer::none, signer))
+}
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
@@ -131,6 +185,57 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Mutual TLS for a test cluster: PEM files, and the name the
+/// certificates carry.
+#[derive(Clone, Debug)]
+pub struct TestTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub name: String,
+}
+
+impl TestTls {
+    /// The flags of a gateway using it.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = self.coordinator_flags();
+        flags.extend(["--cluster-tls-server-name".to_owned(), self.name.clone()]);
+        flags
+    }
+
+    /// The flags of a coordinator using it (it calls nobody: no server
+    /// name).
+    pub fn coordinator_flags(&self) -> Vec<String> {
+        vec![
+            "--cluster-tls-ca".to_owned(),
+            self.ca.clone(),
+            "--cluster-tls-cert".to_owned(),
+            self.cert.clone(),
+            "--cluster-tls-key".to_owned(),
+            self.key.clone(),
+        ]
+    }
+
+    /// A channel to `addr` presenting this certificate.
+    pub async fn channel(&self, addr: &str) -> Channel {
+        let read = |path: &str| std::fs::read(path).expect("read a PEM");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert),
+                read(&self.key),
+            ))
+            .domain_name(&self.name);
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls config")
+            .connect()
+            .await
+            .expect("TLS connection")
+    }
+}
+
 /// A `ringway-coordinator` process.
 pub struct Coordinator {
     child: Option<Child>,
@@ -139,6 +244,7 @@ pub struct Coordinator {
     pub http: String,
     redis_url: String,
     port: u16,
+    tls: Option<TestTls>,
 }
 
 /// Lease settings of the tests: short, so that failures show quickly.
@@ -147,12 +253,18 @@ pub const HEARTBEAT_MS: u64 = 300;
 
 impl Coordinator {
     pub fn start(redis_url: &str) -> Coordinator {
+        Coordinator::start_tls(redis_url, None)
+    }
+
+    /// A coordinator that also takes mutual TLS only.
+    pub fn start_tls(redis_url: &str, tls: Option<TestTls>) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             addr: String::new(),
             http: String::new(),
             redis_url: redis_url.to_owned(),
             port: free_port(),
+            tls,
         };
         c.restart();
         c
@@ -171,7 +283,10 @@ impl Coordinator {
                 &LEASE_TTL_MS.to_string(),
                 "--heartbeat-interval",
                 &HEARTBEAT_MS.to_string(),
+                "--cluster-secret-file",
+                secret_file(),
             ])
+            .args(self.tls.iter().flat_map(TestTls::coordinator_flags))
             // Its dashboard port too (default 7080): tests run side by side.
             .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
             .env(
@@ -218,9 +333,13 @@ impl Coordinator {
 
     /// The current membership view (the first message of a watch).
     pub async fn view(&self) -> View {
-        let mut client = MembershipClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the coordinator");
+        let mut client = match &self.tls {
+            Some(tls) => MembershipClient::with_interceptor(
+                tls.channel(&self.addr).await,
+                signer("test-watcher"),
+            ),
+            None => membership_client(&self.addr, Some("test-watcher")).await,
+        };
         let mut stream = client
             .watch(WatchRequest::default())
             .await
@@ -276,6 +395,8 @@ pub fn start_node(
         &coordinator_addr,
         "--redis-url",
         &redis_url,
+        "--cluster-secret-file",
+        secret_file(),
     ];
     args.extend_from_slice(extra);
     Gateway::start_raw(&args)
@@ -291,10 +412,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_tls(n, None, extra).await
+    }
+
+    /// A cluster whose members (coordinator included) also use mutual TLS.
+    pub async fn start_tls(n: usize, tls: Option<TestTls>, extra: &[&str]) -> Cluster {
         let redis = Redis::start();
-        let coordinator = Coordinator::start(&redis.url());
+        let coordinator = Coordinator::start_tls(&redis.url(), tls.clone());
+        let tls_flags: Vec<String> = tls.iter().flat_map(TestTls::flags).collect();
+        let mut all: Vec<&str> = tls_flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
         let nodes: Vec<Gateway> = (1..=n)
-            .map(|i| start_node(&format!("n{i}"), &coordinator, &redis, extra))
+            .map(|i| start_node(&format!("n{i}"), &coordinator, &redis, &all))
             .collect();
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -332,12 +461,12 @@ pub type PushClient = ringway_proto::v1::push_client::PushClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
 >;
 
-/// A `Push` client of a gateway's gRPC address, with this token (if any).
-pub async fn push_client(grpc: &str, token: Option<&'static str>) -> PushClient {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+/// A `Push` client of a gateway's API address, with this token (if any).
+pub async fn push_client(api: &str, token: Option<&'static str>) -> PushClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{api}"))
         .expect("url")
         .connect()
         .await
-        .expect("connect to the gateway's gRPC port");
+        .expect("connect to the gateway's API port");
     ringway_proto::v1::push_client::PushClient::with_interceptor(channel, Bearer(token))
 }

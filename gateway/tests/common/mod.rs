@@ -65,12 +65,21 @@ impl Log {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Listener {
+    Grpc,
+    Api,
+    Http,
+}
+
 /// A gateway process, killed when dropped.
 pub struct Gateway {
     child: Child,
     pub addr: String,
-    /// The gRPC listener (cluster mode, or with API tokens).
+    /// The node-to-node gRPC listener (cluster mode).
     pub grpc: Option<String>,
+    /// The Push API listener (with API tokens).
+    pub api: Option<String>,
 }
 
 impl Gateway {
@@ -133,6 +142,11 @@ impl Gateway {
     }
 
     fn spawn(mut command: Command) -> Gateway {
+        // Listeners the flags do not place go to free ports: tests run side
+        // by side (a flag overrides these).
+        command
+            .env("RINGWAY_GRPC_LISTEN", "127.0.0.1:0")
+            .env("RINGWAY_API_LISTEN", "127.0.0.1:0");
         let mut child = command
             .stdout(Stdio::piped())
             .spawn()
@@ -142,26 +156,35 @@ impl Gateway {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
-                if let Some(addr) = line.strip_prefix("ringway-gateway grpc listening on ") {
-                    let _ = tx.send((true, addr.to_owned()));
-                }
-                if let Some(url) = line.strip_prefix("ringway-gateway listening on http://") {
-                    let _ = tx.send((false, url.to_owned()));
+                for (kind, prefix) in [
+                    (Listener::Grpc, "ringway-gateway grpc listening on "),
+                    (Listener::Api, "ringway-gateway api listening on "),
+                    (Listener::Http, "ringway-gateway listening on http://"),
+                ] {
+                    if let Some(addr) = line.strip_prefix(prefix) {
+                        let _ = tx.send((kind, addr.to_owned()));
+                    }
                 }
             }
         });
-        // The gRPC line, when there is one, comes first.
-        let mut grpc = None;
+        // The gRPC and API lines, when there are any, come first.
+        let (mut grpc, mut api) = (None, None);
         let addr = loop {
-            let (is_grpc, addr) = rx
+            let (kind, addr) = rx
                 .recv_timeout(Duration::from_secs(20))
                 .expect("gateway did not report its address");
-            if !is_grpc {
-                break addr;
+            match kind {
+                Listener::Grpc => grpc = Some(addr),
+                Listener::Api => api = Some(addr),
+                Listener::Http => break addr,
             }
-            grpc = Some(addr);
         };
-        Gateway { child, addr, grpc }
+        Gateway {
+            child,
+            addr,
+            grpc,
+            api,
+        }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
