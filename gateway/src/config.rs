@@ -328,6 +328,89 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Most sessions this node holds; past it handshakes get 503 (0: no
+    /// limit).
+    #[arg(long, env = "RINGWAY_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Most sessions one client address holds on this node (IPv6 counted
+    /// by /64); past it handshakes get 429 (0: no limit).
+    #[arg(long, env = "RINGWAY_MAX_SESSIONS_PER_IP", default_value_t = 1_000)]
+    pub max_sessions_per_ip: usize,
+
+    /// New sessions per second one client address may open on this node,
+    /// after a burst of `--handshake-burst-per-ip`; past it handshakes get
+    /// 429 (0: no limit).
+    #[arg(long, env = "RINGWAY_HANDSHAKE_RATE_PER_IP", default_value_t = 20.0)]
+    pub handshake_rate_per_ip: f64,
+
+    /// Handshakes one client address may make at once before
+    /// `--handshake-rate-per-ip` applies.
+    #[arg(long, env = "RINGWAY_HANDSHAKE_BURST_PER_IP", default_value_t = 100.0)]
+    pub handshake_burst_per_ip: f64,
+
+    /// Networks of the load balancers and proxies in front (repeatable, or
+    /// comma-separated; CIDR or a single address): a request from one of
+    /// them is counted for the client address its `X-Forwarded-For`
+    /// names (the last one not itself a proxy). From anyone else the
+    /// header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "RINGWAY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::http::Cidr>,
+
+    /// Milliseconds a client may take to send a request's headers (and an
+    /// idle connection may wait for its next request).
+    #[arg(long, env = "RINGWAY_HEADER_READ_TIMEOUT", default_value_t = 10_000)]
+    pub header_read_timeout: u64,
+
+    /// Milliseconds a client may take to send a POST body; past it the
+    /// request gets 408 and its connection is closed.
+    #[arg(long, env = "RINGWAY_BODY_READ_TIMEOUT", default_value_t = 10_000)]
+    pub body_read_timeout: u64,
+
+    /// Bytes of POST bodies this node reads at once (all clients together);
+    /// a POST waits for its share within its body timeout, then gets 503.
+    #[arg(long, env = "RINGWAY_MAX_BODY_BUFFER", default_value_t = 64 << 20)]
+    pub max_body_buffer: usize,
+
+    /// Most rooms one socket may be in; past it a join is refused (0: no
+    /// limit).
+    #[arg(long, env = "RINGWAY_MAX_ROOMS_PER_SOCKET", default_value_t = 1_000)]
+    pub max_rooms_per_socket: usize,
+
+    /// Longest room name, in bytes; a longer one is refused.
+    #[arg(long, env = "RINGWAY_MAX_ROOM_NAME", default_value_t = 256)]
+    pub max_room_name: usize,
+
+    /// Longest event name a client may send, in bytes; a longer one is
+    /// dropped (an error ack if it asked for one).
+    #[arg(long, env = "RINGWAY_MAX_EVENT_NAME", default_value_t = 256)]
+    pub max_event_name: usize,
+
+    /// Refused CONNECTs one session may make (bad namespace, refused by
+    /// the application); the next one closes the session (0: no limit).
+    #[arg(long, env = "RINGWAY_MAX_FAILED_CONNECTS", default_value_t = 10)]
+    pub max_failed_connects: usize,
+
+    /// Largest event kept in the recovery log, in bytes (its packet); a
+    /// larger one is delivered but not logged (a client that misses it
+    /// gets a fresh socket instead of it), and counted.
+    #[arg(
+        long,
+        env = "RINGWAY_RECOVERY_MAX_EVENT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub recovery_max_event_bytes: usize,
+
+    /// Memory the recovery log may take in Redis (or in memory alone), in
+    /// bytes; past it the oldest entries go first, as with
+    /// `--recovery-max-log`.
+    #[arg(long, env = "RINGWAY_RECOVERY_MAX_LOG_BYTES", default_value_t = 256 << 20)]
+    pub recovery_max_log_bytes: u64,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -367,6 +450,21 @@ impl Config {
         }
         self.validate_cluster_security()?;
         self.validate_addresses()?;
+        if !(self.handshake_rate_per_ip >= 0.0 && self.handshake_rate_per_ip.is_finite()) {
+            return Err("--handshake-rate-per-ip must be 0 or more".into());
+        }
+        if !(self.handshake_burst_per_ip >= 1.0 && self.handshake_burst_per_ip.is_finite()) {
+            return Err("--handshake-burst-per-ip must be at least 1".into());
+        }
+        if self.header_read_timeout == 0 || self.body_read_timeout == 0 {
+            return Err("--header-read-timeout and --body-read-timeout must be positive".into());
+        }
+        if self.max_body_buffer < self.max_payload {
+            return Err("--max-body-buffer must be at least --max-payload".into());
+        }
+        if self.max_room_name == 0 || self.max_event_name == 0 {
+            return Err("--max-room-name and --max-event-name must be positive".into());
+        }
         if self.registry_ttl < 1000 {
             return Err("--registry-ttl must be at least 1000 ms".into());
         }
@@ -685,6 +783,15 @@ impl Config {
             ws_write_buffer: WS_WRITE_BUFFER,
             ws_write_interval: Duration::from_millis(self.ws_write_interval),
             max_poll_packets: self.max_poll_packets,
+            sid_key: crate::engineio::SidKey::random(),
+            admission: crate::engineio::AdmissionConfig {
+                max_sessions: self.max_sessions,
+                max_sessions_per_ip: self.max_sessions_per_ip,
+                handshake_rate_per_ip: self.handshake_rate_per_ip,
+                handshake_burst_per_ip: self.handshake_burst_per_ip,
+            },
+            body_timeout: Duration::from_millis(self.body_read_timeout),
+            max_body_buffer: self.max_body_buffer,
         }
     }
 
@@ -697,6 +804,7 @@ impl Config {
                 // A live socket's state outlives a missed refresh or two.
                 live_ttl: window + Duration::from_millis(self.registry_ttl),
                 max_replay: self.recovery_max_log,
+                max_event_bytes: self.recovery_max_event_bytes,
             }
         })
     }
@@ -704,6 +812,12 @@ impl Config {
     pub fn socketio(&self) -> SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout),
+            limits: crate::socketio::SocketLimits {
+                max_rooms_per_socket: self.max_rooms_per_socket,
+                max_room_name: self.max_room_name,
+                max_event_name: self.max_event_name,
+                max_failed_connects: self.max_failed_connects,
+            },
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::app::EngineEcho;
 use crate::cluster::{Cluster, ClusterDirectory};
 use crate::config::Config;
-use crate::engineio::{Body, CloseReason, Engine, LocalDirectory};
+use crate::engineio::{Body, CloseReason, Engine, LocalDirectory, SidKey};
 use crate::socketio::{Application, Recovery, SocketIo};
 
 /// Path of the plain Engine.IO endpoint of the echo application.
@@ -41,21 +41,29 @@ pub struct Gateway<A: Application> {
     demo: Option<crate::demo::Demo>,
     /// `/metrics` on the client port (not with `--metrics-listen`).
     metrics_here: bool,
+    /// The balancers whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<Cidr>,
+    /// Longest a client may take to send a request's headers.
+    header_timeout: Duration,
 }
 
 impl<A: Application> Gateway<A> {
     /// `engine_echo` also serves the plain Engine.IO echo at `/engine.io/`
     /// (sessions of this node only: not routed across a cluster).
-    /// With `recovery`, connection state recovery is on.
+    /// With `recovery`, connection state recovery is on. `sid_key` signs
+    /// the Socket.IO engine's session ids (the cluster's key).
     pub fn new(
         config: &Config,
         app: A,
         engine_echo: bool,
         cluster: Arc<Cluster>,
         recovery: Option<Arc<Recovery>>,
+        sid_key: SidKey,
     ) -> Arc<Self> {
+        let mut engine_config = config.engine();
+        engine_config.sid_key = sid_key;
         let socketio = Engine::new(
-            config.engine(),
+            engine_config,
             SocketIo::new(Arc::new(app), config.socketio(), cluster.clone(), recovery),
             Arc::new(ClusterDirectory(cluster.clone())),
         );
@@ -70,6 +78,8 @@ impl<A: Application> Gateway<A> {
             cluster,
             demo: config.demo.then(|| crate::demo::Demo::new(&config.path)),
             metrics_here: config.metrics_listen.is_none(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            header_timeout: Duration::from_millis(config.header_read_timeout),
         })
     }
 
@@ -116,7 +126,7 @@ impl<A: Application> Gateway<A> {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(self.header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let mut stop = stop_rx.clone();
@@ -191,6 +201,8 @@ impl<A: Application> Gateway<A> {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")
             };
         }
+        // The client behind a trusted balancer, as far as it tells.
+        let remote = client_addr(remote, req.headers(), &self.trusted_proxies);
         let mut resp = if path.starts_with(&self.path) {
             self.socketio.handle(req, remote).await
         } else if let Some(engineio) = self
@@ -209,6 +221,94 @@ impl<A: Application> Gateway<A> {
         }
         resp
     }
+}
+
+/// A network: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or a CIDR network"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length is 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the last address of `X-Forwarded-For` that is not one (each proxy
+/// appends the address it got the request from).
+pub fn client_addr(remote: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> SocketAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if trusted.is_empty() || !is_trusted(remote.ip()) {
+        return remote;
+    }
+    let hops: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| parse_hop(hop.trim()))
+        .collect();
+    match hops.iter().rev().find(|ip| !is_trusted(**ip)) {
+        Some(ip) => SocketAddr::new(*ip, 0),
+        // Every hop is a proxy: the first one is the closest to the client.
+        None => hops.first().map_or(remote, |ip| SocketAddr::new(*ip, 0)),
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port.
+fn parse_hop(hop: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    hop.parse::<SocketAddr>().ok().map(|a| a.ip())
 }
 
 /// Liveness: the process serves HTTP.
@@ -340,5 +440,59 @@ impl Cors {
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let one: Cidr = "127.0.0.1".parse().expect("one address");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        let v6: Cidr = "fd00::/8".parse().expect("v6");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        let all: Cidr = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains("8.8.8.8".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
+        let proxy: SocketAddr = "10.0.0.9:5555".parse().expect("addr");
+        let stranger: SocketAddr = "9.9.9.9:5555".parse().expect("addr");
+        // The last hop that is not a proxy: a client cannot spoof it by
+        // prepending addresses.
+        assert_eq!(
+            client_addr(proxy, &headers, &trusted).ip().to_string(),
+            "1.2.3.4"
+        );
+        assert_eq!(client_addr(stranger, &headers, &trusted), stranger);
+        assert_eq!(client_addr(proxy, &headers, &[]), proxy);
+        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
+        let mut ported = HeaderMap::new();
+        ported.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::1]:443"),
+        );
+        assert_eq!(
+            client_addr(proxy, &ported, &trusted).ip().to_string(),
+            "2001:db8::1"
+        );
     }
 }

@@ -19,7 +19,7 @@ use ringway_gateway::cluster::ring::DEFAULT_VNODES;
 use ringway_gateway::cluster::service::NodeService;
 use ringway_gateway::cluster::{refresh_interval, Cluster};
 use ringway_gateway::config::{advertised, redact_url_in, without_password, AppKind, Config};
-use ringway_gateway::engineio::Engine;
+use ringway_gateway::engineio::{Engine, SidKey};
 use ringway_gateway::http::Gateway;
 use ringway_gateway::socketio::{Application, Recovery, SocketIo};
 use ringway_gateway::store::recovery::{MemoryRecoveryStore, RecoveryStore, RedisRecoveryStore};
@@ -234,11 +234,19 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         Some(settings) => {
             let store: Arc<dyn RecoveryStore> = match &config.redis_url {
                 Some(url) if config.clustered() => Arc::new(
-                    RedisRecoveryStore::connect(url, &config.key_prefix, config.recovery_max_log)
-                        .await
-                        .map_err(|e| redis_unreachable(url, e))?,
+                    RedisRecoveryStore::connect(
+                        url,
+                        &config.key_prefix,
+                        config.recovery_max_log,
+                        config.recovery_max_log_bytes,
+                    )
+                    .await
+                    .map_err(|e| redis_unreachable(url, e))?,
                 ),
-                _ => Arc::new(MemoryRecoveryStore::new(config.recovery_max_log)),
+                _ => Arc::new(MemoryRecoveryStore::new(
+                    config.recovery_max_log,
+                    config.recovery_max_log_bytes,
+                )),
             };
             let recovery = Recovery::open(store, settings, &node_id)
                 .await
@@ -261,7 +269,20 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     // The plain Engine.IO echo endpoint belongs to the built-in echo
     // application only.
     let engine_echo = config.upstream.is_none() && config.app == AppKind::Echo;
-    let gateway = Gateway::new(&config, app, engine_echo, cluster.clone(), recovery.clone());
+    // Session ids are signed with the cluster's key (one per node alone).
+    let sid_key = cluster
+        .registry()
+        .sid_key()
+        .await
+        .map_err(|e| redis_unreachable(config.redis_url.as_deref().unwrap_or(""), e))?;
+    let gateway = Gateway::new(
+        &config,
+        app,
+        engine_echo,
+        cluster.clone(),
+        recovery.clone(),
+        SidKey::new(&sid_key),
+    );
     if let Some(recovery) = recovery {
         let (refresher, trimmer) = (recovery.clone(), recovery);
         let every = refresh_interval(Duration::from_millis(config.registry_ttl));

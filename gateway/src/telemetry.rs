@@ -216,3 +216,16 @@ impl Tally {
 pub fn metrics() -> &'static Metrics {
     &METRICS
 }
+
+/// `tracing::warn!` at most once per period per call site, with the count
+/// of the lines held back since: for what every request of an outage would
+/// log.
+#[macro_export]
+macro_rules! warn_every {
+    ($period:expr, $($arg:tt)+) => {{
+        static LIMITER: ringway_telemetry::LogLimiter = ringway_telemetry::LogLimiter::new($period);
+        if let Some(held) = LIMITER.allow() {
+            tracing::warn!(similar_lines_held = held, $($arg)+);
+        }
+    }};
+}

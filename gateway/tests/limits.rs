@@ -96,7 +96,16 @@ async fn a_polling_client_that_stops_polling_is_disconnected() {
 
 #[tokio::test]
 async fn handshake_flood_leaves_other_sessions_served_and_is_cleaned_up() {
-    let gw = Gateway::start(&["--connect-timeout", "1000"]);
+    // A flood from many addresses, as far as the per-address limits go
+    // (they are off here; tests/security.rs floods from one address).
+    let gw = Gateway::start(&[
+        "--connect-timeout",
+        "1000",
+        "--max-sessions-per-ip",
+        "0",
+        "--handshake-rate-per-ip",
+        "0",
+    ]);
     let (mut established, _) = connected_ws(&gw.addr).await;
     let mut sids = Vec::new();
     for _batch in 0..10 {

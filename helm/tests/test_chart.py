@@ -11,7 +11,10 @@
   prometheus-operator CRD, is checked against the operator's models.
 - The gateway and coordinator arguments and environment the chart renders
   are given to the real binaries (target/debug) with --check-config, with
-  Kubernetes' $(VAR) expansion and the Secret files reproduced.
+  Kubernetes' $(VAR) expansion and the Secret files reproduced (the cluster
+  secret included: the binaries read it and refuse one under 32 bytes).
+  The cert-manager Certificate, a CRD, is checked against the fields of
+  cert-manager.io/v1.
 
 Run: .venv-test/bin/python -m pytest helm/tests (scripts/test.sh does, after
 the cargo tests, which build the binaries).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -65,11 +69,13 @@ zQIDAQAB
 VALUE_SETS: dict[str, dict[str, Any]] = {
     # What `helm install ringway helm/ringway` gives.
     "defaults": {},
-    # The least: one gateway, no HPA, no PDB, no ServiceAccount of its own.
+    # The least: one gateway, no HPA, no PDB, no ServiceAccount of its own,
+    # no NetworkPolicy.
     "minimal": {
         "autoscaling": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
         "serviceAccount": {"create": False},
+        "networkPolicy": {"enabled": False},
         "gateway": {"replicas": 1, "antiAffinity": "none"},
     },
     # Trying it out: the embedded single Redis, with its NetworkPolicy.
@@ -144,8 +150,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     },
-    # Every secret from Secrets the user manages; HS256 JWT.
+    # Every secret from Secrets the user manages (the cluster secret too);
+    # HS256 JWT.
     "existing-secrets": {
+        "cluster": {"secret": {"existingSecret": "ringway-cluster-credential", "existingSecretKey": "secret"}},
         "redis": {"auth": {"existingSecret": "redis-auth", "passwordKey": "password"}},
         "auth": {
             "apiTokens": {"existingSecret": "ringway-push-tokens", "existingSecretKey": "tokens.txt"},
@@ -165,6 +173,29 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "upstream": [{"podSelector": {"matchLabels": {"app": "chat-backend"}}}]},
         "auth": {"apiTokens": {"existingSecret": "push-tokens"}},
     },
+    # Mutual TLS (with the shared secret) from a cert-manager Certificate;
+    # /metrics on its own port, scraped by the ServiceMonitor.
+    "mtls-cert-manager": {
+        "cluster": {"tls": {"enabled": True, "certManager": {"issuerRef": {"name": "ringway-ca", "kind": "ClusterIssuer"}}}},
+        "gateway": {"ports": {"metrics": 9090}},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"prometheus": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]},
+    },
+    # Mutual TLS alone (no shared secret), from the user's Secret and server
+    # name; other ports.
+    "mtls-only": {
+        "cluster": {
+            "secret": {"enabled": False},
+            "tls": {"enabled": True, "existingSecret": "ringway-members-tls", "serverName": "members.ringway.internal"},
+        },
+        "gateway": {"ports": {"http": 8080, "node": 9100, "api": 9200}},
+        "apiService": {"port": 9200},
+        "auth": {"apiTokens": {"tokens": ["t"]}},
+    },
+    # No credential at all: an explicit opt-in, for experiments.
+    "insecure": {"cluster": {"insecure": True}},
 }
 
 # The example values files of the docs (helm/examples) are tested too.
@@ -348,6 +379,9 @@ def test_manifests_pass_kubernetes_schemas(chart, name):
         if doc["kind"] == "ServiceMonitor":
             check_service_monitor(doc)
             continue
+        if doc["kind"] == "Certificate":
+            check_certificate(doc)
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(strip(doc), version, strict=True)
@@ -379,19 +413,58 @@ def check_service_monitor(doc: dict[str, Any]) -> None:
     missing(body, again)
 
 
+# The fields of a cert-manager.io/v1 Certificate (cert-manager 1.x), for the
+# one CRD kubernetes-validate and the installed models do not know.
+CERTIFICATE_SPEC_FIELDS = {
+    "additionalOutputFormats", "commonName", "dnsNames", "duration", "emailAddresses",
+    "encodeUsagesInRequest", "ipAddresses", "isCA", "issuerRef", "keystores", "literalSubject",
+    "nameConstraints", "otherNames", "privateKey", "renewBefore", "renewBeforePercentage",
+    "revisionHistoryLimit", "secretName", "secretTemplate", "subject", "uris", "usages",
+}
+CERTIFICATE_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
+
+
+def check_certificate(doc: dict[str, Any]) -> None:
+    body = strip(doc)
+    assert body["apiVersion"] == "cert-manager.io/v1"
+    assert set(body) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = body["spec"]
+    assert set(spec) <= CERTIFICATE_SPEC_FIELDS, set(spec) - CERTIFICATE_SPEC_FIELDS
+    assert spec["secretName"] and spec["dnsNames"]
+    assert set(spec["issuerRef"]) <= {"name", "kind", "group"} and spec["issuerRef"]["name"]
+    assert set(spec["privateKey"]) <= {"algorithm", "encoding", "rotationPolicy", "size"}
+    assert spec["privateKey"]["algorithm"] in ("RSA", "ECDSA", "Ed25519")
+    assert set(spec["usages"]) <= CERTIFICATE_USAGES
+    for key in ("duration", "renewBefore"):
+        assert re.fullmatch(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+", spec[key]), spec[key]
+    # metadata: what the Kubernetes schemas accept for any object.
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": body["metadata"]}, KUBE_VERSIONS[0], strict=True
+    )
+
+
 def test_counts_per_value_set(chart):
     kinds = lambda name: sorted(d["kind"] for d in rendered(chart, name))  # noqa: E731
     assert kinds("defaults") == sorted(
         ["Deployment", "Deployment", "Service", "Service", "Service", "Service",
-         "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount"]
+         "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount",
+         "Secret", "NetworkPolicy", "NetworkPolicy"]
     )
-    assert kinds("minimal") == sorted(["Deployment", "Deployment", "Service", "Service", "Service", "Service"])
+    assert kinds("minimal") == sorted(["Deployment", "Deployment", "Service", "Service", "Service", "Service", "Secret"])
     assert sorted(set(kinds("production"))) == sorted(
         ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount",
          "Ingress", "NetworkPolicy", "ServiceMonitor", "Secret"]
     )
     assert "StatefulSet" in kinds("embedded-redis")
     assert "Secret" not in kinds("existing-secrets")
+    assert "Secret" not in kinds("insecure")
+    assert [d["metadata"]["name"] for d in find(rendered(chart, "mtls-only"), "Secret")] == [f"{RELEASE}-auth"]
+    assert kinds("mtls-cert-manager").count("Certificate") == 1
 
 
 # --- content -----------------------------------------------------------------
@@ -425,6 +498,7 @@ def test_selectors_match_labels(chart, name):
         assert [n for n, labels in pods.items() if selects(sel, labels)] == [w["metadata"]["name"]]
     expected = {
         GATEWAY: GATEWAY, f"{RELEASE}-api": GATEWAY, f"{RELEASE}-peers": GATEWAY,
+        f"{RELEASE}-metrics": GATEWAY,
         COORDINATOR: COORDINATOR, f"{RELEASE}-redis": f"{RELEASE}-redis",
     }
     for svc in find(docs, "Service"):
@@ -454,7 +528,7 @@ def test_selectors_match_labels(chart, name):
         assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in services[0]["spec"]["ports"]}
     if monitors:
         values = helm_values(chart, name)
-        want = {f"{RELEASE}-peers"}
+        want = {f"{RELEASE}-metrics"}
         if values["coordinator"]["dashboard"]["enabled"]:
             want.add(COORDINATOR)
         assert scraped == want
@@ -479,9 +553,17 @@ def test_gateway_pod(chart, name):
     # Node id from the pod name; advertised addresses from the pod IP.
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    grpc_port = next(p for p in gw["ports"] if p["name"] == "grpc")["containerPort"]
+    ports = {p["name"]: p["containerPort"] for p in gw["ports"]}
     assert flag(args, "--node-id") == "$(POD_NAME)"
-    assert flag(args, "--advertise-grpc") == f"$(POD_IP):{grpc_port}"
+    # Three listeners: clients, the node-to-node service, the Push API.
+    assert flag(args, "--grpc-listen") == f"0.0.0.0:{ports['node']}"
+    assert flag(args, "--advertise-grpc") == f"$(POD_IP):{ports['node']}"
+    assert flag(args, "--api-listen") == f"0.0.0.0:{ports['api']}"
+    assert len({ports["http"], ports["node"], ports["api"]}) == 3
+    if values["gateway"]["ports"]["metrics"]:
+        assert flag(args, "--metrics-listen") == f"0.0.0.0:{ports['metrics']}"
+    else:
+        assert "metrics" not in ports and flag(args, "--metrics-listen") is None
     assert flag(args, "--advertise-http") == f"$(POD_IP):{http_port}"
     assert flag(args, "--coordinator") == f"{COORDINATOR}:{values['coordinator']['port']}"
 
@@ -524,8 +606,12 @@ def test_gateway_pod(chart, name):
     for arg in args:
         assert not arg.startswith(("--api-token=", "--jwt-hs256-secret=")), arg
     for e in gw["env"]:
-        if e["name"] in ("RINGWAY_API_TOKEN", "RINGWAY_JWT_HS256_SECRET"):
+        if e["name"] in ("RINGWAY_API_TOKEN", "RINGWAY_JWT_HS256_SECRET", "RINGWAY_CLUSTER_SECRET_FILE"):
             pytest.fail(f"secret in env: {e}")
+    # A cluster credential, or the explicit opt-out, and never both.
+    secured = flag(args, "--cluster-secret-file") or flag(args, "--cluster-tls-cert")
+    assert bool(secured) != ("--insecure-cluster" in args)
+    assert ("--insecure-cluster" in args) == values["cluster"]["insecure"]
     # Redis password (when any) from a Secret, expanded by Kubernetes.
     url = env["RINGWAY_REDIS_URL"]["value"]
     if values["redis"]["auth"]["existingSecret"]:
@@ -601,7 +687,7 @@ def test_production_specifics(chart):
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "dashboard"}
 
 
-@pytest.mark.parametrize("name", [n for n, v in VALUE_SETS.items() if v.get("networkPolicy", {}).get("enabled")])
+@pytest.mark.parametrize("name", [n for n, v in VALUE_SETS.items() if v.get("networkPolicy", {}).get("enabled", True)])
 def test_network_policies(chart, name):
     docs = rendered(chart, name)
     values = helm_values(chart, name)
@@ -623,19 +709,25 @@ def test_network_policies(chart, name):
             assert rule.get("ports"), (pname, rule)
 
     gw = policies[GATEWAY]["spec"]
+    for rule in gw["ingress"]:
+        assert len(rule["ports"]) == 1, rule
     ingress = [(r["ports"][0]["port"], r.get("from")) for r in gw["ingress"]]
-    http_rules = [f for p, f in ingress if p == "http"]
-    grpc_rules = [f for p, f in ingress if p == "grpc"]
-    assert set(p for p, _ in ingress) == {"http", "grpc"}
-    assert http_rules[0] == (values["networkPolicy"]["clients"] or None)
-    # gRPC: the API clients and the other gateways, nobody else.
-    assert values["networkPolicy"]["apiClients"] in grpc_rules
-    assert [[GATEWAY]] in [[peer_pods(p) for p in f] for f in grpc_rules]
-    assert len(grpc_rules) == 2
-
+    rules = lambda port: [f for p, f in ingress if p == port]  # noqa: E731
+    np = values["networkPolicy"]
     ports = values["gateway"]["ports"]
+    want_ports = {"http", "node", "api"} | ({"metrics"} if ports["metrics"] else set())
+    assert set(p for p, _ in ingress) == want_ports
+    assert rules("http")[0] == (np["clients"] or None)
+    # The node port: the other gateways, nobody else.
+    assert [[[peer_pods(p) for p in f] for f in rules("node")]] == [[[[GATEWAY]]]]
+    # The API port: the API clients, nobody else (never the whole world).
+    assert rules("api") == [np["apiClients"]]
+    # The metrics port (when separate): Prometheus (anyone when unset).
+    if ports["metrics"]:
+        assert rules("metrics") == [np["prometheus"] or None]
+
     egress_ports = {p["port"] for r in gw["egress"] for p in r["ports"]}
-    allowed = {ports["grpc"], values["coordinator"]["port"], 53,
+    allowed = {ports["node"], values["coordinator"]["port"], 53,
                6379 if embedded else values["networkPolicy"]["redisPort"]}
     if values["upstream"]["url"]:
         allowed.add(int(values["upstream"]["url"].rsplit(":", 1)[1]))
@@ -643,7 +735,7 @@ def test_network_policies(chart, name):
         allowed.add(int(values["telemetry"]["otlpEndpoint"].rsplit(":", 1)[1]))
     assert egress_ports == allowed
     to = {r["ports"][0]["port"]: r.get("to") for r in gw["egress"]}
-    assert [peer_pods(p) for p in to[ports["grpc"]]] == [[GATEWAY]]
+    assert [peer_pods(p) for p in to[ports["node"]]] == [[GATEWAY]]
     assert [peer_pods(p) for p in to[values["coordinator"]["port"]]] == [[COORDINATOR]]
     if embedded:
         assert [peer_pods(p) for p in to[6379]] == [[f"{RELEASE}-redis"]]
@@ -660,6 +752,222 @@ def test_network_policies(chart, name):
         redis = policies[f"{RELEASE}-redis"]["spec"]
         assert redis["egress"] == []
         assert [peer_pods(p) for p in redis["ingress"][0]["from"]] == [[GATEWAY], [COORDINATOR]]
+
+
+# --- the cluster credential ---------------------------------------------------
+
+
+def pod_volumes(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+
+
+def mounted_file(workload: dict[str, Any], cname: str, path: str) -> tuple[str, str]:
+    """The (Secret, key) a file path of a container comes from."""
+    c = container(workload, cname)
+    volumes = pod_volumes(workload)
+    for m in c.get("volumeMounts", []):
+        if path.startswith(m["mountPath"] + "/"):
+            rest = path[len(m["mountPath"]) + 1:]
+            secret = volumes[m["name"]]["secret"]
+            item = next(i for i in secret["items"] if i["path"] == rest)
+            assert m["readOnly"] is True
+            return secret["secretName"], item["key"]
+    raise AssertionError(f"{path} is not mounted in {cname}")
+
+
+def both(docs) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) of the gateways and the coordinator."""
+    return [
+        (one(docs, "Deployment", GATEWAY), container(one(docs, "Deployment", GATEWAY), "gateway")),
+        (one(docs, "Deployment", COORDINATOR), container(one(docs, "Deployment", COORDINATOR), "coordinator")),
+    ]
+
+
+def checksum(workload: dict[str, Any]) -> str:
+    return workload["spec"]["template"]["metadata"]["annotations"]["checksum/cluster"]
+
+
+def test_default_render_generates_a_cluster_secret_for_both(chart):
+    """With no cluster values: a Secret of the release with 48 random
+    characters, mounted in the gateways and the coordinator and passed to
+    both; no TLS, not insecure; the pods' checksum follows the value."""
+    docs = render_docs(chart, {})
+    secret = one(docs, "Secret", f"{RELEASE}-cluster")
+    value = base64.b64decode(secret["data"]["cluster-secret"])
+    assert len(value) >= 32 and re.fullmatch(rb"[A-Za-z0-9]{48}", value)
+    for workload, c in both(docs):
+        path = flag(c["args"], "--cluster-secret-file")
+        assert path == "/etc/ringway/cluster-secret/cluster-secret"
+        assert mounted_file(workload, c["name"], path) == (f"{RELEASE}-cluster", "cluster-secret")
+        assert "--insecure-cluster" not in c["args"]
+        assert not any(a.startswith("--cluster-tls") for a in c["args"])
+        # The same value the Secret holds (computed once per render).
+        want = "insecure=false\nsecret=" + secret["data"]["cluster-secret"]
+        assert checksum(workload) == hashlib.sha256(want.encode()).hexdigest()
+    # Without a cluster to look the Secret up in (helm template), each
+    # render draws a new value; `helm upgrade` reuses the stored one.
+    again = one(render_docs(chart, {}), "Secret", f"{RELEASE}-cluster")
+    assert again["data"]["cluster-secret"] != secret["data"]["cluster-secret"]
+
+
+def test_cluster_secret_from_an_existing_secret(chart):
+    docs = rendered(chart, "existing-secrets")
+    assert not find(docs, "Secret", f"{RELEASE}-cluster")
+    sums = set()
+    for workload, c in both(docs):
+        path = flag(c["args"], "--cluster-secret-file")
+        assert path == "/etc/ringway/cluster-secret/secret"
+        assert mounted_file(workload, c["name"], path) == ("ringway-cluster-credential", "secret")
+        sums.add(checksum(workload))
+    assert len(sums) == 1
+    # Another Secret: the pods roll.
+    other = {"cluster": {"secret": {"existingSecret": "rotated", "existingSecretKey": "secret"}}}
+    assert checksum(one(render_docs(chart, other), "Deployment", GATEWAY)) not in sums
+
+
+def test_insecure_cluster_is_explicit_and_has_no_credential(chart, tmp_path):
+    docs = rendered(chart, "insecure")
+    assert not find(docs, "Secret")
+    for workload, c in both(docs):
+        assert "--insecure-cluster" in c["args"]
+        assert not any(a.startswith("--cluster-") for a in c["args"])
+        assert not {"cluster-secret", "cluster-tls"} & set(pod_volumes(workload))
+    out = chart.render(values=copy.deepcopy(VALUE_SETS["insecure"]), name=RELEASE, namespace=NAMESPACE)
+    notes = next(v for k, v in out.items() if k.endswith("NOTES.txt"))
+    assert "NONE: cluster.insecure=true" in notes
+    # Without it, a release with no credential does not render, and the
+    # binaries refuse to start without one either.
+    with pytest.raises(helm.HelmRenderError, match="the cluster needs a credential"):
+        chart.render(values={"cluster": {"secret": {"enabled": False}}}, name=RELEASE, namespace=NAMESPACE)
+    c = container(one(docs, "Deployment", GATEWAY), "gateway")
+    stripped = dict(c, args=[a for a in c["args"] if a != "--insecure-cluster"])
+    with pytest.raises(AssertionError, match="needs a cluster credential"):
+        run_check_config(binary("ringway-gateway"), stripped, pod_env(c), {})
+
+
+def check_mtls(docs, tls_secret: str, server_name: str) -> None:
+    for workload, c in both(docs):
+        args = c["args"]
+        for f, key in (("--cluster-tls-ca", "ca.crt"), ("--cluster-tls-cert", "tls.crt"), ("--cluster-tls-key", "tls.key")):
+            path = flag(args, f)
+            assert path == f"/etc/ringway/cluster-tls/{key}"
+            assert mounted_file(workload, c["name"], path) == (tls_secret, key)
+        assert "--insecure-cluster" not in args
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert flag(gw["args"], "--cluster-tls-server-name") == server_name
+    # The coordinator has no such flag: it only serves (and is called
+    # with the gateways' server name).
+    coord = container(one(docs, "Deployment", COORDINATOR), "coordinator")
+    assert flag(coord["args"], "--cluster-tls-server-name") is None
+
+
+def test_mutual_tls_from_cert_manager(chart):
+    docs = rendered(chart, "mtls-cert-manager")
+    server_name = f"{RELEASE}-cluster.{NAMESPACE}.svc"
+    cert = one(docs, "Certificate", f"{RELEASE}-cluster-tls")
+    spec = cert["spec"]
+    assert spec["secretName"] == f"{RELEASE}-cluster-tls"
+    # The name the gateways check is in the certificate.
+    assert server_name in spec["dnsNames"]
+    assert spec["issuerRef"] == {"name": "ringway-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    check_mtls(docs, spec["secretName"], server_name)
+    # On top of the generated shared secret (both credentials are checked).
+    for _, c in both(docs):
+        assert flag(c["args"], "--cluster-secret-file")
+    # Another server name goes into the certificate too.
+    values = copy.deepcopy(VALUE_SETS["mtls-cert-manager"])
+    values["cluster"]["tls"]["serverName"] = "members.ringway.internal"
+    docs = render_docs(chart, values)
+    assert one(docs, "Certificate", f"{RELEASE}-cluster-tls")["spec"]["dnsNames"] == ["members.ringway.internal"]
+    check_mtls(docs, f"{RELEASE}-cluster-tls", "members.ringway.internal")
+
+
+def test_mutual_tls_from_an_existing_secret(chart):
+    docs = rendered(chart, "mtls-only")
+    assert not find(docs, "Certificate")
+    check_mtls(docs, "ringway-members-tls", "members.ringway.internal")
+    # mTLS alone: no shared secret, none created.
+    assert not find(docs, "Secret", f"{RELEASE}-cluster")
+    for workload, c in both(docs):
+        assert flag(c["args"], "--cluster-secret-file") is None
+        assert "cluster-secret" not in pod_volumes(workload)
+
+
+# --- ports, Services and policies ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_api_service_targets_the_api_port_and_peers_only_the_node_port(chart, name):
+    docs = rendered(chart, name)
+    values = helm_values(chart, name)
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    ports = {p["name"]: p["containerPort"] for p in gw["ports"]}
+    assert ports["node"] == values["gateway"]["ports"]["node"]
+    assert ports["api"] == values["gateway"]["ports"]["api"]
+    api = one(docs, "Service", f"{RELEASE}-api")
+    assert api["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in api["spec"]["ports"]] == [
+        ("api", values["apiService"]["port"], "api")
+    ]
+    peers = one(docs, "Service", f"{RELEASE}-peers")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [
+        ("node", ports["node"], "node")
+    ]
+    # No Service but the headless peers one reaches the node port.
+    for svc in find(docs, "Service"):
+        if svc["metadata"]["name"] != f"{RELEASE}-peers" and selects(svc["spec"]["selector"], pod_labels(one(docs, "Deployment", GATEWAY))):
+            assert all(p["targetPort"] not in ("node", ports["node"]) for p in svc["spec"]["ports"]), svc["metadata"]["name"]
+    for ing in find(docs, "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] != f"{RELEASE}-peers"
+    if values["apiIngress"]["enabled"]:
+        backend = one(docs, "Ingress", f"{RELEASE}-api")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+        assert backend["service"] == {"name": f"{RELEASE}-api", "port": {"name": "api"}}
+
+
+def test_network_policy_is_on_by_default(chart):
+    """Default values: the node port admits the gateways only, the API port
+    only networkPolicy.apiClients, the coordinator's gRPC port only the
+    gateways."""
+    docs = rendered(chart, "defaults")
+    gw = one(docs, "NetworkPolicy", GATEWAY)["spec"]
+    by_port = {r["ports"][0]["port"]: r.get("from") for r in gw["ingress"]}
+    gateway_sel = one(docs, "Deployment", GATEWAY)["spec"]["selector"]["matchLabels"]
+    assert by_port["node"] == [{"podSelector": {"matchLabels": gateway_sel}}]
+    assert by_port["api"] == [{"podSelector": {"matchLabels": {"ringway.io/api-client": "true"}}}]
+    assert by_port["http"] is None  # clients: anyone, through the Service
+    assert set(by_port) == {"http", "node", "api"}
+    coord = one(docs, "NetworkPolicy", COORDINATOR)["spec"]
+    grpc = next(r for r in coord["ingress"] if r["ports"][0]["port"] == "grpc")
+    assert grpc["from"] == [{"podSelector": {"matchLabels": gateway_sel}}]
+    # Restricting the API clients replaces the default.
+    apps = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    docs = render_docs(chart, {"networkPolicy": {"apiClients": apps}})
+    gw = one(docs, "NetworkPolicy", GATEWAY)["spec"]
+    assert [r["from"] for r in gw["ingress"] if r["ports"][0]["port"] == "api"] == [apps]
+    # Turned off: none.
+    assert not find(rendered(chart, "minimal"), "NetworkPolicy")
+
+
+def test_separate_metrics_port(chart):
+    docs = rendered(chart, "mtls-cert-manager")
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert flag(gw["args"], "--metrics-listen") == "0.0.0.0:9090"
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in gw["ports"]
+    svc = one(docs, "Service", f"{RELEASE}-metrics")
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("metrics", 9090, "metrics")]
+    sm = one(docs, "ServiceMonitor", GATEWAY)
+    assert selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # Without it, the metrics Service points at the HTTP port.
+    docs = rendered(chart, "production")
+    svc = one(docs, "Service", f"{RELEASE}-metrics")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("metrics", 3000, "http")]
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert flag(gw["args"], "--metrics-listen") is None
 
 
 def test_embedded_redis_is_marked_not_for_production(chart):
@@ -681,7 +989,7 @@ def test_embedded_redis_is_marked_not_for_production(chart):
 def test_notes_tell_how_to_connect_and_where_the_dashboard_is(chart):
     for values, expect in (
         ({}, ["port-forward svc/ringway-gateway", "socket.io-client", "port-forward svc/ringway-coordinator 7080:7080"]),
-        (VALUE_SETS["production"], ['io("https://rt.example.com"', "push.example.com", "ringway-api.realtime.svc:7100"]),
+        (VALUE_SETS["production"], ['io("https://rt.example.com"', "push.example.com", "ringway-api.realtime.svc:7200"]),
         (NO_DASHBOARD, ["dashboard is off"]),
     ):
         out = chart.render(values=copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
@@ -706,6 +1014,16 @@ BAD_VALUES = {
     "bad pdb": {"podDisruptionBudget": {"maxUnavailable": "half"}},
     "comma in a resource attribute": {"telemetry": {"resourceAttributes": {"team": "a,b"}}},
     "extra arg that is no flag": {"gateway": {"extraArgs": ["verbose"]}},
+    "the old single gRPC port": {"gateway": {"ports": {"grpc": 7100}}},
+    "unknown cluster key": {"cluster": {"sharedSecret": "x" * 48}},
+    "unknown cluster.secret key": {"cluster": {"secret": {"value": "x" * 48}}},
+    "unknown cluster.tls key": {"cluster": {"tls": {"enabled": True, "issuer": "ca"}}},
+    "unknown issuerRef key": {"cluster": {"tls": {"certManager": {"issuerRef": {"namespace": "x"}}}}},
+    "insecure as a string": {"cluster": {"insecure": "true"}},
+    "server name with a port": {"cluster": {"tls": {"serverName": "ringway:7100"}}},
+    "bad certificate duration": {"cluster": {"tls": {"certManager": {"duration": "90d"}}}},
+    "metrics port out of range": {"gateway": {"ports": {"metrics": 70000}}},
+    "zero max members": {"coordinator": {"maxMembers": 0}},
 }
 
 
@@ -730,6 +1048,23 @@ BAD_COMBINATIONS = {
     "no redis": ({"redis": {"url": ""}}, "redis.url is required"),
     "ingress timeout below ping": ({"ingress": {"enabled": True, "timeoutSeconds": 20}}, "ingress.timeoutSeconds"),
     "queue below payload": ({"gateway": {"config": {"maxQueuedBytes": 10}}}, "maxQueuedBytes"),
+    "no cluster credential": ({"cluster": {"secret": {"enabled": False}}}, "the cluster needs a credential"),
+    "insecure with tls": (
+        {"cluster": {"insecure": True, "tls": {"enabled": True, "existingSecret": "t"}}},
+        "cluster.insecure cannot be combined with cluster.tls.enabled",
+    ),
+    "insecure with a secret": (
+        {"cluster": {"insecure": True, "secret": {"existingSecret": "s"}}},
+        "cluster.insecure cannot be combined with cluster.secret.existingSecret",
+    ),
+    "tls without a certificate": ({"cluster": {"tls": {"enabled": True}}}, "cluster.tls.enabled needs"),
+    "tls with two certificates": (
+        {"cluster": {"tls": {"enabled": True, "existingSecret": "t", "certManager": {"issuerRef": {"name": "ca"}}}}},
+        "either existingSecret or certManager.issuerRef.name",
+    ),
+    "api on the node port": ({"gateway": {"ports": {"api": 7100}}}, "must be different ports"),
+    "metrics on the http port": ({"gateway": {"ports": {"metrics": 3000}}}, "must be different ports"),
+    "max members below the HPA": ({"coordinator": {"maxMembers": 10}}, "coordinator.maxMembers (10)"),
 }
 
 
@@ -745,6 +1080,19 @@ def test_bad_combinations_fail_rendering(chart, case):
 POD_NAME = "ringway-gateway-5d8f7c9b6-x2kqp"
 POD_IP = "10.42.3.17"
 SECRET_VALUES = {"REDIS_PASSWORD": "s3cr%40t"}
+# The cluster secret of a Secret the user manages (48 bytes and a newline,
+# as `head -c 36 /dev/urandom | base64` gives).
+CLUSTER_SECRET = "q8Xo1cK7v0rY2m6JtQe4LwZb9HnUs3Df5Ga7Pk1Ri0Vx2Cy4\n"
+# Stand-ins for tls.crt, tls.key and ca.crt (from cert-manager or the
+# user's Secret): --check-config only checks that the three flags go
+# together and does not read the files (the `cryptography` package, which
+# could make real ones, is not among the test requirements); the pods read
+# them at start.
+TLS_FILES = {
+    "ca.crt": "-----BEGIN CERTIFICATE-----\nTEST CA (not read by --check-config)\n-----END CERTIFICATE-----\n",
+    "tls.crt": "-----BEGIN CERTIFICATE-----\nTEST MEMBER (not read by --check-config)\n-----END CERTIFICATE-----\n",
+    "tls.key": "-----BEGIN PRIVATE KEY-----\nTEST KEY (not read by --check-config)\n-----END PRIVATE KEY-----\n",
+}
 
 
 def binary(name: str) -> Path | None:
@@ -793,6 +1141,10 @@ def secret_files(docs, workload, c, tmp: Path) -> dict[str, str]:
         for item in vol["secret"]["items"]:
             if created:
                 data = base64.b64decode(created[0]["data"][item["key"]]).decode()
+            elif m["name"] == "cluster-secret":
+                data = CLUSTER_SECRET
+            elif m["name"] == "cluster-tls":
+                data = TLS_FILES[item["key"]]
             elif "rs256" in item["key"] or item["path"].endswith(".pem"):
                 data = RS256_PUBLIC_KEY
             elif "token" in item["key"]:
@@ -821,13 +1173,21 @@ def run_check_config(exe: Path, c: dict[str, Any], env: dict[str, str], mounts: 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_binaries_accept_rendered_configuration(chart, name, tmp_path):
     docs = rendered(chart, name)
+    values = helm_values(chart, name)
+    ports = values["gateway"]["ports"]
     dep = one(docs, "Deployment", GATEWAY)
     gw = container(dep, "gateway")
     env = pod_env(gw)
-    out = run_check_config(binary("ringway-gateway"), gw, env, secret_files(docs, dep, gw, tmp_path))
+    (tmp_path / "gateway").mkdir()
+    out = run_check_config(binary("ringway-gateway"), gw, env, secret_files(docs, dep, gw, tmp_path / "gateway"))
     assert f'node_id: Some(\n        "{POD_NAME}",' in out
-    assert f'advertise_grpc: Some(\n        "{POD_IP}:7100",' in out
+    assert f'advertise_grpc: Some(\n        "{POD_IP}:{ports["node"]}",' in out
+    assert f"grpc_listen: 0.0.0.0:{ports['node']}," in out
+    assert f"api_listen: 0.0.0.0:{ports['api']}," in out
     assert 'coordinator: Some(\n        "ringway-coordinator:7000",' in out
+    assert f"insecure_cluster: {str(values['cluster']['insecure']).lower()}," in out
+    if ports["metrics"]:
+        assert f"metrics_listen: Some(\n        0.0.0.0:{ports['metrics']}," in out
     if "REDIS_PASSWORD" in env:
         assert SECRET_VALUES["REDIS_PASSWORD"] in env["RINGWAY_REDIS_URL"]
     if helm_values(chart, name)["auth"]["jwt"]["algorithm"] != "none":
@@ -836,9 +1196,13 @@ def test_binaries_accept_rendered_configuration(chart, name, tmp_path):
 
     coord_dep = one(docs, "Deployment", COORDINATOR)
     coord = container(coord_dep, "coordinator")
-    out = run_check_config(binary("ringway-coordinator"), coord, pod_env(coord), {})
+    (tmp_path / "coordinator").mkdir()
+    mounts = secret_files(docs, coord_dep, coord, tmp_path / "coordinator")
+    out = run_check_config(binary("ringway-coordinator"), coord, pod_env(coord), mounts)
     assert "listen: 0.0.0.0:7000" in out
     assert "s3cr" not in out, "the coordinator prints the Redis URL redacted"
+    assert f"insecure_cluster: {str(values['cluster']['insecure']).lower()}," in out
+    assert f"max_members: {values['coordinator']['maxMembers']}," in out
 
 
 def test_coordinator_dashboard_flag_and_probes(chart, tmp_path):
@@ -850,7 +1214,8 @@ def test_coordinator_dashboard_flag_and_probes(chart, tmp_path):
     assert coord["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "dashboard"}
     svc = one(docs, "Service", COORDINATOR)
     assert {"grpc", "dashboard"} == {p["name"] for p in svc["spec"]["ports"]}
-    run_check_config(exe, coord, pod_env(coord), {})
+    dep = one(docs, "Deployment", COORDINATOR)
+    run_check_config(exe, coord, pod_env(coord), secret_files(docs, dep, coord, tmp_path))
     # Off: no flag, no port, a TCP readiness check of the gRPC port only.
     docs = render_docs(chart, NO_DASHBOARD)
     coord = container(one(docs, "Deployment", COORDINATOR), "coordinator")
@@ -869,6 +1234,27 @@ def test_recovery_settings_reach_the_gateways(chart):
     off = {"gateway": {"config": {"recoveryWindowMs": 0, "recoveryMaxLog": 500}}}
     gw = container(one(render_docs(chart, off), "Deployment", GATEWAY), "gateway")
     assert "--recovery-window=0" in gw["args"] and "--recovery-max-log=500" in gw["args"]
+
+
+def test_limits_reach_the_gateways(chart, tmp_path):
+    docs = render_docs(chart, {})
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    for expected in ["--max-sessions=100000", "--max-sessions-per-ip=1000",
+                     "--handshake-rate-per-ip=20", "--body-read-timeout=10000",
+                     "--max-rooms-per-socket=1000", "--recovery-max-log-bytes=268435456"]:
+        assert expected in gw["args"], (expected, gw["args"])
+    assert flag(gw["args"], "--trusted-proxy") is None
+    tuned = {"gateway": {"limits": {"trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+                                    "maxSessionsPerIp": 0, "handshakeRatePerIp": 2.5}}}
+    docs = render_docs(chart, tuned)
+    dep = one(docs, "Deployment", GATEWAY)
+    gw = container(dep, "gateway")
+    assert "--trusted-proxy=10.0.0.0/8,fd00::/8" in gw["args"]
+    assert "--max-sessions-per-ip=0" in gw["args"]
+    assert "--handshake-rate-per-ip=2.5" in gw["args"]
+    # The binary takes them as rendered.
+    out = run_check_config(binary("ringway-gateway"), gw, pod_env(gw), secret_files(docs, dep, gw, tmp_path))
+    assert "trusted_proxies: [" in out and "handshake_rate_per_ip: 2.5," in out
 
 
 @pytest.mark.parametrize("name", ["embedded-redis", "upstream"])
@@ -945,8 +1331,11 @@ def test_worked_example_backend_fits_the_release(chart):
     assert listen_port == c["ports"][0]["containerPort"]
 
     policy = one(docs, "NetworkPolicy", GATEWAY)["spec"]
-    grpc_from = [r["from"] for r in policy["ingress"] if r["ports"][0]["port"] == "grpc"]
-    assert any(selects(p["podSelector"]["matchLabels"], labels) for f in grpc_from for p in f if "podSelector" in p)
+    api_from = [r["from"] for r in policy["ingress"] if r["ports"][0]["port"] == "api"]
+    assert any(selects(p["podSelector"]["matchLabels"], labels) for f in api_from for p in f if "podSelector" in p)
+    # ...and not on the node port, which is the gateways' alone.
+    node_from = [r["from"] for r in policy["ingress"] if r["ports"][0]["port"] == "node"]
+    assert not any(selects(p["podSelector"]["matchLabels"], labels) for f in node_from for p in f)
     upstream_rule = next(r for r in policy["egress"] if r["ports"][0]["port"] == listen_port)
     assert any(selects(p["podSelector"]["matchLabels"], labels) for p in upstream_rule["to"])
 

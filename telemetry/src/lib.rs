@@ -290,3 +290,65 @@ mod tests {
         );
     }
 }
+
+/// Lets a log line through at most once per period, from any thread,
+/// counting the ones held back: for warnings a flood of requests would
+/// repeat (a Redis outage fails every lookup).
+#[derive(Debug)]
+pub struct LogLimiter {
+    period_ms: u64,
+    /// Milliseconds since `epoch` of the last line let through, plus one
+    /// (0: none yet).
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl LogLimiter {
+    pub const fn new(period: std::time::Duration) -> LogLimiter {
+        LogLimiter {
+            period_ms: period.as_millis() as u64,
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may go out.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last + self.period_ms {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self
+            .last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::LogLimiter;
+    use std::time::Duration;
+
+    #[test]
+    fn one_line_per_period_and_the_rest_counted() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
+        let open = LogLimiter::new(Duration::ZERO);
+        assert_eq!(open.allow(), Some(0));
+        assert_eq!(open.allow(), Some(0));
+    }
+}

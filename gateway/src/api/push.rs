@@ -4,6 +4,8 @@
 //! may have sockets of the target (`Node.Local`), then sums the answers.
 
 use std::collections::BTreeMap;
+
+use crate::socketio::JoinError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::cluster::{Cluster, Routed};
 use crate::engineio::{BoxFuture, Engine, Sid};
@@ -369,10 +371,14 @@ impl<A: Application> LocalPush<A> {
         check_rooms(&req.rooms)?;
         let scope = self.scope(&req.namespace, target)?;
         let mut receipts = Vec::new();
+        let mut refused = None;
         let reply = self.each(scope, |socket| {
             for room in &req.rooms {
                 if join {
-                    receipts.extend(socket.join(room));
+                    match socket.join(room) {
+                        Ok(receipt) => receipts.extend(receipt),
+                        Err(err) => refused = Some(err),
+                    }
                 } else {
                     socket.leave(room);
                 }
@@ -384,7 +390,13 @@ impl<A: Application> LocalPush<A> {
         for receipt in receipts {
             receipt.await;
         }
-        Ok(reply)
+        match refused {
+            Some(err @ JoinError::TooManyRooms { .. }) => Err(Status::resource_exhausted(format!(
+                "a socket refused the join: {err}"
+            ))),
+            Some(err) => Err(Status::invalid_argument(format!("join refused: {err}"))),
+            None => Ok(reply),
+        }
     }
 
     fn disconnect(&self, req: &DisconnectRequest) -> Result<LocalReply, Status> {
@@ -520,7 +532,7 @@ impl<A: Application> PushService<A> {
                             Ok(Routed::Done(Err(status)))
                         }
                         Err(status) => {
-                            warn!(peer = peer.node_id(), %status, "push to a peer failed");
+                            crate::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
                             Ok(Routed::Unknown)
                         }
                     }
@@ -551,7 +563,7 @@ impl<A: Application> PushService<A> {
                     match peer.local(request).await {
                         Ok(reply) => Some(reply),
                         Err(status) => {
-                            warn!(peer = peer.node_id(), %status, "push to a peer failed");
+                            crate::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
                             None
                         }
                     }

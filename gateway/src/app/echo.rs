@@ -66,13 +66,18 @@ impl Application for EchoApp {
                 match socket.join(&room) {
                     // The room is new on this node: ack once every node
                     // knows, so a broadcast sent after the ack reaches us.
-                    Some(receipt) => {
+                    Ok(Some(receipt)) => {
                         tokio::spawn(async move {
                             receipt.await;
                             ack_with(ack, &done);
                         });
                     }
-                    None => ack_with(ack, &done),
+                    Ok(None) => ack_with(ack, &done),
+                    // A reserved name, a name too long, too many rooms.
+                    Err(err) => {
+                        let error = serde_json::json!([{ "error": err.to_string() }]);
+                        ack_with(ack, &Payload::from_json_array(error.to_string()));
+                    }
                 }
             }
             "broadcast" => {

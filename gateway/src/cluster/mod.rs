@@ -321,7 +321,12 @@ impl Cluster {
             }
             Ok(None) => self.ring_owner(&sid),
             Err(err) => {
-                warn!(%sid, %err, "registry lookup failed: trying the ring owner");
+                crate::warn_every!(
+                    Duration::from_secs(10),
+                    %err,
+                    "registry lookup failed: trying the ring owner"
+                );
+                debug!(%sid, %err, "registry lookup failed");
                 self.ring_owner(&sid)
             }
         }
@@ -413,14 +418,15 @@ impl Cluster {
                 match registry.put(sid, entry).await {
                     Ok(true) => Ok(()),
                     Ok(false) => {
-                        warn!(%sid, "registry holds a later owner for this session");
+                        debug!(%sid, "registry holds a later owner for this session");
                         Ok(())
                     }
                     Err(err) => Err(err),
                 }
             };
             if let Err(err) = result {
-                warn!(%sid, %err, "registry write failed");
+                crate::warn_every!(Duration::from_secs(10), %err, "registry write failed");
+                debug!(%sid, %err, "registry write failed");
             }
         });
         // The in-memory registry answers at once: no task for it.

@@ -17,6 +17,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, trace, Instrument};
 
+use super::admission::{Admission, AdmissionConfig, Refusal};
 use super::body::{Body, Receipt};
 use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
 use super::errors::RequestError;
@@ -28,7 +29,7 @@ use super::session::{
     BeginError, CloseReason, Handshake, HeldAnswer, PollGuard, PollOutcome, PostGuard, Session,
     SessionRef, TransportKind,
 };
-use super::sid::Sid;
+use super::sid::{Sid, SidKey};
 use super::websocket;
 use crate::telemetry::{attr, metrics, seconds};
 
@@ -55,6 +56,16 @@ pub struct EngineConfig {
     /// Most packets in one polling answer (0: no limit). python-engineio
     /// refuses answers of more than 16 packets and drops the session.
     pub max_poll_packets: usize,
+    /// Signs this cluster's session ids; a request with another id is
+    /// refused before anything else.
+    pub sid_key: SidKey,
+    /// Sessions per node and per client address, handshake rates.
+    pub admission: AdmissionConfig,
+    /// Longest a POST body may take to arrive.
+    pub body_timeout: Duration,
+    /// Bytes of POST bodies being read at once, node-wide; a POST waits
+    /// (within its body timeout) for its share.
+    pub max_body_buffer: usize,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +80,10 @@ impl Default for EngineConfig {
             ws_write_buffer: 16 << 10,
             ws_write_interval: Duration::ZERO,
             max_poll_packets: 16,
+            sid_key: SidKey::random(),
+            admission: AdmissionConfig::default(),
+            body_timeout: Duration::from_secs(10),
+            max_body_buffer: 64 << 20,
         }
     }
 }
@@ -107,6 +122,10 @@ pub struct Engine<H: EngineHandler> {
     /// Every session was closed (shutdown): none waits for its client to
     /// fetch the close packet any more.
     closing_all: AtomicBool,
+    /// Who may open a session.
+    admission: Admission,
+    /// The POST bodies being read, in KiB (see `EngineConfig::max_body_buffer`).
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The body of a polling POST: still on the connection, or already read
@@ -127,6 +146,21 @@ pub(crate) enum PostBody {
 enum ReadError {
     TooLarge,
     Aborted,
+    /// It did not arrive within the body timeout.
+    TimedOut,
+    /// No share of the body buffer came free within the body timeout.
+    Busy,
+}
+
+/// The answer to a body that could not be read, for a request that
+/// still gets one.
+fn read_error_response(err: ReadError) -> Result<Response<Body>, RequestError> {
+    match err {
+        ReadError::TooLarge => Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE)),
+        ReadError::Aborted => Err(RequestError::BadRequest),
+        ReadError::TimedOut => Err(RequestError::BodyTimeout),
+        ReadError::Busy => Err(RequestError::Busy),
+    }
 }
 
 impl PostBody {
@@ -153,6 +187,18 @@ impl PostBody {
         }
     }
 
+    /// What the body may cost while it is read, in KiB: its announced
+    /// length, else the limit.
+    fn reservation(&self, limit: usize) -> u32 {
+        let bytes = match self {
+            PostBody::Read { .. } => 0,
+            PostBody::Stream { length, .. } => length.map_or(limit as u64, |l| l.min(limit as u64)),
+        };
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
     async fn read(self, limit: usize) -> Result<Bytes, ReadError> {
         match self {
             PostBody::Read { body, .. } if body.len() > limit => Err(ReadError::TooLarge),
@@ -172,8 +218,50 @@ impl PostBody {
 }
 
 impl<H: EngineHandler> Engine<H> {
+    /// Reads a POST body within the body timeout, holding its share of the
+    /// node's body buffer meanwhile: a client that sends slowly or not at
+    /// all costs bounded memory and is cut off.
+    async fn read_body(&self, body: PostBody) -> Result<Bytes, ReadError> {
+        if let PostBody::Read { .. } = body {
+            return body.read(self.config.max_payload).await;
+        }
+        let deadline = Instant::now() + self.config.body_timeout;
+        let total = (self.config.max_body_buffer.max(self.config.max_payload) / 1024).max(1);
+        let share = body
+            .reservation(self.config.max_payload)
+            .min(u32::try_from(total).unwrap_or(u32::MAX));
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            self.body_budget.clone().acquire_many_owned(share),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                metrics()
+                    .limit_refusals
+                    .add(1, &attr("limit", "body_buffer"));
+                return Err(ReadError::Busy);
+            }
+        };
+        let read = tokio::time::timeout_at(deadline, body.read(self.config.max_payload)).await;
+        drop(permit);
+        match read {
+            Ok(result) => result,
+            Err(_) => {
+                metrics()
+                    .limit_refusals
+                    .add(1, &attr("limit", "body_timeout"));
+                Err(ReadError::TimedOut)
+            }
+        }
+    }
+
     pub fn new(config: EngineConfig, handler: H, directory: Arc<dyn Directory>) -> Arc<Self> {
+        let budget = (config.max_body_buffer.max(config.max_payload) / 1024).max(1);
         Arc::new(Engine {
+            admission: Admission::new(config.admission),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             config,
             handler,
             directory,
@@ -182,6 +270,11 @@ impl<H: EngineHandler> Engine<H> {
             arriving: Mutex::new(HashSet::new()),
             closing_all: AtomicBool::new(false),
         })
+    }
+
+    /// Who may open a session (its state, for tests and metrics).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The node a session was handed off to, if that happened lately.
@@ -320,7 +413,11 @@ impl<H: EngineHandler> Engine<H> {
 
         // An empty sid counts as none (a new handshake), as in the reference.
         if let Some(sid) = query.sid.as_deref().filter(|s| !s.is_empty()) {
-            let sid = Sid::parse(sid).ok_or(RequestError::UnknownSid)?;
+            // An id this cluster did not sign is unknown everywhere: no
+            // lookup, no body read.
+            let sid = Sid::parse(sid)
+                .filter(|sid| sid.is_signed_by(&self.config.sid_key))
+                .ok_or(RequestError::UnknownSid)?;
             let found = if is_upgrade {
                 self.session(&sid)
             } else {
@@ -359,6 +456,20 @@ impl<H: EngineHandler> Engine<H> {
         }
         if query.eio.as_deref() != Some("4") {
             return Err(RequestError::UnsupportedProtocolVersion);
+        }
+        if let Err(refusal) = self.admission.admit(
+            remote_addr.ip(),
+            self.session_count(),
+            Instant::now().into_std(),
+        ) {
+            metrics()
+                .limit_refusals
+                .add(1, &attr("limit", refusal.as_str()));
+            return Err(match refusal {
+                Refusal::NodeFull | Refusal::TooManyAddresses => RequestError::ServerFull,
+                Refusal::AddressFull => RequestError::TooManySessions,
+                Refusal::AddressRate => RequestError::TooManyHandshakes,
+            });
         }
         let handshake = Handshake {
             remote_addr,
@@ -457,10 +568,9 @@ impl<H: EngineHandler> Engine<H> {
         query: String,
     ) -> Result<Response<Body>, RequestError> {
         let binary_body = body.binary();
-        let body = match body.read(self.config.max_payload).await {
+        let body = match self.read_body(body).await {
             Ok(body) => body,
-            Err(ReadError::TooLarge) => return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE)),
-            Err(ReadError::Aborted) => return Err(RequestError::BadRequest),
+            Err(err) => return read_error_response(err),
         };
         let request = ForwardedRequest {
             method,
@@ -782,6 +892,10 @@ impl<H: EngineHandler> Engine<H> {
             }
             sessions.insert(sid, session.clone());
         }
+        self.admission.adopted(
+            session.handshake().remote_addr.ip(),
+            Instant::now().into_std(),
+        );
         self.handler.restore(&session, state.socketio);
         self.directory.opened(sid, session.epoch());
         debug!(sid = %sid, epoch = session.epoch(), "session taken over");
@@ -808,7 +922,7 @@ impl<H: EngineHandler> Engine<H> {
         // ring is taken as a hint only.)
         let mut tries = 0u32;
         let sid = loop {
-            let sid = Sid::random();
+            let sid = Sid::signed(&self.config.sid_key);
             tries += 1;
             if !sessions.contains_key(&sid) && (tries > 256 || self.directory.accepts(&sid)) {
                 break sid;
@@ -880,10 +994,14 @@ impl<H: EngineHandler> Engine<H> {
     }
 
     fn forget(&self, session: &SessionRef<H::Data>) {
-        self.sessions
+        let removed = self
+            .sessions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&session.sid());
+        if removed.is_some() {
+            self.admission.closed(session.handshake().remote_addr.ip());
+        }
     }
 
     async fn heartbeat(&self, session: &SessionRef<H::Data>, first_ping: Duration) -> CloseReason {
@@ -1036,14 +1154,14 @@ impl<H: EngineHandler> Engine<H> {
             session.close(CloseReason::TransportError);
             return Ok(status_only(StatusCode::BAD_REQUEST));
         }
-        let body = match body.read(self.config.max_payload).await {
+        let body = match self.read_body(body).await {
             Ok(body) => body,
-            Err(ReadError::TooLarge) => return Ok(status_only(StatusCode::PAYLOAD_TOO_LARGE)),
-            Err(ReadError::Aborted) => {
-                // The client went away mid-body.
+            Err(err @ (ReadError::Aborted | ReadError::TimedOut)) => {
+                // The client went away mid-body, or stalled.
                 session.close(CloseReason::TransportError);
-                return Err(RequestError::BadRequest);
+                return read_error_response(err);
             }
+            Err(err) => return read_error_response(err),
         };
         // Packets are applied in order up to the first malformed one, which
         // closes the session; the POST itself is still answered `ok`, as
@@ -1291,14 +1409,22 @@ pub fn error_response(err: RequestError) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if err.closes_connection() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
 /// The reference server's answer to a refused WebSocket upgrade: a plain
-/// 400 with the message as text, and the connection closed.
+/// 400 with the message as text, and the connection closed. A limit keeps
+/// its own status (429, 503) so that clients and balancers can tell.
 fn upgrade_error(err: RequestError) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from(err.to_string())));
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    *resp.status_mut() = match err.status() {
+        429 | 503 => StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        _ => StatusCode::BAD_REQUEST,
+    };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));

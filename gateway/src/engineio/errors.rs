@@ -38,6 +38,25 @@ pub enum RequestError {
     /// sends the retry elsewhere). Not a reference error: 503, code 3.
     #[error("Server draining")]
     Unavailable,
+    /// The node holds its most sessions (`--max-sessions`): 503, code 3.
+    #[error("Server full")]
+    ServerFull,
+    /// The client's address holds its most sessions here
+    /// (`--max-sessions-per-ip`): 429, code 3.
+    #[error("Too many sessions from this address")]
+    TooManySessions,
+    /// The client's address opened sessions too fast
+    /// (`--handshake-rate-per-ip`): 429, code 3.
+    #[error("Too many handshakes from this address")]
+    TooManyHandshakes,
+    /// A POST body did not arrive within `--body-read-timeout`: 408,
+    /// code 3, and the connection is closed.
+    #[error("Request body timeout")]
+    BodyTimeout,
+    /// No room to read a POST body within its timeout (`--max-body-buffer`):
+    /// 503, code 3.
+    #[error("Server busy")]
+    Busy,
 }
 
 impl RequestError {
@@ -46,7 +65,13 @@ impl RequestError {
             RequestError::UnknownTransport => 0,
             RequestError::UnknownSid => 1,
             RequestError::BadHandshakeMethod => 2,
-            RequestError::BadRequest | RequestError::Unavailable => 3,
+            RequestError::BadRequest
+            | RequestError::Unavailable
+            | RequestError::ServerFull
+            | RequestError::TooManySessions
+            | RequestError::TooManyHandshakes
+            | RequestError::BodyTimeout
+            | RequestError::Busy => 3,
             RequestError::Forbidden => 4,
             RequestError::UnsupportedProtocolVersion => 5,
         }
@@ -55,9 +80,17 @@ impl RequestError {
     pub fn status(self) -> u16 {
         match self {
             RequestError::Forbidden => 403,
-            RequestError::Unavailable => 503,
+            RequestError::Unavailable | RequestError::ServerFull | RequestError::Busy => 503,
+            RequestError::TooManySessions | RequestError::TooManyHandshakes => 429,
+            RequestError::BodyTimeout => 408,
             _ => 400,
         }
+    }
+
+    /// Whether the connection is closed after the answer (the request's
+    /// body may still be on its way).
+    pub fn closes_connection(self) -> bool {
+        matches!(self, RequestError::BodyTimeout | RequestError::Busy)
     }
 
     /// The JSON body the reference server sends with this error.

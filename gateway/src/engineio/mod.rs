@@ -2,6 +2,7 @@
 //! transports and the upgrade between them. Knows nothing of Socket.IO:
 //! the layer above plugs in through [`EngineHandler`].
 
+pub mod admission;
 pub mod body;
 pub mod directory;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod session;
 pub mod sid;
 mod websocket;
 
+pub use admission::{AdmissionConfig, Refusal};
 pub use body::{Body, Receipt};
 pub use directory::{
     BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, LocalDirectory, TakenOver,
@@ -23,4 +25,4 @@ pub use errors::{DecodeError, RequestError};
 pub use handler::{EngineHandler, Message, NotMovable};
 pub use packet::Frame;
 pub use session::{CloseReason, Handshake, SendError, Session, SessionRef, TransportKind};
-pub use sid::Sid;
+pub use sid::{Sid, SidKey};

@@ -29,6 +29,8 @@ struct Inner {
     closed: bool,
     /// Whether any namespace was ever joined (for the connect timeout).
     joined: bool,
+    /// CONNECTs refused so far (bad namespace, refused by the application).
+    failed_connects: u32,
 }
 
 /// Stored in every Engine.IO session by the Socket.IO layer.
@@ -52,6 +54,13 @@ impl ClientState {
 
     pub fn sockets(&self) -> Vec<SocketRef> {
         self.lock().sockets.clone()
+    }
+
+    /// Counts a refused CONNECT; the count so far.
+    pub fn connect_failed(&self) -> usize {
+        let mut inner = self.lock();
+        inner.failed_connects = inner.failed_connects.saturating_add(1);
+        inner.failed_connects as usize
     }
 
     pub(crate) fn ever_joined(&self) -> bool {

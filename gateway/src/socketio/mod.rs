@@ -14,10 +14,10 @@ pub mod socket;
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
 pub use fabric::{Fabric, LocalFabric, RoomReceipt};
-pub use namespace::{Namespace, Target};
+pub use namespace::{Namespace, SocketLimits, Target};
 pub use packet::Payload;
 pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use socket::{
-    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, Socket, SocketRef,
+    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, JoinError, Socket, SocketRef,
 };

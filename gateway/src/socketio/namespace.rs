@@ -14,6 +14,7 @@ use super::socket::{Socket, SocketRef};
 type Members = HashMap<Sid, SocketRef>;
 
 pub struct Namespace {
+    limits: SocketLimits,
     name: Box<str>,
     fabric: Arc<dyn Fabric>,
     /// With connection state recovery on, emits go through its log.
@@ -47,13 +48,39 @@ impl Target {
     }
 }
 
+/// What a client may do with sockets of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// Most rooms per socket (0: no limit).
+    pub max_rooms_per_socket: usize,
+    /// Longest room name, in bytes.
+    pub max_room_name: usize,
+    /// Longest event name a client may send, in bytes.
+    pub max_event_name: usize,
+    /// Refused CONNECTs per session before it is closed (0: no limit).
+    pub max_failed_connects: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits {
+            max_rooms_per_socket: 1_000,
+            max_room_name: 256,
+            max_event_name: 256,
+            max_failed_connects: 10,
+        }
+    }
+}
+
 impl Namespace {
     pub fn new(
         name: &str,
         fabric: Arc<dyn Fabric>,
         recovery: Option<Arc<Recovery>>,
+        limits: SocketLimits,
     ) -> Arc<Namespace> {
         Arc::new(Namespace {
+            limits,
             name: name.into(),
             fabric,
             recovery,
@@ -64,6 +91,11 @@ impl Namespace {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What clients may do with its sockets.
+    pub fn limits(&self) -> SocketLimits {
+        self.limits
     }
 
     /// The seam to the other nodes.
@@ -300,13 +332,18 @@ pub(crate) mod tests {
 
     #[test]
     fn targets_rooms_unions_and_exclusions() {
-        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
+        let ns = Namespace::new(
+            "/",
+            Arc::new(crate::socketio::LocalFabric),
+            None,
+            Default::default(),
+        );
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
-        a.join("r1");
-        b.join("r1");
-        b.join("r2");
-        c.join("r2");
-        c.join("vip");
+        a.join("r1").expect("join");
+        b.join("r1").expect("join");
+        b.join("r2").expect("join");
+        c.join("r2").expect("join");
+        c.join("vip").expect("join");
         let everyone = sorted(vec![a.id(), b.id(), c.id(), d.id()]);
         assert_eq!(reached(&ns, &Target::all()), everyone);
         assert_eq!(
@@ -343,12 +380,17 @@ pub(crate) mod tests {
 
     #[test]
     fn leaving_and_disconnecting_update_the_rooms() {
-        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
+        let ns = Namespace::new(
+            "/",
+            Arc::new(crate::socketio::LocalFabric),
+            None,
+            Default::default(),
+        );
         let a = socket(&ns);
         let b = socket(&ns);
-        a.join("r");
-        b.join("r");
-        a.join("r"); // joining twice is one membership
+        a.join("r").expect("join");
+        b.join("r").expect("join");
+        a.join("r").expect("join"); // joining twice is one membership
         assert_eq!(ns.room_size("r"), 2);
         a.leave("r");
         assert_eq!(reached(&ns, &Target::room("r")), vec![b.id()]);
@@ -359,5 +401,41 @@ pub(crate) mod tests {
         // A room emit is queued once per receiver, on the shared bytes.
         let n = ns.emit(&Target::all(), "hi", &crate::socketio::Payload::empty());
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn joins_keep_to_the_limits() {
+        let ns = Namespace::new(
+            "/",
+            Arc::new(crate::socketio::LocalFabric),
+            None,
+            SocketLimits {
+                max_rooms_per_socket: 2,
+                max_room_name: 8,
+                ..SocketLimits::default()
+            },
+        );
+        let a = socket(&ns);
+        a.join("one").expect("join");
+        a.join("two").expect("join");
+        // Already in it: not a new room.
+        a.join("two").expect("join again");
+        assert_eq!(
+            a.join("three").err(),
+            Some(crate::socketio::JoinError::TooManyRooms { max: 2 })
+        );
+        a.leave("one");
+        assert_eq!(
+            a.join("123456789").err(),
+            Some(crate::socketio::JoinError::NameTooLong { max: 8 })
+        );
+        assert_eq!(
+            a.join("\u{1}user:x").err(),
+            Some(crate::socketio::JoinError::Hidden)
+        );
+        a.join("three").expect("room for it again");
+        let mut rooms = a.rooms();
+        rooms.sort();
+        assert_eq!(rooms, ["three", "two"]);
     }
 }

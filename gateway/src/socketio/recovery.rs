@@ -70,6 +70,9 @@ pub struct RecoveryConfig {
     pub live_ttl: Duration,
     /// Most entries scanned to catch one recovery up (the log's length).
     pub max_replay: usize,
+    /// Largest entry logged, in bytes; larger emits are delivered
+    /// unlogged (`--recovery-max-event-bytes`).
+    pub max_event_bytes: usize,
 }
 
 /// The private id: 128 random bits, URL-safe base64 (22 characters).
@@ -345,6 +348,17 @@ impl Recovery {
 
     fn submit(&self, entry: LogEntry, done: Option<oneshot::Sender<bool>>) {
         let data = Bytes::from(entry.encode_to_vec());
+        if data.len() > self.config.max_event_bytes {
+            // Too large to keep: delivered, not recoverable.
+            crate::telemetry::metrics()
+                .log_appends
+                .add(1, &crate::telemetry::attr("outcome", "too_large"));
+            self.unlogged(entry);
+            if let Some(done) = done {
+                let _ = done.send(false);
+            }
+            return;
+        }
         if let Err(err) = self.appends.try_send(Append { entry: data, done }) {
             let append = match err {
                 mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
@@ -608,7 +622,7 @@ impl Recovery {
             let range = match self.store.range(from, until, left.min(REPLAY_PAGE)).await {
                 Ok(range) => range,
                 Err(err) => {
-                    warn!(%err, "recovery log: range read failed");
+                    crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery log: range read failed");
                     return Err(());
                 }
             };
@@ -851,7 +865,7 @@ impl Recovery {
                 .map(|state| (stored.generation, state))),
             Ok(None) => Ok(None),
             Err(err) => {
-                warn!(%err, "recovery state read failed");
+                crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state read failed");
                 Err(Missed::StoreDown)
             }
         }
@@ -879,7 +893,7 @@ impl Recovery {
             }
             Ok(false) => Err(Missed::Raced),
             Err(err) => {
-                warn!(%err, "recovery state write failed");
+                crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state write failed");
                 Err(Missed::StoreDown)
             }
         }
@@ -1186,7 +1200,12 @@ mod tests {
 
     #[test]
     fn a_replay_stops_at_the_disconnect_of_its_socket() {
-        let ns = Namespace::new("/", Arc::new(crate::socketio::LocalFabric), None);
+        let ns = Namespace::new(
+            "/",
+            Arc::new(crate::socketio::LocalFabric),
+            None,
+            Default::default(),
+        );
         let socket = recoverable_socket(&ns);
         let other = recoverable_socket(&ns);
         let to_it = Target::room(socket.id().to_string());

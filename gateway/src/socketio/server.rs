@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
 use crate::store::recovery::Offset;
+use crate::telemetry::{attr, metrics};
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::fabric::Fabric;
-use super::namespace::Namespace;
+use super::namespace::{Namespace, SocketLimits};
 use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
 use super::socket::{
@@ -32,12 +33,15 @@ pub struct SocketIoConfig {
     /// A session that joins no namespace within this time is closed (the
     /// reference's connectTimeout).
     pub connect_timeout: Duration,
+    /// What clients may do with sockets (rooms, names, CONNECTs).
+    pub limits: SocketLimits,
 }
 
 impl Default for SocketIoConfig {
     fn default() -> Self {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
+            limits: SocketLimits::default(),
         }
     }
 }
@@ -46,6 +50,7 @@ impl Default for SocketIoConfig {
 struct Namespaces {
     fabric: Arc<dyn Fabric>,
     recovery: Option<Arc<Recovery>>,
+    limits: SocketLimits,
     map: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
 }
 
@@ -77,7 +82,14 @@ impl Namespaces {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.into())
-            .or_insert_with(|| Namespace::new(name, self.fabric.clone(), self.recovery.clone()))
+            .or_insert_with(|| {
+                Namespace::new(
+                    name,
+                    self.fabric.clone(),
+                    self.recovery.clone(),
+                    self.limits,
+                )
+            })
             .clone()
     }
 }
@@ -110,6 +122,7 @@ impl<A: Application> SocketIo<A> {
         let namespaces = Arc::new(Namespaces {
             fabric: fabric.clone(),
             recovery: recovery.clone(),
+            limits: config.limits,
             map: RwLock::new(HashMap::new()),
         });
         if let Some(recovery) = &recovery {
@@ -258,6 +271,19 @@ impl<A: Application> SocketIo<A> {
                         .on_disconnect(&socket, DisconnectReason::ClientNamespaceDisconnect);
                 }
             }
+            Packet::Event { id, name, .. } if name.len() > self.config.limits.max_event_name => {
+                metrics()
+                    .limit_refusals
+                    .add(1, &attr("limit", "event_name"));
+                if let Some(id) = id {
+                    let error = format!(
+                        r#"[{{"error":"event name longer than {} bytes"}}]"#,
+                        self.config.limits.max_event_name
+                    );
+                    let _ =
+                        AckSender::new(socket.clone(), id).send(&Payload::from_json_array(error));
+                }
+            }
             Packet::Event {
                 id,
                 name,
@@ -306,6 +332,7 @@ impl<A: Application> SocketIo<A> {
     fn connect(&self, session: &SessionRef<ClientState>, nsp: &str, auth: &str) {
         if !self.app.has_namespace(nsp) {
             let _ = session.send(encode_connect_error(nsp, "Invalid namespace", None));
+            failed_connect(session, self.config.limits);
             return;
         }
         match session.data().begin_connect(nsp) {
@@ -362,6 +389,19 @@ impl<A: Application> SocketIo<A> {
     }
 }
 
+/// Counts a refused CONNECT of `session`; past the limit the session is
+/// closed (a client that keeps asking costs nothing more).
+fn failed_connect(session: &SessionRef<ClientState>, limits: SocketLimits) {
+    let failed = session.data().connect_failed();
+    if limits.max_failed_connects > 0 && failed > limits.max_failed_connects {
+        metrics()
+            .limit_refusals
+            .add(1, &attr("limit", "failed_connects"));
+        debug!(sid = %session.sid(), failed, "too many refused CONNECTs: closing");
+        session.close(CloseReason::ParseError);
+    }
+}
+
 fn finish_connect<A: Application>(
     app: &Arc<A>,
     ns: &Arc<Namespace>,
@@ -379,6 +419,7 @@ fn finish_connect<A: Application>(
                 &refusal.message,
                 refusal.data.as_ref(),
             ));
+            failed_connect(session, ns.limits());
             return;
         }
     };
@@ -397,7 +438,13 @@ fn finish_connect<A: Application>(
     let receipts: Vec<_> = grant
         .rooms
         .iter()
-        .filter_map(|room| socket.join(room))
+        .filter_map(|room| match socket.join(room) {
+            Ok(receipt) => receipt,
+            Err(err) => {
+                debug!(room, %err, "initial room refused");
+                None
+            }
+        })
         .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
     let answer = format!("{{\"sid\":\"{}\"}}", socket.id());

@@ -31,6 +31,28 @@ pub fn user_room(user: &str) -> String {
     format!("{HIDDEN_ROOM_PREFIX}user:{user}")
 }
 
+/// Why a socket may not join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("room names starting with U+0001 are reserved")]
+    Hidden,
+    #[error("room name longer than {max} bytes")]
+    NameTooLong { max: usize },
+    #[error("in {max} rooms already")]
+    TooManyRooms { max: usize },
+}
+
+impl JoinError {
+    /// The limit's label in metrics.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            JoinError::Hidden => "hidden_room",
+            JoinError::NameTooLong { .. } => "room_name",
+            JoinError::TooManyRooms { .. } => "rooms_per_socket",
+        }
+    }
+}
+
 pub fn is_hidden_room(room: &str) -> bool {
     room.starts_with(HIDDEN_ROOM_PREFIX)
 }
@@ -412,12 +434,35 @@ impl Socket {
     /// on this node, the other nodes learn of it one hop later: await the
     /// receipt before telling anyone (an ack) that the join is done, so
     /// that emits into the room from any node reach this socket.
-    /// Hidden room names (see [`HIDDEN_ROOM_PREFIX`]) are refused.
-    pub fn join(self: &Arc<Self>, room: &str) -> Option<RoomReceipt> {
-        if is_hidden_room(room) {
-            return None;
+    /// Hidden room names (see [`HIDDEN_ROOM_PREFIX`]), names past the
+    /// length limit and rooms past the socket's limit are refused
+    /// (counted in `ringway.limits.refusals`).
+    pub fn join(self: &Arc<Self>, room: &str) -> Result<Option<RoomReceipt>, JoinError> {
+        let limits = self.ns.limits();
+        let refused = if is_hidden_room(room) {
+            Some(JoinError::Hidden)
+        } else if room.len() > limits.max_room_name {
+            Some(JoinError::NameTooLong {
+                max: limits.max_room_name,
+            })
+        } else if limits.max_rooms_per_socket > 0 && {
+            let rooms = self.rooms_lock();
+            rooms.len() >= limits.max_rooms_per_socket
+                && !rooms.iter().any(|(r, _)| r.as_ref() == room)
+        } {
+            Some(JoinError::TooManyRooms {
+                max: limits.max_rooms_per_socket,
+            })
+        } else {
+            None
+        };
+        if let Some(err) = refused {
+            crate::telemetry::metrics()
+                .limit_refusals
+                .add(1, &crate::telemetry::attr("limit", err.limit()));
+            return Err(err);
         }
-        self.join_any(room)
+        Ok(self.join_any(room))
     }
 
     /// Joins any room, hidden ones included. With recovery on, the

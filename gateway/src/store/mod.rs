@@ -90,6 +90,8 @@ pub enum StoreError {
     Timeout,
     #[error("malformed registry entry for {0}")]
     Corrupt(String),
+    #[error("{0} does not hold 64 hex digits: delete it (every session then ends)")]
+    BadKey(String),
 }
 
 pub trait Registry: Send + Sync + 'static {
@@ -109,6 +111,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Whether the backing store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The key every node of the cluster signs session ids with: made once
+    /// (random) and shared through the store; a node alone makes its own.
+    fn sid_key(&self) -> BoxFuture<'_, Result<[u8; 32], StoreError>> {
+        Box::pin(std::future::ready(Ok(rand::random())))
+    }
 }
 
 #[cfg(test)]

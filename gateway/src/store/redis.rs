@@ -124,4 +124,35 @@ impl Registry for RedisRegistry {
             Ok(())
         })
     }
+
+    fn sid_key(&self) -> BoxFuture<'_, Result<[u8; 32], StoreError>> {
+        let key = format!("{}:sid-key", self.prefix);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let fresh: [u8; 32] = rand::random();
+            let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+            // The first node makes it; every node reads the same one.
+            let _: Option<String> = bounded(
+                "sid key",
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&hex)
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let stored: Option<String> = bounded(
+                "sid key",
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await?;
+            let stored = stored.unwrap_or(hex);
+            let bytes: Vec<u8> = (0..stored.len())
+                .step_by(2)
+                .filter_map(|i| stored.get(i..i + 2))
+                .filter_map(|pair| u8::from_str_radix(pair, 16).ok())
+                .collect();
+            bytes.try_into().map_err(|_| StoreError::BadKey(key))
+        })
+    }
 }

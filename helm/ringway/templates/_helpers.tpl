@@ -30,6 +30,9 @@ added below is "-coordinator" (12), so the prefix is cut at 50.
 {{- define "ringway.coordinator.name" -}}{{ include "ringway.fullname" . }}-coordinator{{- end }}
 {{- define "ringway.redis.name" -}}{{ include "ringway.fullname" . }}-redis{{- end }}
 {{- define "ringway.auth.name" -}}{{ include "ringway.fullname" . }}-auth{{- end }}
+{{- define "ringway.metrics.name" -}}{{ include "ringway.fullname" . }}-metrics{{- end }}
+{{- define "ringway.cluster.secretName" -}}{{ include "ringway.fullname" . }}-cluster{{- end }}
+{{- define "ringway.cluster.tlsName" -}}{{ include "ringway.fullname" . }}-cluster-tls{{- end }}
 
 {{/* Labels every resource carries. */}}
 {{- define "ringway.labels" -}}
@@ -194,6 +197,147 @@ which Kubernetes expands from the REDIS_PASSWORD variable (defined before it).
 {{- define "ringway.auth.apiTokensDir" -}}/etc/ringway/api-tokens{{- end }}
 {{- define "ringway.auth.jwtDir" -}}/etc/ringway/jwt{{- end }}
 
+{{/*
+The cluster credential. "true" or empty, as the auth helpers above.
+  usesSecret:    --cluster-secret-file (not insecure, cluster.secret.enabled)
+  createsSecret: the chart creates the Secret (no existingSecret)
+  usesTls:       --cluster-tls-* (not insecure, cluster.tls.enabled)
+  certManager:   the chart creates a cert-manager Certificate
+*/}}
+{{- define "ringway.cluster.usesSecret" -}}
+{{- if and (not .Values.cluster.insecure) .Values.cluster.secret.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.cluster.createsSecret" -}}
+{{- if and (include "ringway.cluster.usesSecret" .) (not .Values.cluster.secret.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.cluster.usesTls" -}}
+{{- if and (not .Values.cluster.insecure) .Values.cluster.tls.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.cluster.certManager" -}}
+{{- if and (include "ringway.cluster.usesTls" .) .Values.cluster.tls.certManager.issuerRef.name }}true{{ end }}
+{{- end }}
+
+{{- define "ringway.cluster.secretRef" -}}
+{{- default (include "ringway.cluster.secretName" .) .Values.cluster.secret.existingSecret }}
+{{- end }}
+
+{{- define "ringway.cluster.secretKey" -}}
+{{- if .Values.cluster.secret.existingSecret }}{{ .Values.cluster.secret.existingSecretKey }}{{ else }}cluster-secret{{ end }}
+{{- end }}
+
+{{- define "ringway.cluster.tlsSecret" -}}
+{{- default (include "ringway.cluster.tlsName" .) .Values.cluster.tls.existingSecret }}
+{{- end }}
+
+{{/* The name checked in the members' certificates (and put in the Certificate). */}}
+{{- define "ringway.cluster.serverName" -}}
+{{- default (printf "%s-cluster.%s.svc" (include "ringway.fullname" .) .Release.Namespace) .Values.cluster.tls.serverName }}
+{{- end }}
+
+{{/*
+The generated shared secret, base64-encoded: the value already in the
+release's Secret when there is one (so `helm upgrade` keeps it), else 48
+random characters. Computed once per render and kept in the render's root
+context, so the Secret and the checksum annotations agree. `lookup` finds
+nothing under `helm template` (or --dry-run): a new value every time.
+*/}}
+{{- define "ringway.cluster.generatedSecret" -}}
+{{- if not (hasKey . "ringwayClusterSecret") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ringway.cluster.secretName" .) }}
+{{- $value := dig "data" "cluster-secret" "" ($existing | default dict) }}
+{{- if not $value }}
+{{- $value = randAlphaNum 48 | b64enc }}
+{{- end }}
+{{- $_ := set . "ringwayClusterSecret" $value }}
+{{- end }}
+{{- get . "ringwayClusterSecret" }}
+{{- end }}
+
+{{/* Where the cluster credential is mounted (gateways and coordinator). */}}
+{{- define "ringway.cluster.secretDir" -}}/etc/ringway/cluster-secret{{- end }}
+{{- define "ringway.cluster.tlsDir" -}}/etc/ringway/cluster-tls{{- end }}
+
+{{/* The flags of the cluster credential, common to both binaries. */}}
+{{- define "ringway.cluster.args" -}}
+{{- $args := list }}
+{{- if .Values.cluster.insecure }}
+{{- $args = append $args "--insecure-cluster" }}
+{{- end }}
+{{- if include "ringway.cluster.usesSecret" . }}
+{{- $args = append $args (printf "--cluster-secret-file=%s/%s" (include "ringway.cluster.secretDir" .) (include "ringway.cluster.secretKey" .)) }}
+{{- end }}
+{{- if include "ringway.cluster.usesTls" . }}
+{{- $dir := include "ringway.cluster.tlsDir" . }}
+{{- $args = concat $args (list
+  (printf "--cluster-tls-ca=%s/ca.crt" $dir)
+  (printf "--cluster-tls-cert=%s/tls.crt" $dir)
+  (printf "--cluster-tls-key=%s/tls.key" $dir)
+) }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* volumeMounts of the cluster credential (may be empty). */}}
+{{- define "ringway.cluster.volumeMounts" -}}
+{{- if include "ringway.cluster.usesSecret" . }}
+- name: cluster-secret
+  mountPath: {{ include "ringway.cluster.secretDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "ringway.cluster.usesTls" . }}
+- name: cluster-tls
+  mountPath: {{ include "ringway.cluster.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* volumes of the cluster credential (may be empty). */}}
+{{- define "ringway.cluster.volumes" -}}
+{{- if include "ringway.cluster.usesSecret" . }}
+- name: cluster-secret
+  secret:
+    secretName: {{ include "ringway.cluster.secretRef" . }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+    items:
+      - key: {{ include "ringway.cluster.secretKey" . }}
+        path: {{ include "ringway.cluster.secretKey" . }}
+{{- end }}
+{{- if include "ringway.cluster.usesTls" . }}
+- name: cluster-tls
+  secret:
+    secretName: {{ include "ringway.cluster.tlsSecret" . }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+
+{{/*
+What the pods' checksum/cluster annotation hashes: the generated secret's
+value, or the names of the Secrets the credential comes from (a change of
+the contents of your own Secrets is not seen: restart the pods then).
+*/}}
+{{- define "ringway.cluster.checksum" -}}
+{{- $parts := list (printf "insecure=%t" .Values.cluster.insecure) }}
+{{- if include "ringway.cluster.createsSecret" . }}
+{{- $parts = append $parts (printf "secret=%s" (include "ringway.cluster.generatedSecret" .)) }}
+{{- else if include "ringway.cluster.usesSecret" . }}
+{{- $parts = append $parts (printf "secret=%s/%s" (include "ringway.cluster.secretRef" .) (include "ringway.cluster.secretKey" .)) }}
+{{- end }}
+{{- if include "ringway.cluster.usesTls" . }}
+{{- $parts = append $parts (printf "tls=%s/%s" (include "ringway.cluster.tlsSecret" .) (include "ringway.cluster.serverName" .)) }}
+{{- end }}
+{{- join "\n" $parts | sha256sum }}
+{{- end }}
+
 {{/* The port of a http://HOST:PORT URL (default 80). */}}
 {{- define "ringway.urlPort" -}}
 {{- $hostport := regexReplaceAll "^[a-z]+://([^/]*).*$" . "${1}" }}
@@ -243,6 +387,37 @@ this once (it renders nothing).
 {{- if and .Values.ingress.enabled (le (int .Values.ingress.timeoutSeconds) (div (int .Values.gateway.config.pingIntervalMs) 1000)) }}
 {{- fail "ingress.timeoutSeconds must exceed gateway.config.pingIntervalMs / 1000, or the proxy cuts idle WebSockets and long-polls" }}
 {{- end }}
+{{- $cl := .Values.cluster }}
+{{- if $cl.insecure }}
+{{- if $cl.tls.enabled }}
+{{- fail "cluster.insecure cannot be combined with cluster.tls.enabled: insecure means no credential at all" }}
+{{- end }}
+{{- if $cl.secret.existingSecret }}
+{{- fail "cluster.insecure cannot be combined with cluster.secret.existingSecret: insecure means no credential at all" }}
+{{- end }}
+{{- else if and (not $cl.secret.enabled) (not $cl.tls.enabled) }}
+{{- fail "the cluster needs a credential: cluster.secret.enabled or cluster.tls.enabled (cluster.insecure=true runs without one, for experiments only)" }}
+{{- end }}
+{{- if $cl.tls.enabled }}
+{{- if and $cl.tls.existingSecret $cl.tls.certManager.issuerRef.name }}
+{{- fail "cluster.tls: set either existingSecret or certManager.issuerRef.name, not both" }}
+{{- end }}
+{{- if not (or $cl.tls.existingSecret $cl.tls.certManager.issuerRef.name) }}
+{{- fail "cluster.tls.enabled needs cluster.tls.certManager.issuerRef.name (a cert-manager Certificate) or cluster.tls.existingSecret (tls.crt, tls.key, ca.crt)" }}
+{{- end }}
+{{- end }}
+{{- $p := .Values.gateway.ports }}
+{{- $ports := list (int $p.http) (int $p.node) (int $p.api) }}
+{{- if $p.metrics }}
+{{- $ports = append $ports (int $p.metrics) }}
+{{- end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail "gateway.ports: http, node, api and metrics must be different ports" }}
+{{- end }}
+{{- $most := ternary (int .Values.autoscaling.maxReplicas) (int .Values.gateway.replicas) .Values.autoscaling.enabled }}
+{{- if lt (int .Values.coordinator.maxMembers) $most }}
+{{- fail (printf "coordinator.maxMembers (%d) is below the most gateways this release runs (%d): joins past it are refused" (int .Values.coordinator.maxMembers) $most) }}
+{{- end }}
 {{- end }}
 
 {{/* The gateway's flags, one list item each. */}}
@@ -251,16 +426,27 @@ this once (it renders nothing).
 {{- $cfg := $gw.config }}
 {{- $args := list
   (printf "--listen=0.0.0.0:%d" (int $gw.ports.http))
-  (printf "--grpc-listen=0.0.0.0:%d" (int $gw.ports.grpc))
+  (printf "--grpc-listen=0.0.0.0:%d" (int $gw.ports.node))
+  (printf "--api-listen=0.0.0.0:%d" (int $gw.ports.api))
   (printf "--coordinator=%s" (include "ringway.coordinator.address" .))
   "--node-id=$(POD_NAME)"
-  (printf "--advertise-grpc=$(POD_IP):%d" (int $gw.ports.grpc))
+  (printf "--advertise-grpc=$(POD_IP):%d" (int $gw.ports.node))
   (printf "--advertise-http=$(POD_IP):%d" (int $gw.ports.http))
   (printf "--key-prefix=%s" .Values.cluster.keyPrefix)
   (printf "--log-format=%s" .Values.logFormat)
   (printf "--path=%s" $cfg.path)
   (printf "--namespace=%s" (join "," $cfg.namespaces))
 }}
+{{- with $gw.ports.metrics }}
+{{- $args = append $args (printf "--metrics-listen=0.0.0.0:%d" (int .)) }}
+{{- end }}
+{{- $args = concat $args (include "ringway.cluster.args" . | fromYamlArray) }}
+{{- if include "ringway.cluster.usesTls" . }}
+{{- $args = append $args (printf "--cluster-tls-server-name=%s" (include "ringway.cluster.serverName" .)) }}
+{{- end }}
+{{- with $gw.limits.trustedProxies }}
+{{- $args = append $args (printf "--trusted-proxy=%s" (join "," .)) }}
+{{- end }}
 {{- with $cfg.corsOrigins }}
 {{- $args = append $args (printf "--cors-origin=%s" (join "," .)) }}
 {{- end }}
@@ -275,6 +461,19 @@ this once (it renders nothing).
   (printf "--listen-backlog=%d" (int $cfg.listenBacklog))
   (printf "--recovery-window=%d" (int $cfg.recoveryWindowMs))
   (printf "--recovery-max-log=%d" (int $cfg.recoveryMaxLog))
+  (printf "--max-sessions=%d" (int $gw.limits.maxSessions))
+  (printf "--max-sessions-per-ip=%d" (int $gw.limits.maxSessionsPerIp))
+  (printf "--handshake-rate-per-ip=%v" $gw.limits.handshakeRatePerIp)
+  (printf "--handshake-burst-per-ip=%v" $gw.limits.handshakeBurstPerIp)
+  (printf "--header-read-timeout=%d" (int $gw.limits.headerReadTimeoutMs))
+  (printf "--body-read-timeout=%d" (int $gw.limits.bodyReadTimeoutMs))
+  (printf "--max-body-buffer=%d" (int64 $gw.limits.maxBodyBufferBytes))
+  (printf "--max-rooms-per-socket=%d" (int $gw.limits.maxRoomsPerSocket))
+  (printf "--max-room-name=%d" (int $gw.limits.maxRoomNameBytes))
+  (printf "--max-event-name=%d" (int $gw.limits.maxEventNameBytes))
+  (printf "--max-failed-connects=%d" (int $gw.limits.maxFailedConnects))
+  (printf "--recovery-max-event-bytes=%d" (int $gw.limits.recoveryMaxEventBytes))
+  (printf "--recovery-max-log-bytes=%d" (int64 $gw.limits.recoveryMaxLogBytes))
   (printf "--drain-delay=%d" (int $gw.drain.drainDelayMs))
   (printf "--shutdown-timeout=%d" (int $gw.drain.shutdownTimeoutMs))
 ) }}
@@ -311,9 +510,11 @@ this once (it renders nothing).
   (printf "--listen=0.0.0.0:%d" (int $c.port))
   (printf "--lease-ttl=%d" (int $c.leaseTtlMs))
   (printf "--heartbeat-interval=%d" (int $c.heartbeatIntervalMs))
+  (printf "--max-members=%d" (int $c.maxMembers))
   (printf "--key-prefix=%s" .Values.cluster.keyPrefix)
   (printf "--log-format=%s" .Values.logFormat)
 }}
+{{- $args = concat $args (include "ringway.cluster.args" . | fromYamlArray) }}
 {{- if $c.dashboard.enabled }}
 {{- $args = append $args (printf "--http-listen=0.0.0.0:%d" (int $c.dashboard.port)) }}
 {{- end }}

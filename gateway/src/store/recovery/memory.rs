@@ -17,6 +17,8 @@ use crate::store::StoreError;
 
 struct Log {
     entries: VecDeque<Record>,
+    /// Bytes of the entries' data.
+    bytes: u64,
     /// The last offset given.
     last: Offset,
     /// The largest offset trimmed away.
@@ -34,6 +36,7 @@ struct State {
 
 pub struct MemoryRecoveryStore {
     max_len: usize,
+    max_bytes: u64,
     /// Shared with the tail's task, which reads the log itself when told
     /// of new entries: nothing is buffered outside the bounded log.
     log: Arc<Mutex<Log>>,
@@ -46,12 +49,14 @@ fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
 }
 
 impl MemoryRecoveryStore {
-    /// A log of at most `max_len` entries.
-    pub fn new(max_len: usize) -> MemoryRecoveryStore {
+    /// A log of at most `max_len` entries and `max_bytes` bytes of data.
+    pub fn new(max_len: usize, max_bytes: u64) -> MemoryRecoveryStore {
         MemoryRecoveryStore {
             max_len: max_len.max(1),
+            max_bytes: max_bytes.max(1),
             log: Arc::new(Mutex::new(Log {
                 entries: VecDeque::new(),
+                bytes: 0,
                 last: Offset::ZERO,
                 trimmed: Offset::ZERO,
             })),
@@ -99,6 +104,7 @@ impl Log {
 
     fn drop_front(&mut self) {
         if let Some(old) = self.entries.pop_front() {
+            self.bytes -= old.data.len() as u64;
             self.trimmed = self.trimmed.max(old.offset);
         }
     }
@@ -110,8 +116,11 @@ impl RecoveryStore for MemoryRecoveryStore {
             let mut log = self.log();
             for data in entries {
                 let offset = log.next_offset();
+                log.bytes += data.len() as u64;
                 log.entries.push_back(Record { offset, data });
-                if log.entries.len() > self.max_len {
+                while log.entries.len() > self.max_len
+                    || (log.bytes > self.max_bytes && log.entries.len() > 1)
+                {
                     log.drop_front();
                 }
             }
@@ -289,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_tail_hands_on_every_entry_in_order() {
-        let store = MemoryRecoveryStore::new(100);
+        let store = MemoryRecoveryStore::new(100, u64::MAX);
         let mut tail = store.tail().await.unwrap();
         assert_eq!(tail.start, Offset::ZERO);
         for i in 0..20 {
@@ -308,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn log_orders_bounds_and_covers() {
-        let store = MemoryRecoveryStore::new(3);
+        let store = MemoryRecoveryStore::new(3, u64::MAX);
         let end = Offset::new(u64::MAX, 0);
         let mut offsets = Vec::new();
         for d in ["a", "b", "c", "d"] {
@@ -336,7 +345,7 @@ mod tests {
 
     #[tokio::test]
     async fn states_follow_generations_and_expire() {
-        let store = MemoryRecoveryStore::new(10);
+        let store = MemoryRecoveryStore::new(10, u64::MAX);
         let ttl = Duration::from_secs(60);
         assert!(store
             .put_state("p", 1, data("v1"), ttl, StateWrite::Update)
@@ -369,5 +378,22 @@ mod tests {
             store.refresh_states(vec!["p".into()], ttl).await.unwrap(),
             vec!["p".to_owned()]
         );
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_to_its_bytes() {
+        let store = MemoryRecoveryStore::new(1000, 100);
+        store
+            .append((0..10).map(|_| Bytes::from(vec![0u8; 30])).collect())
+            .await
+            .expect("append");
+        // 3 entries of 30 bytes fit in 100.
+        assert_eq!(store.len(), 3);
+        // One larger than the bound stays alone (the newest is kept).
+        store
+            .append(vec![Bytes::from(vec![0u8; 500])])
+            .await
+            .expect("append");
+        assert_eq!(store.len(), 1);
     }
 }

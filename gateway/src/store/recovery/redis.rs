@@ -103,6 +103,7 @@ pub struct RedisRecoveryStore {
     since_key: String,
     state_prefix: String,
     max_len: usize,
+    max_bytes: u64,
     ensure_gen: Script,
     range: Script,
     put_update: Script,
@@ -185,8 +186,14 @@ fn xread_records(v: &Value) -> Vec<Record> {
 
 impl RedisRecoveryStore {
     /// Connects (failing fast if Redis does not answer). `max_len` bounds
-    /// the log (approximately, as `MAXLEN ~` does).
-    pub async fn connect(url: &str, prefix: &str, max_len: usize) -> Result<Self, StoreError> {
+    /// the log (approximately, as `MAXLEN ~` does); `max_bytes` bounds the
+    /// memory it takes in Redis, checked at each trim.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        max_len: usize,
+        max_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
         let conn = connect_redis(&client, CALL_TIMEOUT).await?;
         Ok(RedisRecoveryStore {
@@ -197,6 +204,7 @@ impl RedisRecoveryStore {
             since_key: format!("{prefix}:log:since"),
             state_prefix: format!("{prefix}:rec:"),
             max_len: max_len.max(1),
+            max_bytes: max_bytes.max(1),
             ensure_gen: Script::new(ENSURE_GEN),
             range: Script::new(RANGE),
             put_update: Script::new(PUT_UPDATE),
@@ -383,6 +391,35 @@ impl RecoveryStore for RedisRecoveryStore {
                     .query_async(&mut conn),
             )
             .await?;
+            // Then by memory: Redis streams trim by count, so the count
+            // that fits is estimated from the memory the log takes now
+            // (sampled) and its length, with a tenth to spare.
+            let (used, len): (Option<u64>, u64) = bounded(
+                "log_size",
+                redis::pipe()
+                    .cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&self.log_key)
+                    .cmd("XLEN")
+                    .arg(&self.log_key)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if let Some(used) = used.filter(|used| *used > self.max_bytes && len > 1) {
+                let keep = ((len as f64) * (self.max_bytes as f64 / used as f64) * 0.9) as u64;
+                crate::telemetry::metrics()
+                    .limit_refusals
+                    .add(1, &crate::telemetry::attr("limit", "recovery_log_bytes"));
+                let _: Value = bounded(
+                    "log_trim",
+                    redis::cmd("XTRIM")
+                        .arg(&self.log_key)
+                        .arg("MAXLEN")
+                        .arg(keep.max(1))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            }
             Ok(())
         })
     }
