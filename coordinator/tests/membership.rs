@@ -592,3 +592,33 @@ async fn an_unreadable_stored_view_is_refused() {
     // It let go of the lock on its way out.
     assert_eq!(redis.lock_holder().await, None);
 }
+
+/// `--max-members`: a new node id past the cap is refused
+/// (RESOURCE_EXHAUSTED); a member joining again is not; without the
+/// cluster credential nothing is served at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_capped_and_strangers_refused() {
+    let redis = RedisServer::start();
+    let mut coord = Coordinator::spawn(&redis.url(), RELAXED, &["--max-members", "2"]);
+    let addr = coord.wait_listening(WAIT).expect("listening");
+    let mut client = connect(addr).await;
+    let a = client.join(join_req("a", 1)).await.expect("a").into_inner();
+    client.join(join_req("b", 1)).await.expect("b");
+    let err = client.join(join_req("c", 1)).await.expect_err("c");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    let mut again = join_req("a", 1);
+    again.proof = a.member_token;
+    client.join(again).await.expect("a member joins again");
+
+    let mut stranger = connect_as(addr, None).await;
+    let err = stranger
+        .join(join_req("d", 1))
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = stranger
+        .watch(ringway_coordinator::proto::WatchRequest::default())
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+}

@@ -18,6 +18,20 @@
 //            `ready <json>` once every client joined, then a `report
 //            <json>` line once every client got `done` (or the budget ran
 //            out). The harness publishes, kills nodes and checks the report.
+//   kill     the clients of a kill benchmark (loadtest/scripts/bench-kill.sh):
+//            FLEET_CLIENTS clients, all on FLEET_TRANSPORTS (comma
+//            separated), started evenly over FLEET_SPREAD_MS, each joins
+//            FLEET_ROOM and records every `message` ({n}) with its offset.
+//            Prints `ready <json>` (engine ids) once every client joined,
+//            then `report <json>` once every client got the publisher's
+//            last message ({done: total}) or FLEET_BUDGET_MS ran out: per
+//            client lost, duplicated and reordered counts, its timeline
+//            (connects, recoveries, disconnects, upgrades) and, for a
+//            client with any anomaly, what it got as runs with offsets.
+//   publish  the publisher of a kill benchmark: one WebSocket client
+//            (RINGWAY_URL: a node that is not killed) that broadcasts
+//            {n: 1..} into FLEET_ROOM at PUBLISH_RATE per second for
+//            PUBLISH_MS, then {done: total}; prints `published <total>`.
 //
 // Exit 0 on success (for `fleet`: once the report is printed), non-zero
 // with `FAIL <scenario>: <why>` on stderr otherwise.
@@ -205,7 +219,194 @@ async function fleet() {
   return `${count} clients reported`;
 }
 
-const SCENARIOS = { drops, fleet };
+/** Milliseconds since this process started, rounded. */
+const started = Date.now();
+const now = () => Date.now() - started;
+
+/** Lost, duplicated and reordered (as ringway-loadtest counts them: a
+ * reordered message is a first copy older than one already seen). */
+function tally(got, total) {
+  const seen = new Uint8Array(total + 2);
+  let duplicated = 0;
+  let reordered = 0;
+  let unexpected = 0;
+  let next = 1;
+  for (const n of got) {
+    if (!Number.isInteger(n) || n < 1 || n > total) {
+      unexpected++;
+      continue;
+    }
+    if (seen[n]) {
+      duplicated++;
+      continue;
+    }
+    seen[n] = 1;
+    if (n === next) next++;
+    else if (n > next) next = n + 1;
+    else reordered++;
+  }
+  let lost = 0;
+  for (let n = 1; n <= total; n++) if (!seen[n]) lost++;
+  return { lost, duplicated, reordered, unexpected };
+}
+
+/** What a client got, as runs of consecutive numbers with their offsets
+ * and the session (engine id, transport) each came on. */
+function runs(c) {
+  const out = [];
+  let run = null;
+  let seg = 0;
+  for (let i = 0; i < c.got.length; i++) {
+    while (seg + 1 < c.segs.length && c.segs[seg + 1].at <= i) seg++;
+    const s = c.segs[seg] || {};
+    const via = `${s.sid}/${s.transport}`;
+    if (run && c.got[i] === run.to + 1 && run.via === via) {
+      run.to = c.got[i];
+      run.last = c.offsets[i];
+      continue;
+    }
+    run = { at: i, from: c.got[i], to: c.got[i], first: c.offsets[i], last: c.offsets[i], via, t: c.times[i] };
+    out.push(run);
+  }
+  return out;
+}
+
+async function kill() {
+  const count = Number(process.env.FLEET_CLIENTS || 300);
+  const room = process.env.FLEET_ROOM || 'kill';
+  const spread = Number(process.env.FLEET_SPREAD_MS || 2000);
+  const transports = (process.env.FLEET_TRANSPORTS || 'polling,websocket').split(',');
+  const clients = [];
+  step(`connecting ${count} clients over ${spread} ms`);
+  for (let i = 0; i < count; i++) {
+    const socket = connect(transports, { autoConnect: false });
+    const c = {
+      i,
+      socket,
+      got: [],
+      offsets: [],
+      times: [],
+      // Where each stretch of messages came from: {at: index, sid, transport}.
+      segs: [],
+      timeline: [],
+      recoveries: [],
+      done: null,
+      joined: false,
+    };
+    const note = (what, extra = {}) => c.timeline.push({ t: now(), what, ...extra });
+    socket.io.on('open', () => {
+      const engine = socket.io.engine;
+      note('open', { sid: engine.id, transport: engine.transport.name });
+      engine.on('upgrade', (t) => note('upgrade', { sid: engine.id, transport: t.name }));
+      engine.on('upgradeError', (err) => note('upgradeError', { sid: engine.id, err: String(err && err.message) }));
+      engine.on('close', (reason, desc) =>
+        note('engineClose', { sid: engine.id, reason, desc: desc && (desc.description || desc.message || String(desc)) }),
+      );
+    });
+    socket.io.on('error', (err) => note('managerError', { err: String(err && err.message) }));
+    socket.on('connect', () => {
+      const engine = socket.io.engine;
+      const first = c.timeline.every((e) => e.what !== 'connect');
+      note('connect', { sid: engine.id, transport: engine.transport.name, recovered: socket.recovered, id: socket.id });
+      if (!first) c.recoveries.push(socket.recovered);
+      if (!socket.recovered) {
+        // A fresh socket (the first, or a recovery that failed) joins.
+        socket.emitWithAck('join', room).then(() => {
+          c.joined = true;
+        });
+      }
+    });
+    socket.on('connect_error', (err) => note('connectError', { err: String(err && err.message) }));
+    socket.on('disconnect', (reason, desc) =>
+      note('disconnect', {
+        reason,
+        desc: desc && (desc.description && String(desc.description.message || desc.description)),
+        offset: socket._lastOffset,
+      }),
+    );
+    socket.on('message', (msg, offset) => {
+      if (msg && msg.done !== undefined) {
+        c.done = msg.done;
+        return;
+      }
+      const engine = socket.io.engine;
+      const sid = engine && engine.id;
+      const transport = engine && engine.transport && engine.transport.name;
+      const seg = c.segs[c.segs.length - 1];
+      if (!seg || seg.sid !== sid || seg.transport !== transport) c.segs.push({ at: c.got.length, sid, transport });
+      c.got.push(msg && msg.n);
+      c.offsets.push(offset);
+      c.times.push(now());
+    });
+    clients.push(c);
+  }
+  for (let i = 0; i < count; i++) {
+    setTimeout(() => clients[i].socket.connect(), count > 1 ? Math.round((i * spread) / (count - 1)) : 0);
+  }
+  await waitUntil('every client joined', () => clients.every((c) => c.joined), spread + 60000).catch((err) => {
+    const late = clients.filter((c) => !c.joined).map((c) => `${c.i} (${JSON.stringify(c.timeline.slice(-3))})`);
+    throw new Error(`${err.message}: not joined: ${late.slice(0, 20).join('; ')}`);
+  });
+  // Engine ids after the upgrades settle (the owner is the node that holds
+  // the session then).
+  await sleep(500);
+  process.stdout.write(`ready ${JSON.stringify({ t: now(), sids: clients.map((c) => c.socket.io.engine.id) })}\n`);
+  step('waiting for done');
+  const budget = Number(process.env.FLEET_BUDGET_MS || 120000);
+  await waitUntil('done in every client', () => clients.every((c) => c.done !== null), budget).catch(() => {});
+  await sleep(500); // anything after `done` would be a duplicate
+  const totals = clients.map((c) => c.done).filter((d) => d !== null);
+  const total = totals.length ? Math.max(...totals) : Math.max(0, ...clients.map((c) => Math.max(0, ...c.got)));
+  const report = clients.map((c) => {
+    const t = tally(c.got, total);
+    const bad = t.lost + t.duplicated + t.reordered + t.unexpected > 0 || c.done !== total || c.recoveries.some((r) => !r);
+    return {
+      i: c.i,
+      transports: transports.join('+'),
+      connected: c.socket.connected,
+      received: c.got.length,
+      done: c.done,
+      ...t,
+      recoveries: c.recoveries,
+      timeline: c.timeline,
+      runs: bad ? runs(c) : undefined,
+    };
+  });
+  process.stdout.write(`report ${JSON.stringify({ total, clients: report })}\n`);
+  for (const c of clients) c.socket.close();
+  return `${count} clients reported`;
+}
+
+async function publish() {
+  const room = process.env.FLEET_ROOM || 'kill';
+  const rate = Number(process.env.PUBLISH_RATE || 200);
+  const duration = Number(process.env.PUBLISH_MS || 20000);
+  const socket = connect(['websocket']);
+  await connected(socket);
+  step('publishing');
+  const total = Math.max(1, Math.round((rate * duration) / 1000));
+  const begin = Date.now();
+  let n = 0;
+  await new Promise((resolve) => {
+    const tick = () => {
+      const due = Math.min(total, Math.floor(((Date.now() - begin) * rate) / 1000) + 1);
+      while (n < due) {
+        n++;
+        socket.emit('broadcast', { room, msg: { n } });
+      }
+      if (n >= total) return resolve();
+      setTimeout(tick, 2);
+    };
+    tick();
+  });
+  // In order after every message: the same socket, the same node.
+  await socket.timeout(10000).emitWithAck('broadcast', { room, msg: { done: total } });
+  process.stdout.write(`published ${total} in ${Date.now() - begin} ms\n`);
+  socket.close();
+  return `${total} messages`;
+}
+
+const SCENARIOS = { drops, fleet, kill, publish };
 
 async function main() {
   const name = process.argv[2];
