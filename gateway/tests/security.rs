@@ -931,12 +931,9 @@ async fn repeated_refused_connects_close_the_session() {
     // The fourth: its CONNECT_ERROR, then the session ends.
     let mut closed = false;
     for _ in 0..3 {
-        match ws_text(&mut ws).await {
-            None => {
-                closed = true;
-                break;
-            }
-            Some(_) => {}
+        if ws_text(&mut ws).await.is_none() {
+            closed = true;
+            break;
         }
     }
     assert!(closed, "the session stays open");
