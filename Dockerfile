@@ -38,9 +38,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ringway-gateway /out/ringway-coordinator /usr/local/bin/
 USER 65532:65532
-# Gateway: HTTP/WebSocket 3000, gRPC 7100. Coordinator: gRPC 7000, HTTP
-# (dashboard, health) 7080.
-EXPOSE 3000 7100 7000 7080
+# Gateway: HTTP/WebSocket 3000, node-to-node gRPC 7100, Push API gRPC
+# 7200. Coordinator: gRPC 7000, HTTP (dashboard, health) 7080.
+EXPOSE 3000 7100 7200 7000 7080
 ENTRYPOINT ["/usr/local/bin/ringway-gateway"]
 LABEL org.opencontainers.image.title="ringway" \
       org.opencontainers.image.description="Ringway Socket.IO gateway cluster: ringway-gateway and ringway-coordinator" \
