@@ -328,6 +328,16 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Polling answers of at least this many bytes are compressed (gzip or
+    /// deflate, as the client's Accept-Encoding allows), as the reference
+    /// server's httpCompression threshold; 0 turns compression off.
+    #[arg(
+        long,
+        env = "RINGWAY_HTTP_COMPRESSION_THRESHOLD",
+        default_value_t = 1024
+    )]
+    pub http_compression_threshold: usize,
+
     /// Most sessions this node holds; past it handshakes get 503 (0: no
     /// limit).
     #[arg(long, env = "RINGWAY_MAX_SESSIONS", default_value_t = 100_000)]

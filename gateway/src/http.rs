@@ -45,6 +45,8 @@ pub struct Gateway<A: Application> {
     trusted_proxies: Vec<Cidr>,
     /// Longest a client may take to send a request's headers.
     header_timeout: Duration,
+    /// Polling answers this large or larger are compressed (0: never).
+    compression_threshold: usize,
 }
 
 impl<A: Application> Gateway<A> {
@@ -80,6 +82,7 @@ impl<A: Application> Gateway<A> {
             metrics_here: config.metrics_listen.is_none(),
             trusted_proxies: config.trusted_proxies.clone(),
             header_timeout: Duration::from_millis(config.header_read_timeout),
+            compression_threshold: config.http_compression_threshold,
         })
     }
 
@@ -203,14 +206,20 @@ impl<A: Application> Gateway<A> {
         }
         // The client behind a trusted balancer, as far as it tells.
         let remote = client_addr(remote, req.headers(), &self.trusted_proxies);
+        // How a polling answer may be compressed for this client.
+        let encoding = (req.method() == Method::GET && self.compression_threshold > 0)
+            .then(|| Encoding::accepted(req.headers()))
+            .flatten();
         let mut resp = if path.starts_with(&self.path) {
-            self.socketio.handle(req, remote).await
+            let resp = self.socketio.handle(req, remote).await;
+            compress(resp, encoding, self.compression_threshold)
         } else if let Some(engineio) = self
             .engineio
             .as_ref()
             .filter(|_| path.starts_with(ENGINEIO_PATH))
         {
-            engineio.handle(req, remote).await
+            let resp = engineio.handle(req, remote).await;
+            compress(resp, encoding, self.compression_threshold)
         } else if let Some(demo) = self.demo.as_ref().filter(|_| crate::demo::matches(path)) {
             demo.serve(req.method(), path, req.uri().query(), req.headers())
         } else {
@@ -221,6 +230,114 @@ impl<A: Application> Gateway<A> {
         }
         resp
     }
+}
+
+/// A compression the client accepts for polling answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Gzip,
+    Deflate,
+}
+
+impl Encoding {
+    /// The client's choice from `Accept-Encoding`: gzip first, as the
+    /// reference server prefers it; a coding with `q=0` is refused.
+    fn accepted(headers: &HeaderMap) -> Option<Encoding> {
+        let mut gzip = false;
+        let mut deflate = false;
+        for value in headers.get_all(header::ACCEPT_ENCODING) {
+            let Ok(value) = value.to_str() else { continue };
+            for item in value.split(',') {
+                let mut parts = item.split(';');
+                let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                if refused {
+                    continue;
+                }
+                match coding.as_str() {
+                    "gzip" | "x-gzip" => gzip = true,
+                    "deflate" => deflate = true,
+                    _ => {}
+                }
+            }
+        }
+        if gzip {
+            Some(Encoding::Gzip)
+        } else if deflate {
+            Some(Encoding::Deflate)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate => "deflate",
+        }
+    }
+
+    fn encode(self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        let level = flate2::Compression::default();
+        match self {
+            Encoding::Gzip => {
+                let mut out = flate2::write::GzEncoder::new(Vec::new(), level);
+                out.write_all(data)?;
+                out.finish()
+            }
+            // HTTP's "deflate" is the zlib format (RFC 9110).
+            Encoding::Deflate => {
+                let mut out = flate2::write::ZlibEncoder::new(Vec::new(), level);
+                out.write_all(data)?;
+                out.finish()
+            }
+        }
+    }
+}
+
+/// Compresses a polling answer of at least `threshold` bytes, as the
+/// reference server's `httpCompression` does. A forwarded answer keeps its
+/// delivery receipt.
+fn compress(resp: Response<Body>, encoding: Option<Encoding>, threshold: usize) -> Response<Body> {
+    let Some(encoding) = encoding else {
+        return resp;
+    };
+    let is_payload = resp.status() == StatusCode::OK
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| {
+                t.starts_with("text/plain") || t.starts_with("application/octet-stream")
+            });
+    if !is_payload || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let (data, receipt) = body.into_parts();
+    if data.len() < threshold {
+        return Response::from_parts(parts, Body::with_receipt(data, receipt));
+    }
+    let data = match encoding.encode(&data) {
+        Ok(compressed) => Bytes::from(compressed),
+        // In-memory encoding does not fail; were it to, send it plain.
+        Err(_) => return Response::from_parts(parts, Body::with_receipt(data, receipt)),
+    };
+    parts.headers.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(encoding.name()),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    Response::from_parts(parts, Body::with_receipt(data, receipt))
 }
 
 /// A network: `10.0.0.0/8`, `fd00::/8`, or one address.
@@ -413,7 +530,7 @@ impl Cors {
         if let Some(origin) = self.allowed(origin) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         }
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),

@@ -872,3 +872,76 @@ async fn websocket_writer_drains_what_was_queued_while_a_write_was_blocked() {
         assert_eq!(echo.len(), big.len(), "echo {i}");
     }
 }
+
+/// Polling answers of at least 1 KiB are compressed when the client
+/// accepts it (gzip first, else deflate), as the reference server's
+/// `httpCompression`; smaller answers, clients that do not ask, and
+/// `--http-compression-threshold 0` get them plain.
+#[tokio::test]
+async fn large_polling_answers_are_compressed_for_clients_that_accept_it() {
+    use std::io::Read;
+    let gw = Gateway::start(&[]);
+    let p = Polling::open(&gw.addr, "/socket.io/").await;
+    p.send("40").await;
+    p.packets().await;
+    let big = "z".repeat(5000);
+    let get_with = |encoding: Option<&'static str>| {
+        let addr = gw.addr.clone();
+        let query = p.query();
+        async move {
+            let headers: Vec<(&str, &str)> = encoding
+                .map(|e| vec![("accept-encoding", e)])
+                .unwrap_or_default();
+            request(&addr, "GET", &query, &headers, bytes::Bytes::new()).await
+        }
+    };
+    // gzip.
+    p.send(&format!(r#"42["message","{big}"]"#)).await;
+    let resp = get_with(Some("gzip, deflate, br")).await;
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert!(resp
+        .header("vary")
+        .is_some_and(|v| v.contains("Accept-Encoding")));
+    assert!(resp.body.len() < 1000, "{} bytes", resp.body.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&resp.body[..])
+        .read_to_string(&mut text)
+        .expect("gzip");
+    assert_eq!(text, format!(r#"42["message-back","{big}"]"#));
+    // deflate (zlib) when gzip is refused.
+    p.send(&format!(r#"42["message","{big}"]"#)).await;
+    let resp = get_with(Some("gzip;q=0, deflate")).await;
+    assert_eq!(resp.header("content-encoding"), Some("deflate"));
+    let mut text = String::new();
+    flate2::read::ZlibDecoder::new(&resp.body[..])
+        .read_to_string(&mut text)
+        .expect("zlib");
+    assert_eq!(text, format!(r#"42["message-back","{big}"]"#));
+    // A client that does not ask.
+    p.send(&format!(r#"42["message","{big}"]"#)).await;
+    let resp = get_with(None).await;
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.text(), format!(r#"42["message-back","{big}"]"#));
+    // Small answers stay plain.
+    p.send(r#"42["message","small"]"#).await;
+    let resp = get_with(Some("gzip")).await;
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.text(), r#"42["message-back","small"]"#);
+
+    // Off.
+    let off = Gateway::start(&["--http-compression-threshold", "0"]);
+    let p = Polling::open(&off.addr, "/socket.io/").await;
+    p.send("40").await;
+    p.packets().await;
+    p.send(&format!(r#"42["message","{big}"]"#)).await;
+    let resp = request(
+        &off.addr,
+        "GET",
+        &p.query(),
+        &[("accept-encoding", "gzip")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.text(), format!(r#"42["message-back","{big}"]"#));
+}
