@@ -7,14 +7,22 @@
   kubernetes-validate against the schemas of the oldest Kubernetes the
   chart supports (Chart.yaml kubeVersion) and of the newest the package
   ships; the schemas are in the package, and the tests run with Python's
-  sockets blocked to prove nothing is fetched. The ServiceMonitor, a
-  prometheus-operator CRD, is checked against the operator's models.
+  sockets blocked to prove nothing is fetched. The ServiceMonitor and the
+  PrometheusRule, prometheus-operator CRDs, are checked against the
+  operator's models; the Gateway API HTTPRoute and GRPCRoute against the
+  fields of gateway.networking.k8s.io/v1 (kubernetes-validate has no
+  schema for them).
 - The gateway and coordinator arguments and environment the chart renders
   are given to the real binaries (target/debug) with --check-config, with
   Kubernetes' $(VAR) expansion and the Secret files reproduced (the cluster
   secret included: the binaries read it and refuse one under 32 bytes).
   The cert-manager Certificate, a CRD, is checked against the fields of
   cert-manager.io/v1.
+- The `helm test` script the chart renders is run (with sh, and busybox sh
+  when installed: the test image's shell) against a real ringway-gateway
+  started here, with connection state recovery off and on.
+- The PrometheusRule's expressions and the Grafana dashboard's queries
+  name only metrics of docs/OPERATIONS.md's tables.
 
 Run: .venv-test/bin/python -m pytest helm/tests (scripts/test.sh does, after
 the cargo tests, which build the binaries).
@@ -38,6 +46,7 @@ from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
@@ -149,6 +158,86 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ],
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                           "alertLabels": {"team": "realtime"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Ringway"}},
+    },
+    # What operators add: Gateway API routes instead of Ingresses, the
+    # PrometheusRule (tuned) and the dashboard in Grafana's namespace,
+    # topology spread, startup probes tuned, escape hatches (volumes,
+    # sidecars, init containers) on both components, a restricted client
+    # NetworkPolicy (the test pod gets its own rule), HPA off.
+    "operators": {
+        "autoscaling": {"enabled": False},
+        "gateway": {
+            "replicas": 4,
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                 "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
+                 "matchLabelKeys": ["pod-template-hash"]},
+            ],
+            "startupProbe": {"periodSeconds": 1, "failureThreshold": 90},
+            "extraVolumes": [{"name": "shared-logs", "emptyDir": {}},
+                             {"name": "vector-config", "configMap": {"name": "vector"}}],
+            "extraVolumeMounts": [{"name": "shared-logs", "mountPath": "/var/log/ringway"}],
+            "extraContainers": [{
+                "name": "log-shipper", "image": "timberio/vector:0.41.1-distroless-static",
+                "args": ["--config-dir", "/etc/vector"],
+                "volumeMounts": [{"name": "shared-logs", "mountPath": "/var/log/ringway", "readOnly": True},
+                                 {"name": "vector-config", "mountPath": "/etc/vector"}],
+                "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True},
+            }],
+            "initContainers": [
+                {"name": "wait-for-redis", "image": "busybox:1.36",
+                 "command": ["sh", "-c", "until nc -z redis 6379; do sleep 1; done"]},
+                {"name": "proxy", "image": "envoyproxy/envoy:v1.31.2", "restartPolicy": "Always"},
+            ],
+        },
+        "coordinator": {
+            "replicas": 2,
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            ],
+            "extraVolumes": [{"name": "extra-ca", "configMap": {"name": "corporate-ca"}}],
+            "extraVolumeMounts": [{"name": "extra-ca", "mountPath": "/etc/ssl/extra", "readOnly": True}],
+            "extraContainers": [{"name": "sidecar", "image": "busybox:1.36", "command": ["sleep", "infinity"]}],
+            "initContainers": [{"name": "init", "image": "busybox:1.36", "command": ["true"]}],
+        },
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
+            "hostnames": ["rt.example.com"],
+            "timeouts": {"request": "0s"},
+            "annotations": {"example.com/owner": "realtime"},
+        },
+        "grpcRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "grpc", "port": 443}],
+            "hostnames": ["push.example.com"],
+            "labels": {"exposure": "partners"},
+        },
+        "auth": {"apiTokens": {"tokens": ["t"]}},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {
+            "enabled": True,
+            "interval": "30s",
+            "expectedMembers": 3,
+            "runbookBaseUrl": "https://git.example.com/ringway/blob/v0.1.0/docs",
+            "alerts": {
+                "slowConsumers": {"threshold": 0.5, "for": "30m"},
+                "limitsRefusals": {"enabled": False},
+                "clusterAuthRefusals": {"severity": "page"},
+            },
+            "extraRules": [{"record": "ringway:sessions:sum", "expr": "sum(ringway_sessions)"}],
+        },
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "label": "grafana.com/dashboard",
+                             "labelValue": "ringway", "labels": {"team": "realtime"}},
+        "networkPolicy": {
+            "clients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}}],
+            "apiClients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}}],
+        },
+        "tests": {"podAnnotations": {"sidecar.istio.io/inject": "false"}, "timeoutSeconds": 120},
     },
     # Every secret from Secrets the user manages (the cluster secret too);
     # HS256 JWT.
@@ -254,6 +343,10 @@ def rendered(chart, name: str) -> list[dict[str, Any]]:
     return _RENDERED[name]
 
 
+def is_hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in doc["metadata"].get("annotations", {})
+
+
 def strip(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     doc.pop("_template", None)
@@ -305,6 +398,7 @@ def cargo_version() -> str:
 
 GATEWAY = f"{RELEASE}-gateway"
 COORDINATOR = f"{RELEASE}-coordinator"
+TEST = f"{RELEASE}-test"
 
 # --- the chart itself --------------------------------------------------------
 
@@ -376,8 +470,11 @@ def test_manifests_pass_kubernetes_schemas(chart, name):
     docs = render_docs(chart, NO_DASHBOARD) if name == "no-dashboard" else rendered(chart, name)
     assert docs
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            check_service_monitor(doc)
+        if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            check_prometheus_operator(doc)
+            continue
+        if doc["kind"] in ("HTTPRoute", "GRPCRoute"):
+            check_gateway_route(doc)
             continue
         if doc["kind"] == "Certificate":
             check_certificate(doc)
@@ -393,18 +490,18 @@ def test_manifests_pass_kubernetes_schemas(chart, name):
                 )
 
 
-def check_service_monitor(doc: dict[str, Any]) -> None:
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+def check_prometheus_operator(doc: dict[str, Any]) -> None:
+    from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
     body = strip(doc)
-    model = ServiceMonitor.model_validate(body)
+    model = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}[doc["kind"]].model_validate(body)
     # The models ignore unknown fields: a round trip must give every field back.
     again = model.model_dump(by_alias=True, exclude_none=True, mode="json")
 
     def missing(orig, back, path=""):
         if isinstance(orig, dict):
             for k, v in orig.items():
-                assert isinstance(back, dict) and k in back, f"ServiceMonitor field {path}.{k} is unknown"
+                assert isinstance(back, dict) and k in back, f"{doc['kind']} field {path}.{k} is unknown"
                 missing(v, back[k], f"{path}.{k}")
         elif isinstance(orig, list):
             for i, (a, b) in enumerate(zip(orig, back)):
@@ -449,17 +546,27 @@ def check_certificate(doc: dict[str, Any]) -> None:
 
 
 def test_counts_per_value_set(chart):
-    kinds = lambda name: sorted(d["kind"] for d in rendered(chart, name))  # noqa: E731
+    # The release's resources; `helm test` hooks apart (below).
+    kinds = lambda name: sorted(d["kind"] for d in rendered(chart, name) if not is_hook(d))  # noqa: E731
     assert kinds("defaults") == sorted(
         ["Deployment", "Deployment", "Service", "Service", "Service", "Service",
          "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount",
-         "Secret", "NetworkPolicy", "NetworkPolicy"]
+         "Secret", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"]
     )
     assert kinds("minimal") == sorted(["Deployment", "Deployment", "Service", "Service", "Service", "Service", "Secret"])
     assert sorted(set(kinds("production"))) == sorted(
         ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount",
-         "Ingress", "NetworkPolicy", "ServiceMonitor", "Secret"]
+         "Ingress", "NetworkPolicy", "ServiceMonitor", "Secret", "PrometheusRule", "ConfigMap"]
     )
+    assert sorted(set(kinds("operators"))) == sorted(
+        ["Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "HTTPRoute", "GRPCRoute",
+         "NetworkPolicy", "ServiceMonitor", "Secret", "PrometheusRule", "ConfigMap"]
+    )
+    for name in VALUE_SETS:
+        hooks = [(d["kind"], d["metadata"]["name"]) for d in rendered(chart, name) if is_hook(d)]
+        assert hooks == [("Pod", f"{RELEASE}-test")], (name, hooks)
+    # Off by default: the PrometheusRule, the dashboard, the routes.
+    assert not {"PrometheusRule", "ConfigMap", "HTTPRoute", "GRPCRoute"} & set(kinds("defaults"))
     assert "StatefulSet" in kinds("embedded-redis")
     assert "Secret" not in kinds("existing-secrets")
     assert "Secret" not in kinds("insecure")
@@ -692,9 +799,13 @@ def test_network_policies(chart, name):
     docs = rendered(chart, name)
     values = helm_values(chart, name)
     pods = {w["metadata"]["name"]: pod_labels(w) for w in workloads(docs)}
+    # The `helm test` pod has a policy of its own.
+    pods.update({p["metadata"]["name"]: p["metadata"]["labels"] for p in find(docs, "Pod")})
     policies = {p["metadata"]["name"]: p for p in find(docs, "NetworkPolicy")}
     embedded = values["redis"]["embedded"]["enabled"]
-    assert set(policies) == {GATEWAY, COORDINATOR} | ({f"{RELEASE}-redis"} if embedded else set())
+    tests = values["tests"]["enabled"]
+    assert set(policies) == ({GATEWAY, COORDINATOR} | ({f"{RELEASE}-redis"} if embedded else set())
+                             | ({TEST} if tests else set()))
 
     def peer_pods(peer):
         if set(peer) != {"podSelector"}:
@@ -718,6 +829,9 @@ def test_network_policies(chart, name):
     want_ports = {"http", "node", "api"} | ({"metrics"} if ports["metrics"] else set())
     assert set(p for p, _ in ingress) == want_ports
     assert rules("http")[0] == (np["clients"] or None)
+    if np["clients"] and tests:
+        # Clients restricted: the test pod gets a rule of its own.
+        assert [peer_pods(p) for p in rules("http")[1]] == [[TEST]]
     # The node port: the other gateways, nobody else.
     assert [[[peer_pods(p) for p in f] for f in rules("node")]] == [[[[GATEWAY]]]]
     # The API port: the API clients, nobody else (never the whole world).
@@ -752,6 +866,13 @@ def test_network_policies(chart, name):
         redis = policies[f"{RELEASE}-redis"]["spec"]
         assert redis["egress"] == []
         assert [peer_pods(p) for p in redis["ingress"][0]["from"]] == [[GATEWAY], [COORDINATOR]]
+    if tests:
+        # The test pod: nothing in; out to the gateways' http port and DNS.
+        test = policies[TEST]["spec"]
+        assert test["ingress"] == []
+        out = {r["ports"][0]["port"]: [peer_pods(p) for p in r.get("to", [])] for r in test["egress"]}
+        assert out.pop(ports["http"]) == [[GATEWAY]]
+        assert set(out) == ({53} if np["dns"]["enabled"] else set())
 
 
 # --- the cluster credential ---------------------------------------------------
@@ -988,7 +1109,10 @@ def test_embedded_redis_is_marked_not_for_production(chart):
 
 def test_notes_tell_how_to_connect_and_where_the_dashboard_is(chart):
     for values, expect in (
-        ({}, ["port-forward svc/ringway-gateway", "socket.io-client", "port-forward svc/ringway-coordinator 7080:7080"]),
+        ({}, ["port-forward svc/ringway-gateway", "socket.io-client", "port-forward svc/ringway-coordinator 7080:7080",
+              "helm test ringway -n realtime --logs", "gets an echo back"]),
+        (VALUE_SETS["operators"], ['io("https://rt.example.com"', "GRPCRoute ringway-api (push.example.com)"]),
+        (VALUE_SETS["upstream"], ["/readyz and a handshake"]),
         (VALUE_SETS["production"], ['io("https://rt.example.com"', "push.example.com", "ringway-api.realtime.svc:7200"]),
         (NO_DASHBOARD, ["dashboard is off"]),
     ):
@@ -1024,6 +1148,25 @@ BAD_VALUES = {
     "bad certificate duration": {"cluster": {"tls": {"certManager": {"duration": "90d"}}}},
     "metrics port out of range": {"gateway": {"ports": {"metrics": 70000}}},
     "zero max members": {"coordinator": {"maxMembers": 0}},
+    "unknown tests key": {"tests": {"image": "curlimages/curl:8.16.0"}},
+    "test timeout too short": {"tests": {"timeoutSeconds": 1}},
+    "unknown alert": {"prometheusRule": {"alerts": {"cpuHigh": {"enabled": True}}}},
+    "threshold on an alert without one": {"prometheusRule": {"alerts": {"gatewayNotReady": {"threshold": 1}}}},
+    "bad alert duration": {"prometheusRule": {"alerts": {"gatewayNotReady": {"for": "1 minute"}}}},
+    "runbook url with a trailing slash": {"prometheusRule": {"runbookBaseUrl": "https://x.example.com/docs/"}},
+    "bad dashboard namespace": {"grafanaDashboard": {"namespace": "Monitoring"}},
+    "dashboard label value not a string": {"grafanaDashboard": {"labelValue": 1}},
+    "bad spread policy": {"gateway": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "Never"}]}},
+    "spread without topologyKey": {"coordinator": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}]}},
+    "startup probe typo": {"gateway": {"startupProbe": {"failureTreshold": 3}}},
+    "container without a name": {"gateway": {"extraContainers": [{"image": "busybox"}]}},
+    "mount without a path": {"coordinator": {"extraVolumeMounts": [{"name": "x"}]}},
+    "route hostname with a port": {"httpRoute": {"hostnames": ["rt.example.com:443"]}},
+    "unknown parentRef key": {"grpcRoute": {"parentRefs": [{"name": "gw", "listener": "https"}]}},
+    "bad route timeout": {"httpRoute": {"timeouts": {"request": "1 hour"}}},
+    "route session persistence": {"httpRoute": {"sessionPersistence": {"type": "Cookie"}}},
 }
 
 
@@ -1065,6 +1208,35 @@ BAD_COMBINATIONS = {
     "api on the node port": ({"gateway": {"ports": {"api": 7100}}}, "must be different ports"),
     "metrics on the http port": ({"gateway": {"ports": {"metrics": 3000}}}, "must be different ports"),
     "max members below the HPA": ({"coordinator": {"maxMembers": 10}}, "coordinator.maxMembers (10)"),
+    "httpRoute without parentRefs": ({"httpRoute": {"enabled": True}}, "httpRoute.enabled needs httpRoute.parentRefs"),
+    "grpcRoute without parentRefs": ({"grpcRoute": {"enabled": True}}, "grpcRoute.enabled needs grpcRoute.parentRefs"),
+    "extra volume named as the chart's": (
+        {"gateway": {"extraVolumes": [{"name": "tmp", "emptyDir": {}}]}},
+        'gateway.extraVolumes: the volume name "tmp" is taken',
+    ),
+    "extra volume listed twice": (
+        {"coordinator": {"extraVolumes": [{"name": "a", "emptyDir": {}}, {"name": "a", "emptyDir": {}}]}},
+        'coordinator.extraVolumes: the volume name "a" is taken',
+    ),
+    "mount of a missing volume": (
+        {"gateway": {"extraVolumeMounts": [{"name": "nowhere", "mountPath": "/x"}]}},
+        'gateway.extraVolumeMounts: no volume "nowhere"',
+    ),
+    "sidecar named as the gateway": (
+        {"gateway": {"extraContainers": [{"name": "gateway", "image": "busybox"}]}},
+        'gateway: the container name "gateway" is taken',
+    ),
+    "init container and sidecar alike": (
+        {"coordinator": {"initContainers": [{"name": "x", "image": "busybox"}],
+                         "extraContainers": [{"name": "x", "image": "busybox"}]}},
+        'coordinator: the container name "x" is taken',
+    ),
+    "no rule left": (
+        {"prometheusRule": {"enabled": True, "alerts": {k: {"enabled": False} for k in (
+            "gatewayNotReady", "slowConsumers", "peerQueueDrops", "membershipBelowExpected",
+            "registrySlow", "clusterAuthRefusals", "limitsRefusals", "noActingCoordinator")}}},
+        "prometheusRule.enabled with every alert off and no extraRules",
+    ),
 }
 
 
@@ -1383,3 +1555,650 @@ def test_image_settings_match_the_dockerfile(chart):
             assert dep["spec"]["template"]["spec"]["securityContext"]["runAsGroup"] == int(user.group(2))
             tag = c["image"].rsplit(":", 1)[1]
             assert tag == (VALUE_SETS[name].get("image", {}).get("tag") or cargo_version())
+
+
+# --- docs/OPERATIONS.md: the metrics the rule and the dashboard may use ----------
+
+OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
+
+
+def documented_metrics() -> dict[str, str]:
+    """Prometheus name -> kind, from the metrics tables of OPERATIONS.md."""
+    metrics = {}
+    for line in OPERATIONS.read_text().splitlines():
+        m = re.match(r"^\| `(ringway_[a-z_]+)` \| ([a-z ()]+?) \|", line)
+        if m:
+            metrics[m.group(1)] = m.group(2)
+    return metrics
+
+
+def fold_histogram(name: str) -> str:
+    """A histogram's series under the histogram's name (x_bucket, x_sum,
+    x_count -> x)."""
+    histograms = {n for n, kind in documented_metrics().items() if kind == "histogram"}
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name.removesuffix(suffix) in histograms:
+            return name.removesuffix(suffix)
+    return name
+
+
+def mentioned_metrics(text: str) -> set[str]:
+    """The ringway metric names in a piece of prose."""
+    return {fold_histogram(n) for n in re.findall(r"\bringway_[a-z_]+\b", text)}
+
+
+# Grafana's variables, replaced by values for parsing the queries.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": NAMESPACE, "$pod": ".*"}
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """Parses a PromQL expression (promql-parser: a syntax error fails)
+    and returns its vector selectors: (metric, {label: value})."""
+    for var, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(var, value)
+    try:
+        ast = promql_parser.parse(expr)
+    except ValueError as e:
+        pytest.fail(f"PromQL does not parse: {e}\n{expr}", pytrace=False)
+    found = []
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name, {m.name: m.value for m in node.matchers.matchers}))
+
+    promql_parser.walk(ast, visit)
+    return found
+
+
+def queried_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads, histogram series folded
+    into their histogram."""
+    return {fold_histogram(name) for name, _ in selectors(expr)}
+
+
+def github_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        m = re.match(r"^#+ (.+)$", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_operations_tables_are_read():
+    metrics = documented_metrics()
+    # Both tables (gateways and coordinator), with their kinds.
+    assert metrics["ringway_sessions"] == "gauge"
+    assert metrics["ringway_registry_duration_seconds"] == "histogram"
+    assert metrics["ringway_coordinator_acting"] == "gauge"
+    assert len(metrics) >= 35
+
+
+# --- the PrometheusRule ------------------------------------------------------------
+
+ALERTS = {
+    "RingwayGatewayNotReady", "RingwaySlowConsumers", "RingwayPeerQueueDrops",
+    "RingwayMembershipBelowExpected", "RingwayRegistrySlow", "RingwayClusterAuthRefusals",
+    "RingwayLimitsRefusals", "RingwayNoActingCoordinator",
+}
+
+
+def rules_of(docs) -> dict[str, dict[str, Any]]:
+    rule = one(docs, "PrometheusRule", RELEASE)
+    (group,) = rule["spec"]["groups"]
+    return {r.get("alert") or r["record"]: r for r in group["rules"]}
+
+
+def test_prometheus_rule_has_the_documented_alerts(chart):
+    docs = rendered(chart, "production")
+    rule = one(docs, "PrometheusRule", RELEASE)
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = rules_of(docs)
+    assert set(alerts) == ALERTS
+    documented = documented_metrics()
+    read = set()
+    anchors = github_anchors(OPERATIONS)
+    for name, alert in alerts.items():
+        expr = alert["expr"]
+        metrics = queried_metrics(expr)
+        assert metrics and metrics <= set(documented), (name, metrics - set(documented))
+        read |= metrics
+        # This release's series only: the ServiceMonitors' jobs (the
+        # metrics Service's for the gateways, the coordinator Service's).
+        for metric, labels in selectors(expr):
+            job = COORDINATOR if metric.startswith("ringway_coordinator_") else f"{RELEASE}-metrics"
+            assert labels["namespace"] == NAMESPACE and labels["job"] == job, (name, metric, labels)
+        assert re.fullmatch(r"[0-9]+[smh]", alert["for"]), alert["for"]
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        assert alert["labels"]["team"] == "realtime"  # alertLabels
+        ann = alert["annotations"]
+        assert ann["summary"] and ann["description"]
+        # Alertmanager templates survive Helm's rendering.
+        assert "{{ $labels." in ann["description"] or "{{ $value" in ann["description"], ann["description"]
+        page, anchor = ann["runbook_url"].split("#")
+        assert page == "docs/OPERATIONS.md" and anchor in anchors, ann["runbook_url"]
+    # Every metric of the alerts OPERATIONS.md lists is watched.
+    text = OPERATIONS.read_text()
+    listed = text[text.index("Alerts worth having"):].split("\n## ")[0]
+    wanted = mentioned_metrics(listed) | {"ringway_coordinator_auth_refusals_total", "ringway_coordinator_acting"}
+    assert wanted <= read, wanted - read
+    # The gateways' job is the Service the ServiceMonitor scrapes, the
+    # coordinator's its own.
+    services = {s["metadata"]["name"] for s in find(docs, "Service")}
+    assert {f"{RELEASE}-metrics", COORDINATOR} <= services
+    # Documented thresholds and durations.
+    assert alerts["RingwayGatewayNotReady"]["for"] == "1m"
+    assert alerts["RingwayGatewayNotReady"]["expr"].endswith("== 0")
+    assert "> 0.05" in alerts["RingwayRegistrySlow"]["expr"]
+    assert "histogram_quantile(0.99," in alerts["RingwayRegistrySlow"]["expr"]
+    assert 'reason="slow consumer"' in alerts["RingwaySlowConsumers"]["expr"]
+    assert "ringway_coordinator_auth_refusals_total" in alerts["RingwayClusterAuthRefusals"]["expr"]
+    # Expected members: the HPA's minimum (4 in this value set).
+    assert re.search(r"\) < 4\s", alerts["RingwayMembershipBelowExpected"]["expr"] + " ")
+    assert "absent(ringway_membership_members{" in alerts["RingwayMembershipBelowExpected"]["expr"]
+
+
+def test_prometheus_rule_values(chart):
+    docs = rendered(chart, "operators")
+    rule = one(docs, "PrometheusRule", RELEASE)
+    group = rule["spec"]["groups"][0]
+    assert group["interval"] == "30s"
+    alerts = rules_of(docs)
+    # Turned off, tuned, extra rules appended.
+    assert "RingwayLimitsRefusals" not in alerts
+    assert alerts["RingwaySlowConsumers"]["for"] == "30m"
+    assert alerts["RingwaySlowConsumers"]["expr"].rstrip().endswith("> 0.5")
+    assert alerts["RingwayClusterAuthRefusals"]["labels"]["severity"] == "page"
+    assert alerts["ringway:sessions:sum"] == {"record": "ringway:sessions:sum", "expr": "sum(ringway_sessions)"}
+    assert re.search(r"\) < 3\s", alerts["RingwayMembershipBelowExpected"]["expr"] + " ")
+    for alert in alerts.values():
+        if "alert" in alert:
+            assert alert["annotations"]["runbook_url"].startswith(
+                "https://git.example.com/ringway/blob/v0.1.0/docs/OPERATIONS.md#")
+
+    # Without the HPA and expectedMembers, gateway.replicas; own selectors.
+    values = {"prometheusRule": {"enabled": True, "gatewaySelector": 'job="rw-gw"',
+                                 "coordinatorSelector": 'job="rw-co"'},
+              "autoscaling": {"enabled": False}, "gateway": {"replicas": 5}}
+    alerts = rules_of(render_docs(chart, values))
+    assert re.search(r"\) < 5\s", alerts["RingwayMembershipBelowExpected"]["expr"] + " ")
+    assert 'ringway_ready{job="rw-gw"} == 0' == alerts["RingwayGatewayNotReady"]["expr"]
+    assert 'ringway_coordinator_acting{job="rw-co"}' in alerts["RingwayNoActingCoordinator"]["expr"]
+
+    # The coordinator's metrics are on its dashboard port: without it, no
+    # coordinator alert and no coordinator term.
+    alerts = rules_of(render_docs(chart, {"prometheusRule": {"enabled": True}, **NO_DASHBOARD}))
+    assert "RingwayNoActingCoordinator" not in alerts
+    assert "ringway_coordinator" not in alerts["RingwayClusterAuthRefusals"]["expr"]
+    assert set(alerts) == ALERTS - {"RingwayNoActingCoordinator"}
+
+
+# --- the Grafana dashboard ----------------------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "ringway.json"
+
+
+def dashboard_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in board["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def test_dashboard_is_valid_and_queries_documented_metrics():
+    board = json.loads(DASHBOARD.read_text())
+    assert board["title"] and board["uid"] and board["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert set(variables) == {"datasource", "namespace", "pod"}
+    panels = dashboard_panels(board)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    documented = documented_metrics()
+    read = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            metrics = queried_metrics(expr)
+            assert metrics and metrics <= set(documented), (panel["title"], metrics - set(documented))
+            read |= metrics
+            # Every series is scoped to the selected namespace (and the
+            # gateways' to the selected pods).
+            assert 'namespace="$namespace"' in expr
+            for metric, labels in selectors(expr):
+                assert labels["namespace"] == NAMESPACE, (panel["title"], expr)
+                if not metric.startswith("ringway_coordinator_"):
+                    assert labels["pod"] == ".*", (panel["title"], expr)
+    # What operators look for.
+    wanted = {
+        "ringway_sessions", "ringway_handshakes_total", "ringway_messages_received_total",
+        "ringway_messages_delivered_total", "ringway_forwards_total", "ringway_forward_duration_seconds",
+        "ringway_handoffs_total", "ringway_peer_emits_total", "ringway_recoveries_total",
+        "ringway_limits_refusals_total", "ringway_cluster_auth_refusals_total",
+        "ringway_coordinator_auth_refusals_total", "ringway_registry_duration_seconds",
+        "ringway_membership_members", "ringway_membership_epoch", "ringway_ready",
+    }
+    assert wanted <= read, wanted - read
+    sessions = next(p for p in panels if p["title"] == "Sessions by transport")
+    assert "by (transport)" in sessions["targets"][0]["expr"]
+
+
+def test_dashboard_configmap(chart):
+    docs = rendered(chart, "production")
+    cm = one(docs, "ConfigMap", f"{RELEASE}-dashboard")
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Ringway"}
+    assert json.loads(cm["data"]["ringway.json"]) == json.loads(DASHBOARD.read_text())
+    # Label, value, namespace and labels from the values.
+    cm = one(rendered(chart, "operators"), "ConfigMap", f"{RELEASE}-dashboard")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    labels = cm["metadata"]["labels"]
+    assert labels["grafana.com/dashboard"] == "ringway" and "grafana_dashboard" not in labels
+    assert labels["team"] == "realtime"
+
+
+# --- the `helm test` pod --------------------------------------------------------------
+
+SCRIPT = CHART / "files" / "socketio-test.sh"
+
+
+def hook_pod(docs) -> dict[str, Any]:
+    return one(docs, "Pod", TEST)
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_helm_test_pod(chart, name):
+    docs = rendered(chart, name)
+    values = helm_values(chart, name)
+    pod = hook_pod(docs)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["annotations"]["helm.sh/hook"] == "test"
+    assert meta["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert spec["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] == values["tests"]["timeoutSeconds"] + 30
+    assert spec["automountServiceAccountToken"] is False
+    (c,) = spec["containers"]
+    # Pinned image: a tag, never latest.
+    repo, tag = c["image"].rsplit(":", 1)
+    assert repo == values["tests"]["image"]["repository"] and tag and tag != "latest"
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", tag)
+    # Non-root, read-only root filesystem, nothing to escalate; /tmp writable.
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    # The script is the chart's, run by /bin/sh.
+    assert c["command"][:2] == ["/bin/sh", "-c"]
+    assert c["command"][2] == SCRIPT.read_text()
+    env = {e["name"]: e["value"] for e in c["env"]}
+    # Through the client Service, on its port, the release namespace.
+    svc = one(docs, "Service", GATEWAY)
+    assert env["RINGWAY_URL"] == f"http://{GATEWAY}.{NAMESPACE}.svc:{svc['spec']['ports'][0]['port']}"
+    assert env["RINGWAY_PATH"] == values["gateway"]["config"]["path"]
+    assert env["RINGWAY_NSP"] == values["gateway"]["config"]["namespaces"][0]
+    echo = not values["upstream"]["url"] and values["auth"]["jwt"]["algorithm"] == "none"
+    assert env["RINGWAY_ECHO"] == ("true" if echo else "false")
+    assert env["RINGWAY_TIMEOUT"] == str(values["tests"]["timeoutSeconds"])
+    # Nothing of the release selects the test pod (Services, PDB, HPA).
+    labels = meta["labels"]
+    assert labels["app.kubernetes.io/component"] == "test"
+    for s in find(docs, "Service"):
+        assert not selects(s["spec"]["selector"], labels), s["metadata"]["name"]
+    for pdb in find(docs, "PodDisruptionBudget"):
+        assert not selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    for w in workloads(docs):
+        assert not selects(w["spec"]["selector"]["matchLabels"], labels)
+    for key, value in values["tests"]["podAnnotations"].items():
+        assert meta["annotations"][key] == value
+
+
+def test_helm_test_can_be_turned_off(chart):
+    docs = render_docs(chart, {"tests": {"enabled": False}})
+    assert not find(docs, "Pod")
+    assert not find(docs, "NetworkPolicy", TEST)
+    # Nor a rule for it in the gateways' policy, clients restricted or not.
+    clients = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}]
+    docs = render_docs(chart, {"tests": {"enabled": False}, "networkPolicy": {"clients": clients}})
+    gw = one(docs, "NetworkPolicy", GATEWAY)["spec"]
+    assert [r.get("from") for r in gw["ingress"] if r["ports"][0]["port"] == "http"] == [clients]
+
+
+def free_port() -> int:
+    with socket.socket() as s:  # a local bind, not network access
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def curl() -> str:
+    exe = shutil.which("curl", path=PATH)
+    if exe is None:
+        if os.environ.get("RINGWAY_CHART_REQUIRE_BINARIES") == "1":
+            pytest.fail("curl is missing")
+        pytest.skip("curl is not installed")
+    return exe
+
+
+# Flags of the rendered gateway that matter to a client; the gateway runs
+# alone (no coordinator, no Redis): the echo application, in-memory
+# registry and recovery log.
+CLIENT_FLAGS = ("--path", "--namespace", "--recovery-window", "--recovery-max-log", "--ping-interval",
+                "--ping-timeout", "--max-payload", "--max-queued-bytes", "--connect-timeout")
+
+
+class Gateway:
+    """A real ringway-gateway on a free loopback port, with the client flags
+    of a rendered gateway container."""
+
+    def __init__(self, gateway_args: list[str], tmp: Path):
+        self.args = [a for a in gateway_args if a.split("=", 1)[0] in CLIENT_FLAGS]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "gateway.log"
+        self.tmp = tmp
+
+    def __enter__(self) -> "Gateway":
+        exe = binary("ringway-gateway")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), f"--listen=127.0.0.1:{self.port}", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "info"},
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ringway-gateway exited: {self.log.read_text()}")
+            ready = subprocess.run([curl(), "-s", "--max-time", "2", f"{self.url}/readyz"],
+                                   capture_output=True, text=True)
+            if ready.stdout == "ready":
+                return self
+            time.sleep(0.1)
+        self.__exit__()
+        pytest.fail(f"ringway-gateway never got ready: {self.log.read_text()}")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def shells() -> list[list[str]]:
+    """sh, and busybox's sh when installed (curlimages/curl's shell is
+    busybox ash)."""
+    found = [[shutil.which("sh", path=PATH) or "/bin/sh"]]
+    busybox = shutil.which("busybox", path=PATH)
+    if busybox:
+        found.append([busybox, "sh"])
+    return found
+
+
+def run_test_pod_script(pod: dict[str, Any], url: str, shell: list[str], **override: str):
+    """The test container's command, run here as the pod would run it, with
+    its environment, the Service URL pointed at a local gateway."""
+    (c,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    env.update(RINGWAY_URL=url, **override)
+    assert c["command"][0] == "/bin/sh" and c["command"][1] == "-c"
+    return subprocess.run(
+        [*shell, "-c", c["command"][2]],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True, text=True, timeout=int(env["RINGWAY_TIMEOUT"]) + 30,
+    )
+
+
+TEST_SCRIPT_CASES = {
+    # Connection state recovery off: the echo comes back as it was sent.
+    "recovery-off": ({"gateway": {"config": {"recoveryWindowMs": 0}}}, "--recovery-window=0", "  echo received\n"),
+    # On (the default, 120000 ms): the echo carries its offset last.
+    "recovery-on": ({}, "--recovery-window=120000", "echo received, with its recovery offset"),
+    # Another path, the first namespace not the root one.
+    "path-and-namespace": (
+        {"gateway": {"config": {"path": "/rt/", "namespaces": ["/chat", "/"]}}},
+        "--path=/rt/", "a Socket.IO session on namespace /chat and an echo",
+    ),
+    # An upstream application: /readyz and a handshake only.
+    "upstream": (VALUE_SETS["upstream"], "--upstream=", "PASS: /readyz and an Engine.IO handshake"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEST_SCRIPT_CASES))
+def test_helm_test_script_against_a_real_gateway(chart, case, tmp_path):
+    values, flag_, expect = TEST_SCRIPT_CASES[case]
+    curl()
+    docs = render_docs(chart, values)
+    gw_args = container(one(docs, "Deployment", GATEWAY), "gateway")["args"]
+    assert any(a.startswith(flag_) for a in gw_args), (flag_, gw_args)
+    pod = hook_pod(docs)
+    with Gateway(gw_args, tmp_path) as gateway:
+        for shell in shells():
+            proc = run_test_pod_script(pod, gateway.url, shell)
+            assert proc.returncode == 0, f"{shell}: {proc.stdout}\n{proc.stderr}"
+            assert "PASS: " in proc.stdout and expect in proc.stdout, proc.stdout
+            if case == "recovery-off":
+                assert "offset" not in proc.stdout
+
+
+def test_helm_test_script_fails_when_it_should(chart, tmp_path):
+    """The script is a real check: a refused CONNECT, a wrong path and an
+    unreachable Service fail it."""
+    curl()
+    docs = render_docs(chart, {})
+    pod = hook_pod(docs)
+    gw_args = container(one(docs, "Deployment", GATEWAY), "gateway")["args"]
+    with Gateway(gw_args, tmp_path) as gateway:
+        for shell in shells():
+            proc = run_test_pod_script(pod, gateway.url, shell, RINGWAY_NSP="/nobody")
+            assert proc.returncode != 0 and 'FAIL: CONNECT refused: 44/nobody,{"message":"Invalid namespace"}' in proc.stderr
+            proc = run_test_pod_script(pod, gateway.url, shell, RINGWAY_PATH="/engine/")
+            assert proc.returncode != 0 and "FAIL: handshake" in proc.stderr
+    proc = run_test_pod_script(pod, f"http://127.0.0.1:{free_port()}", shells()[0], RINGWAY_TIMEOUT="3")
+    assert proc.returncode != 0 and "/readyz never answered" in proc.stderr
+
+
+# --- topology spread, probes, escape hatches -------------------------------------------
+
+
+def pod_spec(docs, name: str) -> dict[str, Any]:
+    return one(docs, "Deployment", name)["spec"]["template"]["spec"]
+
+
+def test_topology_spread_constraints(chart):
+    # Default: none (antiAffinity spreads the gateways).
+    for name in (GATEWAY, COORDINATOR):
+        assert "topologySpreadConstraints" not in pod_spec(rendered(chart, "defaults"), name)
+    docs = rendered(chart, "operators")
+    gw = pod_spec(docs, GATEWAY)["topologySpreadConstraints"]
+    gateway_sel = one(docs, "Deployment", GATEWAY)["spec"]["selector"]["matchLabels"]
+    # The selector is filled in where missing, kept where given.
+    assert gw[0] == {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                     "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": gateway_sel}}
+    assert gw[1]["labelSelector"] == {"matchLabels": {"app.kubernetes.io/component": "gateway"}}
+    assert gw[1]["matchLabelKeys"] == ["pod-template-hash"]
+    coord = pod_spec(docs, COORDINATOR)["topologySpreadConstraints"]
+    coord_sel = one(docs, "Deployment", COORDINATOR)["spec"]["selector"]["matchLabels"]
+    assert coord[0]["labelSelector"] == {"matchLabels": coord_sel}
+    # Each selects its own pods only.
+    for spec_, dep in ((gw[0], GATEWAY), (coord[0], COORDINATOR)):
+        pods = [w["metadata"]["name"] for w in workloads(docs)
+                if selects(spec_["labelSelector"]["matchLabels"], pod_labels(w))]
+        assert pods == [dep]
+    # The anti-affinity is still there beside it.
+    assert "affinity" in pod_spec(docs, GATEWAY)
+
+
+def test_startup_probes(chart):
+    docs = rendered(chart, "defaults")
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    probe = gw["startupProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 30
+    coord = container(one(docs, "Deployment", COORDINATOR), "coordinator")
+    assert coord["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "dashboard"}
+    # Tuned.
+    gw = container(one(rendered(chart, "operators"), "Deployment", GATEWAY), "gateway")
+    assert (gw["startupProbe"]["periodSeconds"], gw["startupProbe"]["failureThreshold"]) == (1, 90)
+    # Off; and none on a coordinator without its HTTP port (no liveness
+    # probe there either).
+    docs = render_docs(chart, {"gateway": {"startupProbe": {"enabled": False}},
+                               "coordinator": {"startupProbe": {"enabled": False}}})
+    assert "startupProbe" not in container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert "startupProbe" not in container(one(docs, "Deployment", COORDINATOR), "coordinator")
+    docs = render_docs(chart, NO_DASHBOARD)
+    assert "startupProbe" not in container(one(docs, "Deployment", COORDINATOR), "coordinator")
+
+
+def test_escape_hatches(chart):
+    docs = rendered(chart, "operators")
+    values = helm_values(chart, "operators")
+    for name, cname, key in ((GATEWAY, "gateway", "gateway"), (COORDINATOR, "coordinator", "coordinator")):
+        spec = pod_spec(docs, name)
+        v = values[key]
+        names = [c["name"] for c in spec["containers"]]
+        # The component's container first, the sidecars after it.
+        assert names == [cname] + [c["name"] for c in v["extraContainers"]]
+        assert spec["containers"][1:] == v["extraContainers"]
+        assert spec["initContainers"] == v["initContainers"]
+        volumes = {vol["name"] for vol in spec["volumes"]}
+        assert {vol["name"] for vol in v["extraVolumes"]} <= volumes
+        mounts = container(one(docs, "Deployment", name), cname)["volumeMounts"]
+        for m in v["extraVolumeMounts"]:
+            assert m in mounts
+        # The chart's own volumes and mounts are all still there.
+        for m in mounts:
+            assert m["name"] in volumes
+    gw_spec = pod_spec(docs, GATEWAY)
+    assert "tmp" in {vol["name"] for vol in gw_spec["volumes"]}
+    assert "cluster-secret" in {vol["name"] for vol in gw_spec["volumes"]}
+    # A native sidecar (restartPolicy Always) among the init containers.
+    assert gw_spec["initContainers"][1]["restartPolicy"] == "Always"
+    # Defaults: none.
+    for name in (GATEWAY, COORDINATOR):
+        spec = pod_spec(rendered(chart, "defaults"), name)
+        assert len(spec["containers"]) == 1 and "initContainers" not in spec
+    # The coordinator with only extra volumes (no cluster credential files).
+    docs = render_docs(chart, {"cluster": {"insecure": True},
+                               "coordinator": {"extraVolumes": [{"name": "x", "emptyDir": {}}],
+                                               "extraVolumeMounts": [{"name": "x", "mountPath": "/x"}]}})
+    spec = pod_spec(docs, COORDINATOR)
+    assert spec["volumes"] == [{"name": "x", "emptyDir": {}}]
+    assert container(one(docs, "Deployment", COORDINATOR), "coordinator")["volumeMounts"] == [
+        {"name": "x", "mountPath": "/x"}]
+
+
+# --- Gateway API routes ----------------------------------------------------------------
+
+# The fields of gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute
+# (standard channel), for the CRDs kubernetes-validate has no schema for.
+ROUTE_FIELDS = {
+    "spec": {"parentRefs", "hostnames", "rules"},
+    "parentRef": {"group", "kind", "namespace", "name", "sectionName", "port"},
+    "HTTPRoute.rule": {"name", "matches", "filters", "backendRefs", "timeouts"},
+    "HTTPRoute.match": {"path", "headers", "queryParams", "method"},
+    "GRPCRoute.rule": {"name", "matches", "filters", "backendRefs"},
+    "GRPCRoute.match": {"method", "headers"},
+    "backendRef": {"group", "kind", "name", "namespace", "port", "weight", "filters"},
+    "timeouts": {"request", "backendRequest"},
+}
+GW_HOSTNAME = r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+GW_DURATION = r"([0-9]{1,5}(h|m|s|ms)){1,4}"
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def check_gateway_route(doc: dict[str, Any]) -> None:
+    body = strip(doc)
+    kind = body["kind"]
+    assert body["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert set(body) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = body["spec"]
+    assert set(spec) <= ROUTE_FIELDS["spec"], set(spec) - ROUTE_FIELDS["spec"]
+    assert 1 <= len(spec["parentRefs"]) <= 32
+    for ref in spec["parentRefs"]:
+        assert set(ref) <= ROUTE_FIELDS["parentRef"] and 1 <= len(ref["name"]) <= 253, ref
+        if "namespace" in ref:
+            assert re.fullmatch(DNS_LABEL, ref["namespace"]), ref
+        if "sectionName" in ref:
+            assert re.fullmatch(rf"{DNS_LABEL}(\.{DNS_LABEL})*", ref["sectionName"]), ref
+        if "port" in ref:
+            assert 1 <= ref["port"] <= 65535
+    assert len(spec.get("hostnames", [])) <= 16
+    for host in spec.get("hostnames", []):
+        assert re.fullmatch(GW_HOSTNAME, host) and len(host) <= 253, host
+    assert 1 <= len(spec["rules"]) <= 16
+    for rule in spec["rules"]:
+        assert set(rule) <= ROUTE_FIELDS[f"{kind}.rule"], set(rule) - ROUTE_FIELDS[f"{kind}.rule"]
+        for match in rule["matches"]:
+            assert set(match) <= ROUTE_FIELDS[f"{kind}.match"], match
+            if kind == "HTTPRoute":
+                assert match["path"]["type"] in ("Exact", "PathPrefix", "RegularExpression")
+                assert match["path"]["value"].startswith("/") and "//" not in match["path"]["value"]
+            else:
+                method = match["method"]
+                assert set(method) <= {"type", "service", "method"} and method["type"] in ("Exact", "RegularExpression")
+                assert re.fullmatch(r"\.?[a-zA-Z_][a-zA-Z_0-9]*(\.[a-zA-Z_][a-zA-Z_0-9]*)*", method["service"])
+        for backend in rule["backendRefs"]:
+            assert set(backend) <= ROUTE_FIELDS["backendRef"], backend
+            # A Service backend needs its port.
+            assert backend.get("kind", "Service") == "Service" and 1 <= backend["port"] <= 65535
+        for key, value in rule.get("timeouts", {}).items():
+            assert key in ROUTE_FIELDS["timeouts"] and re.fullmatch(GW_DURATION, value), (key, value)
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": body["metadata"]}, KUBE_VERSIONS[0], strict=True
+    )
+
+
+def test_gateway_api_routes(chart):
+    docs = rendered(chart, "operators")
+    values = helm_values(chart, "operators")
+    services = {s["metadata"]["name"]: s for s in find(docs, "Service")}
+
+    http = one(docs, "HTTPRoute", GATEWAY)
+    assert http["spec"]["parentRefs"] == values["httpRoute"]["parentRefs"]
+    assert http["spec"]["hostnames"] == ["rt.example.com"]
+    assert http["metadata"]["annotations"] == {"example.com/owner": "realtime"}
+    (rule,) = http["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/socket.io/"}}]
+    assert rule["timeouts"] == {"request": "0s"}
+    (backend,) = rule["backendRefs"]
+    # The client Service, on its port (the http target port).
+    assert backend == {"name": GATEWAY, "port": values["service"]["port"]}
+    (port,) = services[GATEWAY]["spec"]["ports"]
+    assert port["port"] == backend["port"] and port["targetPort"] == "http"
+
+    grpc = one(docs, "GRPCRoute", f"{RELEASE}-api")
+    assert grpc["spec"]["parentRefs"][0]["port"] == 443
+    assert grpc["spec"]["hostnames"] == ["push.example.com"]
+    assert grpc["metadata"]["labels"]["exposure"] == "partners"
+    (rule,) = grpc["spec"]["rules"]
+    # The Push service only, to the API Service (never the node port).
+    assert rule["matches"] == [{"method": {"type": "Exact", "service": "ringway.v1.Push"}}]
+    (backend,) = rule["backendRefs"]
+    assert backend == {"name": f"{RELEASE}-api", "port": values["apiService"]["port"]}
+    (port,) = services[f"{RELEASE}-api"]["spec"]["ports"]
+    assert port["port"] == backend["port"] and port["targetPort"] == "api"
+    assert port.get("appProtocol") == "kubernetes.io/h2c"
+    for route in (http, grpc):
+        for backend in route["spec"]["rules"][0]["backendRefs"]:
+            assert backend["name"] != f"{RELEASE}-peers"
+    # Another path and port follow the values; no hostnames: none rendered.
+    docs = render_docs(chart, {"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]},
+                               "gateway": {"config": {"path": "/rt/"}}, "service": {"port": 8080}})
+    http = one(docs, "HTTPRoute", GATEWAY)
+    assert "hostnames" not in http["spec"] and "timeouts" not in http["spec"]["rules"][0]
+    assert http["spec"]["rules"][0]["matches"][0]["path"]["value"] == "/rt/"
+    assert http["spec"]["rules"][0]["backendRefs"][0]["port"] == 8080
+    check_gateway_route(http)

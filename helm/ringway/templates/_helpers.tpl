@@ -33,6 +33,8 @@ added below is "-coordinator" (12), so the prefix is cut at 50.
 {{- define "ringway.metrics.name" -}}{{ include "ringway.fullname" . }}-metrics{{- end }}
 {{- define "ringway.cluster.secretName" -}}{{ include "ringway.fullname" . }}-cluster{{- end }}
 {{- define "ringway.cluster.tlsName" -}}{{ include "ringway.fullname" . }}-cluster-tls{{- end }}
+{{- define "ringway.test.name" -}}{{ include "ringway.fullname" . }}-test{{- end }}
+{{- define "ringway.dashboard.name" -}}{{ include "ringway.fullname" . }}-dashboard{{- end }}
 
 {{/* Labels every resource carries. */}}
 {{- define "ringway.labels" -}}
@@ -417,6 +419,98 @@ this once (it renders nothing).
 {{- $most := ternary (int .Values.autoscaling.maxReplicas) (int .Values.gateway.replicas) .Values.autoscaling.enabled }}
 {{- if lt (int .Values.coordinator.maxMembers) $most }}
 {{- fail (printf "coordinator.maxMembers (%d) is below the most gateways this release runs (%d): joins past it are refused" (int .Values.coordinator.maxMembers) $most) }}
+{{- end }}
+{{- range $key := list "httpRoute" "grpcRoute" }}
+{{- $route := index $.Values $key }}
+{{- if and $route.enabled (not $route.parentRefs) }}
+{{- fail (printf "%s.enabled needs %s.parentRefs: the Gateway (or listener) to attach the route to" $key $key) }}
+{{- end }}
+{{- end }}
+{{- $pr := .Values.prometheusRule }}
+{{- if $pr.enabled }}
+{{- $on := list }}
+{{- range $name, $alert := $pr.alerts }}
+{{- if $alert.enabled }}{{ $on = append $on $name }}{{ end }}
+{{- end }}
+{{- if and (not $on) (not $pr.extraRules) }}
+{{- fail "prometheusRule.enabled with every alert off and no extraRules: nothing to create" }}
+{{- end }}
+{{- end }}
+{{- include "ringway.validateExtras" (dict "where" "gateway" "values" .Values.gateway "volumes" (list "tmp" "cluster-secret" "cluster-tls" "api-tokens" "jwt")) }}
+{{- include "ringway.validateExtras" (dict "where" "coordinator" "values" .Values.coordinator "volumes" (list "cluster-secret" "cluster-tls")) }}
+{{- end }}
+
+{{/*
+Checks of the escape hatches of one component: call with (dict "where"
+"gateway" "values" .Values.gateway "volumes" <the chart's volume names>).
+Volume and container names must be unique in the pod, and every extra
+mount must name a volume of the pod. Renders nothing.
+*/}}
+{{- define "ringway.validateExtras" -}}
+{{- $v := .values }}
+{{- $volumes := .volumes }}
+{{- range $v.extraVolumes }}
+{{- if has .name $volumes }}
+{{- fail (printf "%s.extraVolumes: the volume name %q is taken (the chart's, or listed twice)" $.where .name) }}
+{{- end }}
+{{- $volumes = append $volumes .name }}
+{{- end }}
+{{- range $v.extraVolumeMounts }}
+{{- if not (has .name $volumes) }}
+{{- fail (printf "%s.extraVolumeMounts: no volume %q in the pod (add it to %s.extraVolumes)" $.where .name $.where) }}
+{{- end }}
+{{- end }}
+{{- $containers := list $.where }}
+{{- range concat $v.initContainers $v.extraContainers }}
+{{- if has .name $containers }}
+{{- fail (printf "%s: the container name %q is taken (the chart's %q, or listed twice in initContainers and extraContainers)" $.where .name $.where) }}
+{{- end }}
+{{- $containers = append $containers .name }}
+{{- end }}
+{{- end }}
+
+{{/*
+topologySpreadConstraints of a component: call with (dict "ctx" $
+"component" "gateway" "constraints" <list>). A constraint without a
+labelSelector gets the component's selector labels.
+*/}}
+{{- define "ringway.topologySpread" -}}
+{{- $out := list }}
+{{- $selector := include "ringway.componentSelectorLabels" (dict "ctx" .ctx "component" .component) | fromYaml }}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* "true" when the built-in echo application answers CONNECTs without a token. */}}
+{{- define "ringway.echoApp" -}}
+{{- if and (not .Values.upstream.url) (eq .Values.auth.jwt.algorithm "none") }}true{{ end }}
+{{- end }}
+
+{{/*
+PromQL label matchers of the release's series (no braces): call with (dict
+"ctx" $ "component" "gateway" or "coordinator").
+*/}}
+{{- define "ringway.prometheusRule.selector" -}}
+{{- $ctx := .ctx }}
+{{- if eq .component "gateway" }}
+{{- default (printf "namespace=%q,job=%q" $ctx.Release.Namespace (include "ringway.metrics.name" $ctx)) $ctx.Values.prometheusRule.gatewaySelector }}
+{{- else }}
+{{- default (printf "namespace=%q,job=%q" $ctx.Release.Namespace (include "ringway.coordinator.name" $ctx)) $ctx.Values.prometheusRule.coordinatorSelector }}
+{{- end }}
+{{- end }}
+
+{{/* The gateways the membership view should hold at least. */}}
+{{- define "ringway.prometheusRule.expectedMembers" -}}
+{{- $pr := .Values.prometheusRule }}
+{{- if $pr.expectedMembers }}{{ $pr.expectedMembers }}
+{{- else if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}
+{{- else }}{{ .Values.gateway.replicas }}
 {{- end }}
 {{- end }}
 
