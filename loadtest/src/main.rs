@@ -13,7 +13,7 @@ mod timeline;
 
 use clap::{Parser, Subcommand};
 
-use scenarios::{chaos, connect, echo, fanout, hold, polling, push};
+use scenarios::{chaos, connect, echo, fanout, hold, polling, push, soak};
 
 const LONG_ABOUT: &str = "\
 Load-testing client for Socket.IO servers (Engine.IO v4 / Socket.IO v5 over
@@ -55,6 +55,10 @@ enum Scenario {
     /// Fanout with server processes killed mid-stream; receivers reconnect
     /// asking to recover: delivered/expected, duplicates, order, recovery time.
     Chaos(chaos::ChaosArgs),
+    /// N sessions held for a long time with churn (R disconnects and
+    /// connects a second), echo and room fan-out mixed in; drops reconnect;
+    /// a JSON line of counters every --report-every seconds (for soaks).
+    Soak(soak::SoakArgs),
     /// Not a scenario: an OTLP/gRPC receiver that only counts what it gets
     /// (for measuring the cost of exporting telemetry).
     OtlpSink(otlp_sink::SinkArgs),
@@ -78,6 +82,7 @@ async fn main() {
         Scenario::Polling(a) => &a.echo.common,
         Scenario::Chaos(a) => &a.fanout.common,
         Scenario::Push(a) => &a.fanout.common,
+        Scenario::Soak(a) => &a.common,
         Scenario::OtlpSink(_) => unreachable!("handled above"),
     };
     let (json, plot, baseline) = (common.json, common.plot.clone(), common.baseline.clone());
@@ -89,6 +94,7 @@ async fn main() {
         Scenario::Polling(a) => polling::run(a).await,
         Scenario::Chaos(a) => chaos::run(a).await,
         Scenario::Push(a) => push::run(a).await,
+        Scenario::Soak(a) => soak::run(a).await,
         Scenario::OtlpSink(_) => unreachable!("handled above"),
     };
     let result = result.and_then(|mut report| {

@@ -650,3 +650,82 @@ fn plot_and_baseline() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `soak` in small: sessions held on both transports, churned, some
+/// echoing, some in rooms with a publisher; a counter line every second
+/// on stdout before the report, no drop, no hole in any room's sequence.
+#[test]
+fn soak_holds_churns_echoes_and_fans_out() {
+    let server = Server::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"))
+        .args([
+            "soak",
+            "--sessions",
+            "30",
+            "--churn",
+            "10",
+            "--duration",
+            "3",
+        ])
+        .args(["--connect-rate", "100", "--polling-fraction", "0.3"])
+        .args(["--echo-fraction", "0.5", "--echo-every", "0.2"])
+        .args([
+            "--room-fraction",
+            "0.5",
+            "--rooms",
+            "3",
+            "--publish-rate",
+            "30",
+        ])
+        .args(["--report-every", "1", "--url", &server.url])
+        .args(["--server-pid", &server.child.id().to_string()])
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("run ringway-loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "soak failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (report, samples) = lines.split_last().expect("a report");
+    assert_eq!(report["scenario"], "soak", "{report}");
+    assert_eq!(report["error_total"], 0, "{}", report["errors"]);
+    assert!(samples.len() >= 3, "{} counter lines", samples.len());
+    assert!(samples.iter().all(|s| s["soak_sample"].is_u64()));
+    let last = samples.last().expect("a line");
+    assert_eq!(last["phase"], "end");
+    assert_eq!(last["held"], 0, "{last}");
+    assert_eq!(figure(report, "sessions"), 30.0);
+    assert_eq!(figure(report, "polling_sessions"), 9.0);
+    assert_eq!(
+        figure(report, "held_after_ramp"),
+        30.0,
+        "{}",
+        report["figures"]
+    );
+    // Held at the end of the churn: all but those between two sessions.
+    assert!(
+        figure(report, "held_at_end") >= 27.0,
+        "{}",
+        report["figures"]
+    );
+    assert!(figure(report, "churned") >= 20.0, "{}", report["figures"]);
+    assert_eq!(figure(report, "drops"), 0.0);
+    assert_eq!(figure(report, "connect_failures"), 0.0);
+    assert!(figure(report, "echoes") >= 100.0, "{}", report["figures"]);
+    assert_eq!(figure(report, "echo_timeouts"), 0.0);
+    assert!(figure(report, "joins") >= 15.0, "{}", report["figures"]);
+    assert!(
+        figure(report, "deliveries") >= 100.0,
+        "{}",
+        report["figures"]
+    );
+    assert_eq!(figure(report, "missed"), 0.0, "{}", report["figures"]);
+    assert_eq!(figure(report, "out_of_order"), 0.0, "{}", report["figures"]);
+    assert_eq!(figure(report, "publisher_sessions"), 1.0);
+}

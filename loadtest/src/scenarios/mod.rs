@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod hold;
 pub mod polling;
 pub mod push;
+pub mod soak;
 
 use std::future::Future;
 use std::io::IsTerminal;
