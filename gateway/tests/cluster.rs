@@ -858,13 +858,18 @@ async fn a_non_owner_looks_a_session_up_in_the_registry_at_most_once() {
     );
 }
 
-/// A forwarded poll's answer stays with the owner until the forwarding
-/// node confirms that it reached the client. Here the test plays the
-/// forwarding node over the real `Node.Poll` RPC: a forwarder whose call
-/// ends unconfirmed (it died, or its client left), or a proxy retrying
-/// the same GET through another node, gets the same packets again; a
-/// confirmed answer never comes twice; a retried GET replaces the
-/// pending one instead of closing the session as an overlap.
+/// A forwarded poll's answer stays with the owner until it is known
+/// whether it reached the client. Here the test plays the forwarding node
+/// over the real `Node.Poll` RPC. Requests without a stamp: a forwarder
+/// whose call ends unconfirmed (its client left) makes the next GET get
+/// the same packets; a confirmed answer never comes twice. Stamped
+/// requests (the official clients'): the client's next request decides,
+/// whatever the forwarder said or failed to say. A forwarder killed
+/// between its write and its receipt sends nothing twice (the next GET has
+/// a new stamp), nor does one killed between a receipt that left first
+/// and its write lose anything (the proxy retries the same stamp), nor
+/// an upgrade after either; a retried GET replaces the pending one
+/// instead of closing the session as an overlap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     use ringway_proto::cluster::v1::{
@@ -971,7 +976,7 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     );
 
     // The forwarder goes away with the answer unconfirmed: the next GET,
-    // here a local one, gets it.
+    // here a local one without a stamp, gets it.
     let (tx, mut replies) = open(query("a")).await;
     p.send("42[\"message\",\"one\"]").await;
     assert_eq!(answer(&mut replies).await, echo("one"));
@@ -1027,9 +1032,153 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     p.send("42[\"message\",\"seven\"]").await;
     expect_packets(&p, &[&echo("seven")]).await;
 
+    // Stamped GETs through node 3, as the client's next requests.
+    let stamped = |stamp: &str| {
+        let (on3, pq) = (n3.to_owned(), format!("/socket.io/?{}", query(stamp)));
+        async move {
+            let resp = get(&on3, &pq).await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            let text = resp.text();
+            text.split('\u{1e}')
+                .filter(|p| *p != "2")
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        }
+    };
+    // The forwarder is killed after writing the answer to its client,
+    // before its receipt left: its call breaks unconfirmed. The client
+    // read the answer and polls again with a new stamp: it gets what
+    // came since, once.
+    let (tx, mut replies) = open(query("e")).await;
+    p.send("42[\"message\",\"eight\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("eight"));
+    drop((tx, replies));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.send("42[\"message\",\"nine\"]").await;
+    assert_eq!(stamped("f").await, [echo("nine")], "sent twice");
+
+    // Its receipt left before its write, then it was killed: the proxy
+    // got nothing and retries the same request through node 3, which
+    // gets the answer.
+    let (tx, mut replies) = open(query("g")).await;
+    p.send("42[\"message\",\"ten\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("ten"));
+    tx.send(delivered.clone()).await.expect("confirm");
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.message()).await;
+    assert!(
+        matches!(end, Ok(Ok(None))),
+        "the owner ends the call: {end:?}"
+    );
+    drop((tx, replies));
+    assert_eq!(stamped("g").await, [echo("ten")], "lost");
+    p.send("42[\"message\",\"eleven\"]").await;
+    assert_eq!(stamped("h").await, [echo("eleven")]);
+
+    // Killed between its write and its receipt, then the client upgrades
+    // on the owner: its `5` says it read the answer; the WebSocket
+    // carries what follows only.
+    let (tx, mut replies) = open(query("i")).await;
+    p.send("42[\"message\",\"twelve\"]").await;
+    assert_eq!(answer(&mut replies).await, echo("twelve"));
+    drop((tx, replies));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ws = p.upgrade().await;
+    ws_send(&mut ws, "42[\"message\",\"thirteen\"]").await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[\"message-back\"").await,
+        echo("thirteen"),
+        "sent twice"
+    );
+
     let metrics = get(n1, "/metrics").await.text();
     let retaken = common::sample(&metrics, "ringway_poll_answers_retaken_total").unwrap_or(0.0);
     assert!(retaken >= 2.0, "answers retaken: {retaken}\n{metrics}");
+}
+
+/// A handoff waits for the fate of an answer its owner still holds, which
+/// the client's next GET tells. That GET may land on the node taking the
+/// session over: it goes on to the owner (settling the answer there, then
+/// following the session) instead of waiting for a handoff that waits for
+/// it, which would refuse the upgrade after 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_get_on_the_node_taking_a_session_over_lets_the_handoff_finish() {
+    use ringway_proto::cluster::v1::{poll_message::Kind, ForwardRequest, PollMessage};
+
+    let c = Cluster::start(3, &[]).await;
+    let (n1, n2) = (c.addr(0), c.addr(1));
+    let p = Polling::open(n1, "/socket.io/").await;
+    p.send("40").await;
+    expect_packets(&p, &["40{\"sid\"", "42[\"auth\""]).await;
+    // A GET forwarded by node 3, killed once it has the answer: the owner
+    // holds it, its fate unknown until the client's next request.
+    let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
+    let mut node = common::cluster::node_client(grpc, Some("n3")).await;
+    let query = |stamp: &str| format!("EIO=4&transport=polling&sid={}&t={stamp}", p.sid);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let request = ForwardRequest {
+        sid: p.sid.clone(),
+        method: "GET".into(),
+        query: query("a"),
+        body: Default::default(),
+        binary_body: false,
+    };
+    tx.send(PollMessage {
+        kind: Some(Kind::Request(request)),
+    })
+    .await
+    .expect("queue the request");
+    let mut replies = node
+        .poll(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("poll")
+        .into_inner();
+    p.send("42[\"message\",\"one\"]").await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .expect("answered in time")
+        .expect("no error")
+        .expect("an answer");
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "42[\"message-back\",\"one\"]"
+    );
+    drop((tx, replies, node));
+
+    // The client upgrades through node 2 and, as the official client does
+    // until the probe is answered, polls again, here through node 2 too,
+    // while node 2 takes the session over.
+    let started = Instant::now();
+    let (on2, ws_path) = (
+        n2.to_owned(),
+        format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
+    );
+    let connecting = tokio::spawn(async move { ws_connect(&on2, &ws_path).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (on2, pq) = (n2.to_owned(), format!("/socket.io/?{}", query("b")));
+    let polling = tokio::spawn(async move { get(&on2, &pq).await });
+    let mut ws = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .expect("the upgrade ends")
+        .expect("the upgrade succeeds");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the handoff waited {:?}",
+        started.elapsed()
+    );
+    // The probe answered, the pending GET ends with a noop; then `5`.
+    ws_send(&mut ws, "2probe").await;
+    assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+    let again = tokio::time::timeout(Duration::from_secs(5), polling)
+        .await
+        .expect("the GET is answered")
+        .expect("GET task");
+    assert_eq!((again.status, again.text()), (200, "6".to_owned()));
+    ws_send(&mut ws, "5").await;
+    ws_send(&mut ws, "42[\"message\",\"two\"]").await;
+    assert_eq!(
+        ws_expect(&mut ws, "42[\"message-back\"").await,
+        "42[\"message-back\",\"two\"]"
+    );
 }
 
 /// A handoff whose caller goes away midway (its call cancelled while the

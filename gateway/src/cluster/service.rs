@@ -101,7 +101,9 @@ fn forwarded(request: ForwardRequest) -> Result<Option<(Sid, ForwardedRequest)>,
 
 /// Waits for the caller of a `Poll` to say the answer reached its client.
 /// Anything else (another message, its stream ending or breaking, silence
-/// past the bound) means it did not.
+/// past the bound) means it did not, as far as the caller can tell: the
+/// session weighs that against what the client's next request shows
+/// (`Session::forwarder_settles`).
 async fn delivered(inbound: &mut Streaming<PollMessage>) -> bool {
     let message = tokio::time::timeout(HOLD_WAIT, inbound.message()).await;
     matches!(

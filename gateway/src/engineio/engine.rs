@@ -93,15 +93,12 @@ impl Default for EngineConfig {
 const MOVED_MEMORY: Duration = Duration::from_secs(60);
 /// How long a request waits for a handoff in progress to finish.
 const MOVE_WAIT: Duration = Duration::from_secs(2);
-/// Longest a forwarded poll's answer is held for its forwarding node's
-/// receipt; past it, its packets go back to the queue. (The receipt comes
-/// within a millisecond, or the forwarder's connection breaks.)
+/// Longest a forwarded poll's answer to a request without a stamp is
+/// held for its forwarding node's receipt; past it, its packets go back to
+/// the queue. (The receipt comes within a millisecond, or the forwarder's
+/// connection breaks.) A stamped request's answer is settled by the
+/// client's next request instead ([`Session::settle_by_request`]).
 pub const HOLD_WAIT: Duration = Duration::from_secs(3);
-/// How long a GET that repeats a held answer's request (a proxy's retry)
-/// waits for that answer's receipt before taking it as lost: the
-/// forwarder's confirmation may still be on its way, its broken
-/// connection usually tells within this.
-const RETRY_GRACE: Duration = Duration::from_millis(100);
 /// Longest a polling session closed for its client between two GETs waits
 /// for the next GET to carry the close packet.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -543,8 +540,11 @@ impl<H: EngineHandler> Engine<H> {
                 binary: false,
             }
         };
-        // Being taken over here right now: wait for it and serve it here.
-        if self.is_arriving(&sid) {
+        // Being taken over here right now: a POST waits for it and is
+        // served here. A GET goes to the owner all the same: it may be
+        // what the owner's handoff waits for (its stamp settles the answer
+        // the owner still holds), and it follows the session here.
+        if method == Method::POST && self.is_arriving(&sid) {
             if let Some(session) = self.local_or_arriving(&sid).await {
                 if query.eio.as_deref() != Some("4") {
                     return Err(RequestError::BadRequest);
@@ -718,7 +718,7 @@ impl<H: EngineHandler> Engine<H> {
         // was relayed from.
         let receipt = match held {
             Some(HeldId(id)) => Some(Receipt::new(move |delivered| {
-                session.settle_held(id, delivered)
+                session.forwarder_settles(id, delivered)
             })),
             None => relayed,
         };
@@ -765,10 +765,11 @@ impl<H: EngineHandler> Engine<H> {
         // cancelled because the caller went away), the session stays here.
         let _staying = MoveGuard(&session);
         let deadline = Instant::now() + MOVE_WAIT;
-        // A forwarded poll's answer waiting for its receipt: once it comes,
-        // the packets are either delivered or back in the queue to export.
-        // (No poll takes packets while moving.) Still held at the bound:
-        // the session stays, as for a POST.
+        // A forwarded poll's answer whose fate is not known yet: the
+        // client's next GET (or, without stamps, the forwarder's receipt)
+        // tells, and the packets are either delivered or back in the queue
+        // to export. (No poll takes packets while moving.) Still held at
+        // the bound: the session stays, as for a POST.
         while session.holds_answer() {
             if Instant::now() >= deadline {
                 return Err(NotHandedOff::Busy);
@@ -1068,16 +1069,11 @@ impl<H: EngineHandler> Engine<H> {
         let arrived = Instant::now();
         let mut watched = None;
         let gen = loop {
-            // The previous answer may still wait for its forwarding node's
-            // receipt: this GET may tell its fate, or it waits for it (its
-            // owner-side bound settles it too).
-            let (id, bound) = match session.settle_by_request(raw_query) {
-                HeldAnswer::None => (None, HOLD_WAIT),
-                HeldAnswer::Unknown(id) => (Some(id), HOLD_WAIT),
-                HeldAnswer::Retried(id) => (Some(id), RETRY_GRACE),
-            };
-            if let Some(id) = id {
-                if *watched.get_or_insert(id) == id && arrived.elapsed() >= bound {
+            // The previous answer may still be held: this GET's stamp
+            // tells its fate; without stamps it waits for the forwarding
+            // node's receipt, up to the bound.
+            if let HeldAnswer::Unknown(id) = session.settle_by_request(raw_query) {
+                if *watched.get_or_insert(id) == id && arrived.elapsed() >= HOLD_WAIT {
                     session.settle_held(id, false);
                 }
             }

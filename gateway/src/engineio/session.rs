@@ -90,8 +90,9 @@ pub(crate) enum BeginError {
     NotPolling,
     /// One is already pending: the session must be closed.
     Overlap,
-    /// The answer of a forwarded poll is not confirmed delivered yet: the
-    /// next GET waits for the forwarding node to tell (or for the bound).
+    /// The answer of a forwarded poll is not known delivered yet, and this
+    /// GET could not tell (no stamps): it waits for the forwarding node to
+    /// tell (or for the bound).
     Unconfirmed,
     /// The session is being handed off to another node: the request
     /// waits and follows it there.
@@ -183,8 +184,8 @@ struct State {
     close_owed: bool,
     /// The node the session was handed off to.
     moved_to: Option<Box<str>>,
-    /// The answer of a forwarded poll, kept until the forwarding node
-    /// confirms it reached the client.
+    /// The answer of a forwarded poll, kept until it is known whether it
+    /// reached the client.
     unconfirmed: Option<Unconfirmed>,
     /// Ids for held answers.
     held: u64,
@@ -199,16 +200,17 @@ struct Unconfirmed {
     /// repeating it is the same request retried (the answer never reached
     /// the client), one with another stamp comes after the client read it.
     stamp: Option<Box<str>>,
+    /// What the forwarding node said of it (delivered or not), kept for
+    /// a next GET that has no stamp to tell.
+    forwarder: Option<bool>,
 }
 
 /// A held answer, as a new GET sees it ([`Session::settle_by_request`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeldAnswer {
     None,
-    /// Held; nothing known of its fate yet.
+    /// Held, and this GET cannot tell its fate (no stamps to compare).
     Unknown(u64),
-    /// Held, and this GET repeats its request: a proxy's retry.
-    Retried(u64),
 }
 
 /// The `t` parameter the official clients add to every polling request.
@@ -496,28 +498,57 @@ impl<D> Session<D> {
         Ok(st.poll_gen)
     }
 
-    /// What a new GET tells of a held answer: another request stamp
-    /// means the client read it (settled here as delivered); the same
-    /// stamp, that a proxy retried the request, so most likely it never
-    /// arrived; no stamps, nothing.
+    /// What a new GET tells of a held answer, settled here. A client
+    /// sends its next GET only once the previous one completed, each with
+    /// a fresh stamp: another stamp means the client read the answer
+    /// (delivered). A proxy passes a request on to another node only when
+    /// the first gave no response at all: the same stamp means the answer
+    /// never reached the client (taken back, and this GET gets it). Without
+    /// stamps to compare, the forwarder's word decides, once it came.
     pub(crate) fn settle_by_request(&self, query: &str) -> HeldAnswer {
         let st = self.lock();
         let Some(held) = st.unconfirmed.as_ref() else {
             return HeldAnswer::None;
         };
         let id = held.id;
-        match (held.stamp.as_deref(), request_stamp(query)) {
-            (Some(stamp), Some(other)) if stamp == other => HeldAnswer::Retried(id),
-            (Some(_), Some(_)) => {
-                drop(st);
-                self.settle_held(id, true);
-                HeldAnswer::None
+        let delivered = match (held.stamp.as_deref(), request_stamp(query)) {
+            (Some(stamp), Some(other)) => stamp != other,
+            // This GET cannot tell: the forwarder's word, once it came.
+            _ => match held.forwarder {
+                Some(delivered) => delivered,
+                None => return HeldAnswer::Unknown(id),
+            },
+        };
+        drop(st);
+        self.settle_held(id, delivered);
+        HeldAnswer::None
+    }
+
+    /// What the forwarding node tells of held answer `id`: that hyper took
+    /// its bytes for the client's connection (`true`), or not (`false`:
+    /// its call ended or broke without saying so, or it said nothing in
+    /// time). For an answer to a stamped request this settles nothing:
+    /// the forwarder may die between its write and its receipt (the
+    /// client has the packets though the owner is told nothing), or
+    /// between a receipt sent first and the write (the proxy then retries
+    /// the request elsewhere, though the owner was told "delivered"). The
+    /// client's next request tells which ([`Session::settle_by_request`]);
+    /// the forwarder's word is kept for a next request without a stamp.
+    /// The answer to a request without a stamp is settled by it at once.
+    pub(crate) fn forwarder_settles(&self, id: u64, delivered: bool) {
+        let mut st = self.lock();
+        match st.unconfirmed.as_mut() {
+            Some(held) if held.id == id && held.stamp.is_some() => {
+                held.forwarder = Some(delivered);
             }
-            _ => HeldAnswer::Unknown(id),
+            _ => {
+                drop(st);
+                self.settle_held(id, delivered);
+            }
         }
     }
 
-    /// Whether a forwarded poll's answer awaits its confirmation.
+    /// Whether a forwarded poll's answer awaits news of its fate.
     pub(crate) fn holds_answer(&self) -> bool {
         self.lock().unconfirmed.is_some()
     }
@@ -625,6 +656,7 @@ impl<D> Session<D> {
             id,
             frames,
             stamp: request_stamp(query).map(Into::into),
+            forwarder: None,
         });
         PollOutcome::Held(payload, id)
     }
@@ -744,6 +776,10 @@ impl<D> Session<D> {
         }
         st.upgrade = UpgradeState::Done;
         st.transport = TransportKind::WebSocket;
+        // A client sends `5` only once its last poll completed with the
+        // packets it carried (an error there closes the client instead):
+        // an answer still held reached it.
+        st.unconfirmed = None;
         drop(st);
         // A poll still pending must be released, and the WebSocket writer
         // must flush what was queued during the upgrade.
@@ -753,13 +789,9 @@ impl<D> Session<D> {
 
     /// Takes every queued frame for the WebSocket writer. Returns the
     /// close reason once the session is closed (after the last frames).
-    /// While a forwarded poll's answer is held, nothing is taken: should
-    /// it come back, it goes out first.
+    /// (No forwarded poll's answer is held any more: `5` settled it.)
     pub(crate) fn drain_for_websocket(&self, out: &mut Vec<Frame>) -> Option<CloseReason> {
         let mut st = self.lock();
-        if st.unconfirmed.is_some() {
-            return st.close;
-        }
         out.extend(st.queue.drain(..));
         st.queued_bytes = 0;
         st.close
@@ -868,11 +900,8 @@ mod tests {
         // got the answer.
         s.send(Frame::message("a")).unwrap();
         forwarded_poll(&s, "sid=x&t=one");
-        let id = match s.settle_by_request("sid=x&t=one") {
-            HeldAnswer::Retried(id) => id,
-            other => panic!("{other:?}"),
-        };
-        s.settle_held(id, false);
+        assert_eq!(s.settle_by_request("sid=x&t=one"), HeldAnswer::None);
+        assert!(!s.holds_answer());
         assert_eq!(&local_poll(&s, "sid=x&t=one")[..], b"4a");
         // Another stamp: the client read it and asks for more.
         s.send(Frame::message("b")).unwrap();
@@ -940,19 +969,67 @@ mod tests {
         assert_eq!(&bytes[..], b"6");
     }
 
+    /// The forwarding node is killed after writing the answer to its
+    /// client, before its receipt left: its call breaks. The client read
+    /// the answer and polls again (a new stamp): nothing goes out twice.
     #[test]
-    fn the_websocket_takes_nothing_while_an_answer_is_held() {
+    fn a_forwarder_killed_between_its_write_and_its_receipt_sends_nothing_twice() {
         let s = polling_session();
         s.send(Frame::message("a")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x&t=one");
+        s.forwarder_settles(id, false);
+        assert!(s.holds_answer(), "the broken call alone settles nothing");
+        s.send(Frame::message("b")).unwrap();
+        assert_eq!(s.settle_by_request("sid=x&t=two"), HeldAnswer::None);
+        assert_eq!(&local_poll(&s, "sid=x&t=two")[..], b"4b");
+        // A next GET without a stamp cannot tell: the forwarder's word.
+        s.send(Frame::message("c")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x&t=three");
+        s.forwarder_settles(id, false);
+        s.send(Frame::message("d")).unwrap();
+        assert_eq!(s.settle_by_request("sid=x"), HeldAnswer::None);
+        assert_eq!(&local_poll(&s, "sid=x")[..], b"4c\x1e4d");
+    }
+
+    /// The forwarding node's receipt left before its write, then it was
+    /// killed: the proxy never got the answer and retries the request (the
+    /// same stamp) through another node, which gets the packets.
+    #[test]
+    fn a_receipt_that_left_before_a_write_that_never_happened_loses_nothing() {
+        let s = polling_session();
+        s.send(Frame::message("a")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x&t=one");
+        s.forwarder_settles(id, true);
+        assert!(s.holds_answer(), "the receipt alone settles nothing");
+        s.send(Frame::message("b")).unwrap();
+        assert_eq!(s.settle_by_request("sid=x&t=one"), HeldAnswer::None);
+        assert_eq!(&local_poll(&s, "sid=x&t=one")[..], b"4a\x1e4b");
+        // Without a stamp the receipt is all there is.
+        s.send(Frame::message("c")).unwrap();
         let (_, id) = forwarded_poll(&s, "sid=x");
+        s.forwarder_settles(id, true);
+        assert!(!s.holds_answer());
+    }
+
+    /// A client sends `5` only once its last poll completed: the answer
+    /// still held reached it, and the WebSocket sends what follows only.
+    #[test]
+    fn the_upgrade_settles_a_held_answer_as_delivered() {
+        let s = polling_session();
+        s.send(Frame::message("a")).unwrap();
+        let (_, id) = forwarded_poll(&s, "sid=x&t=one");
+        s.forwarder_settles(id, false);
         assert!(s.attach_websocket());
+        s.probing();
         assert!(s.complete_upgrade());
+        assert!(!s.holds_answer());
         s.send(Frame::message("b")).unwrap();
         let mut out = Vec::new();
         s.drain_for_websocket(&mut out);
-        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(out, vec![Frame::message("b")]);
+        // A late receipt changes nothing.
         s.settle_held(id, false);
         s.drain_for_websocket(&mut out);
-        assert_eq!(out, vec![Frame::message("a"), Frame::message("b")]);
+        assert_eq!(out, vec![Frame::message("b")]);
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tracing::debug;
+
 use crate::engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
@@ -12,6 +14,12 @@ use super::recovery::Recovery;
 use super::socket::{Socket, SocketRef};
 
 type Members = HashMap<Sid, SocketRef>;
+
+/// Whether a registered socket is this very socket (not another copy
+/// with the same id).
+fn is_this(registered: Option<&SocketRef>, socket: &Socket) -> bool {
+    registered.is_some_and(|r| std::ptr::eq(r.as_ref(), socket))
+}
 
 pub struct Namespace {
     limits: SocketLimits,
@@ -160,12 +168,28 @@ impl Namespace {
     }
 
     pub(crate) fn insert(&self, socket: SocketRef) {
-        self.sockets_mut().insert(socket.id(), socket);
+        let id = socket.id();
+        let displaced = self.sockets_mut().insert(id, socket.clone());
+        if displaced.is_some_and(|d| !Arc::ptr_eq(&d, &socket)) {
+            // Harmless now (see `remove`), but worth seeing.
+            debug!(socket = %id, "another copy of this socket was still here (its session not closed yet): replaced");
+        }
     }
 
     /// Removes a socket from the namespace and from every room it is in.
+    /// Only this very socket: another copy with the same id installed here
+    /// since (its client recovered it here, or its session moved here,
+    /// while the copy of the session it left was still open) stays. Ids
+    /// alone would let the old copy, whenever its session ends, take the
+    /// live one out of its rooms, and its client would silently receive
+    /// nothing more.
     pub(crate) fn remove(&self, socket: &Socket) {
-        self.sockets_mut().remove(&socket.id());
+        {
+            let mut sockets = self.sockets_mut();
+            if is_this(sockets.get(&socket.id()), socket) {
+                sockets.remove(&socket.id());
+            }
+        }
         let rooms = socket.take_rooms();
         if rooms.is_empty() {
             return;
@@ -194,6 +218,10 @@ impl Namespace {
 
     fn leave_locked(&self, map: &mut HashMap<Box<str>, Members>, socket: &Socket, room: &str) {
         if let Some(members) = map.get_mut(room) {
+            // Another copy with this id is not this socket's to remove.
+            if !is_this(members.get(&socket.id()), socket) {
+                return;
+            }
             members.remove(&socket.id());
             if members.is_empty() {
                 map.remove(room);
@@ -295,6 +323,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::engineio::{Handshake, Session, SessionRef, TransportKind};
     use crate::socketio::client::ClientState;
+    use crate::store::recovery::Offset;
 
     /// A WebSocket session of this process, for sockets in unit tests.
     pub(crate) fn test_session() -> SessionRef<ClientState> {
@@ -376,6 +405,54 @@ pub(crate) mod tests {
         );
         // Unknown rooms reach nobody.
         assert!(reached(&ns, &Target::room("nope")).is_empty());
+    }
+
+    /// Two copies of one socket on a node: the copy of a session its
+    /// client left (still open here: its evict missed, or its recovery
+    /// was still being installed when the next one looked) and the copy
+    /// its client recovered or moved here since. The old copy ending, when
+    /// its session times out, leaves the live one in its namespace and
+    /// rooms: before, it took it out by id and its client silently received
+    /// nothing more.
+    #[test]
+    fn an_old_copy_of_a_socket_ending_leaves_the_live_copy_in_its_rooms() {
+        let ns = Namespace::new(
+            "/",
+            Arc::new(crate::socketio::LocalFabric),
+            None,
+            Default::default(),
+        );
+        let id = Sid::random();
+        let copy = |ns: &Arc<Namespace>| {
+            let s = Socket::restored(
+                ns.clone(),
+                test_session(),
+                id,
+                "{}".into(),
+                None,
+                None,
+                0,
+                None,
+            );
+            s.set_rooms(vec![("r".into(), Offset::ZERO)]);
+            ns.insert(s.clone());
+            s.attach_rooms();
+            s
+        };
+        let old = copy(&ns);
+        let live = copy(&ns);
+        assert!(old.detach());
+        assert!(ns.socket(&id).is_some_and(|s| Arc::ptr_eq(&s, &live)));
+        assert_eq!(reached(&ns, &Target::room("r")), vec![id]);
+        assert_eq!(
+            ns.sockets_of(&Target::room("r"))[0].session().sid(),
+            live.session().sid()
+        );
+        // The live copy itself still leaves and ends as before.
+        live.leave("r");
+        assert_eq!(ns.room_size("r"), 0);
+        assert!(live.detach());
+        assert!(ns.socket(&id).is_none());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 #
 # Needs alive() (lib/common.sh). With NGINX_ACCESS_LOG=1 every request is
 # logged to DIR/access.log, fields separated by `|` (time, upstreams tried,
-# status, their statuses, method, URI, durations, client port): what a
-# kill test keeps of a failing run.
+# status, their statuses, method, URI, durations, client port, body bytes
+# sent): what a kill test keeps of a failing run.
 
 start_nginx() {
   local ndir=$1 nginx_port=$2
@@ -21,7 +21,7 @@ start_nginx() {
   done
   local access="access_log off;"
   if [ "${NGINX_ACCESS_LOG:-0}" = 1 ]; then
-    access="log_format ringway '\$msec|\$upstream_addr|\$status|\$upstream_status|\$request_method|\$request_uri|\$request_time|\$upstream_response_time|\$remote_port';
+    access="log_format ringway '\$msec|\$upstream_addr|\$status|\$upstream_status|\$request_method|\$request_uri|\$request_time|\$upstream_response_time|\$remote_port|\$body_bytes_sent';
     access_log $ndir/access.log ringway;"
   fi
   mkdir -p "$ndir"

@@ -28,6 +28,8 @@
 //            client lost, duplicated and reordered counts, its timeline
 //            (connects, recoveries, disconnects, upgrades) and, for a
 //            client with any anomaly, what it got as runs with offsets.
+//            Reconnection: the client's defaults, or FLEET_RECONNECT_MS;
+//            FLEET_CLIENT_OPTS (JSON) adds any other client option.
 //   publish  the publisher of a kill benchmark: one WebSocket client
 //            (RINGWAY_URL: a node that is not killed) that broadcasts
 //            {n: 1..} into FLEET_ROOM at PUBLISH_RATE per second for
@@ -279,7 +281,12 @@ async function kill() {
   const clients = [];
   step(`connecting ${count} clients over ${spread} ms`);
   for (let i = 0; i < count; i++) {
-    const socket = connect(transports, { autoConnect: false });
+    // The client's own reconnection defaults, as users run it, unless
+    // FLEET_RECONNECT_MS sets the first delay (the longest is 4 times it).
+    const delay = Number(process.env.FLEET_RECONNECT_MS || 0);
+    const pace = delay > 0 ? { reconnectionDelay: delay, reconnectionDelayMax: 4 * delay } : {};
+    const extra = JSON.parse(process.env.FLEET_CLIENT_OPTS || '{}');
+    const socket = io(BASE, { transports, autoConnect: false, ...pace, ...extra });
     const c = {
       i,
       socket,
@@ -309,11 +316,15 @@ async function kill() {
       const first = c.timeline.every((e) => e.what !== 'connect');
       note('connect', { sid: engine.id, transport: engine.transport.name, recovered: socket.recovered, id: socket.id });
       if (!first) c.recoveries.push(socket.recovered);
-      if (!socket.recovered) {
-        // A fresh socket (the first, or a recovery that failed) joins.
-        socket.emitWithAck('join', room).then(() => {
-          c.joined = true;
-        });
+      if (!socket.recovered || !c.joined) {
+        // A fresh socket (the first, or a recovery that failed) joins; so
+        // does one whose join was not acked before it disconnected.
+        socket.emitWithAck('join', room).then(
+          () => {
+            c.joined = true;
+          },
+          (err) => note('joinFailed', { err: String(err && err.message) }),
+        );
       }
     });
     socket.on('connect_error', (err) => note('connectError', { err: String(err && err.message) }));
