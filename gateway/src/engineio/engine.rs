@@ -1253,8 +1253,18 @@ impl<H: EngineHandler> Engine<H> {
     ) -> Result<Response<Body>, RequestError> {
         let accept = websocket_accept_key(req.headers()).ok_or(RequestError::BadRequest)?;
         if !session.attach_websocket() {
-            // Already upgraded, upgrading, or closed.
-            return Err(RequestError::BadRequest);
+            if session.is_closed() {
+                return Err(RequestError::BadRequest);
+            }
+            // Upgraded or upgrading already: as the reference server, the
+            // second WebSocket completes its handshake and is closed at
+            // once; the session goes on over its transport.
+            tokio::spawn(async move {
+                if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                    websocket::refuse(upgraded).await;
+                }
+            });
+            return Ok(switching_protocols(accept));
         }
         let engine = self.clone();
         tokio::spawn(async move {
