@@ -21,6 +21,7 @@ use tracing::debug;
 use super::engine::Engine;
 use super::handler::EngineHandler;
 use super::packet::Frame;
+use super::protocol::{Framing, Protocol};
 use super::session::{CloseReason, SessionRef};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -42,10 +43,11 @@ pub(crate) async fn run_direct<H: EngineHandler>(
     engine: Arc<Engine<H>>,
     session: SessionRef<H::Data>,
     upgraded: Upgraded,
+    framing: Framing,
 ) {
     let ws = accept(&engine, upgraded).await;
     let (sink, stream) = ws.split();
-    serve(&engine, &session, sink, stream).await;
+    serve(&engine, &session, sink, stream, framing).await;
 }
 
 /// An upgrade of a polling session.
@@ -53,6 +55,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     engine: Arc<Engine<H>>,
     session: SessionRef<H::Data>,
     upgraded: Upgraded,
+    framing: Framing,
 ) {
     let ws = accept(&engine, upgraded).await;
     let (mut sink, mut stream) = ws.split();
@@ -63,7 +66,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     {
         Ok(()) => {
             crate::telemetry::metrics().upgrades.add(1, &[]);
-            serve(&engine, &session, sink, stream).await
+            serve(&engine, &session, sink, stream, framing).await
         }
         Err(why) => {
             debug!(sid = %session.sid(), why, "upgrade abandoned");
@@ -124,6 +127,7 @@ async fn serve<H: EngineHandler>(
     session: &SessionRef<H::Data>,
     mut sink: SplitSink<Ws, WsMessage>,
     mut stream: SplitStream<Ws>,
+    framing: Framing,
 ) {
     let writer_done = Notify::new();
     let reader = async {
@@ -134,10 +138,7 @@ async fn serve<H: EngineHandler>(
             };
             let result = match msg {
                 Some(Ok(WsMessage::Text(text))) => engine.on_text_frame(session, text.as_str()),
-                Some(Ok(WsMessage::Binary(data))) => {
-                    engine.on_binary(session, data);
-                    Ok(())
-                }
+                Some(Ok(WsMessage::Binary(data))) => engine.on_binary_frame(session, data),
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Ok(()),
                 Some(Ok(WsMessage::Close(_))) | None => Err(CloseReason::TransportClose),
                 Some(Err(err)) => {
@@ -152,7 +153,13 @@ async fn serve<H: EngineHandler>(
         }
     };
     let writer = async {
-        write_loop(session, &mut sink, engine.config().ws_write_interval).await;
+        write_loop(
+            session,
+            &mut sink,
+            engine.config().ws_write_interval,
+            framing,
+        )
+        .await;
         writer_done.notify_one();
         // Polite close frame, but never wait long on a client that does
         // not read; dropping the socket closes it anyway.
@@ -173,6 +180,7 @@ async fn write_loop<D>(
     session: &SessionRef<D>,
     sink: &mut SplitSink<Ws, WsMessage>,
     interval: Duration,
+    framing: Framing,
 ) {
     let mut out: Vec<Frame> = Vec::new();
     let mut last_write: Option<Instant> = None;
@@ -182,12 +190,7 @@ async fn write_loop<D>(
         let mut woken = false;
         let closed = session.drain_for_websocket(&mut out);
         if !out.is_empty() {
-            let frames = out.drain(..).map(|frame| {
-                Ok(match frame {
-                    Frame::Text(text) => WsMessage::Text(text),
-                    Frame::Binary(data) => WsMessage::Binary(data),
-                })
-            });
+            let frames = out.drain(..).map(|frame| Ok(ws_message(frame, framing)));
             let mut frames = futures_util::stream::iter(frames);
             // `send_all` feeds every frame then flushes; a full socket
             // makes it wait, but a close of the session ends the wait.
@@ -223,6 +226,22 @@ async fn write_loop<D>(
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
+        }
+    }
+}
+
+/// A frame as a WebSocket message in the session's framing: v3 puts the
+/// message type byte before binary data (or sends `b4` + base64 text to a
+/// client that asked `b64=1`).
+fn ws_message(frame: Frame, framing: Framing) -> WsMessage {
+    match (frame, framing.protocol) {
+        (Frame::Text(text), _) => WsMessage::Text(text),
+        (Frame::Binary(data), Protocol::V4) => WsMessage::Binary(data),
+        (Frame::Binary(data), Protocol::V3) if framing.base64 => {
+            WsMessage::Text(super::payload_v3::base64_message(&data).into())
+        }
+        (Frame::Binary(data), Protocol::V3) => {
+            WsMessage::Binary(super::payload_v3::binary_message(&data))
         }
     }
 }
