@@ -10,9 +10,15 @@
 //!   session forwarded and handed off across a cluster;
 //! - interop: the official `socket.io-client` 2.x from npm
 //!   (`tests/interop/js/v2.mjs`) against one gateway and through a
-//!   round-robin nginx in front of three clustered gateways.
+//!   round-robin nginx in front of three clustered gateways, and its
+//!   browser bundle in headless Chromium (browsers poll with binary
+//!   payloads, Node with base64).
 
 mod common;
+
+#[path = "browser/driver.rs"]
+#[allow(dead_code)] // only part of the driver is used here
+mod driver;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -959,4 +965,76 @@ async fn v2_clients_through_a_round_robin_cluster() {
             );
         }
     }
+}
+
+/// socket.io-client 2's browser bundle in headless Chromium: the browser's
+/// XHR takes binary, so it polls without `b64` and binary travels in the
+/// binary payload form (Node's client never does); over polling only,
+/// WebSocket only and polling-then-upgrade, binary both ways and an ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v2_browser_bundle_uses_binary_payloads() {
+    let gw = gateway();
+    let bundle = std::fs::read_to_string(
+        js_dir().join("node_modules/socket.io-client-v2/dist/socket.io.js"),
+    )
+    .expect("socket.io-client 2 browser bundle (npm ci)");
+    let browser = driver::Browser::launch().await;
+    let page = browser.page("v2").await;
+    // Same origin as the gateway: no CORS needed.
+    page.goto(&gw.url("/healthz")).await;
+    let script = serde_json::to_string(&bundle).expect("json");
+    page.eval(&format!("window.eval({script}); typeof io"))
+        .await;
+    let got = page
+        .eval(
+            r#"(async () => {
+  const run = (transports) => new Promise((resolve, reject) => {
+    const s = io(location.origin, { transports, forceNew: true, reconnection: false });
+    const t = setTimeout(() => reject(new Error('timed out: ' + transports)), 15000);
+    s.on('connect_error', (e) => reject(new Error('connect_error: ' + e)));
+    s.on('error', (e) => reject(new Error('error: ' + JSON.stringify(e))));
+    s.on('connect', () => {
+      s.once('message-back', (text, data, nested) => {
+        s.emit('message-with-ack', 'x', new Uint8Array([9, 8]).buffer, (a, b) => {
+          clearTimeout(t);
+          const bytes = (x) => Array.from(new Uint8Array(x));
+          const engine = s.io.engine;
+          resolve({
+            text, data: bytes(data), nested: bytes(nested.b), ack: [a, bytes(b)],
+            transport: engine.transport.name,
+            polledBinary: engine.transport.name === 'polling' ? engine.transport.supportsBinary : null,
+          });
+          s.close();
+        });
+      });
+      s.emit('message', 'é😀', new Uint8Array([0, 1, 2, 255]).buffer, { b: new Uint8Array([7]).buffer });
+    });
+  });
+  return {
+    polling: await run(['polling']),
+    websocket: await run(['websocket']),
+    upgrade: await run(['polling', 'websocket']),
+  };
+})()"#,
+        )
+        .await;
+    browser.close().await;
+    for (mode, transport) in [
+        ("polling", "polling"),
+        ("websocket", "websocket"),
+        ("upgrade", ""),
+    ] {
+        let r = &got[mode];
+        assert_eq!(r["text"], "é😀", "{mode}: {r}");
+        assert_eq!(r["data"], json!([0, 1, 2, 255]), "{mode}: {r}");
+        assert_eq!(r["nested"], json!([7]), "{mode}: {r}");
+        assert_eq!(r["ack"], json!(["x", [9, 8]]), "{mode}: {r}");
+        if !transport.is_empty() {
+            assert_eq!(r["transport"], transport, "{mode}: {r}");
+        }
+    }
+    assert_eq!(
+        got["polling"]["polledBinary"], true,
+        "the browser polls with binary payloads: {got}"
+    );
 }
