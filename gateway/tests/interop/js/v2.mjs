@@ -117,6 +117,7 @@ function v2(nsp = '/', opts = {}) {
   track(() => socket.close());
   // Any error the client reports fails the scenario unless it expects one.
   socket.on('connect_error', (err) => fail(`connect_error on ${nsp}: ${err && err.message ? err.message : err}`));
+  watchDisconnect(socket, nsp);
   return socket;
 }
 
@@ -128,6 +129,19 @@ function v4(nsp = '/', opts = {}) {
 }
 
 let failScenario = () => {};
+/** Set by a scenario that expects the server to disconnect it. */
+let disconnectExpected = false;
+
+/** A disconnect nobody asked for (a ping timeout, a transport error)
+ * fails the scenario at once, with its reason. */
+function watchDisconnect(socket, nsp) {
+  socket.on('disconnect', (reason) => {
+    if (reason !== 'io client disconnect' && !disconnectExpected) {
+      fail(`unexpected disconnect of ${nsp}: ${reason}`);
+    }
+  });
+}
+
 function fail(why) {
   failScenario(new Error(why));
 }
@@ -324,6 +338,7 @@ async function rooms() {
   const a = v2('/', { transports: ['polling'] });
   const b = v2('/', { transports: ['websocket'] });
   const c = v4('/');
+  watchDisconnect(c, '/ (v4)');
   const outsider = v2('/');
   await Promise.all([connected(a, 'a'), connected(b, 'b'), connected(c, 'c'), connected(outsider, 'outsider')]);
   const join = (s) =>
@@ -342,7 +357,7 @@ async function rooms() {
   const msg1 = { from: 'a', text: 'héllo 😀', n: [1.5, false, null] };
   a.emit('broadcast', { room: 'r1', msg: msg1 });
   for (const [i, coll] of got.slice(0, 3).entries()) {
-    const [first] = await coll.until(1);
+    const [first] = await coll.until(1, 10000);
     // A v4 client with recovery on gets the offset as one more argument.
     assertSame(first.slice(0, 1), [msg1], `room message at member #${i}`);
     if (i < 2) check(first.length === 1, `a v2 client got ${first.length} arguments (no offsets for v2)`);
@@ -352,7 +367,7 @@ async function rooms() {
   const msg2 = { from: 'c', n: [1, null, true] };
   c.emit('broadcast', { room: 'r1', msg: msg2 });
   for (const [i, coll] of got.slice(0, 3).entries()) {
-    const second = (await coll.until(2))[1];
+    const second = (await coll.until(2, 10000))[1];
     assertSame(second.slice(0, 1), [msg2], `second room message at member #${i}`);
   }
   await sleep(300);
@@ -364,6 +379,7 @@ async function serverDisconnect() {
   const socket = v2('/');
   await connected(socket);
   const sid = sidOf(socket);
+  disconnectExpected = true;
   const disconnect = waitFor(socket, 'disconnect', 5000);
   socket.emit('server-disconnect');
   const [reason] = await disconnect;
