@@ -101,6 +101,16 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_MAX_POLL_PACKETS", default_value_t = 16)]
     pub max_poll_packets: usize,
 
+    /// Take Socket.IO v2 clients (Engine.IO v3, `EIO=3`), as the reference
+    /// server's allowEIO3; off, their handshakes get "Unsupported protocol
+    /// version". The variable takes true/false, 1/0, yes/no or on/off.
+    #[arg(
+        long = "allow-eio3",
+        env = "RINGWAY_ALLOW_EIO3",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_eio3: bool,
+
     /// Allowed CORS origins (repeatable, or comma-separated); `*` allows
     /// any origin. None: no CORS headers are sent.
     #[arg(
@@ -802,6 +812,7 @@ impl Config {
             },
             body_timeout: Duration::from_millis(self.body_read_timeout),
             max_body_buffer: self.max_body_buffer,
+            allow_eio3: self.allow_eio3,
         }
     }
 

@@ -1144,6 +1144,7 @@ BAD_VALUES = {
     "unknown cluster.tls key": {"cluster": {"tls": {"enabled": True, "issuer": "ca"}}},
     "unknown issuerRef key": {"cluster": {"tls": {"certManager": {"issuerRef": {"namespace": "x"}}}}},
     "insecure as a string": {"cluster": {"insecure": "true"}},
+    "allowEio3 as a string": {"gateway": {"config": {"allowEio3": "yes"}}},
     "server name with a port": {"cluster": {"tls": {"serverName": "ringway:7100"}}},
     "bad certificate duration": {"cluster": {"tls": {"certManager": {"duration": "90d"}}}},
     "metrics port out of range": {"gateway": {"ports": {"metrics": 70000}}},
@@ -1406,6 +1407,21 @@ def test_recovery_settings_reach_the_gateways(chart):
     off = {"gateway": {"config": {"recoveryWindowMs": 0, "recoveryMaxLog": 500}}}
     gw = container(one(render_docs(chart, off), "Deployment", GATEWAY), "gateway")
     assert "--recovery-window=0" in gw["args"] and "--recovery-max-log=500" in gw["args"]
+
+
+def test_allow_eio3_reaches_the_gateways(chart, tmp_path):
+    """gateway.config.allowEio3: off by default (no flag: Socket.IO v2
+    clients are refused, as by the reference); on, `--allow-eio3`, which
+    the real binary takes."""
+    docs = render_docs(chart, {})
+    gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+    assert not [a for a in gw["args"] if a.startswith("--allow-eio3")]
+    docs = render_docs(chart, {"gateway": {"config": {"allowEio3": True}}})
+    dep = one(docs, "Deployment", GATEWAY)
+    gw = container(dep, "gateway")
+    assert gw["args"].count("--allow-eio3") == 1
+    out = run_check_config(binary("ringway-gateway"), gw, pod_env(gw), secret_files(docs, dep, gw, tmp_path))
+    assert "allow_eio3: true," in out
 
 
 def test_limits_reach_the_gateways(chart, tmp_path):

@@ -21,6 +21,7 @@ use tracing::debug;
 use super::engine::Engine;
 use super::handler::EngineHandler;
 use super::packet::Frame;
+use super::protocol::{Framing, Protocol};
 use super::session::{CloseReason, SessionRef};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -42,10 +43,11 @@ pub(crate) async fn run_direct<H: EngineHandler>(
     engine: Arc<Engine<H>>,
     session: SessionRef<H::Data>,
     upgraded: Upgraded,
+    framing: Framing,
 ) {
     let ws = accept(&engine, upgraded).await;
     let (sink, stream) = ws.split();
-    serve(&engine, &session, sink, stream).await;
+    serve(&engine, &session, sink, stream, framing).await;
 }
 
 /// A WebSocket for a session that has one already: completed, then closed
@@ -62,6 +64,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     engine: Arc<Engine<H>>,
     session: SessionRef<H::Data>,
     upgraded: Upgraded,
+    framing: Framing,
 ) {
     let ws = accept(&engine, upgraded).await;
     let (mut sink, mut stream) = ws.split();
@@ -72,7 +75,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
     {
         Ok(()) => {
             crate::telemetry::metrics().upgrades.add(1, &[]);
-            serve(&engine, &session, sink, stream).await
+            serve(&engine, &session, sink, stream, framing).await
         }
         Err(why) => {
             debug!(sid = %session.sid(), why, "upgrade abandoned");
@@ -133,6 +136,7 @@ async fn serve<H: EngineHandler>(
     session: &SessionRef<H::Data>,
     mut sink: SplitSink<Ws, WsMessage>,
     mut stream: SplitStream<Ws>,
+    framing: Framing,
 ) {
     let writer_done = Notify::new();
     let reader = async {
@@ -143,10 +147,7 @@ async fn serve<H: EngineHandler>(
             };
             let result = match msg {
                 Some(Ok(WsMessage::Text(text))) => engine.on_text_frame(session, text.as_str()),
-                Some(Ok(WsMessage::Binary(data))) => {
-                    engine.on_binary(session, data);
-                    Ok(())
-                }
+                Some(Ok(WsMessage::Binary(data))) => engine.on_binary_frame(session, data),
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Ok(()),
                 Some(Ok(WsMessage::Close(_))) | None => Err(CloseReason::TransportClose),
                 Some(Err(err)) => {
@@ -161,7 +162,13 @@ async fn serve<H: EngineHandler>(
         }
     };
     let writer = async {
-        write_loop(session, &mut sink, engine.config().ws_write_interval).await;
+        write_loop(
+            session,
+            &mut sink,
+            engine.config().ws_write_interval,
+            framing,
+        )
+        .await;
         writer_done.notify_one();
         // Polite close frame, but never wait long on a client that does
         // not read; dropping the socket closes it anyway.
@@ -201,6 +208,7 @@ async fn write_loop<D>(
     session: &SessionRef<D>,
     sink: &mut SplitSink<Ws, WsMessage>,
     interval: Duration,
+    framing: Framing,
 ) {
     let mut out: Vec<Frame> = Vec::new();
     let mut last_write: Option<Instant> = None;
@@ -213,13 +221,10 @@ async fn write_loop<D>(
             let separate = interval.is_zero() && out.len() <= SEPARATE_WRITES_UP_TO;
             let mut batches: Vec<Vec<WsMessage>> = Vec::new();
             for frame in out.drain(..) {
-                let message = match frame {
-                    Frame::Text(text) => WsMessage::Text(text),
-                    Frame::Binary(data) => WsMessage::Binary(data),
-                };
                 // A text packet starts a new write when writing packet by
                 // packet; binary frames go with the packet before them.
-                let starts_packet = matches!(message, WsMessage::Text(_));
+                let starts_packet = matches!(frame, Frame::Text(_));
+                let message = ws_message(frame, framing);
                 match batches.last_mut() {
                     Some(batch) if !(separate && starts_packet) => batch.push(message),
                     _ => batches.push(vec![message]),
@@ -270,6 +275,22 @@ async fn write_loop<D>(
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
+        }
+    }
+}
+
+/// A frame as a WebSocket message in the session's framing: v3 puts the
+/// message type byte before binary data (or sends `b4` + base64 text to a
+/// client that asked `b64=1`).
+fn ws_message(frame: Frame, framing: Framing) -> WsMessage {
+    match (frame, framing.protocol) {
+        (Frame::Text(text), _) => WsMessage::Text(text),
+        (Frame::Binary(data), Protocol::V4) => WsMessage::Binary(data),
+        (Frame::Binary(data), Protocol::V3) if framing.base64 => {
+            WsMessage::Text(super::payload_v3::base64_message(&data).into())
+        }
+        (Frame::Binary(data), Protocol::V3) => {
+            WsMessage::Binary(super::payload_v3::binary_message(&data))
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Socket.IO v5 on top of Engine.IO: namespaces, sockets, rooms, events,
-//! acks and binary attachments. The application plugs in through
-//! [`Application`].
+//! Socket.IO v5 (and v4 for v2 clients: `v2.rs`) on top of Engine.IO:
+//! namespaces, sockets, rooms, events, acks and binary attachments. The
+//! application plugs in through [`Application`].
 
 pub mod app;
 pub mod client;
@@ -10,6 +10,7 @@ pub mod packet;
 pub mod recovery;
 pub mod server;
 pub mod socket;
+pub mod v2;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;

@@ -238,6 +238,42 @@ impl Namespace {
         sent
     }
 
+    /// Queues a recoverable event on every socket of the target here: the
+    /// frames with its offset for sockets whose clients keep offsets, the
+    /// `plain` ones (made once, if needed) for the others (Socket.IO v2
+    /// clients, which have no connection state recovery).
+    pub(crate) fn send_recoverable(
+        &self,
+        target: &Target,
+        with_offset: &[Frame],
+        plain: impl FnOnce() -> Vec<Frame>,
+    ) -> usize {
+        let mut plain = Some(plain);
+        let mut plain_frames: Vec<Frame> = Vec::new();
+        let mut sent = 0;
+        let mut bytes = 0;
+        self.for_each_target(target, |socket| {
+            let frames: &[Frame] = if socket.takes_offsets() {
+                with_offset
+            } else {
+                if let Some(make) = plain.take() {
+                    plain_frames = make();
+                }
+                &plain_frames
+            };
+            if socket.send_frames(frames.iter().cloned()) {
+                sent += 1;
+                bytes += frames.iter().map(Frame::wire_len).sum::<usize>();
+            }
+        });
+        let m = crate::telemetry::metrics();
+        m.messages_out.add(sent as u64, &[]);
+        if sent > 0 {
+            m.bytes_out(bytes as u64);
+        }
+        sent
+    }
+
     /// Calls `f` once for every socket the target reaches.
     pub fn for_each_target(&self, target: &Target, mut f: impl FnMut(&SocketRef)) {
         let excluded = self.excluded(target);

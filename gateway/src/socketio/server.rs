@@ -27,6 +27,7 @@ use super::socket::{
     is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
     SocketRef,
 };
+use super::v2;
 
 #[derive(Debug, Clone)]
 pub struct SocketIoConfig {
@@ -234,7 +235,13 @@ impl<A: Application> SocketIo<A> {
         binary: bool,
     ) {
         let state = session.data();
+        let v2 = v2::is_v2(session);
         let nsp = match &packet {
+            // A v2 client's CONNECT has its query in the namespace part.
+            Packet::Connect { nsp, .. } if v2 => {
+                let (nsp, query) = v2::namespace(nsp);
+                return self.connect(session, nsp, &v2::auth(query));
+            }
             Packet::Connect { nsp, auth } => {
                 return self.connect(session, nsp, auth.unwrap_or("{}"));
             }
@@ -243,6 +250,7 @@ impl<A: Application> SocketIo<A> {
             | Packet::Ack { nsp, .. }
             | Packet::ConnectError { nsp } => *nsp,
         };
+        let nsp = if v2 { v2::namespace(nsp).0 } else { nsp };
         let Some(socket) = state.socket(nsp) else {
             // The reference closes a client that talks to a namespace it
             // has not joined; while a CONNECT is being decided, the packet
@@ -342,10 +350,11 @@ impl<A: Application> SocketIo<A> {
             Err(false) => return,
         }
         // With recovery on, the client's `pid` and `offset` are ours: the
-        // application sees the rest of its CONNECT payload.
+        // application sees the rest of its CONNECT payload. (A v2 client
+        // cannot recover: its payload is its query, left as it is.)
         let (auth, ask) = match &self.recovery {
-            Some(_) => super::recovery::split_auth(auth),
-            None => (auth.to_owned(), None),
+            Some(_) if !v2::is_v2(session) => super::recovery::split_auth(auth),
+            _ => (auth.to_owned(), None),
         };
         let request = ConnectRequest {
             namespace: nsp.to_owned(),
@@ -414,11 +423,12 @@ fn finish_connect<A: Application>(
         Ok(grant) => grant,
         Err(refusal) => {
             state.end_connect(ns.name(), None);
-            let _ = session.send(encode_connect_error(
-                ns.name(),
-                &refusal.message,
-                refusal.data.as_ref(),
-            ));
+            let encode = if v2::is_v2(session) {
+                v2::connect_error
+            } else {
+                encode_connect_error
+            };
+            let _ = session.send(encode(ns.name(), &refusal.message, refusal.data.as_ref()));
             failed_connect(session, ns.limits());
             return;
         }
@@ -447,7 +457,11 @@ fn finish_connect<A: Application>(
         })
         .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
-    let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
+    let answer = if v2::is_v2(session) {
+        v2::connected(ns.name())
+    } else {
+        encode_connect(ns.name(), &format!("{{\"sid\":\"{}\"}}", socket.id()))
+    };
     let (ns, session) = (ns.clone(), session.clone());
     // The namespace stays "connecting" (so the session is not handed off)
     // until its answer is queued.
@@ -457,7 +471,7 @@ fn finish_connect<A: Application>(
             socket.detach();
             return;
         }
-        if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
+        if socket.connected() && session.send(answer).is_ok() {
             app.on_connect(&socket);
         }
     };
@@ -483,7 +497,8 @@ fn finish_connect<A: Application>(
 /// answer does not wait for it: a node killed within that write leaves a
 /// pid that cannot be recovered, and that client gets a fresh socket).
 /// Rooms need no confirmation from the other nodes: every node reads the
-/// log.
+/// log. A v2 client's socket is only tracked (no pid, no offsets, nothing
+/// stored): it gets its events from the log all the same.
 fn finish_recoverable<A: Application>(
     app: &Arc<A>,
     ns: &Arc<Namespace>,
@@ -492,9 +507,15 @@ fn finish_recoverable<A: Application>(
     grant: Grant,
     recovery: &Arc<Recovery>,
 ) {
+    let v2 = v2::is_v2(session);
     let socket = {
         let gate = recovery.gate();
         let at = *gate;
+        let socket_recovery = if v2 {
+            SocketRecovery::tracked(at)
+        } else {
+            SocketRecovery::fresh(at)
+        };
         let socket = Socket::restored(
             ns.clone(),
             session.clone(),
@@ -503,7 +524,7 @@ fn finish_recoverable<A: Application>(
             grant.user.map(String::into_boxed_str),
             grant.data,
             0,
-            Some(SocketRecovery::fresh(at)),
+            Some(socket_recovery),
         );
         let mut rooms: Vec<(String, Offset)> = Vec::new();
         let named = grant.rooms.into_iter().filter(|r| !is_hidden_room(r));
@@ -520,12 +541,17 @@ fn finish_recoverable<A: Application>(
             socket.detach();
             return;
         }
-        let pid = socket
-            .recovery()
-            .map(|r| r.pid.to_string())
-            .unwrap_or_default();
-        let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
-        if session.send(encode_connect(ns.name(), &answer)).is_err() {
+        let answer = if v2 {
+            v2::connected(ns.name())
+        } else {
+            let pid = socket
+                .recovery()
+                .map(|r| r.pid.to_string())
+                .unwrap_or_default();
+            let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
+            encode_connect(ns.name(), &answer)
+        };
+        if session.send(answer).is_err() {
             return;
         }
         socket
@@ -664,7 +690,13 @@ fn evict_local(socket: &SocketRef) {
 impl<A: Application> EngineHandler for SocketIo<A> {
     type Data = ClientState;
 
-    fn on_open(&self, _session: &SessionRef<ClientState>) {}
+    /// A Socket.IO v2 client (Engine.IO v3) is joined to `/` at once,
+    /// with the payload `{}`: it never asks (the reference does the same).
+    fn on_open(&self, session: &SessionRef<ClientState>) {
+        if v2::is_v2(session) {
+            self.connect(session, "/", "{}");
+        }
+    }
 
     fn open_timeout(&self) -> Option<Duration> {
         Some(self.config.connect_timeout)
@@ -804,20 +836,24 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         let client = session.data();
         client.restore_flags(state.ever_joined, state.partial);
         let from = self.recovery.as_ref().zip(Offset::parse(&state.position));
+        // A v2 client's sockets have no pid: tracked in the log all the same.
+        let v2 = v2::is_v2(session);
         for s in state.sockets {
             let Some(id) = Sid::parse(&s.id) else {
                 debug!(sid = %session.sid(), "handed-off socket with a bad id dropped");
                 continue;
             };
             let ns = self.namespace_or_create(&s.namespace);
-            let moved = from.filter(|_| !s.pid.is_empty()).map(|(recovery, from)| {
-                let started_at = Offset::parse(&s.started_at).unwrap_or(from);
-                (
-                    recovery,
-                    from,
-                    SocketRecovery::restored(&s.pid, s.generation, started_at),
-                )
-            });
+            let moved = from
+                .filter(|_| !s.pid.is_empty() || v2)
+                .map(|(recovery, from)| {
+                    let started_at = Offset::parse(&s.started_at).unwrap_or(from);
+                    (
+                        recovery,
+                        from,
+                        SocketRecovery::restored(&s.pid, s.generation, started_at),
+                    )
+                });
             let (moved, socket_recovery) = match moved {
                 Some((recovery, from, r)) => (Some((recovery, from)), Some(r)),
                 None => (None, None),

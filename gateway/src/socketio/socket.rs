@@ -210,6 +210,12 @@ impl Socket {
         self.recovery.as_deref()
     }
 
+    /// Whether its recoverable events carry their offset: recovery is on
+    /// and the client can recover (not a Socket.IO v2 client).
+    pub(crate) fn takes_offsets(&self) -> bool {
+        self.recovery().is_some_and(SocketRecovery::is_recoverable)
+    }
+
     /// The id the next emit with ack will use.
     pub(crate) fn next_ack_id(&self) -> u64 {
         self.acks

@@ -572,6 +572,9 @@ PromQL label matchers of the release's series (no braces): call with (dict
   (printf "--drain-delay=%d" (int $gw.drain.drainDelayMs))
   (printf "--shutdown-timeout=%d" (int $gw.drain.shutdownTimeoutMs))
 ) }}
+{{- if $cfg.allowEio3 }}
+{{- $args = append $args "--allow-eio3" }}
+{{- end }}
 {{- with .Values.upstream.url }}
 {{- $args = concat $args (list
   (printf "--upstream=%s" .)
