@@ -37,6 +37,16 @@ impl std::fmt::Debug for Secret {
 
 pub use ringway_telemetry::LogFormat;
 
+/// The Socket.IO wire form (`--parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParserKind {
+    /// The default parser (`socket.io-parser`): text packets, binaries as
+    /// attachments.
+    Default,
+    /// `socket.io-msgpack-parser`: each packet one msgpack binary message.
+    Msgpack,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ringway-gateway",
@@ -122,6 +132,12 @@ pub struct Config {
         default_value = "/"
     )]
     pub namespaces: Vec<String>,
+
+    /// Socket.IO parser of every namespace: `default` (socket.io-parser)
+    /// or `msgpack` (socket.io-msgpack-parser; clients must be created
+    /// with that parser). Every gateway of a cluster must use the same.
+    #[arg(long, env = "RINGWAY_PARSER", value_enum, default_value = "default")]
+    pub parser: ParserKind,
 
     /// Serve the chat demo page at /demo/ (docs/DEMO.md): static files in
     /// the binary, chatting through the echo application's rooms. The
@@ -827,6 +843,10 @@ impl Config {
                 max_room_name: self.max_room_name,
                 max_event_name: self.max_event_name,
                 max_failed_connects: self.max_failed_connects,
+            },
+            parser: match self.parser {
+                ParserKind::Default => crate::socketio::Parser::Default,
+                ParserKind::Msgpack => crate::socketio::Parser::Msgpack,
             },
         }
     }

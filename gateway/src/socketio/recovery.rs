@@ -37,7 +37,7 @@ use crate::store::recovery::{Offset, Record, RecoveryStore, StateWrite, Tail};
 
 use super::fabric::Fabric;
 use super::namespace::{Namespace, Target};
-use super::packet::{encode_recoverable, Payload};
+use super::packet::Payload;
 use super::socket::SocketRef;
 
 /// The offset argument of an event delivered while the log could not be
@@ -996,7 +996,9 @@ fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &st
     let target = target_of(entry);
     let args = payload_of(entry);
     let deliver = |ns: &Namespace| {
-        let frames = encode_recoverable(ns.name(), &entry.event, &args, offset);
+        let frames = ns
+            .parser()
+            .encode_recoverable(ns.name(), &entry.event, &args, offset);
         ns.send_frames(&target, &frames);
     };
     if entry.namespace.is_empty() {
@@ -1074,8 +1076,9 @@ fn replay(
         if !targets(&entry, record.offset, socket) {
             continue;
         }
-        let frames = encode_recoverable(
-            socket.namespace().name(),
+        let ns = socket.namespace();
+        let frames = ns.parser().encode_recoverable(
+            ns.name(),
             &entry.event,
             &payload_of(&entry),
             &record.offset.to_string(),
@@ -1205,6 +1208,7 @@ mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            crate::socketio::Parser::Default,
         );
         let socket = recoverable_socket(&ns);
         let other = recoverable_socket(&ns);

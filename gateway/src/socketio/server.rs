@@ -21,7 +21,8 @@ use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::fabric::Fabric;
 use super::namespace::{Namespace, SocketLimits};
-use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
+use super::packet::{decode, Packet, PacketError, Payload};
+use super::parser::Parser;
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
 use super::socket::{
     is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
@@ -35,6 +36,8 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// What clients may do with sockets (rooms, names, CONNECTs).
     pub limits: SocketLimits,
+    /// The wire form of every namespace (`--parser`).
+    pub parser: Parser,
 }
 
 impl Default for SocketIoConfig {
@@ -42,6 +45,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
             limits: SocketLimits::default(),
+            parser: Parser::Default,
         }
     }
 }
@@ -51,6 +55,7 @@ struct Namespaces {
     fabric: Arc<dyn Fabric>,
     recovery: Option<Arc<Recovery>>,
     limits: SocketLimits,
+    parser: Parser,
     map: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
 }
 
@@ -88,6 +93,7 @@ impl Namespaces {
                     self.fabric.clone(),
                     self.recovery.clone(),
                     self.limits,
+                    self.parser,
                 )
             })
             .clone()
@@ -123,6 +129,7 @@ impl<A: Application> SocketIo<A> {
             fabric: fabric.clone(),
             recovery: recovery.clone(),
             limits: config.limits,
+            parser: config.parser,
             map: RwLock::new(HashMap::new()),
         });
         if let Some(recovery) = &recovery {
@@ -144,6 +151,11 @@ impl<A: Application> SocketIo<A> {
 
     pub fn recovery(&self) -> Option<&Arc<Recovery>> {
         self.recovery.as_ref()
+    }
+
+    /// The wire form every namespace speaks.
+    pub fn parser(&self) -> Parser {
+        self.config.parser
     }
 
     /// The namespace, if any client ever joined it.
@@ -324,6 +336,23 @@ impl<A: Application> SocketIo<A> {
         }
     }
 
+    /// A message under the msgpack parser: every packet is one binary
+    /// message, whole (no attachments follow); a text message is a parse
+    /// error, as for the reference (its decoder fails on a string).
+    fn on_msgpack(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Text(_) => return self.parse_error(session, PacketError::TextWithMsgpack),
+        };
+        let mut decoded = match super::msgpack::decode(&data) {
+            Ok(decoded) => decoded,
+            Err(err) => return self.parse_error(session, err),
+        };
+        let (packet, attachments) = decoded.take();
+        let binary = !attachments.is_empty();
+        self.dispatch(session, packet, attachments, binary);
+    }
+
     fn parse_error(&self, session: &SessionRef<ClientState>, err: impl std::fmt::Display) {
         debug!(sid = %session.sid(), %err, "bad socket.io packet");
         session.close(CloseReason::ParseError);
@@ -331,7 +360,11 @@ impl<A: Application> SocketIo<A> {
 
     fn connect(&self, session: &SessionRef<ClientState>, nsp: &str, auth: &str) {
         if !self.app.has_namespace(nsp) {
-            let _ = session.send(encode_connect_error(nsp, "Invalid namespace", None));
+            let _ = session.send(self.config.parser.encode_connect_error(
+                nsp,
+                "Invalid namespace",
+                None,
+            ));
             failed_connect(session, self.config.limits);
             return;
         }
@@ -414,7 +447,7 @@ fn finish_connect<A: Application>(
         Ok(grant) => grant,
         Err(refusal) => {
             state.end_connect(ns.name(), None);
-            let _ = session.send(encode_connect_error(
+            let _ = session.send(ns.parser().encode_connect_error(
                 ns.name(),
                 &refusal.message,
                 refusal.data.as_ref(),
@@ -457,7 +490,8 @@ fn finish_connect<A: Application>(
             socket.detach();
             return;
         }
-        if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
+        let frame = ns.parser().encode_connect(ns.name(), &answer);
+        if socket.connected() && session.send(frame).is_ok() {
             app.on_connect(&socket);
         }
     };
@@ -525,7 +559,10 @@ fn finish_recoverable<A: Application>(
             .map(|r| r.pid.to_string())
             .unwrap_or_default();
         let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
-        if session.send(encode_connect(ns.name(), &answer)).is_err() {
+        if session
+            .send(ns.parser().encode_connect(ns.name(), &answer))
+            .is_err()
+        {
             return;
         }
         socket
@@ -635,7 +672,7 @@ async fn recover(
         socket: socket.clone(),
         from,
         check: true,
-        first: Some(encode_connect(ns.name(), &answer)),
+        first: Some(ns.parser().encode_connect(ns.name(), &answer)),
         done: Some(done),
     });
     if installed.await.unwrap_or(false) {
@@ -680,6 +717,9 @@ impl<A: Application> EngineHandler for SocketIo<A> {
     }
 
     fn on_message(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        if self.config.parser == Parser::Msgpack {
+            return self.on_msgpack(session, message);
+        }
         let state = session.data();
         match message {
             Message::Text(text) => {
