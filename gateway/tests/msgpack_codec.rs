@@ -661,6 +661,37 @@ fn malformed_msgpack_is_refused() {
             to_hex(&bytes)
         );
     }
+    // A key twice in a map of the data (JavaScript keeps the last value:
+    // the JSON would keep both, and the first one's binaries): refused;
+    // also when two keys are the same property name ("1" and 1).
+    for entries in [
+        vec![(s("a"), Mp::Binary(vec![1])), (s("a"), Mp::Nil)],
+        vec![(s("1"), Mp::from(1)), (Mp::from(1), Mp::from(2))],
+    ] {
+        let bytes = event("/", vec![s("m"), Mp::Map(entries.clone())], None);
+        assert_eq!(
+            decode(&bytes).err(),
+            Some(PacketError::Msgpack("a key twice in a map")),
+            "{entries:?}"
+        );
+    }
+    // Binaries in a CONNECT payload (found by the fuzz target: they had
+    // nowhere to go, their placeholders left behind).
+    for binary in [
+        Mp::Binary(vec![1]),
+        Mp::Ext(8, vec![0]),
+        Mp::Ext(0, vec![1, 2]),
+    ] {
+        let auth = map(vec![
+            ("token", s("t")),
+            ("offset", Mp::Array(vec![binary.clone()])),
+        ]);
+        assert_eq!(
+            decode(&client(0, "/", Some(auth), None)).err(),
+            Some(PacketError::UnexpectedBinary),
+            "{binary}"
+        );
+    }
     // `_placeholder` that is not `true` is an ordinary key.
     let (_, _, _, args, bins) = got_event(&event(
         "/",
@@ -877,7 +908,16 @@ fn mp_value() -> impl Strategy<Value = Mp> {
                 ),
                 0..5
             )
-            .prop_map(|kv| Mp::Map(kv.into_iter().map(|(k, v)| (s(&k), v)).collect())),
+            .prop_map(|kv| {
+                // Unique keys (the decoder refuses a key twice).
+                let mut seen = std::collections::HashSet::new();
+                Mp::Map(
+                    kv.into_iter()
+                        .filter(|(k, _)| seen.insert(k.clone()))
+                        .map(|(k, v)| (s(&k), v))
+                        .collect(),
+                )
+            }),
         ]
     })
 }
@@ -996,9 +1036,10 @@ proptest! {
     ) {
         // Binaries have no JSON form of their own in an auth object: the
         // CONNECT keeps placeholders, as the default parser would keep them.
+        let mut seen = std::collections::HashSet::new();
         let entries: Vec<(String, Mp)> = entries
             .into_iter()
-            .filter(|(k, v)| k != "_placeholder" && count_bins(v) == 0)
+            .filter(|(k, v)| k != "_placeholder" && count_bins(v) == 0 && seen.insert(k.clone()))
             .collect();
         let data = Mp::Map(entries.iter().map(|(k, v)| (s(k), v.clone())).collect());
         let bytes = client(0, &nsp, Some(data.clone()), None);

@@ -22,10 +22,11 @@
 //! where a value has no JSON form or would break the placeholders (see
 //! `docs/PROTOCOL_NOTES.md`): nesting past [`MAX_DEPTH`], more than
 //! [`MAX_BINARIES`] binaries, map keys that are not strings, numbers,
-//! booleans or nil, a map with `"_placeholder": true`, reserved or
-//! non-scalar event names, negative ack ids.
+//! booleans or nil, a key twice in a map, a map with `"_placeholder": true`, reserved or
+//! non-scalar event names, negative ack ids, binaries in a CONNECT.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 
@@ -160,7 +161,8 @@ pub fn decode(input: &Bytes) -> Result<Decoded, PacketError> {
     let mut scratch = String::new();
     for _ in 0..entries {
         scratch.clear();
-        let key = r.key(&mut scratch)?;
+        let (key, is_str) = r.key(&mut scratch)?;
+        let key = is_str.then_some(key);
         let mut out = String::new();
         let mut bins = Vec::new();
         let value = r.value(&mut out, &mut bins, 1)?;
@@ -200,6 +202,12 @@ pub fn decode(input: &Bytes) -> Result<Decoded, PacketError> {
     };
     if !valid {
         return Err(PacketError::InvalidPayload);
+    }
+    // A CONNECT payload is the socket's auth, JSON for the application
+    // and the Upstream hook, with nowhere for attachments to go (the
+    // default parser's CONNECT cannot carry binaries either).
+    if kind == CONNECT && !attachments.is_empty() {
+        return Err(PacketError::UnexpectedBinary);
     }
     let id = match id {
         Kind::Undefined => None,
@@ -306,16 +314,16 @@ impl Reader<'_> {
         Ok(String::from_utf8_lossy(self.take(len)?))
     }
 
-    /// A map key, written as a JSON string; returns it when it was a
-    /// string (the packet's own keys are). Numbers, booleans and nil
-    /// become their text as JavaScript's property keys do; other keys are
-    /// refused.
-    fn key(&mut self, out: &mut String) -> Result<Option<String>, PacketError> {
+    /// A map key, written as a JSON string; returns its text and whether
+    /// it was a string (the packet's own keys are). Numbers, booleans and
+    /// nil become their text as JavaScript's property keys do; other keys
+    /// are refused.
+    fn key(&mut self, out: &mut String) -> Result<(String, bool), PacketError> {
         let marker = self.marker()?;
         if let Some(len) = self.str_len(marker)? {
             let key = self.string(len)?.into_owned();
             push_json_str(out, &key);
-            return Ok(Some(key));
+            return Ok((key, true));
         }
         let text = match marker {
             Marker::Null => "null".to_owned(),
@@ -327,7 +335,7 @@ impl Reader<'_> {
             },
         };
         push_json_str(out, &text);
-        Ok(None)
+        Ok((text, false))
     }
 
     fn int(&mut self, marker: Marker) -> Result<Option<i128>, PacketError> {
@@ -422,18 +430,22 @@ impl Reader<'_> {
                 }
                 out.push('{');
                 let mut first = true;
+                // A key twice would leave JSON whose first value (and its
+                // binaries) no reader sees: refused.
+                let mut keys = HashSet::new();
                 for _ in 0..len {
                     let before = out.len();
                     if !first {
                         out.push(',');
                     }
-                    let key = self.key(out)?;
+                    let (key, _) = self.key(out)?;
                     // The gateway's own mark for binaries: a client may
                     // not fake one.
-                    if key.as_deref() == Some("_placeholder")
-                        && self.input.get(self.pos) == Some(&0xc3)
-                    {
+                    if key == "_placeholder" && self.input.get(self.pos) == Some(&0xc3) {
                         return Err(PacketError::IllegalAttachments);
+                    }
+                    if !keys.insert(key) {
+                        return Err(malformed("a key twice in a map"));
                     }
                     out.push(':');
                     if self.value(out, bins, depth + 1)? == Kind::Undefined {
