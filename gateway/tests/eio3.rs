@@ -311,12 +311,12 @@ fn event(body: &str) -> Item {
 // ---------------------------------------------------------------------------
 // Raw protocol
 
-/// Without the flag (the default), an `EIO=3` handshake gets the same
-/// answer as any unsupported revision, as the reference without
-/// `allowEIO3`; with it, only `3` and `4` are taken.
+/// With `--allow-eio3 false`, an `EIO=3` handshake gets the same answer
+/// as any unsupported revision, as the reference without `allowEIO3`; with
+/// it (the default), only `3` and `4` are taken.
 #[tokio::test]
 async fn eio3_is_refused_without_the_flag() {
-    let gw = Gateway::start(&["--namespace", "/"]);
+    let gw = Gateway::start(&["--namespace", "/", "--allow-eio3", "false"]);
     for q in ["EIO=3&transport=polling", "EIO=3&transport=polling&b64=1"] {
         let resp = get(&gw.addr, &format!("{SIO}?{q}")).await;
         assert_eq!(resp.status, 400, "{q}");

@@ -133,7 +133,7 @@ async fn error_table() {
         ),
         (
             "GET",
-            "/socket.io/?EIO=3&transport=polling",
+            "/socket.io/?EIO=2&transport=polling",
             400,
             r#"{"code":5,"message":"Unsupported protocol version"}"#,
         ),
@@ -479,7 +479,7 @@ async fn websocket_upgrade_errors_are_plain_400s() {
     let gw = Gateway::start_suite();
     for pq in [
         "/socket.io/?EIO=4&transport=websocket&sid=nope",
-        "/socket.io/?EIO=3&transport=websocket",
+        "/socket.io/?EIO=2&transport=websocket",
         "/socket.io/?EIO=4&transport=foo",
     ] {
         let resp = request(

@@ -5,8 +5,10 @@
 pub mod app;
 pub mod client;
 pub mod fabric;
+pub mod msgpack;
 pub mod namespace;
 pub mod packet;
+pub mod parser;
 pub mod recovery;
 pub mod server;
 pub mod socket;
@@ -17,6 +19,7 @@ pub use client::ClientState;
 pub use fabric::{Fabric, LocalFabric, RoomReceipt};
 pub use namespace::{Namespace, SocketLimits, Target};
 pub use packet::Payload;
+pub use parser::Parser;
 pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use socket::{

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
-use super::packet::{encode_event, Payload};
+use super::packet::Payload;
+use super::parser::Parser;
 use super::recovery::Recovery;
 use super::socket::{Socket, SocketRef};
 
@@ -15,6 +16,8 @@ type Members = HashMap<Sid, SocketRef>;
 
 pub struct Namespace {
     limits: SocketLimits,
+    /// The wire form its packets are written in.
+    parser: Parser,
     name: Box<str>,
     fabric: Arc<dyn Fabric>,
     /// With connection state recovery on, emits go through its log.
@@ -78,9 +81,11 @@ impl Namespace {
         fabric: Arc<dyn Fabric>,
         recovery: Option<Arc<Recovery>>,
         limits: SocketLimits,
+        parser: Parser,
     ) -> Arc<Namespace> {
         Arc::new(Namespace {
             limits,
+            parser,
             name: name.into(),
             fabric,
             recovery,
@@ -96,6 +101,11 @@ impl Namespace {
     /// What clients may do with its sockets.
     pub fn limits(&self) -> SocketLimits {
         self.limits
+    }
+
+    /// The wire form of its packets (the gateway's `--parser`).
+    pub fn parser(&self) -> Parser {
+        self.parser
     }
 
     /// The seam to the other nodes.
@@ -215,7 +225,7 @@ impl Namespace {
             recovery.append(super::recovery::entry(&self.name, target, event, args));
             return reached;
         }
-        let frames = encode_event(&self.name, event, args, None);
+        let frames = self.parser.encode_event(&self.name, event, args, None);
         self.fabric.publish(&self.name, target, &frames);
         self.send_frames(target, &frames)
     }
@@ -373,6 +383,7 @@ pub(crate) mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            Parser::Default,
         );
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
         a.join("r1").expect("join");
@@ -421,6 +432,7 @@ pub(crate) mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            Parser::Default,
         );
         let a = socket(&ns);
         let b = socket(&ns);
@@ -450,6 +462,7 @@ pub(crate) mod tests {
                 max_room_name: 8,
                 ..SocketLimits::default()
             },
+            Parser::Default,
         );
         let a = socket(&ns);
         a.join("one").expect("join");

@@ -80,6 +80,10 @@ pub enum PacketError {
     UnexpectedBinary,
     #[error("text packet while binary attachments were expected")]
     UnexpectedText,
+    #[error("text packet: this gateway speaks msgpack")]
+    TextWithMsgpack,
+    #[error("malformed msgpack packet: {0}")]
+    Msgpack(&'static str),
 }
 
 /// A decoded packet from a client.

@@ -37,7 +37,7 @@ use crate::store::recovery::{Offset, Record, RecoveryStore, StateWrite, Tail};
 
 use super::fabric::Fabric;
 use super::namespace::{Namespace, Target};
-use super::packet::{encode_event, encode_recoverable, Payload};
+use super::packet::Payload;
 use super::socket::SocketRef;
 
 /// The offset argument of an event delivered while the log could not be
@@ -1025,9 +1025,10 @@ fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &st
     let target = target_of(entry);
     let args = payload_of(entry);
     let deliver = |ns: &Namespace| {
-        let frames = encode_recoverable(ns.name(), &entry.event, &args, offset);
+        let parser = ns.parser();
+        let frames = parser.encode_recoverable(ns.name(), &entry.event, &args, offset);
         ns.send_recoverable(&target, &frames, || {
-            encode_event(ns.name(), &entry.event, &args, None)
+            parser.encode_event(ns.name(), &entry.event, &args, None)
         });
     };
     if entry.namespace.is_empty() {
@@ -1105,16 +1106,17 @@ fn replay(
         if !targets(&entry, record.offset, socket) {
             continue;
         }
-        let nsp = socket.namespace().name();
+        let ns = socket.namespace();
         let frames = if socket.takes_offsets() {
-            encode_recoverable(
-                nsp,
+            ns.parser().encode_recoverable(
+                ns.name(),
                 &entry.event,
                 &payload_of(&entry),
                 &record.offset.to_string(),
             )
         } else {
-            encode_event(nsp, &entry.event, &payload_of(&entry), None)
+            ns.parser()
+                .encode_event(ns.name(), &entry.event, &payload_of(&entry), None)
         };
         missed.push(frames);
     }
@@ -1241,6 +1243,7 @@ mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            crate::socketio::Parser::Default,
         );
         let socket = recoverable_socket(&ns);
         let other = recoverable_socket(&ns);

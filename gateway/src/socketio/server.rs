@@ -21,7 +21,8 @@ use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::fabric::Fabric;
 use super::namespace::{Namespace, SocketLimits};
-use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
+use super::packet::{decode, Packet, PacketError, Payload};
+use super::parser::Parser;
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
 use super::socket::{
     is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
@@ -36,6 +37,8 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// What clients may do with sockets (rooms, names, CONNECTs).
     pub limits: SocketLimits,
+    /// The wire form of every namespace (`--parser`).
+    pub parser: Parser,
 }
 
 impl Default for SocketIoConfig {
@@ -43,6 +46,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
             limits: SocketLimits::default(),
+            parser: Parser::Default,
         }
     }
 }
@@ -52,6 +56,7 @@ struct Namespaces {
     fabric: Arc<dyn Fabric>,
     recovery: Option<Arc<Recovery>>,
     limits: SocketLimits,
+    parser: Parser,
     map: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
 }
 
@@ -89,6 +94,7 @@ impl Namespaces {
                     self.fabric.clone(),
                     self.recovery.clone(),
                     self.limits,
+                    self.parser,
                 )
             })
             .clone()
@@ -124,6 +130,7 @@ impl<A: Application> SocketIo<A> {
             fabric: fabric.clone(),
             recovery: recovery.clone(),
             limits: config.limits,
+            parser: config.parser,
             map: RwLock::new(HashMap::new()),
         });
         if let Some(recovery) = &recovery {
@@ -145,6 +152,11 @@ impl<A: Application> SocketIo<A> {
 
     pub fn recovery(&self) -> Option<&Arc<Recovery>> {
         self.recovery.as_ref()
+    }
+
+    /// The wire form every namespace speaks.
+    pub fn parser(&self) -> Parser {
+        self.config.parser
     }
 
     /// The namespace, if any client ever joined it.
@@ -332,6 +344,23 @@ impl<A: Application> SocketIo<A> {
         }
     }
 
+    /// A message under the msgpack parser: every packet is one binary
+    /// message, whole (no attachments follow); a text message is a parse
+    /// error, as for the reference (its decoder fails on a string).
+    fn on_msgpack(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Text(_) => return self.parse_error(session, PacketError::TextWithMsgpack),
+        };
+        let mut decoded = match super::msgpack::decode(&data) {
+            Ok(decoded) => decoded,
+            Err(err) => return self.parse_error(session, err),
+        };
+        let (packet, attachments) = decoded.take();
+        let binary = !attachments.is_empty();
+        self.dispatch(session, packet, attachments, binary);
+    }
+
     fn parse_error(&self, session: &SessionRef<ClientState>, err: impl std::fmt::Display) {
         debug!(sid = %session.sid(), %err, "bad socket.io packet");
         session.close(CloseReason::ParseError);
@@ -339,7 +368,11 @@ impl<A: Application> SocketIo<A> {
 
     fn connect(&self, session: &SessionRef<ClientState>, nsp: &str, auth: &str) {
         if !self.app.has_namespace(nsp) {
-            let _ = session.send(encode_connect_error(nsp, "Invalid namespace", None));
+            let _ = session.send(self.config.parser.encode_connect_error(
+                nsp,
+                "Invalid namespace",
+                None,
+            ));
             failed_connect(session, self.config.limits);
             return;
         }
@@ -423,12 +456,13 @@ fn finish_connect<A: Application>(
         Ok(grant) => grant,
         Err(refusal) => {
             state.end_connect(ns.name(), None);
-            let encode = if v2::is_v2(session) {
-                v2::connect_error
+            let frame = if v2::is_v2(session) {
+                v2::connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
             } else {
-                encode_connect_error
+                ns.parser()
+                    .encode_connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
             };
-            let _ = session.send(encode(ns.name(), &refusal.message, refusal.data.as_ref()));
+            let _ = session.send(frame);
             failed_connect(session, ns.limits());
             return;
         }
@@ -460,7 +494,8 @@ fn finish_connect<A: Application>(
     let answer = if v2::is_v2(session) {
         v2::connected(ns.name())
     } else {
-        encode_connect(ns.name(), &format!("{{\"sid\":\"{}\"}}", socket.id()))
+        ns.parser()
+            .encode_connect(ns.name(), &format!("{{\"sid\":\"{}\"}}", socket.id()))
     };
     let (ns, session) = (ns.clone(), session.clone());
     // The namespace stays "connecting" (so the session is not handed off)
@@ -549,7 +584,7 @@ fn finish_recoverable<A: Application>(
                 .map(|r| r.pid.to_string())
                 .unwrap_or_default();
             let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
-            encode_connect(ns.name(), &answer)
+            ns.parser().encode_connect(ns.name(), &answer)
         };
         if session.send(answer).is_err() {
             return;
@@ -661,7 +696,7 @@ async fn recover(
         socket: socket.clone(),
         from,
         check: true,
-        first: Some(encode_connect(ns.name(), &answer)),
+        first: Some(ns.parser().encode_connect(ns.name(), &answer)),
         done: Some(done),
     });
     if installed.await.unwrap_or(false) {
@@ -712,6 +747,9 @@ impl<A: Application> EngineHandler for SocketIo<A> {
     }
 
     fn on_message(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        if self.config.parser == Parser::Msgpack {
+            return self.on_msgpack(session, message);
+        }
         let state = session.data();
         match message {
             Message::Text(text) => {

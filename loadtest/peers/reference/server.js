@@ -7,12 +7,14 @@
 //                  [--namespace / --namespace /custom ...]
 //                  [--ping-interval MS] [--ping-timeout MS]
 //                  [--max-payload BYTES] [--cors-origin ORIGIN] [--recovery]
-//                  [--redis redis://127.0.0.1:6379/] [--allow-eio3]
+//                  [--redis redis://127.0.0.1:6379/] [--allow-eio3] [--parser msgpack]
 //
 // Every flag can also be given by environment variable: HOST, PORT, SIO_PATH,
 // NAMESPACES (comma separated), PING_INTERVAL, PING_TIMEOUT, MAX_PAYLOAD,
-// CORS_ORIGIN, RECOVERY=1, REDIS_URL, ALLOW_EIO3=1. Flags win over the
-// environment. `--allow-eio3` takes Socket.IO v2 clients (allowEIO3).
+// CORS_ORIGIN, RECOVERY=1, REDIS_URL, ALLOW_EIO3=1, PARSER. Flags win over
+// the environment. `--allow-eio3` takes Socket.IO v2 clients (allowEIO3);
+// `--parser msgpack` speaks socket.io-msgpack-parser (as Ringway's
+// `--parser msgpack`).
 // `--redis URL` turns the Redis adapter (@socket.io/redis-adapter over the
 // `redis` client) on, for multi-node runs: room emits and broadcasts reach
 // the sockets of every node started with the same Redis. With `--recovery`
@@ -43,6 +45,7 @@ function parseArgs(argv, env) {
     recovery: env.RECOVERY === '1' || env.RECOVERY === 'true',
     redis: env.REDIS_URL || null,
     allowEio3: env.ALLOW_EIO3 === '1' || env.ALLOW_EIO3 === 'true',
+    parser: env.PARSER || 'default',
   };
   let cliNamespaces = null;
   for (let i = 0; i < argv.length; i++) {
@@ -76,11 +79,13 @@ function parseArgs(argv, env) {
       case '--recovery': opts.recovery = true; break;
       case '--redis': opts.redis = next(); break;
       case '--allow-eio3': opts.allowEio3 = true; break;
+      case '--parser': opts.parser = next(); break;
       case '-h': case '--help': usage(null); break;
       default: usage(`unknown argument: ${arg}`);
     }
   }
   if (cliNamespaces) opts.namespaces = cliNamespaces;
+  if (opts.parser !== 'default' && opts.parser !== 'msgpack') usage(`unknown parser: ${opts.parser}`);
   if (opts.namespaces.length === 0) opts.namespaces = ['/'];
   opts.namespaces = opts.namespaces.map((n) => (n.startsWith('/') ? n : '/' + n));
   return opts;
@@ -90,7 +95,7 @@ function usage(err) {
   const text =
     'usage: node server.js [--host H] [--port P] [--path /socket.io/] [--namespace NS]...\n' +
     '                      [--ping-interval MS] [--ping-timeout MS] [--max-payload BYTES]\n' +
-    '                      [--cors-origin ORIGIN] [--recovery] [--redis URL] [--allow-eio3]\n';
+    '                      [--cors-origin ORIGIN] [--recovery] [--redis URL] [--allow-eio3] [--parser msgpack]\n';
   if (err) {
     process.stderr.write(`server.js: ${err}\n${text}`);
     process.exit(2);
@@ -278,6 +283,7 @@ async function main() {
     serveClient: false,
     connectionStateRecovery: opts.recovery ? {} : undefined,
     adapter: redis ? redis.adapter : undefined,
+    parser: opts.parser === 'msgpack' ? require('socket.io-msgpack-parser') : undefined,
   });
   const served = new Set(opts.namespaces);
   if (!served.has('/')) {
