@@ -37,6 +37,16 @@ impl std::fmt::Debug for Secret {
 
 pub use ringway_telemetry::LogFormat;
 
+/// The Socket.IO wire form (`--parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParserKind {
+    /// The default parser (`socket.io-parser`): text packets, binaries as
+    /// attachments.
+    Default,
+    /// `socket.io-msgpack-parser`: each packet one msgpack binary message.
+    Msgpack,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ringway-gateway",
@@ -101,6 +111,23 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_MAX_POLL_PACKETS", default_value_t = 16)]
     pub max_poll_packets: usize,
 
+    /// Take Socket.IO v2 clients (Engine.IO v3, `EIO=3`), as the reference
+    /// server's allowEIO3 (on by default here, so that every official
+    /// client version works unchanged); `--allow-eio3 false` refuses their
+    /// handshakes with "Unsupported protocol version". Not with `--parser
+    /// msgpack` (v2 clients speak the text parser). The value (and the
+    /// variable) takes true/false, 1/0, yes/no or on/off.
+    #[arg(
+        long = "allow-eio3",
+        env = "RINGWAY_ALLOW_EIO3",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "true",
+        default_missing_value = "true"
+    )]
+    pub allow_eio3: bool,
+
     /// Allowed CORS origins (repeatable, or comma-separated); `*` allows
     /// any origin. None: no CORS headers are sent.
     #[arg(
@@ -122,6 +149,12 @@ pub struct Config {
         default_value = "/"
     )]
     pub namespaces: Vec<String>,
+
+    /// Socket.IO parser of every namespace: `default` (socket.io-parser)
+    /// or `msgpack` (socket.io-msgpack-parser; clients must be created
+    /// with that parser). Every gateway of a cluster must use the same.
+    #[arg(long, env = "RINGWAY_PARSER", value_enum, default_value = "default")]
+    pub parser: ParserKind,
 
     /// Serve the chat demo page at /demo/ (docs/DEMO.md): static files in
     /// the binary, chatting through the echo application's rooms. The
@@ -188,9 +221,11 @@ pub struct Config {
     /// Connection state recovery: milliseconds after a disconnection
     /// during which a client gets its socket (id, rooms, data) back with
     /// every event it missed (the reference's maxDisconnectionDuration).
-    /// Recoverable events then carry their offset as a last argument. 0
-    /// turns recovery off.
-    #[arg(long, env = "RINGWAY_RECOVERY_WINDOW", default_value_t = 120_000)]
+    /// Recoverable events then carry their offset as a last argument, which
+    /// clients without recovery (python-socketio, socket.io-client before
+    /// 4.6) hand to their handlers; so it is off by default, as in the
+    /// reference (0: off; 120000 is the reference's usual window).
+    #[arg(long, env = "RINGWAY_RECOVERY_WINDOW", default_value_t = 0)]
     pub recovery_window: u64,
 
     /// Most entries the recovery log keeps (the whole cluster's
@@ -802,6 +837,8 @@ impl Config {
             },
             body_timeout: Duration::from_millis(self.body_read_timeout),
             max_body_buffer: self.max_body_buffer,
+            // v2 clients speak the text parser only.
+            allow_eio3: self.allow_eio3 && self.parser == ParserKind::Default,
         }
     }
 
@@ -827,6 +864,10 @@ impl Config {
                 max_room_name: self.max_room_name,
                 max_event_name: self.max_event_name,
                 max_failed_connects: self.max_failed_connects,
+            },
+            parser: match self.parser {
+                ParserKind::Default => crate::socketio::Parser::Default,
+                ParserKind::Msgpack => crate::socketio::Parser::Msgpack,
             },
         }
     }

@@ -436,7 +436,13 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         println!("ringway-gateway grpc listening on {grpc_addr}");
     }
 
-    info!(%addr, path = %config.path, node = %node_id, "ringway-gateway listening");
+    info!(
+        %addr,
+        path = %config.path,
+        node = %node_id,
+        parser = config.socketio().parser.as_str(),
+        "ringway-gateway listening"
+    );
     // Tests and scripts read the bound address from this line.
     println!("ringway-gateway listening on http://{addr}");
     let _ = std::io::stdout().flush();

@@ -1270,3 +1270,151 @@ proptest! {
         prop_assert_eq!(parse(&a), Value::Array(args));
     }
 }
+
+// ===========================================================================
+// Engine.IO v3 (Socket.IO v2 clients, `--allow-eio3`): polling payloads in
+// the text form (`<length>:<packet>`, lengths in UTF-16 units) and the
+// binary form, and WebSocket binary messages with their type byte.
+
+mod v3 {
+    use super::*;
+    use ringway_gateway::engineio::payload_v3::{
+        base64_message, binary_message, decode_binary_message, decode_item as decode_item_v3,
+        decode_payload as decode_v3, encode_payload as encode_v3,
+    };
+
+    /// Text a v3 message may carry: anything (v3 has no separator).
+    fn v3_text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), tricky_string()]
+    }
+
+    fn v3_msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            3 => v3_text().prop_map(Msg::Text),
+            2 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Msg::Binary),
+            1 => prop::sample::select(vec![Frame::CLOSE, Frame::PING, Frame::PONG, Frame::NOOP])
+                .prop_map(Msg::Control),
+        ]
+    }
+
+    fn frame_of(m: &Msg) -> Frame {
+        match m {
+            Msg::Text(s) => Frame::message(s),
+            Msg::Binary(b) => Frame::binary(Bytes::copy_from_slice(b)),
+            Msg::Control(c) => Frame::control(c),
+        }
+    }
+
+    fn item_of(m: &Msg) -> PayloadItem<'_> {
+        match m {
+            Msg::Text(s) => PayloadItem::Packet(EioPacket::Message(s.as_str())),
+            Msg::Binary(b) => PayloadItem::Binary(Bytes::copy_from_slice(b)),
+            Msg::Control(c) => PayloadItem::Packet(decode_text(c).unwrap()),
+        }
+    }
+
+    #[test]
+    fn v3_payload_examples() {
+        // The reference's examples: `<length>:<packet>`, `0:` empty.
+        let got: Vec<_> = decode_v3(b"6:4hello2:4x0:1:2", false).collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(PayloadItem::Packet(EioPacket::Message("hello"))),
+                Ok(PayloadItem::Packet(EioPacket::Message("x"))),
+                Ok(PayloadItem::Packet(EioPacket::Ping)),
+            ]
+        );
+        assert_eq!(
+            decode_v3(b"", false).collect::<Vec<_>>(),
+            vec![Err(DecodeError::Empty)]
+        );
+        let (body, binary) = encode_v3(&[Frame::message("😀")], true);
+        assert!(!binary);
+        assert_eq!(&body[..], "3:4😀".as_bytes());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_v3_decode_never_panics_and_stops_at_the_first_error(
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            binary in any::<bool>(),
+        ) {
+            let got = std::panic::catch_unwind(|| {
+                decode_v3(&body, binary).map(|i| i.is_err()).collect::<Vec<bool>>()
+            });
+            let errors = got.expect("decode_payload (v3) panicked");
+            if let Some(pos) = errors.iter().position(|e| *e) {
+                prop_assert_eq!(pos, errors.len() - 1);
+            }
+        }
+
+        #[test]
+        fn prop_v3_decode_never_panics_on_plausible_text(
+            parts in prop::collection::vec((0usize..40, v3_text()), 0..6),
+        ) {
+            let body: String = parts.iter().map(|(n, s)| format!("{n}:{s}")).collect();
+            let got = std::panic::catch_unwind(|| decode_v3(body.as_bytes(), false).count());
+            prop_assert!(got.is_ok(), "panicked on {:?}", body);
+        }
+
+        #[test]
+        fn prop_v3_payload_round_trip(
+            msgs in prop::collection::vec(v3_msg(), 1..12),
+            b64 in any::<bool>(),
+        ) {
+            let frames: Vec<Frame> = msgs.iter().map(frame_of).collect();
+            let (body, binary) = encode_v3(&frames, b64);
+            let has_binary = msgs.iter().any(|m| matches!(m, Msg::Binary(_)));
+            prop_assert_eq!(binary, !b64 && has_binary);
+            let got: Vec<_> = decode_v3(&body, binary).collect();
+            prop_assert_eq!(got.len(), msgs.len());
+            for (m, item) in msgs.iter().zip(got) {
+                prop_assert_eq!(item, Ok(item_of(m)));
+            }
+        }
+
+        #[test]
+        fn prop_v3_text_lengths_are_utf16_units(s in v3_text()) {
+            let (body, _) = encode_v3(&[Frame::message(&s)], true);
+            let expected = format!("{}:4{s}", s.encode_utf16().count() + 1);
+            prop_assert_eq!(&body[..], expected.as_bytes());
+        }
+
+        #[test]
+        fn prop_v3_truncated_payloads_keep_a_prefix(
+            msgs in prop::collection::vec(v3_msg(), 1..8),
+            b64 in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let frames: Vec<Frame> = msgs.iter().map(frame_of).collect();
+            let (body, binary) = encode_v3(&frames, b64);
+            let at = cut.index(body.len());
+            let items: Vec<_> = decode_v3(&body[..at], binary).collect();
+            // What decodes is a prefix of what was sent (the truncated
+            // packet, if any, is an error or a shorter binary message).
+            for (m, item) in msgs.iter().zip(&items) {
+                if let Ok(item) = item {
+                    if let (Msg::Binary(_), PayloadItem::Binary(_)) = (m, item) {
+                        continue;
+                    }
+                    if let (Msg::Text(_), PayloadItem::Packet(EioPacket::Message(_))) = (m, item) {
+                        continue;
+                    }
+                    prop_assert_eq!(item.clone(), item_of(m));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_v3_websocket_binary_round_trip(b in prop::collection::vec(any::<u8>(), 0..300)) {
+            let msg = binary_message(&b);
+            prop_assert_eq!(msg[0], 4);
+            prop_assert_eq!(decode_binary_message(&msg), Ok(Bytes::copy_from_slice(&b)));
+            let text = base64_message(&b);
+            prop_assert_eq!(decode_item_v3(&text), bin(&b));
+        }
+    }
+}

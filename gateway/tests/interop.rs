@@ -150,10 +150,12 @@ fn every_js_scenario_is_run() {
         .output()
         .expect("node");
     let listed = String::from_utf8_lossy(&out.stdout);
-    // The cluster scenarios run through nginx in cluster_interop.rs.
+    // The cluster scenarios run through nginx in cluster_interop.rs, the
+    // msgpack one in msgpack.rs.
     let source = [
         include_str!("interop.rs"),
         include_str!("cluster_interop.rs"),
+        include_str!("msgpack.rs"),
     ]
     .concat();
     for name in listed

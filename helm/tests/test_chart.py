@@ -1135,6 +1135,7 @@ BAD_VALUES = {
     "sentinel redis url": {"redis": {"url": "redis+sentinel://sentinel:26379/mymaster"}},
     "negative port": {"gateway": {"ports": {"http": -1}}},
     "namespace without slash": {"gateway": {"config": {"namespaces": ["chat"]}}},
+    "unknown parser": {"gateway": {"config": {"parser": "json"}}},
     "bad pdb": {"podDisruptionBudget": {"maxUnavailable": "half"}},
     "comma in a resource attribute": {"telemetry": {"resourceAttributes": {"team": "a,b"}}},
     "extra arg that is no flag": {"gateway": {"extraArgs": ["verbose"]}},
@@ -1144,6 +1145,7 @@ BAD_VALUES = {
     "unknown cluster.tls key": {"cluster": {"tls": {"enabled": True, "issuer": "ca"}}},
     "unknown issuerRef key": {"cluster": {"tls": {"certManager": {"issuerRef": {"namespace": "x"}}}}},
     "insecure as a string": {"cluster": {"insecure": "true"}},
+    "allowEio3 as a string": {"gateway": {"config": {"allowEio3": "yes"}}},
     "server name with a port": {"cluster": {"tls": {"serverName": "ringway:7100"}}},
     "bad certificate duration": {"cluster": {"tls": {"certManager": {"duration": "90d"}}}},
     "metrics port out of range": {"gateway": {"ports": {"metrics": 70000}}},
@@ -1398,6 +1400,17 @@ def test_coordinator_dashboard_flag_and_probes(chart, tmp_path):
     assert {"grpc"} == {p["name"] for p in svc["spec"]["ports"]}
 
 
+def test_parser_reaches_every_gateway(chart):
+    """One parser per release: the flag on every gateway, the default
+    parser unless set."""
+    for values, expected in (({}, "--parser=default"),
+                             ({"gateway": {"config": {"parser": "msgpack"}}}, "--parser=msgpack")):
+        docs = render_docs(chart, values)
+        gw = container(one(docs, "Deployment", GATEWAY), "gateway")
+        assert [a for a in gw["args"] if a.startswith("--parser")] == [expected]
+    assert helm_values(chart, "defaults")["gateway"]["config"]["parser"] == "default"
+
+
 def test_recovery_settings_reach_the_gateways(chart):
     docs = render_docs(chart, {})
     gw = container(one(docs, "Deployment", GATEWAY), "gateway")
@@ -1406,6 +1419,25 @@ def test_recovery_settings_reach_the_gateways(chart):
     off = {"gateway": {"config": {"recoveryWindowMs": 0, "recoveryMaxLog": 500}}}
     gw = container(one(render_docs(chart, off), "Deployment", GATEWAY), "gateway")
     assert "--recovery-window=0" in gw["args"] and "--recovery-max-log=500" in gw["args"]
+
+
+def test_allow_eio3_reaches_the_gateways(chart, tmp_path):
+    """gateway.config.allowEio3: on by default (no flag: the binary takes
+    Socket.IO v2 clients by default); off, `--allow-eio3=false`, which the
+    real binary takes."""
+    docs = render_docs(chart, {})
+    dep = one(docs, "Deployment", GATEWAY)
+    gw = container(dep, "gateway")
+    assert not [a for a in gw["args"] if a.startswith("--allow-eio3")]
+    out = run_check_config(binary("ringway-gateway"), gw, pod_env(gw), secret_files(docs, dep, gw, tmp_path))
+    assert "allow_eio3: true," in out
+    docs = render_docs(chart, {"gateway": {"config": {"allowEio3": False}}})
+    dep = one(docs, "Deployment", GATEWAY)
+    gw = container(dep, "gateway")
+    assert gw["args"].count("--allow-eio3=false") == 1
+    (tmp_path / "off").mkdir()
+    out = run_check_config(binary("ringway-gateway"), gw, pod_env(gw), secret_files(docs, dep, gw, tmp_path / "off"))
+    assert "allow_eio3: false," in out
 
 
 def test_limits_reach_the_gateways(chart, tmp_path):
@@ -1850,6 +1882,7 @@ def test_helm_test_pod(chart, name):
     echo = not values["upstream"]["url"] and values["auth"]["jwt"]["algorithm"] == "none"
     assert env["RINGWAY_ECHO"] == ("true" if echo else "false")
     assert env["RINGWAY_TIMEOUT"] == str(values["tests"]["timeoutSeconds"])
+    assert env["RINGWAY_PARSER"] == values["gateway"]["config"]["parser"]
     # Nothing of the release selects the test pod (Services, PDB, HPA).
     labels = meta["labels"]
     assert labels["app.kubernetes.io/component"] == "test"
@@ -1893,7 +1926,7 @@ def curl() -> str:
 # alone (no coordinator, no Redis): the echo application, in-memory
 # registry and recovery log.
 CLIENT_FLAGS = ("--path", "--namespace", "--recovery-window", "--recovery-max-log", "--ping-interval",
-                "--ping-timeout", "--max-payload", "--max-queued-bytes", "--connect-timeout")
+                "--ping-timeout", "--max-payload", "--max-queued-bytes", "--connect-timeout", "--parser")
 
 
 class Gateway:
@@ -1973,6 +2006,16 @@ TEST_SCRIPT_CASES = {
     ),
     # An upstream application: /readyz and a handshake only.
     "upstream": (VALUE_SETS["upstream"], "--upstream=", "PASS: /readyz and an Engine.IO handshake"),
+    # The msgpack parser: the script speaks it (binary packets, base64 on
+    # polling), recovery on.
+    "msgpack": (
+        {"gateway": {"config": {"parser": "msgpack"}}}, "--parser=msgpack",
+        "echo received (msgpack), with its recovery offset",
+    ),
+    "msgpack-recovery-off-namespace": (
+        {"gateway": {"config": {"parser": "msgpack", "recoveryWindowMs": 0, "namespaces": ["/chat"]}}},
+        "--parser=msgpack", "  echo received (msgpack)\nPASS: /readyz, a Socket.IO session on namespace /chat",
+    ),
 }
 
 
@@ -2008,6 +2051,21 @@ def test_helm_test_script_fails_when_it_should(chart, tmp_path):
             assert proc.returncode != 0 and "FAIL: handshake" in proc.stderr
     proc = run_test_pod_script(pod, f"http://127.0.0.1:{free_port()}", shells()[0], RINGWAY_TIMEOUT="3")
     assert proc.returncode != 0 and "/readyz never answered" in proc.stderr
+    # msgpack: a refused CONNECT; and a text client against msgpack
+    # gateways (its CONNECT closes the session).
+    docs = render_docs(chart, {"gateway": {"config": {"parser": "msgpack"}}})
+    pod = hook_pod(docs)
+    gw_args = container(one(docs, "Deployment", GATEWAY), "gateway")["args"]
+    with Gateway(gw_args, tmp_path) as gateway:
+        for shell in shells():
+            proc = run_test_pod_script(pod, gateway.url, shell, RINGWAY_NSP="/nobody")
+            assert proc.returncode != 0 and "FAIL: CONNECT refused: " in proc.stderr, proc.stderr
+            assert "message.Invalid namespace" in proc.stderr
+            proc = run_test_pod_script(pod, gateway.url, shell, RINGWAY_PARSER="default", RINGWAY_TIMEOUT="5")
+            assert proc.returncode != 0, proc.stdout
+            # The session is gone: the close packet, or an unknown sid.
+            assert ("FAIL: the server closed the session" in proc.stderr
+                    or "Session ID unknown" in proc.stderr), proc.stderr
 
 
 # --- topology spread, probes, escape hatches -------------------------------------------

@@ -11,7 +11,10 @@
 # `cargo build --release -p ringway-gateway -p ringway-coordinator` when
 # missing; `--debug`: target/debug, `--bin-dir DIR`: DIR, never built here).
 # Arguments after `--`
-# go to every gateway (e.g. `-- --ping-interval 5000`). It waits until every
+# go to every gateway (e.g. `-- --ping-interval 5000`). Connection state
+# recovery is on (`--recovery-window 120000`, the cluster quick start's
+# choice; the binary's default is off) unless the arguments set
+# `--recovery-window` themselves (`-- --recovery-window 0`). It waits until every
 # gateway is in the coordinator's view, then writes the state file
 # (default target/cluster/state.env, a shell fragment to `source`):
 #
@@ -193,13 +196,19 @@ do_up() {
   echo "COORD_HTTP=${line##* }" >>"$tmp"
   echo "NODES=$nodes" >>"$tmp"
 
+  # Recovery on unless the caller chose.
+  local recovery_args=(--recovery-window 120000) arg
+  for arg in "${gateway_args[@]}"; do
+    case "$arg" in --recovery-window|--recovery-window=*) recovery_args=() ;; esac
+  done
+
   local pids="" urls="" i
   for i in $(seq "$nodes"); do
     local log="$state_dir/n$i.log"
     RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-gateway" --listen 127.0.0.1:0 \
       --grpc-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --node-id "n$i" \
       --coordinator "$coord_addr" --redis-url "$redis_url" \
-      --cluster-secret-file "$secret" "${gateway_args[@]}" >"$log" 2>&1 &
+      --cluster-secret-file "$secret" "${recovery_args[@]}" "${gateway_args[@]}" >"$log" 2>&1 &
     local pid=$!
     echo "NODE${i}_PID=$pid" >>"$tmp"
     line=$(wait_line "$log" 'ringway-gateway grpc listening on' 30 "$pid")

@@ -522,7 +522,7 @@ fn cluster_upgrade_hands_sessions_off() {
 /// lost, repeated or reordered.
 #[test]
 fn cluster_chaos_recovers_a_killed_nodes_receivers() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_with(&["--recovery-window", "120000"]);
     let killed = cluster.nodes[2].child.id().to_string();
     let r = run_on(
         &cluster.servers(),

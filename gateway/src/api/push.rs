@@ -28,7 +28,7 @@ use tracing::{debug, Instrument};
 
 use crate::cluster::{Cluster, Routed};
 use crate::engineio::{BoxFuture, Engine, Sid};
-use crate::socketio::packet::{encode_event, RESERVED_EVENTS};
+use crate::socketio::packet::RESERVED_EVENTS;
 use crate::socketio::{
     is_hidden_room, user_room, AckError, Application, Namespace, Payload, Recovery, SocketIo,
     SocketRef, Target,
@@ -302,10 +302,10 @@ impl<A: Application> LocalPush<A> {
         // Encoded once per namespace, the same bytes for every socket.
         let mut encoded: BTreeMap<String, Vec<crate::engineio::Frame>> = BTreeMap::new();
         Ok(self.each(scope, |socket| {
-            let ns = socket.namespace().name();
+            let ns = socket.namespace();
             let frames = encoded
-                .entry(ns.to_owned())
-                .or_insert_with(|| encode_event(ns, &req.event, &args, None));
+                .entry(ns.name().to_owned())
+                .or_insert_with(|| ns.parser().encode_event(ns.name(), &req.event, &args, None));
             if req.volatile && !socket.session().queue_is_empty() {
                 return false;
             }
@@ -605,7 +605,10 @@ impl<A: Application> PushService<A> {
     fn begin_emit(&self, req: EmitRequest) -> Result<Begun, Status> {
         let target = target_of(&req.target)?.clone();
         let args = payload(&req.event, &req.args_json, &req.attachments)?;
-        let size: usize = encode_event(namespace_name(&req.namespace), &req.event, &args, None)
+        // Measured in the wire form the clients get.
+        let parser = self.local.engine.handler().parser();
+        let size: usize = parser
+            .encode_event(namespace_name(&req.namespace), &req.event, &args, None)
             .iter()
             .map(|f| f.wire_len())
             .sum();

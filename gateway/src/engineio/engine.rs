@@ -23,7 +23,8 @@ use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
 use super::errors::RequestError;
 use super::handler::{EngineHandler, Message};
 use super::packet::{Frame, Packet};
-use super::payload::{decode_item, decode_payload, PayloadItem};
+use super::payload::{decode_for, decode_item_for, PayloadItem, PollBody};
+use super::protocol::{Framing, Protocol};
 use super::query::EngineQuery;
 use super::session::{
     BeginError, CloseReason, Handshake, HeldAnswer, PollGuard, PollOutcome, PostGuard, Session,
@@ -66,6 +67,10 @@ pub struct EngineConfig {
     /// Bytes of POST bodies being read at once, node-wide; a POST waits
     /// (within its body timeout) for its share.
     pub max_body_buffer: usize,
+    /// Engine.IO v3 handshakes (`EIO=3`, Socket.IO v2 clients) are taken
+    /// (the reference's `allowEIO3`); without it they get "Unsupported
+    /// protocol version".
+    pub allow_eio3: bool,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +89,7 @@ impl Default for EngineConfig {
             admission: AdmissionConfig::default(),
             body_timeout: Duration::from_secs(10),
             max_body_buffer: 64 << 20,
+            allow_eio3: false,
         }
     }
 }
@@ -425,14 +431,16 @@ impl<H: EngineHandler> Engine<H> {
                     .route_elsewhere(sid, req, raw_query.clone(), &query, transport, is_upgrade)
                     .await;
             };
-            if query.eio.as_deref() != Some("4") {
+            // Every request of a session speaks its handshake's revision.
+            if !session.protocol().matches(query.eio.as_deref()) {
                 return Err(RequestError::BadRequest);
             }
             if is_upgrade {
                 if transport != TransportKind::WebSocket {
                     return Err(RequestError::BadRequest);
                 }
-                return self.upgrade_existing(req, session);
+                let framing = Framing::of(session.protocol(), query.b64.as_deref());
+                return self.upgrade_existing(req, session, framing);
             }
             let method = req.method().clone();
             let body = (method == Method::POST).then(|| PostBody::of(req));
@@ -451,9 +459,12 @@ impl<H: EngineHandler> Engine<H> {
         if transport == TransportKind::WebSocket && !is_upgrade {
             return Err(RequestError::BadRequest);
         }
-        if query.eio.as_deref() != Some("4") {
-            return Err(RequestError::UnsupportedProtocolVersion);
-        }
+        let protocol = match query.eio.as_deref().and_then(Protocol::from_eio) {
+            Some(Protocol::V4) => Protocol::V4,
+            Some(Protocol::V3) if self.config.allow_eio3 => Protocol::V3,
+            _ => return Err(RequestError::UnsupportedProtocolVersion),
+        };
+        let framing = Framing::of(protocol, query.b64.as_deref());
         if let Err(refusal) = self.admission.admit(
             remote_addr.ip(),
             self.session_count(),
@@ -479,12 +490,12 @@ impl<H: EngineHandler> Engine<H> {
         };
         match transport {
             TransportKind::Polling => {
-                let session = self.open_session(TransportKind::Polling, handshake);
+                let session = self.open_session(TransportKind::Polling, handshake, framing);
                 // The open packet is the first thing queued: answer with it
                 // right away.
                 self.poll(&session, &raw_query, false).await
             }
-            TransportKind::WebSocket => self.upgrade_direct(req, handshake),
+            TransportKind::WebSocket => self.upgrade_direct(req, handshake, framing),
         }
     }
 
@@ -524,12 +535,18 @@ impl<H: EngineHandler> Engine<H> {
     ) -> Result<Response<Body>, RequestError> {
         let hint = self.moved_to(&sid);
         if is_upgrade {
-            if query.eio.as_deref() != Some("4") || transport != TransportKind::WebSocket {
+            if !self.speaks(query.eio.as_deref()) || transport != TransportKind::WebSocket {
                 return Err(RequestError::BadRequest);
             }
             websocket_accept_key(req.headers()).ok_or(RequestError::BadRequest)?;
             let session = self.take_over(sid, hint).await?;
-            return self.upgrade_existing(req, session);
+            // The session came with its revision: the upgrade must match
+            // it (it stays here, polling, if not).
+            if !session.protocol().matches(query.eio.as_deref()) {
+                return Err(RequestError::BadRequest);
+            }
+            let framing = Framing::of(session.protocol(), query.b64.as_deref());
+            return self.upgrade_existing(req, session, framing);
         }
         let method = req.method().clone();
         let body = if method == Method::POST {
@@ -546,7 +563,7 @@ impl<H: EngineHandler> Engine<H> {
         // the owner still holds), and it follows the session here.
         if method == Method::POST && self.is_arriving(&sid) {
             if let Some(session) = self.local_or_arriving(&sid).await {
-                if query.eio.as_deref() != Some("4") {
+                if !session.protocol().matches(query.eio.as_deref()) {
                     return Err(RequestError::BadRequest);
                 }
                 let body = (method == Method::POST).then_some(body);
@@ -611,8 +628,10 @@ impl<H: EngineHandler> Engine<H> {
         request: ForwardedRequest,
         hold: bool,
     ) -> Result<Response<Body>, RequestError> {
+        // The forwarded query carries the client's `EIO`: the owner checks
+        // it against the session's revision, as for a local request.
         let query = EngineQuery::parse(&request.query);
-        if query.eio.as_deref() != Some("4") {
+        if !session.protocol().matches(query.eio.as_deref()) {
             return Err(RequestError::BadRequest);
         }
         let transport = match query.transport.as_deref() {
@@ -826,6 +845,8 @@ impl<H: EngineHandler> Engine<H> {
                 queue: queue.iter().map(Frame::to_proto).collect(),
                 awaiting_pong,
                 socketio,
+                protocol: session.protocol().revision(),
+                base64: session.framing().base64,
             }),
         })
     }
@@ -863,6 +884,15 @@ impl<H: EngineHandler> Engine<H> {
         taken: TakenOver,
     ) -> Result<SessionRef<H::Data>, RequestError> {
         let TakenOver { state, epoch } = taken;
+        // A revision this node does not take (a v3 session offered to a
+        // node without --allow-eio3): the session cannot live here.
+        let protocol = Protocol::from_revision(state.protocol)
+            .filter(|p| *p == Protocol::V4 || self.config.allow_eio3)
+            .ok_or(RequestError::BadRequest)?;
+        let framing = match protocol {
+            Protocol::V4 => Framing::V4,
+            Protocol::V3 => Framing::v3(state.base64),
+        };
         let handshake = Handshake {
             remote_addr: state
                 .remote_addr
@@ -877,15 +907,18 @@ impl<H: EngineHandler> Engine<H> {
             .into_iter()
             .filter_map(Frame::from_proto)
             .collect();
-        let session = Arc::new(Session::restored(
-            sid,
-            epoch + 1,
-            self.config.max_queued_bytes,
-            handshake,
-            H::Data::default(),
-            queue,
-            state.awaiting_pong,
-        ));
+        let session = Arc::new(
+            Session::restored(
+                sid,
+                epoch + 1,
+                self.config.max_queued_bytes,
+                handshake,
+                H::Data::default(),
+                queue,
+                state.awaiting_pong,
+            )
+            .with_framing(framing),
+        );
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             if sessions.contains_key(&sid) {
@@ -914,6 +947,7 @@ impl<H: EngineHandler> Engine<H> {
         self: &Arc<Self>,
         transport: TransportKind,
         handshake: Handshake,
+        framing: Framing,
     ) -> SessionRef<H::Data> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         let _span = tracing::info_span!("handshake", transport = transport.as_str()).entered();
@@ -929,13 +963,16 @@ impl<H: EngineHandler> Engine<H> {
                 break sid;
             }
         };
-        let session = Arc::new(Session::new(
-            sid,
-            transport,
-            self.config.max_queued_bytes,
-            handshake,
-            H::Data::default(),
-        ));
+        let session = Arc::new(
+            Session::new(
+                sid,
+                transport,
+                self.config.max_queued_bytes,
+                handshake,
+                H::Data::default(),
+            )
+            .with_framing(framing),
+        );
         sessions.insert(sid, session.clone());
         drop(sessions);
 
@@ -952,7 +989,7 @@ impl<H: EngineHandler> Engine<H> {
         metrics()
             .handshakes
             .add(1, &attr("transport", transport.as_str()));
-        debug!(sid = %sid, transport = transport.as_str(), "session opened");
+        debug!(sid = %sid, transport = transport.as_str(), eio = %framing.protocol, "session opened");
         self.handler.on_open(&session);
         let first_ping = self.config.ping_interval;
         let engine = self.clone();
@@ -1009,6 +1046,9 @@ impl<H: EngineHandler> Engine<H> {
         // The layer above may want one check a while after the open (the
         // Socket.IO connect timeout); done here, it costs no extra task.
         let mut open_check = self.handler.open_timeout().map(|t| Instant::now() + t);
+        if session.protocol() == Protocol::V3 {
+            return self.heartbeat_v3(session, open_check).await;
+        }
         let mut interval = first_ping;
         loop {
             let deadline = Instant::now() + interval;
@@ -1050,6 +1090,43 @@ impl<H: EngineHandler> Engine<H> {
                         if !session.awaiting_pong() {
                             break;
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Engine.IO v3: the client pings, the server only answers (see
+    /// [`Engine::on_packet`]). The session ends when no ping came within
+    /// pingInterval + pingTimeout (the reference's v3 timeout), counted
+    /// from the open (or the takeover here) and from each ping.
+    async fn heartbeat_v3(
+        &self,
+        session: &SessionRef<H::Data>,
+        mut open_check: Option<Instant>,
+    ) -> CloseReason {
+        let timeout = self.config.ping_interval + self.config.ping_timeout;
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            let check_at = open_check.unwrap_or(deadline).min(deadline);
+            tokio::select! {
+                _ = sleep_until(check_at) => {
+                    if open_check.is_some_and(|at| at <= Instant::now()) {
+                        open_check = None;
+                        self.handler.on_open_timeout(session);
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        session.close(CloseReason::PingTimeout);
+                        return session.close_reason().unwrap_or(CloseReason::PingTimeout);
+                    }
+                }
+                _ = session.lifecycle_event() => {
+                    if let Some(reason) = session.close_reason() {
+                        return reason;
+                    }
+                    if session.take_client_ping() {
+                        deadline = Instant::now() + timeout;
                     }
                 }
             }
@@ -1104,18 +1181,20 @@ impl<H: EngineHandler> Engine<H> {
         loop {
             match session.poll_outcome(gen, self.config.max_poll_packets, hold) {
                 PollOutcome::Payload(payload) => {
-                    trace!(sid = %session.sid(), bytes = payload.len(), "poll answered");
+                    trace!(sid = %session.sid(), bytes = payload.bytes.len(), "poll answered");
                     return Ok(payload_response(payload));
                 }
                 PollOutcome::Held(payload, id) => {
-                    trace!(sid = %session.sid(), bytes = payload.len(), "forwarded poll answered");
+                    trace!(sid = %session.sid(), bytes = payload.bytes.len(), "forwarded poll answered");
                     let mut resp = payload_response(payload);
                     resp.extensions_mut().insert(HeldId(id));
                     return Ok(resp);
                 }
                 // Nobody waits for this answer any more.
                 PollOutcome::Superseded => {
-                    return Ok(payload_response(Bytes::from_static(Frame::NOOP.as_bytes())))
+                    return Ok(payload_response(
+                        session.encode(&[Frame::control(Frame::NOOP)]),
+                    ))
                 }
                 PollOutcome::Wait => session.writer_event().await,
             }
@@ -1144,9 +1223,10 @@ impl<H: EngineHandler> Engine<H> {
             }
         }
         let _guard = PostGuard(session);
-        if body.binary() {
+        let binary = body.binary();
+        if binary && session.protocol() == Protocol::V4 {
             // Engine.IO v4 polling bodies are text; the reference closes
-            // the session ("invalid content").
+            // the session ("invalid content"). (v3 has a binary form.)
             session.close(CloseReason::TransportError);
             return Ok(status_only(StatusCode::BAD_REQUEST));
         }
@@ -1162,7 +1242,7 @@ impl<H: EngineHandler> Engine<H> {
         // Packets are applied in order up to the first malformed one, which
         // closes the session; the POST itself is still answered `ok`, as
         // the reference server does.
-        for item in decode_payload(&body) {
+        for item in decode_for(session.protocol(), &body, binary) {
             // Nothing is applied to a closed session (one waiting for its
             // client to fetch the close packet).
             if session.is_closed() {
@@ -1188,6 +1268,22 @@ impl<H: EngineHandler> Engine<H> {
         Ok(ok_response())
     }
 
+    /// A WebSocket binary message: the data as is in v4; in v3 the packet
+    /// type byte (a message) comes first.
+    pub(crate) fn on_binary_frame(
+        &self,
+        session: &SessionRef<H::Data>,
+        data: Bytes,
+    ) -> Result<(), CloseReason> {
+        let data = match session.protocol() {
+            Protocol::V4 => data,
+            Protocol::V3 => super::payload_v3::decode_binary_message(&data)
+                .map_err(|_| CloseReason::ParseError)?,
+        };
+        self.on_binary(session, data);
+        Ok(())
+    }
+
     /// A binary message from the client.
     pub(crate) fn on_binary(&self, session: &SessionRef<H::Data>, data: bytes::Bytes) {
         metrics().messages_in.add(1, &[]);
@@ -1202,7 +1298,19 @@ impl<H: EngineHandler> Engine<H> {
         packet: Packet<'_>,
         via: TransportKind,
     ) -> Result<(), CloseReason> {
+        let v3 = session.protocol() == Protocol::V3;
         match packet {
+            // v3 heartbeats go client -> server: a ping is answered, a
+            // pong is the wrong direction (as the reference:
+            // "invalid heartbeat direction").
+            Packet::Ping if v3 => {
+                if session.on_client_ping().is_err() {
+                    return Err(session
+                        .close_reason()
+                        .unwrap_or(CloseReason::TransportError));
+                }
+            }
+            Packet::Pong if v3 => return Err(CloseReason::TransportError),
             Packet::Pong => session.on_pong(),
             Packet::Message(text) => {
                 metrics().messages_in.add(1, &[]);
@@ -1228,7 +1336,7 @@ impl<H: EngineHandler> Engine<H> {
         session: &SessionRef<H::Data>,
         text: &str,
     ) -> Result<(), CloseReason> {
-        match decode_item(text) {
+        match decode_item_for(session.protocol(), text) {
             Ok(PayloadItem::Packet(packet)) => {
                 self.on_packet(session, packet, TransportKind::WebSocket)
             }
@@ -1242,20 +1350,42 @@ impl<H: EngineHandler> Engine<H> {
 
     // ----- websocket -------------------------------------------------------
 
+    /// Whether a request's `EIO` names a revision this node takes.
+    fn speaks(&self, eio: Option<&str>) -> bool {
+        match eio.and_then(Protocol::from_eio) {
+            Some(Protocol::V4) => true,
+            Some(Protocol::V3) => self.config.allow_eio3,
+            None => false,
+        }
+    }
+
+    /// `framing`: how the WebSocket carries binary (v3: `b64` of the
+    /// upgrade request, as the reference's transport reads it).
     fn upgrade_existing(
         self: &Arc<Self>,
         req: Request<Incoming>,
         session: SessionRef<H::Data>,
+        framing: Framing,
     ) -> Result<Response<Body>, RequestError> {
         let accept = websocket_accept_key(req.headers()).ok_or(RequestError::BadRequest)?;
         if !session.attach_websocket() {
-            // Already upgraded, upgrading, or closed.
-            return Err(RequestError::BadRequest);
+            if session.is_closed() {
+                return Err(RequestError::BadRequest);
+            }
+            // Upgraded or upgrading already: as the reference server, the
+            // second WebSocket completes its handshake and is closed at
+            // once; the session goes on over its transport.
+            tokio::spawn(async move {
+                if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                    websocket::refuse(upgraded).await;
+                }
+            });
+            return Ok(switching_protocols(accept));
         }
         let engine = self.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
-                Ok(upgraded) => websocket::run_upgrade(engine, session, upgraded).await,
+                Ok(upgraded) => websocket::run_upgrade(engine, session, upgraded, framing).await,
                 Err(err) => {
                     debug!(%err, "websocket upgrade failed");
                     session.detach_websocket();
@@ -1269,14 +1399,15 @@ impl<H: EngineHandler> Engine<H> {
         self: &Arc<Self>,
         req: Request<Incoming>,
         handshake: Handshake,
+        framing: Framing,
     ) -> Result<Response<Body>, RequestError> {
         let accept = websocket_accept_key(req.headers()).ok_or(RequestError::BadRequest)?;
         let engine = self.clone();
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    let session = engine.open_session(TransportKind::WebSocket, handshake);
-                    websocket::run_direct(engine, session, upgraded).await
+                    let session = engine.open_session(TransportKind::WebSocket, handshake, framing);
+                    websocket::run_direct(engine, session, upgraded, framing).await
                 }
                 Err(err) => debug!(%err, "websocket upgrade failed"),
             }
@@ -1315,12 +1446,16 @@ fn switching_protocols(accept: HeaderValue) -> Response<Body> {
     resp
 }
 
-fn payload_response(payload: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Body::new(payload));
+fn payload_response(payload: PollBody) -> Response<Body> {
+    let mut resp = Response::new(Body::new(payload.bytes));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=UTF-8"),
+        HeaderValue::from_static(if payload.binary {
+            "application/octet-stream"
+        } else {
+            "text/plain; charset=UTF-8"
+        }),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

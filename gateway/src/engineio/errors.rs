@@ -16,6 +16,10 @@ pub enum DecodeError {
     InvalidUtf8,
     #[error("invalid base64 in binary packet")]
     InvalidBase64,
+    /// Engine.IO v3 payloads: a packet length that is not decimal digits
+    /// or does not match what follows.
+    #[error("malformed packet length in payload")]
+    BadLength,
 }
 
 /// A request the engine refuses. Each maps to the reference server's

@@ -1,6 +1,7 @@
-//! Engine.IO v4: sessions, heartbeats, the polling and WebSocket
-//! transports and the upgrade between them. Knows nothing of Socket.IO:
-//! the layer above plugs in through [`EngineHandler`].
+//! Engine.IO v4 (and v3 with `--allow-eio3`): sessions, heartbeats, the
+//! polling and WebSocket transports and the upgrade between them. Knows
+//! nothing of Socket.IO: the layer above plugs in through
+//! [`EngineHandler`] and reads a session's revision from it.
 
 pub mod admission;
 pub mod body;
@@ -10,6 +11,8 @@ pub mod errors;
 pub mod handler;
 pub mod packet;
 pub mod payload;
+pub mod payload_v3;
+pub mod protocol;
 pub mod query;
 pub mod session;
 pub mod sid;
@@ -24,5 +27,6 @@ pub use engine::{Engine, EngineConfig};
 pub use errors::{DecodeError, RequestError};
 pub use handler::{EngineHandler, Message, NotMovable};
 pub use packet::Frame;
+pub use protocol::{Framing, Protocol};
 pub use session::{CloseReason, Handshake, SendError, Session, SessionRef, TransportKind};
 pub use sid::{Sid, SidKey};

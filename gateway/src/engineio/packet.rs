@@ -24,6 +24,7 @@ pub enum Frame {
 impl Frame {
     pub const CLOSE: &'static str = "1";
     pub const PING: &'static str = "2";
+    pub const PONG: &'static str = "3";
     pub const PONG_PROBE: &'static str = "3probe";
     pub const NOOP: &'static str = "6";
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use super::errors::DecodeError;
 use super::packet::{decode_text, Frame, Packet};
+use super::protocol::{Framing, Protocol};
 
 pub const SEPARATOR: u8 = 0x1e;
 
@@ -70,4 +71,48 @@ pub fn encode_payload<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Bytes 
         }
     }
     Bytes::from(out)
+}
+
+/// A polling answer's body, framed for its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollBody {
+    pub bytes: Bytes,
+    /// The Engine.IO v3 binary form (`application/octet-stream`).
+    pub binary: bool,
+}
+
+/// Encodes queued frames into one polling answer in the session's framing.
+pub fn encode_for(framing: Framing, frames: &[Frame]) -> PollBody {
+    match framing.protocol {
+        Protocol::V4 => PollBody {
+            bytes: encode_payload(frames),
+            binary: false,
+        },
+        Protocol::V3 => {
+            let (bytes, binary) = super::payload_v3::encode_payload(frames, framing.base64);
+            PollBody { bytes, binary }
+        }
+    }
+}
+
+/// The items of a POST body, in the session's revision. `binary`: it came
+/// as `application/octet-stream` (only v3 has a binary form; the caller
+/// refuses it for v4).
+pub fn decode_for(
+    protocol: Protocol,
+    body: &[u8],
+    binary: bool,
+) -> Box<dyn Iterator<Item = Result<PayloadItem<'_>, DecodeError>> + '_> {
+    match protocol {
+        Protocol::V4 => Box::new(decode_payload(body)),
+        Protocol::V3 => Box::new(super::payload_v3::decode_payload(body, binary)),
+    }
+}
+
+/// Decodes one WebSocket text frame in the session's revision.
+pub fn decode_item_for(protocol: Protocol, item: &str) -> Result<PayloadItem<'_>, DecodeError> {
+    match protocol {
+        Protocol::V4 => decode_item(item),
+        Protocol::V3 => super::payload_v3::decode_item(item),
+    }
 }

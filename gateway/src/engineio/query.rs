@@ -1,4 +1,5 @@
-//! The few query parameters Engine.IO reads (`EIO`, `transport`, `sid`).
+//! The few query parameters Engine.IO reads (`EIO`, `transport`, `sid`,
+//! and v3's `b64`).
 //! Everything else in the query belongs to the application and is kept
 //! raw in the session's handshake.
 
@@ -9,6 +10,8 @@ pub struct EngineQuery<'a> {
     pub eio: Option<Cow<'a, str>>,
     pub transport: Option<Cow<'a, str>>,
     pub sid: Option<Cow<'a, str>>,
+    /// Engine.IO v3: the client takes binary only as base64 text.
+    pub b64: Option<Cow<'a, str>>,
 }
 
 impl<'a> EngineQuery<'a> {
@@ -21,6 +24,7 @@ impl<'a> EngineQuery<'a> {
                 "EIO" => &mut q.eio,
                 "transport" => &mut q.transport,
                 "sid" => &mut q.sid,
+                "b64" => &mut q.b64,
                 _ => continue,
             };
             if slot.is_none() {

@@ -11,13 +11,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use http::HeaderMap;
 use thiserror::Error;
 use tokio::sync::Notify;
 
 use super::packet::Frame;
-use super::payload::encode_payload;
+use super::payload::{encode_for, PollBody};
+use super::protocol::{Framing, Protocol};
 use super::sid::Sid;
 
 /// Bytes charged per queued frame on top of its payload, for the queue
@@ -176,6 +176,9 @@ struct State {
     /// A polling POST is being read or processed.
     posting: bool,
     awaiting_pong: bool,
+    /// Engine.IO v3: a ping came from the client since the lifecycle task
+    /// last looked (it restarts the heartbeat timeout).
+    client_pinged: bool,
     /// A handoff to another node has begun: no new GET or POST starts here.
     moving: bool,
     close: Option<CloseReason>,
@@ -235,6 +238,9 @@ pub struct Session<D> {
     lifecycle: Notify,
     max_queued_bytes: usize,
     handshake: Handshake,
+    /// The revision the session speaks, and how its polling answers carry
+    /// binary (fixed at the handshake).
+    framing: Framing,
     data: D,
 }
 
@@ -243,10 +249,10 @@ pub(crate) enum PollOutcome {
     /// Nothing to send yet: wait for the writer notification.
     Wait,
     /// The payload to answer with.
-    Payload(Bytes),
+    Payload(PollBody),
     /// The payload of a forwarded poll, kept under this id until its
     /// delivery is confirmed ([`Session::settle_held`]).
-    Held(Bytes, u64),
+    Held(PollBody, u64),
     /// A retry of the same request took this poll's place: answer nothing
     /// from the queue.
     Superseded,
@@ -289,6 +295,7 @@ impl<D> Session<D> {
                 poll_stamp: None,
                 posting: false,
                 awaiting_pong,
+                client_pinged: false,
                 moving: false,
                 close: None,
                 close_owed: false,
@@ -300,6 +307,7 @@ impl<D> Session<D> {
             lifecycle: Notify::new(),
             max_queued_bytes,
             handshake,
+            framing: Framing::V4,
             data,
         }
     }
@@ -307,6 +315,28 @@ impl<D> Session<D> {
     fn with_transport(self, transport: TransportKind) -> Self {
         self.lock().transport = transport;
         self
+    }
+
+    /// The session speaks this revision (v4 unless set).
+    pub(crate) fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// The Engine.IO revision of the session: the layer above reads it
+    /// (Socket.IO v2 clients speak Engine.IO v3).
+    pub fn protocol(&self) -> Protocol {
+        self.framing.protocol
+    }
+
+    /// How polling answers are framed.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Frames as one polling answer of this session.
+    pub(crate) fn encode(&self, frames: &[Frame]) -> PollBody {
+        encode_for(self.framing, frames)
     }
 
     pub fn sid(&self) -> Sid {
@@ -454,6 +484,20 @@ impl<D> Session<D> {
 
     pub(crate) fn awaiting_pong(&self) -> bool {
         self.lock().awaiting_pong
+    }
+
+    /// Engine.IO v3: the client pinged; the pong is queued and the
+    /// heartbeat timeout starts again.
+    pub(crate) fn on_client_ping(&self) -> Result<(), SendError> {
+        self.send(Frame::control(Frame::PONG))?;
+        self.lock().client_pinged = true;
+        self.lifecycle.notify_one();
+        Ok(())
+    }
+
+    /// Whether the client pinged since the last call (v3).
+    pub(crate) fn take_client_ping(&self) -> bool {
+        std::mem::take(&mut self.lock().client_pinged)
     }
 
     pub(crate) async fn lifecycle_event(&self) {
@@ -632,13 +676,13 @@ impl<D> Session<D> {
                 drop(st);
                 self.lifecycle.notify_one();
             }
-            return PollOutcome::Payload(encode_payload(&frames));
+            return PollOutcome::Payload(self.encode(&frames));
         }
         // Once the probe is answered the queue belongs to the WebSocket:
         // the poll only gets a noop, so nothing goes out twice or is lost
         // on a transport the client is leaving.
         if matches!(st.upgrade, UpgradeState::Probing | UpgradeState::Done) {
-            return PollOutcome::Payload(Bytes::from_static(Frame::NOOP.as_bytes()));
+            return PollOutcome::Payload(self.encode(&[Frame::control(Frame::NOOP)]));
         }
         if take == 0 {
             return PollOutcome::Wait;
@@ -646,7 +690,7 @@ impl<D> Session<D> {
         let frames: Vec<Frame> = st.queue.drain(..take).collect();
         let released: usize = frames.iter().map(|f| f.wire_len() + FRAME_OVERHEAD).sum();
         st.queued_bytes = st.queued_bytes.saturating_sub(released);
-        let payload = encode_payload(&frames);
+        let payload = self.encode(&frames);
         let Some(query) = hold else {
             return PollOutcome::Payload(payload);
         };
@@ -822,6 +866,8 @@ pub type SessionRef<D> = Arc<Session<D>>;
 mod tests {
     use std::net::SocketAddr;
 
+    use bytes::Bytes;
+
     use super::*;
 
     fn polling_session() -> Session<()> {
@@ -842,8 +888,8 @@ mod tests {
 
     fn payload(outcome: PollOutcome) -> (Bytes, Option<u64>) {
         match outcome {
-            PollOutcome::Payload(bytes) => (bytes, None),
-            PollOutcome::Held(bytes, id) => (bytes, Some(id)),
+            PollOutcome::Payload(body) => (body.bytes, None),
+            PollOutcome::Held(body, id) => (body.bytes, Some(id)),
             PollOutcome::Wait => panic!("nothing to answer"),
             PollOutcome::Superseded => panic!("superseded"),
         }

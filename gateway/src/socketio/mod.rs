@@ -1,21 +1,25 @@
-//! Socket.IO v5 on top of Engine.IO: namespaces, sockets, rooms, events,
-//! acks and binary attachments. The application plugs in through
-//! [`Application`].
+//! Socket.IO v5 (and v4 for v2 clients: `v2.rs`) on top of Engine.IO:
+//! namespaces, sockets, rooms, events, acks and binary attachments. The
+//! application plugs in through [`Application`].
 
 pub mod app;
 pub mod client;
 pub mod fabric;
+pub mod msgpack;
 pub mod namespace;
 pub mod packet;
+pub mod parser;
 pub mod recovery;
 pub mod server;
 pub mod socket;
+pub mod v2;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
 pub use fabric::{Fabric, LocalFabric, RoomReceipt};
 pub use namespace::{Namespace, SocketLimits, Target};
 pub use packet::Payload;
+pub use parser::Parser;
 pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use socket::{

@@ -9,7 +9,8 @@ use tracing::debug;
 use crate::engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
-use super::packet::{encode_event, Payload};
+use super::packet::Payload;
+use super::parser::Parser;
 use super::recovery::Recovery;
 use super::socket::{Socket, SocketRef};
 
@@ -23,6 +24,8 @@ fn is_this(registered: Option<&SocketRef>, socket: &Socket) -> bool {
 
 pub struct Namespace {
     limits: SocketLimits,
+    /// The wire form its packets are written in.
+    parser: Parser,
     name: Box<str>,
     fabric: Arc<dyn Fabric>,
     /// With connection state recovery on, emits go through its log.
@@ -86,9 +89,11 @@ impl Namespace {
         fabric: Arc<dyn Fabric>,
         recovery: Option<Arc<Recovery>>,
         limits: SocketLimits,
+        parser: Parser,
     ) -> Arc<Namespace> {
         Arc::new(Namespace {
             limits,
+            parser,
             name: name.into(),
             fabric,
             recovery,
@@ -104,6 +109,11 @@ impl Namespace {
     /// What clients may do with its sockets.
     pub fn limits(&self) -> SocketLimits {
         self.limits
+    }
+
+    /// The wire form of its packets (the gateway's `--parser`).
+    pub fn parser(&self) -> Parser {
+        self.parser
     }
 
     /// The seam to the other nodes.
@@ -243,7 +253,7 @@ impl Namespace {
             recovery.append(super::recovery::entry(&self.name, target, event, args));
             return reached;
         }
-        let frames = encode_event(&self.name, event, args, None);
+        let frames = self.parser.encode_event(&self.name, event, args, None);
         self.fabric.publish(&self.name, target, &frames);
         self.send_frames(target, &frames)
     }
@@ -262,6 +272,42 @@ impl Namespace {
         if sent > 0 {
             let bytes: usize = frames.iter().map(Frame::wire_len).sum();
             m.bytes_out((bytes * sent) as u64);
+        }
+        sent
+    }
+
+    /// Queues a recoverable event on every socket of the target here: the
+    /// frames with its offset for sockets whose clients keep offsets, the
+    /// `plain` ones (made once, if needed) for the others (Socket.IO v2
+    /// clients, which have no connection state recovery).
+    pub(crate) fn send_recoverable(
+        &self,
+        target: &Target,
+        with_offset: &[Frame],
+        plain: impl FnOnce() -> Vec<Frame>,
+    ) -> usize {
+        let mut plain = Some(plain);
+        let mut plain_frames: Vec<Frame> = Vec::new();
+        let mut sent = 0;
+        let mut bytes = 0;
+        self.for_each_target(target, |socket| {
+            let frames: &[Frame] = if socket.takes_offsets() {
+                with_offset
+            } else {
+                if let Some(make) = plain.take() {
+                    plain_frames = make();
+                }
+                &plain_frames
+            };
+            if socket.send_frames(frames.iter().cloned()) {
+                sent += 1;
+                bytes += frames.iter().map(Frame::wire_len).sum::<usize>();
+            }
+        });
+        let m = crate::telemetry::metrics();
+        m.messages_out.add(sent as u64, &[]);
+        if sent > 0 {
+            m.bytes_out(bytes as u64);
         }
         sent
     }
@@ -366,6 +412,7 @@ pub(crate) mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            Parser::Default,
         );
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
         a.join("r1").expect("join");
@@ -421,6 +468,7 @@ pub(crate) mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            Parser::Default,
         );
         let id = Sid::random();
         let copy = |ns: &Arc<Namespace>| {
@@ -462,6 +510,7 @@ pub(crate) mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            Parser::Default,
         );
         let a = socket(&ns);
         let b = socket(&ns);
@@ -491,6 +540,7 @@ pub(crate) mod tests {
                 max_room_name: 8,
                 ..SocketLimits::default()
             },
+            Parser::Default,
         );
         let a = socket(&ns);
         a.join("one").expect("join");

@@ -1,4 +1,5 @@
-//! Socket.IO v5 packet codec: pure functions, no I/O.
+//! Socket.IO v5 packet codec (v4's, for v2 clients, is the same but for
+//! CONNECT and its errors: `v2.rs`): pure functions, no I/O.
 //!
 //! Wire form: `<type>[<attachments>-][<namespace>,][<ack id>][JSON]`.
 //! Decoding borrows the input and checks the JSON payload against what the
@@ -79,6 +80,10 @@ pub enum PacketError {
     UnexpectedBinary,
     #[error("text packet while binary attachments were expected")]
     UnexpectedText,
+    #[error("text packet: this gateway speaks msgpack")]
+    TextWithMsgpack,
+    #[error("malformed msgpack packet: {0}")]
+    Msgpack(&'static str),
 }
 
 /// A decoded packet from a client.
@@ -504,6 +509,15 @@ pub fn encode_connect_error(nsp: &str, message: &str, data: Option<&serde_json::
     let mut out = String::with_capacity(8 + nsp.len() + json.len());
     header(&mut out, PacketKind::ConnectError, 0, nsp, None);
     out.push_str(&json);
+    Frame::encoded_message(out)
+}
+
+/// CONNECT_ERROR with a payload already encoded as JSON (Socket.IO v2
+/// clients get a string).
+pub fn encode_connect_error_payload(nsp: &str, json: &str) -> Frame {
+    let mut out = String::with_capacity(8 + nsp.len() + json.len());
+    header(&mut out, PacketKind::ConnectError, 0, nsp, None);
+    out.push_str(json);
     Frame::encoded_message(out)
 }
 

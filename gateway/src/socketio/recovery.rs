@@ -37,7 +37,7 @@ use crate::store::recovery::{Offset, Record, RecoveryStore, StateWrite, Tail};
 
 use super::fabric::Fabric;
 use super::namespace::{Namespace, Target};
-use super::packet::{encode_recoverable, Payload};
+use super::packet::Payload;
 use super::socket::SocketRef;
 
 /// The offset argument of an event delivered while the log could not be
@@ -91,14 +91,34 @@ fn is_pid(s: &str) -> bool {
 }
 
 /// What a socket carries when recovery is on.
+///
+/// A socket whose client cannot recover (a Socket.IO v2 client: its
+/// protocol has no pid and no offsets) is *tracked* only: no pid, no state
+/// in the store, events without offsets; it still takes its events from
+/// the log in order (so a handoff neither loses nor repeats any).
 #[derive(Debug)]
 pub struct SocketRecovery {
+    /// Empty for a tracked-only socket.
     pub(crate) pid: Box<str>,
     pub(crate) generation: u64,
     pub(crate) started_at: Offset,
 }
 
 impl SocketRecovery {
+    /// A socket that takes the log's events but can never be recovered.
+    pub(crate) fn tracked(started_at: Offset) -> SocketRecovery {
+        SocketRecovery {
+            pid: "".into(),
+            generation: 0,
+            started_at,
+        }
+    }
+
+    /// Its client may recover it (it has a pid; it gets offsets).
+    pub(crate) fn is_recoverable(&self) -> bool {
+        !self.pid.is_empty()
+    }
+
     pub(crate) fn fresh(started_at: Offset) -> SocketRecovery {
         SocketRecovery {
             pid: new_pid(),
@@ -662,8 +682,17 @@ impl Recovery {
     }
 
     fn queue_save(&self, socket: &SocketRef, done: Option<oneshot::Sender<()>>) {
-        if let Some(r) = socket.recovery() {
-            self.live().insert(r.pid.clone(), Arc::downgrade(socket));
+        match socket.recovery() {
+            Some(r) if r.is_recoverable() => {
+                self.live().insert(r.pid.clone(), Arc::downgrade(socket));
+            }
+            // Nothing to store for a socket nobody can recover.
+            _ => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
         }
         self.queue_state(StateOp::Put {
             socket: Arc::downgrade(socket),
@@ -673,7 +702,7 @@ impl Recovery {
 
     /// A socket left this node: recoverable for the window, or gone.
     pub(crate) fn forget(&self, socket: &super::socket::Socket, recoverable: bool) {
-        let Some(r) = socket.recovery() else {
+        let Some(r) = socket.recovery().filter(|r| r.is_recoverable()) else {
             return;
         };
         self.unregister(socket);
@@ -695,7 +724,7 @@ impl Recovery {
     /// Drops the live entry of this very socket (a recovered copy with the
     /// same pid may have replaced it).
     fn unregister(&self, socket: &super::socket::Socket) {
-        let Some(r) = socket.recovery() else {
+        let Some(r) = socket.recovery().filter(|r| r.is_recoverable()) else {
             return;
         };
         let mut live = self.live();
@@ -708,7 +737,7 @@ impl Recovery {
     }
 
     fn snapshot(&self, socket: &SocketRef) -> Option<(Box<str>, u64, Bytes)> {
-        let r = socket.recovery()?;
+        let r = socket.recovery().filter(|r| r.is_recoverable())?;
         let state = RecoveryState {
             namespace: socket.namespace().name().to_owned(),
             socket_id: socket.id().to_string(),
@@ -996,8 +1025,11 @@ fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &st
     let target = target_of(entry);
     let args = payload_of(entry);
     let deliver = |ns: &Namespace| {
-        let frames = encode_recoverable(ns.name(), &entry.event, &args, offset);
-        ns.send_frames(&target, &frames);
+        let parser = ns.parser();
+        let frames = parser.encode_recoverable(ns.name(), &entry.event, &args, offset);
+        ns.send_recoverable(&target, &frames, || {
+            parser.encode_event(ns.name(), &entry.event, &args, None)
+        });
     };
     if entry.namespace.is_empty() {
         for ns in namespaces.namespaces() {
@@ -1074,12 +1106,18 @@ fn replay(
         if !targets(&entry, record.offset, socket) {
             continue;
         }
-        let frames = encode_recoverable(
-            socket.namespace().name(),
-            &entry.event,
-            &payload_of(&entry),
-            &record.offset.to_string(),
-        );
+        let ns = socket.namespace();
+        let frames = if socket.takes_offsets() {
+            ns.parser().encode_recoverable(
+                ns.name(),
+                &entry.event,
+                &payload_of(&entry),
+                &record.offset.to_string(),
+            )
+        } else {
+            ns.parser()
+                .encode_event(ns.name(), &entry.event, &payload_of(&entry), None)
+        };
         missed.push(frames);
     }
     (missed, None)
@@ -1205,6 +1243,7 @@ mod tests {
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
+            crate::socketio::Parser::Default,
         );
         let socket = recoverable_socket(&ns);
         let other = recoverable_socket(&ns);

@@ -21,12 +21,14 @@ use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
 use super::fabric::Fabric;
 use super::namespace::{Namespace, SocketLimits};
-use super::packet::{decode, encode_connect, encode_connect_error, Packet, PacketError, Payload};
+use super::packet::{decode, Packet, PacketError, Payload};
+use super::parser::Parser;
 use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
 use super::socket::{
     is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
     SocketRef,
 };
+use super::v2;
 
 #[derive(Debug, Clone)]
 pub struct SocketIoConfig {
@@ -35,6 +37,8 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// What clients may do with sockets (rooms, names, CONNECTs).
     pub limits: SocketLimits,
+    /// The wire form of every namespace (`--parser`).
+    pub parser: Parser,
 }
 
 impl Default for SocketIoConfig {
@@ -42,6 +46,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
             limits: SocketLimits::default(),
+            parser: Parser::Default,
         }
     }
 }
@@ -51,6 +56,7 @@ struct Namespaces {
     fabric: Arc<dyn Fabric>,
     recovery: Option<Arc<Recovery>>,
     limits: SocketLimits,
+    parser: Parser,
     map: RwLock<HashMap<Box<str>, Arc<Namespace>>>,
 }
 
@@ -88,6 +94,7 @@ impl Namespaces {
                     self.fabric.clone(),
                     self.recovery.clone(),
                     self.limits,
+                    self.parser,
                 )
             })
             .clone()
@@ -123,6 +130,7 @@ impl<A: Application> SocketIo<A> {
             fabric: fabric.clone(),
             recovery: recovery.clone(),
             limits: config.limits,
+            parser: config.parser,
             map: RwLock::new(HashMap::new()),
         });
         if let Some(recovery) = &recovery {
@@ -144,6 +152,11 @@ impl<A: Application> SocketIo<A> {
 
     pub fn recovery(&self) -> Option<&Arc<Recovery>> {
         self.recovery.as_ref()
+    }
+
+    /// The wire form every namespace speaks.
+    pub fn parser(&self) -> Parser {
+        self.config.parser
     }
 
     /// The namespace, if any client ever joined it.
@@ -234,7 +247,13 @@ impl<A: Application> SocketIo<A> {
         binary: bool,
     ) {
         let state = session.data();
+        let v2 = v2::is_v2(session);
         let nsp = match &packet {
+            // A v2 client's CONNECT has its query in the namespace part.
+            Packet::Connect { nsp, .. } if v2 => {
+                let (nsp, query) = v2::namespace(nsp);
+                return self.connect(session, nsp, &v2::auth(query));
+            }
             Packet::Connect { nsp, auth } => {
                 return self.connect(session, nsp, auth.unwrap_or("{}"));
             }
@@ -243,6 +262,7 @@ impl<A: Application> SocketIo<A> {
             | Packet::Ack { nsp, .. }
             | Packet::ConnectError { nsp } => *nsp,
         };
+        let nsp = if v2 { v2::namespace(nsp).0 } else { nsp };
         let Some(socket) = state.socket(nsp) else {
             // The reference closes a client that talks to a namespace it
             // has not joined; while a CONNECT is being decided, the packet
@@ -324,6 +344,23 @@ impl<A: Application> SocketIo<A> {
         }
     }
 
+    /// A message under the msgpack parser: every packet is one binary
+    /// message, whole (no attachments follow); a text message is a parse
+    /// error, as for the reference (its decoder fails on a string).
+    fn on_msgpack(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Text(_) => return self.parse_error(session, PacketError::TextWithMsgpack),
+        };
+        let mut decoded = match super::msgpack::decode(&data) {
+            Ok(decoded) => decoded,
+            Err(err) => return self.parse_error(session, err),
+        };
+        let (packet, attachments) = decoded.take();
+        let binary = !attachments.is_empty();
+        self.dispatch(session, packet, attachments, binary);
+    }
+
     fn parse_error(&self, session: &SessionRef<ClientState>, err: impl std::fmt::Display) {
         debug!(sid = %session.sid(), %err, "bad socket.io packet");
         session.close(CloseReason::ParseError);
@@ -331,7 +368,11 @@ impl<A: Application> SocketIo<A> {
 
     fn connect(&self, session: &SessionRef<ClientState>, nsp: &str, auth: &str) {
         if !self.app.has_namespace(nsp) {
-            let _ = session.send(encode_connect_error(nsp, "Invalid namespace", None));
+            let _ = session.send(self.config.parser.encode_connect_error(
+                nsp,
+                "Invalid namespace",
+                None,
+            ));
             failed_connect(session, self.config.limits);
             return;
         }
@@ -342,10 +383,11 @@ impl<A: Application> SocketIo<A> {
             Err(false) => return,
         }
         // With recovery on, the client's `pid` and `offset` are ours: the
-        // application sees the rest of its CONNECT payload.
+        // application sees the rest of its CONNECT payload. (A v2 client
+        // cannot recover: its payload is its query, left as it is.)
         let (auth, ask) = match &self.recovery {
-            Some(_) => super::recovery::split_auth(auth),
-            None => (auth.to_owned(), None),
+            Some(_) if !v2::is_v2(session) => super::recovery::split_auth(auth),
+            _ => (auth.to_owned(), None),
         };
         let request = ConnectRequest {
             namespace: nsp.to_owned(),
@@ -414,11 +456,13 @@ fn finish_connect<A: Application>(
         Ok(grant) => grant,
         Err(refusal) => {
             state.end_connect(ns.name(), None);
-            let _ = session.send(encode_connect_error(
-                ns.name(),
-                &refusal.message,
-                refusal.data.as_ref(),
-            ));
+            let frame = if v2::is_v2(session) {
+                v2::connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
+            } else {
+                ns.parser()
+                    .encode_connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
+            };
+            let _ = session.send(frame);
             failed_connect(session, ns.limits());
             return;
         }
@@ -447,7 +491,12 @@ fn finish_connect<A: Application>(
         })
         .chain(user_room.and_then(|room| socket.join_any(&room)))
         .collect();
-    let answer = format!("{{\"sid\":\"{}\"}}", socket.id());
+    let answer = if v2::is_v2(session) {
+        v2::connected(ns.name())
+    } else {
+        ns.parser()
+            .encode_connect(ns.name(), &format!("{{\"sid\":\"{}\"}}", socket.id()))
+    };
     let (ns, session) = (ns.clone(), session.clone());
     // The namespace stays "connecting" (so the session is not handed off)
     // until its answer is queued.
@@ -457,7 +506,7 @@ fn finish_connect<A: Application>(
             socket.detach();
             return;
         }
-        if socket.connected() && session.send(encode_connect(ns.name(), &answer)).is_ok() {
+        if socket.connected() && session.send(answer).is_ok() {
             app.on_connect(&socket);
         }
     };
@@ -483,7 +532,8 @@ fn finish_connect<A: Application>(
 /// answer does not wait for it: a node killed within that write leaves a
 /// pid that cannot be recovered, and that client gets a fresh socket).
 /// Rooms need no confirmation from the other nodes: every node reads the
-/// log.
+/// log. A v2 client's socket is only tracked (no pid, no offsets, nothing
+/// stored): it gets its events from the log all the same.
 fn finish_recoverable<A: Application>(
     app: &Arc<A>,
     ns: &Arc<Namespace>,
@@ -492,9 +542,15 @@ fn finish_recoverable<A: Application>(
     grant: Grant,
     recovery: &Arc<Recovery>,
 ) {
+    let v2 = v2::is_v2(session);
     let socket = {
         let gate = recovery.gate();
         let at = *gate;
+        let socket_recovery = if v2 {
+            SocketRecovery::tracked(at)
+        } else {
+            SocketRecovery::fresh(at)
+        };
         let socket = Socket::restored(
             ns.clone(),
             session.clone(),
@@ -503,7 +559,7 @@ fn finish_recoverable<A: Application>(
             grant.user.map(String::into_boxed_str),
             grant.data,
             0,
-            Some(SocketRecovery::fresh(at)),
+            Some(socket_recovery),
         );
         let mut rooms: Vec<(String, Offset)> = Vec::new();
         let named = grant.rooms.into_iter().filter(|r| !is_hidden_room(r));
@@ -520,12 +576,17 @@ fn finish_recoverable<A: Application>(
             socket.detach();
             return;
         }
-        let pid = socket
-            .recovery()
-            .map(|r| r.pid.to_string())
-            .unwrap_or_default();
-        let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
-        if session.send(encode_connect(ns.name(), &answer)).is_err() {
+        let answer = if v2 {
+            v2::connected(ns.name())
+        } else {
+            let pid = socket
+                .recovery()
+                .map(|r| r.pid.to_string())
+                .unwrap_or_default();
+            let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
+            ns.parser().encode_connect(ns.name(), &answer)
+        };
+        if session.send(answer).is_err() {
             return;
         }
         socket
@@ -635,7 +696,7 @@ async fn recover(
         socket: socket.clone(),
         from,
         check: true,
-        first: Some(encode_connect(ns.name(), &answer)),
+        first: Some(ns.parser().encode_connect(ns.name(), &answer)),
         done: Some(done),
     });
     if installed.await.unwrap_or(false) {
@@ -664,7 +725,13 @@ fn evict_local(socket: &SocketRef) {
 impl<A: Application> EngineHandler for SocketIo<A> {
     type Data = ClientState;
 
-    fn on_open(&self, _session: &SessionRef<ClientState>) {}
+    /// A Socket.IO v2 client (Engine.IO v3) is joined to `/` at once,
+    /// with the payload `{}`: it never asks (the reference does the same).
+    fn on_open(&self, session: &SessionRef<ClientState>) {
+        if v2::is_v2(session) {
+            self.connect(session, "/", "{}");
+        }
+    }
 
     fn open_timeout(&self) -> Option<Duration> {
         Some(self.config.connect_timeout)
@@ -680,6 +747,9 @@ impl<A: Application> EngineHandler for SocketIo<A> {
     }
 
     fn on_message(&self, session: &SessionRef<ClientState>, message: Message<'_>) {
+        if self.config.parser == Parser::Msgpack {
+            return self.on_msgpack(session, message);
+        }
         let state = session.data();
         match message {
             Message::Text(text) => {
@@ -804,20 +874,24 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         let client = session.data();
         client.restore_flags(state.ever_joined, state.partial);
         let from = self.recovery.as_ref().zip(Offset::parse(&state.position));
+        // A v2 client's sockets have no pid: tracked in the log all the same.
+        let v2 = v2::is_v2(session);
         for s in state.sockets {
             let Some(id) = Sid::parse(&s.id) else {
                 debug!(sid = %session.sid(), "handed-off socket with a bad id dropped");
                 continue;
             };
             let ns = self.namespace_or_create(&s.namespace);
-            let moved = from.filter(|_| !s.pid.is_empty()).map(|(recovery, from)| {
-                let started_at = Offset::parse(&s.started_at).unwrap_or(from);
-                (
-                    recovery,
-                    from,
-                    SocketRecovery::restored(&s.pid, s.generation, started_at),
-                )
-            });
+            let moved = from
+                .filter(|_| !s.pid.is_empty() || v2)
+                .map(|(recovery, from)| {
+                    let started_at = Offset::parse(&s.started_at).unwrap_or(from);
+                    (
+                        recovery,
+                        from,
+                        SocketRecovery::restored(&s.pid, s.generation, started_at),
+                    )
+                });
             let (moved, socket_recovery) = match moved {
                 Some((recovery, from, r)) => (Some((recovery, from)), Some(r)),
                 None => (None, None),

@@ -17,7 +17,7 @@ use crate::store::recovery::Offset;
 use super::client::ClientState;
 use super::fabric::RoomReceipt;
 use super::namespace::{Namespace, Target};
-use super::packet::{encode_ack, encode_disconnect, encode_event, Payload};
+use super::packet::Payload;
 use super::recovery::SocketRecovery;
 
 pub type SocketRef = Arc<Socket>;
@@ -210,6 +210,12 @@ impl Socket {
         self.recovery.as_deref()
     }
 
+    /// Whether its recoverable events carry their offset: recovery is on
+    /// and the client can recover (not a Socket.IO v2 client).
+    pub(crate) fn takes_offsets(&self) -> bool {
+        self.recovery().is_some_and(SocketRecovery::is_recoverable)
+    }
+
     /// The id the next emit with ack will use.
     pub(crate) fn next_ack_id(&self) -> u64 {
         self.acks
@@ -310,7 +316,10 @@ impl Socket {
             recovery.append(super::recovery::entry(self.ns.name(), &target, event, args));
             return Ok(());
         }
-        let frames = encode_event(self.ns.name(), event, args, None);
+        let frames = self
+            .ns
+            .parser()
+            .encode_event(self.ns.name(), event, args, None);
         let bytes: usize = frames.iter().map(Frame::wire_len).sum();
         self.session.send_all(frames)?;
         let m = crate::telemetry::metrics();
@@ -341,10 +350,12 @@ impl Socket {
             pending.waiting.insert(id, AckWaiter { tx, deadline });
             id
         };
-        if let Err(err) = self
-            .session
-            .send_all(encode_event(self.ns.name(), event, args, Some(id)))
-        {
+        if let Err(err) = self.session.send_all(self.ns.parser().encode_event(
+            self.ns.name(),
+            event,
+            args,
+            Some(id),
+        )) {
             self.forget_ack(id);
             return Err(err.into());
         }
@@ -564,11 +575,18 @@ impl Socket {
     /// [`Socket::end`], at once.
     pub(crate) fn end_now(&self, notice: Option<(&str, &Payload)>, close_session: bool) {
         if let Some((event, args)) = notice {
-            let _ = self.send_frames(encode_event(self.ns.name(), event, args, None));
+            let _ = self.send_frames(self.ns.parser().encode_event(
+                self.ns.name(),
+                event,
+                args,
+                None,
+            ));
         }
         if !close_session {
             if self.connected() {
-                let _ = self.session.send(encode_disconnect(self.ns.name()));
+                let _ = self
+                    .session
+                    .send(self.ns.parser().encode_disconnect(self.ns.name()));
             }
             if self.detach() {
                 self.session.data().remove_socket(self);
@@ -603,7 +621,8 @@ impl AckSender {
     /// Sends the ack; if the session moved to another node meanwhile (a
     /// handoff while the answer was being made), it goes there.
     pub fn send(self, args: &Payload) -> Result<(), SendError> {
-        let encode = || encode_ack(self.socket.ns.name(), self.id, args);
+        let ns = &self.socket.ns;
+        let encode = || ns.parser().encode_ack(ns.name(), self.id, args);
         let session = &self.socket.session;
         // A moved session is closed (both are set under its lock), so a
         // send to it fails: only then is there a node to ask for.

@@ -6,6 +6,8 @@
 #                    gateway.config.namespaces)
 #   RINGWAY_ECHO     "true": connect and expect the echo application to send
 #                    the "echo" event back; otherwise stop after the handshake
+#   RINGWAY_PARSER   "msgpack": the gateways speak socket.io-msgpack-parser
+#                    (gateway.config.parser); default: the text parser
 #   RINGWAY_TIMEOUT  seconds for the whole check
 # Each request may land on any gateway (the session is forwarded to its
 # owner), so with several gateways this exercises the cluster too.
@@ -71,10 +73,63 @@ fi
 # 3. CONNECT to the namespace, emit "echo", wait for it to come back.
 nsp=${RINGWAY_NSP:-/}
 if [ "$nsp" = / ]; then prefix=""; else prefix="$nsp,"; fi
+msgpack=false
+[ "${RINGWAY_PARSER:-default}" = msgpack ] && msgpack=true
+token="helm-test-$(date +%s)-$$"
 
-# wait_for PREFIX WHAT: long-polls until a packet starts with PREFIX (a
-# literal string) and leaves it in $packet; answers pings; fails on a
-# close, a refused CONNECT or the deadline.
+# msgpack: each Socket.IO packet is one binary message, `b` + base64 in a
+# polling payload. mp_str S writes S as a msgpack string (up to 255 bytes).
+mp_str() {
+  n=$(printf '%s' "$1" | wc -c | tr -d ' ')
+  if [ "$n" -lt 32 ]; then
+    # shellcheck disable=SC2059
+    printf "\\$(printf '%03o' $((160 + n)))"
+  else
+    # shellcheck disable=SC2059
+    printf "\\331\\$(printf '%03o' "$n")"
+  fi
+  printf '%s' "$1"
+}
+
+# b64: stdin as one base64 line.
+b64() {
+  base64 | tr -d '\n'
+}
+
+# show ITEM: a payload item as the log and the matching below see it;
+# msgpack packets decoded, their bytes outside printable ASCII as dots.
+show() {
+  case $1 in
+    b*) printf '%s' "${1#b}" | base64 -d 2>/dev/null | tr -c ' -~' '.' ;;
+    *) printf '%s' "$1" ;;
+  esac
+}
+
+# matches PACKET: whether it is the one awaited ($want: a literal prefix
+# of a text packet, a shell pattern for a msgpack one).
+matches() {
+  if $msgpack; then
+    # shellcheck disable=SC2254
+    case $1 in $want) return 0 ;; esac
+  else
+    case $1 in "$want"*) return 0 ;; esac
+  fi
+  return 1
+}
+
+# refused PACKET: whether it is a CONNECT_ERROR.
+refused() {
+  if $msgpack; then
+    case $1 in *type.*message*) return 0 ;; esac
+  else
+    case $1 in "44$prefix"*) return 0 ;; esac
+  fi
+  return 1
+}
+
+# wait_for WANT WHAT: long-polls until a packet (as `show` gives it) is
+# the one awaited (see `matches`) and leaves it in $packet; answers pings;
+# fails on a close, a refused CONNECT or the deadline.
 wait_for() {
   want=$1
   what=$2
@@ -88,24 +143,41 @@ wait_for() {
     set -- $body
     set +f
     IFS=$saved_ifs
-    for packet in "$@"; do
+    for item in "$@"; do
+      packet=$(show "$item")
       echo "  <- $packet"
+      matches "$packet" && return 0
+      refused "$packet" && fail "CONNECT refused: $packet"
       case $packet in
-        "$want"*) return 0 ;;
         2) post "$url" 3 ;;
         1) fail "the server closed the session while waiting for $what" ;;
-        "44$prefix"*) fail "CONNECT refused: $packet" ;;
       esac
     done
   done
   fail "no $what within $timeout s"
 }
 
+if $msgpack; then
+  # {type: 0, nsp}, then {type: 2, nsp, data: ["echo", token]}.
+  echo "POST CONNECT $nsp (msgpack)"
+  post "$url" "b$({ printf '\202\244type\000\243nsp'; mp_str "$nsp"; } | b64)"
+  wait_for "*type.*sid*" "the CONNECT answer"
+  echo "POST EVENT echo $token (msgpack)"
+  post "$url" "b$({ printf '\203\244type\002\243nsp'; mp_str "$nsp"; printf '\244data\222'; mp_str echo; mp_str "$token"; } | b64)"
+  wait_for "*echo?$token*" "the echo"
+  case $packet in
+    *"$token"?[0-9]*-[0-9]*) echo "  echo received (msgpack), with its recovery offset" ;;
+    *) echo "  echo received (msgpack)" ;;
+  esac
+  post "$url" 1
+  echo "PASS: /readyz, a Socket.IO session on namespace $nsp and an echo (msgpack)"
+  exit 0
+fi
+
 echo "POST 40$prefix"
 post "$url" "40$prefix"
 wait_for "40$prefix{" "the CONNECT answer"
 
-token="helm-test-$(date +%s)-$$"
 emit="42$prefix[\"echo\",\"$token\""
 echo "POST $emit]"
 post "$url" "$emit]"

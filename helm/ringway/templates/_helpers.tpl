@@ -549,6 +549,7 @@ PromQL label matchers of the release's series (no braces): call with (dict
   (printf "--ping-timeout=%d" (int $cfg.pingTimeoutMs))
   (printf "--max-payload=%d" (int $cfg.maxPayloadBytes))
   (printf "--http-compression-threshold=%d" (int $cfg.httpCompressionThreshold))
+  (printf "--parser=%s" $cfg.parser)
   (printf "--max-queued-bytes=%d" (int $cfg.maxQueuedBytes))
   (printf "--connect-timeout=%d" (int $cfg.connectTimeoutMs))
   (printf "--upgrade-timeout=%d" (int $cfg.upgradeTimeoutMs))
@@ -572,6 +573,9 @@ PromQL label matchers of the release's series (no braces): call with (dict
   (printf "--drain-delay=%d" (int $gw.drain.drainDelayMs))
   (printf "--shutdown-timeout=%d" (int $gw.drain.shutdownTimeoutMs))
 ) }}
+{{- if not $cfg.allowEio3 }}
+{{- $args = append $args "--allow-eio3=false" }}
+{{- end }}
 {{- with .Values.upstream.url }}
 {{- $args = concat $args (list
   (printf "--upstream=%s" .)

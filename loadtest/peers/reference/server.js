@@ -7,11 +7,14 @@
 //                  [--namespace / --namespace /custom ...]
 //                  [--ping-interval MS] [--ping-timeout MS]
 //                  [--max-payload BYTES] [--cors-origin ORIGIN] [--recovery]
-//                  [--redis redis://127.0.0.1:6379/]
+//                  [--redis redis://127.0.0.1:6379/] [--allow-eio3] [--parser msgpack]
 //
 // Every flag can also be given by environment variable: HOST, PORT, SIO_PATH,
 // NAMESPACES (comma separated), PING_INTERVAL, PING_TIMEOUT, MAX_PAYLOAD,
-// CORS_ORIGIN, RECOVERY=1, REDIS_URL. Flags win over the environment.
+// CORS_ORIGIN, RECOVERY=1, REDIS_URL, ALLOW_EIO3=1, PARSER. Flags win over
+// the environment. `--allow-eio3` takes Socket.IO v2 clients (allowEIO3);
+// `--parser msgpack` speaks socket.io-msgpack-parser (as Ringway's
+// `--parser msgpack`).
 // `--redis URL` turns the Redis adapter (@socket.io/redis-adapter over the
 // `redis` client) on, for multi-node runs: room emits and broadcasts reach
 // the sockets of every node started with the same Redis. With `--recovery`
@@ -41,6 +44,8 @@ function parseArgs(argv, env) {
     corsOrigin: env.CORS_ORIGIN || null,
     recovery: env.RECOVERY === '1' || env.RECOVERY === 'true',
     redis: env.REDIS_URL || null,
+    allowEio3: env.ALLOW_EIO3 === '1' || env.ALLOW_EIO3 === 'true',
+    parser: env.PARSER || 'default',
   };
   let cliNamespaces = null;
   for (let i = 0; i < argv.length; i++) {
@@ -73,11 +78,14 @@ function parseArgs(argv, env) {
       case '--cors-origin': opts.corsOrigin = next(); break;
       case '--recovery': opts.recovery = true; break;
       case '--redis': opts.redis = next(); break;
+      case '--allow-eio3': opts.allowEio3 = true; break;
+      case '--parser': opts.parser = next(); break;
       case '-h': case '--help': usage(null); break;
       default: usage(`unknown argument: ${arg}`);
     }
   }
   if (cliNamespaces) opts.namespaces = cliNamespaces;
+  if (opts.parser !== 'default' && opts.parser !== 'msgpack') usage(`unknown parser: ${opts.parser}`);
   if (opts.namespaces.length === 0) opts.namespaces = ['/'];
   opts.namespaces = opts.namespaces.map((n) => (n.startsWith('/') ? n : '/' + n));
   return opts;
@@ -87,7 +95,7 @@ function usage(err) {
   const text =
     'usage: node server.js [--host H] [--port P] [--path /socket.io/] [--namespace NS]...\n' +
     '                      [--ping-interval MS] [--ping-timeout MS] [--max-payload BYTES]\n' +
-    '                      [--cors-origin ORIGIN] [--recovery] [--redis URL]\n';
+    '                      [--cors-origin ORIGIN] [--recovery] [--redis URL] [--allow-eio3] [--parser msgpack]\n';
   if (err) {
     process.stderr.write(`server.js: ${err}\n${text}`);
     process.exit(2);
@@ -243,6 +251,7 @@ async function main() {
     pingInterval: opts.pingInterval,
     pingTimeout: opts.pingTimeout,
     maxHttpBufferSize: opts.maxPayload,
+    allowEIO3: opts.allowEio3,
     cors,
     // Both servers share one HTTP server: neither may kill the other's upgrades.
     destroyUpgrade: false,
@@ -274,6 +283,7 @@ async function main() {
     serveClient: false,
     connectionStateRecovery: opts.recovery ? {} : undefined,
     adapter: redis ? redis.adapter : undefined,
+    parser: opts.parser === 'msgpack' ? require('socket.io-msgpack-parser') : undefined,
   });
   const served = new Set(opts.namespaces);
   if (!served.has('/')) {

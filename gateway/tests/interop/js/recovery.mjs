@@ -35,12 +35,17 @@
 //            {n: 1..} into FLEET_ROOM at PUBLISH_RATE per second for
 //            PUBLISH_MS, then {done: total}; prints `published <total>`.
 //
+// RINGWAY_PARSER=msgpack: every client uses socket.io-msgpack-parser (for
+// gateways run with `--parser msgpack`).
+//
 // Exit 0 on success (for `fleet`: once the report is printed), non-zero
 // with `FAIL <scenario>: <why>` on stderr otherwise.
 
 import { io } from 'socket.io-client';
+import msgpackParser from 'socket.io-msgpack-parser';
 
 const BASE = (process.env.RINGWAY_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
+const PARSER_OPTS = process.env.RINGWAY_PARSER === 'msgpack' ? { parser: msgpackParser } : {};
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let currentStep = 'starting';
@@ -71,6 +76,7 @@ function connect(transports, extra = {}) {
     reconnectionDelayMax: 400,
     randomizationFactor: 0.2,
     timeout: 5000,
+    ...PARSER_OPTS,
     ...extra,
   });
 }

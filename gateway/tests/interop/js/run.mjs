@@ -9,15 +9,23 @@
 // Exit 0 and one `ok <scenario>: <what was checked>` line on stdout on
 // success; non-zero and `FAIL <scenario>: <why>` on stderr on failure.
 // Env: RINGWAY_URL (default http://127.0.0.1:3000), RINGWAY_PATH (Socket.IO
-// path, default /socket.io/), RINGWAY_TIMEOUT_MS (overrides every budget).
+// path, default /socket.io/), RINGWAY_TIMEOUT_MS (overrides every budget),
+// RINGWAY_PARSER (`msgpack`: every socket.io-client uses
+// socket.io-msgpack-parser, for a gateway run with `--parser msgpack`; the
+// run then also fails if any Socket.IO packet came as text), RINGWAY_REFERENCE
+// (`1`: the server is the reference; msgpack-values checks its side of the
+// documented differences).
 
 import { inspect, isDeepStrictEqual } from 'node:util';
 import { io, Manager } from 'socket.io-client';
 import { Socket as EioSocket } from 'engine.io-client';
+import msgpackParser from 'socket.io-msgpack-parser';
 
 const BASE = (process.env.RINGWAY_URL || 'http://127.0.0.1:3000').replace(/\/+$/, '');
 const SIO_PATH = process.env.RINGWAY_PATH || '/socket.io/';
 const EIO_PATH = '/engine.io/';
+const MSGPACK = process.env.RINGWAY_PARSER === 'msgpack';
+if (process.env.RINGWAY_PARSER && !MSGPACK) throw new Error(`unknown RINGWAY_PARSER '${process.env.RINGWAY_PARSER}'`);
 
 // ---------------------------------------------------------------------------
 // Shared helpers
@@ -130,16 +138,40 @@ function check(cond, what) {
   if (!cond) throw new Error(what);
 }
 
+/** The Socket.IO packets the engines received, by kind (RINGWAY_PARSER=msgpack checks them). */
+const wire = { used: false, binary: 0, text: [] };
+
+/** Counts the Socket.IO packets of every engine a Manager opens. */
+function watchWire(m) {
+  wire.used = true;
+  const watch = (engine) => {
+    if (!engine || engine.__wireWatched) return;
+    engine.__wireWatched = true;
+    engine.on('packet', (p) => {
+      if (p.type !== 'message') return;
+      if (typeof p.data === 'string') wire.text.push(p.data);
+      else wire.binary++;
+    });
+  };
+  watch(m.engine);
+  m.on('open', () => watch(m.engine));
+}
+
+/** The client options of the parser under test. */
+const PARSER_OPTS = MSGPACK ? { parser: msgpackParser } : {};
+
 /** A socket.io-client socket with its own Manager (no reconnection unless asked). */
 function sio(nsp = '/', opts = {}) {
-  const socket = io(BASE + nsp, { path: SIO_PATH, forceNew: true, reconnection: false, ...opts });
+  const socket = io(BASE + nsp, { path: SIO_PATH, forceNew: true, reconnection: false, ...PARSER_OPTS, ...opts });
+  watchWire(socket.io);
   track(() => socket.disconnect());
   return socket;
 }
 
 /** A Manager shared by several namespace sockets (multiplexing). */
 function manager(opts = {}) {
-  const m = new Manager(BASE, { path: SIO_PATH, reconnection: false, ...opts });
+  const m = new Manager(BASE, { path: SIO_PATH, reconnection: false, ...PARSER_OPTS, ...opts });
+  watchWire(m);
   track(() => m.engine && m.engine.close());
   return m;
 }
@@ -745,6 +777,79 @@ async function manyMessagesUpgrade() {
   return `${total} emits spanning the upgrade ${JSON.stringify(phases)} (${repliesOverPolling} replies before it), every reply exactly once, in order`;
 }
 
+/**
+ * What msgpack carries beyond JSON, through the gateway (which keeps JSON
+ * and binaries inside): every JSON type, binaries at the top level and
+ * nested (Buffer, Uint8Array, ArrayBuffer: all come back as Buffers, as
+ * the reference server's Buffers do), more binaries than the default
+ * parser's 10 attachments; what has no JSON form comes back as
+ * JSON.stringify shows it (a Date as its ISO string, undefined as null in
+ * an array and left out of an object, NaN as null). With RINGWAY_REFERENCE=1
+ * it checks the reference server's side of those differences instead
+ * (docs/PROTOCOL_NOTES.md, "The msgpack parser").
+ */
+async function msgpackValues() {
+  check(MSGPACK, 'run with RINGWAY_PARSER=msgpack against a gateway with --parser msgpack');
+  const reference = process.env.RINGWAY_REFERENCE === '1';
+  const socket = sio('/');
+  step('connecting');
+  await connected(socket);
+
+  step('every JSON type');
+  await roundTrip(socket, MIXED_ARGS, 'mixed JSON types');
+  // (notepack.io writes integral numbers as integers: only those within
+  // +-2^53 survive its encoder, a client-side limit.)
+  const numbers = [0, -1, 127, 128, -32, -33, 255, 256, 65535, 65536, 2 ** 31, -(2 ** 31) - 1, 2 ** 32, 2 ** 53 - 1, -(2 ** 53) + 1, 0.1, -1e-300, 5e-324, 1.5];
+  await roundTrip(socket, numbers, 'numbers of every msgpack width');
+  const long = 'ü'.repeat(70000);
+  await roundTrip(socket, [long, { [long.slice(0, 300)]: long.slice(0, 40) }, Array.from({ length: 70000 }, (_, i) => i % 3)], 'str 32, array 32, long keys');
+
+  step('binaries of every kind');
+  const bytes = (n, seed) => Buffer.from(Array.from({ length: n }, (_, i) => (i * seed + 7) & 0xff));
+  const ab = new Uint8Array([5, 6, 7]).buffer;
+  const args = [
+    bytes(1, 3),
+    new Uint8Array([9, 8, 7]),
+    ab,
+    { nested: { deep: [[bytes(70000, 11)]], u8: new Uint8Array(0) }, text: 'not binary' },
+    Array.from({ length: 25 }, (_, i) => bytes(i, i + 1)),
+  ];
+  const back = waitFor(socket, 'message-back');
+  socket.emit('message', ...args);
+  const got = await back;
+  check(countBinaries(got) === countBinaries(args), `${countBinaries(got)} binaries back, expected ${countBinaries(args)}`);
+  if (reference) {
+    // It sends a Uint8Array or ArrayBuffer it got back as an ArrayBuffer (ext 0).
+    check(Buffer.isBuffer(got[0]) && got[1] instanceof ArrayBuffer && got[2] instanceof ArrayBuffer, 'the reference: Buffer, ArrayBuffer, ArrayBuffer');
+  } else {
+    check(Buffer.isBuffer(got[0]) && Buffer.isBuffer(got[1]) && Buffer.isBuffer(got[2]), 'binaries come back as Buffers');
+  }
+  assertSame(got, args, 'binaries byte-exact');
+
+  step('values without a JSON form');
+  const date = new Date(Date.UTC(2024, 1, 29, 12, 34, 56, 789));
+  const [odd] = await ackArgs(socket, 'message-with-ack', [[date, undefined, NaN, { a: undefined, b: 1 }]]);
+  if (reference) {
+    check(odd[0] instanceof Date && odd[0].getTime() === date.getTime(), `the reference: a Date back, got ${short(odd[0])}`);
+    check(odd.length === 4 && odd[1] === undefined && Number.isNaN(odd[2]) && 'a' in odd[3] && odd[3].a === undefined && odd[3].b === 1,
+      `the reference: undefined, NaN as they were, got ${short(odd)}`);
+  } else {
+    assertSame(odd, ['2024-02-29T12:34:56.789Z', null, null, { b: 1 }], 'Date, undefined, NaN');
+  }
+
+  step('binary acks both ways');
+  const ackBack = await ackArgs(socket, 'message-with-ack', [bytes(3, 5), { b: [ab] }]);
+  assertSame(ackBack, [bytes(3, 5), { b: [ab] }], 'server ack with binaries');
+  const answered = waitFor(socket, 'answer');
+  socket.once('question', (...q) => {
+    const ack = q.pop();
+    ack({ echoed: q }, bytes(12, 9));
+  });
+  socket.emit('ask', 'q', bytes(4, 2));
+  assertSame(await answered, [{ echoed: ['q', bytes(4, 2)] }, bytes(12, 9)], "client ack of the echo app's question");
+  return `${MIXED_ARGS.length} mixed + ${numbers.length} numbers + 70000-item str/array round trips; ${countBinaries(args)} binaries (Buffer, Uint8Array, ArrayBuffer, nested, 70 kB, 25 in one array) byte-exact; Date/undefined/NaN ${reference ? 'kept as they were (the reference)' : 'as JSON shows them'}; binary acks both ways`;
+}
+
 // ---------------------------------------------------------------------------
 // Cluster scenarios: RINGWAY_URL is a round-robin proxy without sticky
 // sessions (nginx) in front of several gateways, so consecutive HTTP
@@ -1099,6 +1204,8 @@ const SCENARIOS = {
   'ping-timeout': { run: pingTimeout },
   'engineio-echo': { run: engineioEcho },
   'many-messages-upgrade': { run: manyMessagesUpgrade },
+  // Against a gateway with --parser msgpack (RINGWAY_PARSER=msgpack): gateway/tests/msgpack.rs.
+  'msgpack-values': { run: msgpackValues },
   // Through a round-robin proxy in front of a cluster: gateway/tests/cluster_interop.rs.
   'cluster-upgrade': { run: clusterUpgrade, budget: 30000 },
   'cluster-polling': { run: clusterPolling, budget: 30000 },
@@ -1128,7 +1235,12 @@ async function main() {
   const failed = new Promise((_, reject) => process.on('unhandledRejection', reject));
   let code;
   try {
-    const summary = await Promise.race([scenario.run(), overall, failed]);
+    let summary = await Promise.race([scenario.run(), overall, failed]);
+    if (MSGPACK && wire.used) {
+      check(wire.text.length === 0, `Socket.IO packets came as text, not msgpack: ${short(wire.text.slice(0, 3))}`);
+      check(wire.binary > 0, 'no msgpack packet was received');
+      summary += ` (msgpack: ${wire.binary} binary packets received, none as text)`;
+    }
     process.stdout.write(`ok ${name}: ${summary}\n`);
     code = 0;
   } catch (err) {
