@@ -59,6 +59,13 @@ else
   cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
 
+log "kill runs: a node SIGKILLed under the official JS client, 2 runs per transport mode"
+# Connection state recovery must deliver every message once, in order, in
+# every run (loadtest/scripts/bench-kill.sh; the full benchmark is 20 runs
+# per mode, docs/BENCHMARKS.md). A failing run's logs stay in the folder.
+loadtest/scripts/bench-kill.sh --quick --debug \
+  --out "${RINGWAY_ARTIFACTS:-$root/target}/bench-kill" || status=$?
+
 log "the Helm chart: lint, render, Kubernetes schemas, flags accepted by the binaries"
 # helm/tests renders and lints helm/ringway with Helm's own Go SDK
 # (helm-python-sdk: no helm binary), validates the manifests offline with

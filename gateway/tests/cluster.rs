@@ -1221,6 +1221,11 @@ async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
             .is_err(),
         "the handoff waits for the POST"
     );
+    // The call is cancelled (its RST_STREAM on its way to the owner). The
+    // owner drops the handoff when it reads the reset; a POST ending in the
+    // same instant would race it (the handoff would then finish toward a
+    // caller that is gone). Give the reset its head start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The POST finishes; the session is still served by its owner.
     post.write_all(&body.as_bytes()[4..])

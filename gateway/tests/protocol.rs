@@ -251,6 +251,15 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
         let s = Polling::open(&gw.addr, EIO).await;
         let resp = s.post(bad).await;
         assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
+        // No GET was pending: the session is closing, as the reference
+        // server's; the next GET gets a noop and the close packet, then
+        // the sid is unknown.
+        let closing = s.get().await;
+        assert_eq!(
+            (closing.status, closing.text().as_str()),
+            (200, "6\u{1e}1"),
+            "{bad:?}"
+        );
         let after = s.get().await;
         assert_eq!(
             after.text(),
@@ -280,6 +289,7 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
     )
     .await;
     assert_eq!((resp.status, resp.text().as_str()), (400, ""));
+    assert_eq!(s.get().await.text(), "6\u{1e}1");
     assert_eq!(s.get().await.status, 400);
 }
 
@@ -744,7 +754,7 @@ async fn a_polling_session_closed_between_two_gets_gets_its_close_packet() {
     let late = p.post(r#"42["message","late"]"#).await;
     assert_eq!((late.status, late.text()), (200, "ok".to_owned()));
     let last = p.packets().await;
-    assert_eq!(last.last().map(String::as_str), Some("1"), "{last:?}");
+    assert_eq!(last[last.len().saturating_sub(2)..], ["6", "1"], "{last:?}");
     assert!(
         !last.iter().any(|packet| packet.contains("late")),
         "{last:?}"
@@ -1057,4 +1067,27 @@ async fn packets_of_one_exchange_arrive_in_separate_reads() {
         separate * 3 >= ROUNDS * 2,
         "only {separate} of {ROUNDS} CONNECT answers came alone in their read"
     );
+}
+
+/// A client (or a proxy cutting long polls) that gives up on a pending GET:
+/// the reference closes the session ("poll connection closed
+/// prematurely"); Ringway keeps it, takes nothing from its queue, and the
+/// next GET gets what came meanwhile (a deliberate difference,
+/// `docs/PROTOCOL_NOTES.md`).
+#[tokio::test]
+async fn an_aborted_long_poll_keeps_the_session_and_loses_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let mut stream = tokio::net::TcpStream::connect(&gw.addr)
+        .await
+        .expect("connect");
+    let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", s.query(), gw.addr);
+    stream.write_all(req.as_bytes()).await.expect("write");
+    // The GET is pending at the gateway; the client goes away.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.send("4after-the-abort").await;
+    assert_eq!(s.next_non_ping().await, vec!["4after-the-abort"]);
 }

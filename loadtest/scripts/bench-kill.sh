@@ -25,7 +25,8 @@
 # client must end with every message once, in order, and every
 # reconnection recovered.
 #
-# One line per run, a summary table per mode (also in DIR/summary.md).
+# One line per run, a summary table per mode (also in DIR/summary.md); the
+# exit status is 1 if any run failed.
 # A failing run keeps everything in DIR/<mode>-<run>/ (gateway, coordinator
 # and redis logs and nginx's access log in cluster/, the clients' report in
 # fleet.out with each anomalous client's timeline and what it got as runs
@@ -258,3 +259,9 @@ for mode in dict.fromkeys(r[0] for r in rows):
     rs = [r for r in rows if r[0] == mode]
     print(f"- {mode}: " + ", ".join(f"{r[6]}/{r[7]}/{r[8]}" for r in rs))
 PY
+
+# The exit status: 1 if any run did not pass (CI runs a few with --quick).
+if awk -F'\t' '$3 != "ok" { bad = 1 } END { exit !bad }' "$out/results.tsv"; then
+  echo "bench-kill: some runs failed; kept in $out" >&2
+  exit 1
+fi

@@ -182,9 +182,13 @@ struct State {
     /// A handoff to another node has begun: no new GET or POST starts here.
     moving: bool,
     close: Option<CloseReason>,
-    /// Closed by the application for a client that still polls: it is
-    /// owed the close packet, which its next GET carries.
+    /// Closed by the server for a client that still polls: it is owed
+    /// the close packet, which its next GET carries.
     close_owed: bool,
+    /// The close came with no GET pending: the GET that carries the close
+    /// packet puts a noop before it (`6`, `1`), as the reference server's
+    /// closing polling transport answers its next request.
+    close_noop: bool,
     /// The node the session was handed off to.
     moved_to: Option<Box<str>>,
     /// The answer of a forwarded poll, kept until it is known whether it
@@ -299,6 +303,7 @@ impl<D> Session<D> {
                 moving: false,
                 close: None,
                 close_owed: false,
+                close_noop: false,
                 moved_to: None,
                 unconfirmed: None,
                 held: 0,
@@ -383,8 +388,8 @@ impl<D> Session<D> {
         self.lock().close
     }
 
-    /// Closed with [`Session::close_for_client`], and no GET has carried
-    /// the close packet out yet.
+    /// Closed by the server while polling (see [`Session::close`]), and no
+    /// GET has carried the close packet out yet.
     pub(crate) fn owes_close_packet(&self) -> bool {
         let st = self.lock();
         st.close_owed && st.upgrade != UpgradeState::Done
@@ -425,26 +430,23 @@ impl<D> Session<D> {
 
     /// Closes the session. The first reason wins; the lifecycle task then
     /// removes it from the engine and tells the application.
+    ///
+    /// A polling session the server closes (a malformed packet, the
+    /// application, a ping timeout, anything but the client's own close or
+    /// a move) with no GET pending enters the reference server's closing
+    /// state: it is still found by the next GET, which gets what was
+    /// queued, a noop and the close packet (the client then sees
+    /// "transport close", not an unknown sid); only then, or after a
+    /// bound, is the sid unknown.
     pub fn close(&self, reason: CloseReason) {
-        self.close_with(reason, false)
-    }
-
-    /// Closes the session for a client that goes on polling (the
-    /// application closed it): if no GET is pending now, the session is
-    /// still found by the next one, which carries the close packet (the
-    /// client then sees "transport close", as from the reference server,
-    /// not an unknown sid).
-    pub fn close_for_client(&self, reason: CloseReason) {
-        self.close_with(reason, true)
-    }
-
-    fn close_with(&self, reason: CloseReason, owed: bool) {
         let mut st = self.lock();
         if st.close.is_some() {
             return;
         }
         st.close = Some(reason);
-        st.close_owed = owed && st.transport == TransportKind::Polling;
+        st.close_owed = st.transport == TransportKind::Polling
+            && !matches!(reason, CloseReason::TransportClose | CloseReason::HandedOff);
+        st.close_noop = st.close_owed && !st.polling;
         // What was queued before the close still goes out (a pending poll
         // gets it before the close packet); only a slow consumer's queue
         // is dropped, and that happened when it overflowed.
@@ -661,15 +663,19 @@ impl<D> Session<D> {
             } else {
                 Frame::CLOSE
             };
+            let noop = last == Frame::CLOSE && st.close_noop && max_packets != 1;
             let room = if max_packets == 0 {
                 usize::MAX
             } else {
-                max_packets - 1
+                max_packets.saturating_sub(1 + usize::from(noop))
             };
             let take = st.queue.len().min(room);
             let mut frames: Vec<Frame> = st.queue.drain(..take).collect();
             st.queue.clear();
             st.queued_bytes = 0;
+            if noop {
+                frames.push(Frame::control(Frame::NOOP));
+            }
             frames.push(Frame::control(last));
             if st.close_owed {
                 st.close_owed = false;

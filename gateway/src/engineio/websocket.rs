@@ -231,13 +231,11 @@ async fn write_loop<D>(
                 }
             }
             for (i, batch) in batches.into_iter().enumerate() {
-                if i > 0 {
-                    // The next timer tick: the client has read the packet
-                    // before this one by then.
+                // The next timer tick: the client has read the packet
+                // before this one by then. What was queued before a close
+                // still goes out (without the gaps once closed).
+                if i > 0 && !session.is_closed() {
                     tokio::time::sleep(PACKET_GAP).await;
-                    if session.is_closed() {
-                        return;
-                    }
                 }
                 let mut frames = futures_util::stream::iter(batch.into_iter().map(Ok));
                 // `send_all` feeds every frame then flushes; a full socket
@@ -246,10 +244,14 @@ async fn write_loop<D>(
                 tokio::pin!(send);
                 let written = loop {
                     tokio::select! {
+                        biased;
                         result = &mut send => break result.is_ok(),
                         _ = session.writer_event() => {
                             if session.is_closed() {
-                                return;
+                                // What was queued before the close still
+                                // goes out, unless the client does not read.
+                                let rest = tokio::time::timeout(CLOSE_GRACE, &mut send).await;
+                                break matches!(rest, Ok(Ok(())));
                             }
                             woken = true;
                         }
