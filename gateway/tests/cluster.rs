@@ -127,6 +127,8 @@ async fn polling_requests_of_one_session_land_on_every_node() {
         c.redis.registry_entry(&p.sid).is_none()
     })
     .await;
+    // Past the moment a GET racing the close still gets a noop (50 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     for addr in [n1, n2, n3] {
         let resp = p.on(addr).get().await;
         assert_eq!(resp.status, 400);

@@ -251,15 +251,8 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
         let s = Polling::open(&gw.addr, EIO).await;
         let resp = s.post(bad).await;
         assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
-        // No GET was pending: the session is closing, as the reference
-        // server's; the next GET gets a noop and the close packet, then
-        // the sid is unknown.
-        let closing = s.get().await;
-        assert_eq!(
-            (closing.status, closing.text().as_str()),
-            (200, "6\u{1e}1"),
-            "{bad:?}"
-        );
+        // An Engine.IO error closes the session at once, as the
+        // reference's: the next GET finds no session.
         let after = s.get().await;
         assert_eq!(
             after.text(),
@@ -289,8 +282,33 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
     )
     .await;
     assert_eq!((resp.status, resp.text().as_str()), (400, ""));
-    assert_eq!(s.get().await.text(), "6\u{1e}1");
     assert_eq!(s.get().await.status, 400);
+}
+
+/// A malformed Socket.IO packet (a valid Engine.IO message) with no GET
+/// pending: the Socket.IO layer closes the session gracefully, as the
+/// reference's `conn.close()`: the session is closing, the next GET gets a
+/// noop and the close packet, then the sid is unknown.
+#[tokio::test]
+async fn a_malformed_socketio_packet_leaves_a_closing_session_for_the_next_get() {
+    let gw = Gateway::start_suite();
+    for bad in ["4abc", "42[\"x\"", "49", "4"] {
+        let p = Polling::open(&gw.addr, "/socket.io/").await;
+        let resp = p.post(bad).await;
+        assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
+        let closing = p.get().await;
+        assert_eq!(
+            (closing.status, closing.text().as_str()),
+            (200, "6\u{1e}1"),
+            "{bad:?}"
+        );
+        let after = p.get().await;
+        assert_eq!(
+            after.text(),
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+            "{bad:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1090,4 +1108,65 @@ async fn an_aborted_long_poll_keeps_the_session_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.send("4after-the-abort").await;
     assert_eq!(s.next_non_ping().await, vec!["4after-the-abort"]);
+}
+
+/// A GET racing the client's close packet (sent before it on another
+/// connection, as the official suite's "forcefully closes the session"
+/// does, but processed after it on another thread) gets the noop a
+/// pending GET gets, not an unknown sid; a GET well after it finds no
+/// session.
+#[tokio::test]
+async fn a_get_racing_the_client_close_packet_gets_a_noop() {
+    let gw = Gateway::start_suite();
+    let s = Polling::open(&gw.addr, EIO).await;
+    let resp = s.post("1").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok"));
+    let raced = s.get().await;
+    assert_eq!((raced.status, raced.text().as_str()), (200, "6"));
+    let s = Polling::open(&gw.addr, EIO).await;
+    s.post("1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.get().await.text(),
+        r#"{"code":1,"message":"Session ID unknown"}"#
+    );
+}
+
+/// A GET that begins while a WebSocket is attached was sent around the
+/// client's `2probe` and `5` (the official suite sends `2probe`, `5`, then
+/// a GET), and may be processed before them on another thread: it is
+/// answered as the reference's single thread would, after the `5` as a
+/// request after the upgrade (code 3); with no `5`, with a noop at the
+/// reference's upgrade tick (100 ms after the probe was answered).
+#[tokio::test]
+async fn a_get_sent_around_the_upgrade_is_answered_as_after_it() {
+    let gw = Gateway::start_suite();
+    for finish in [true, false] {
+        let s = Polling::open(&gw.addr, EIO).await;
+        let mut ws = ws_connect(
+            &gw.addr,
+            &format!("{EIO}?EIO=4&transport=websocket&sid={}", s.sid),
+        )
+        .await;
+        let raced = {
+            let addr = gw.addr.clone();
+            let q = s.query();
+            tokio::spawn(async move { get(&addr, &q).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ws_send(&mut ws, "2probe").await;
+        assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
+        let probed = Instant::now();
+        if finish {
+            ws_send(&mut ws, "5").await;
+            let raced = raced.await.unwrap();
+            assert_eq!(raced.text(), r#"{"code":3,"message":"Bad request"}"#);
+            ws_send(&mut ws, "4after").await;
+            assert_eq!(ws_text(&mut ws).await.as_deref(), Some("4after"));
+        } else {
+            let raced = raced.await.unwrap();
+            assert_eq!((raced.status, raced.text().as_str()), (200, "6"));
+            assert!(probed.elapsed() >= Duration::from_millis(50));
+        }
+    }
 }

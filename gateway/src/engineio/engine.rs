@@ -108,6 +108,15 @@ pub const HOLD_WAIT: Duration = Duration::from_secs(3);
 /// Longest a polling session closed for its client between two GETs waits
 /// for the next GET to carry the close packet.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// How long a polling session closed by its client's close packet (in a
+/// POST) is still found by a GET, which gets a noop: the client sent that
+/// GET before the close, on another connection, and it was processed
+/// after it. Later GETs find no session, as from the reference.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_millis(50);
+/// How long a poll that began while a WebSocket was attached waits, once
+/// the probe is answered, for the `5` before it gets its noop: the
+/// reference's upgrade check interval.
+const UPGRADE_TICK: Duration = Duration::from_millis(100);
 
 /// Marks a poll's answer that its session holds under this id.
 #[derive(Debug, Clone, Copy)]
@@ -1017,7 +1026,11 @@ impl<H: EngineHandler> Engine<H> {
             .closed(session.sid(), session.epoch(), reason);
         self.handler.on_close(&session, reason);
         if lingers {
-            let until = Instant::now() + CLOSE_LINGER;
+            let bound = match reason {
+                CloseReason::TransportClose => CLIENT_CLOSE_GRACE,
+                _ => CLOSE_LINGER,
+            };
+            let until = Instant::now() + bound;
             while session.owes_close_packet()
                 && !self.closing_all.load(Ordering::SeqCst)
                 && Instant::now() < until
@@ -1178,6 +1191,7 @@ impl<H: EngineHandler> Engine<H> {
         };
         let _guard = PollGuard(session, gen);
         let hold = hold.then_some(raw_query);
+        let mut upgrade_tick = None;
         loop {
             match session.poll_outcome(gen, self.config.max_poll_packets, hold) {
                 PollOutcome::Payload(payload) => {
@@ -1197,6 +1211,18 @@ impl<H: EngineHandler> Engine<H> {
                     ))
                 }
                 PollOutcome::Wait => session.writer_event().await,
+                // Sent around the client's `2probe` and `5`, processed
+                // before them on another thread: answered as the
+                // reference's single thread would, after the `5` (code 3)
+                // or, without one, with a noop at its upgrade tick.
+                PollOutcome::AwaitUpgrade => {
+                    let tick = *upgrade_tick.get_or_insert_with(|| Instant::now() + UPGRADE_TICK);
+                    tokio::select! {
+                        _ = session.writer_event() => {}
+                        _ = sleep_until(tick) => session.release_late_poll(gen),
+                    }
+                }
+                PollOutcome::Upgraded => return Err(RequestError::BadRequest),
             }
         }
     }
@@ -1261,8 +1287,10 @@ impl<H: EngineHandler> Engine<H> {
                     Err(CloseReason::ParseError)
                 }
             };
-            if let Err(reason) = result {
-                session.close(reason);
+            match result {
+                Err(CloseReason::TransportClose) => session.close_by_client(),
+                Err(reason) => session.close(reason),
+                Ok(()) => {}
             }
         }
         Ok(ok_response())

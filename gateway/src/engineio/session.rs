@@ -173,6 +173,12 @@ struct State {
     /// pending one, whose requester is gone.
     poll_gen: u64,
     poll_stamp: Option<Box<str>>,
+    /// A poll that began while a WebSocket was attached (its probe on the
+    /// way or answered): the client sent it around its `2probe` or `5`, on
+    /// another connection. It is answered after the `5` as a request after
+    /// the upgrade (code 3), or with a noop after the reference's upgrade
+    /// tick ([`Session::release_late_poll`]).
+    late_poll: Option<u64>,
     /// A polling POST is being read or processed.
     posting: bool,
     awaiting_pong: bool,
@@ -182,8 +188,8 @@ struct State {
     /// A handoff to another node has begun: no new GET or POST starts here.
     moving: bool,
     close: Option<CloseReason>,
-    /// Closed by the server for a client that still polls: it is owed
-    /// the close packet, which its next GET carries.
+    /// Closed by the layer above for a client that still polls: it is
+    /// owed the close packet, which its next GET carries.
     close_owed: bool,
     /// The close came with no GET pending: the GET that carries the close
     /// packet puts a noop before it (`6`, `1`), as the reference server's
@@ -260,6 +266,12 @@ pub(crate) enum PollOutcome {
     /// A retry of the same request took this poll's place: answer nothing
     /// from the queue.
     Superseded,
+    /// A poll that began while a WebSocket was attached, its probe now
+    /// answered: it waits for the `5` (or the upgrade tick).
+    AwaitUpgrade,
+    /// That poll, the upgrade now done: answered as any polling request
+    /// after the upgrade.
+    Upgraded,
 }
 
 impl<D> Session<D> {
@@ -297,6 +309,7 @@ impl<D> Session<D> {
                 polling: false,
                 poll_gen: 0,
                 poll_stamp: None,
+                late_poll: None,
                 posting: false,
                 awaiting_pong,
                 client_pinged: false,
@@ -388,8 +401,8 @@ impl<D> Session<D> {
         self.lock().close
     }
 
-    /// Closed by the server while polling (see [`Session::close`]), and no
-    /// GET has carried the close packet out yet.
+    /// Closed with [`Session::close_for_client`] while polling, and no GET
+    /// has carried the close packet out yet.
     pub(crate) fn owes_close_packet(&self) -> bool {
         let st = self.lock();
         st.close_owed && st.upgrade != UpgradeState::Done
@@ -428,24 +441,44 @@ impl<D> Session<D> {
         Ok(())
     }
 
-    /// Closes the session. The first reason wins; the lifecycle task then
-    /// removes it from the engine and tells the application.
-    ///
-    /// A polling session the server closes (a malformed packet, the
-    /// application, a ping timeout, anything but the client's own close or
-    /// a move) with no GET pending enters the reference server's closing
+    /// Closes the session at once, as the engine does on its own errors (a
+    /// malformed Engine.IO packet, a ping timeout, overlapping polls): the
+    /// next GET finds no session (code 1), as from the reference. The
+    /// first reason wins; the lifecycle task then removes it from the
+    /// engine and tells the application.
+    pub fn close(&self, reason: CloseReason) {
+        self.close_with(reason, false)
+    }
+
+    /// Closes the session for a client that goes on polling, as the layer
+    /// above closes it (the application's `disconnect(true)`, a malformed
+    /// Socket.IO packet, a namespace not joined in time): the reference's
+    /// graceful close. With no GET pending the session enters a closing
     /// state: it is still found by the next GET, which gets what was
     /// queued, a noop and the close packet (the client then sees
     /// "transport close", not an unknown sid); only then, or after a
-    /// bound, is the sid unknown.
-    pub fn close(&self, reason: CloseReason) {
+    /// bound, is the sid unknown. A pending GET gets what was queued and
+    /// the close packet.
+    pub fn close_for_client(&self, reason: CloseReason) {
+        self.close_with(reason, true)
+    }
+
+    /// The client's close packet in a POST: closed at once for the
+    /// layers above, but a GET that raced it (sent before it, on another
+    /// connection, processed after it on another thread) still finds the
+    /// session for a moment and gets the noop a pending GET gets, rather
+    /// than an unknown sid (see `CLIENT_CLOSE_GRACE` in the engine).
+    pub(crate) fn close_by_client(&self) {
+        self.close_with(CloseReason::TransportClose, true)
+    }
+
+    fn close_with(&self, reason: CloseReason, owed: bool) {
         let mut st = self.lock();
         if st.close.is_some() {
             return;
         }
         st.close = Some(reason);
-        st.close_owed = st.transport == TransportKind::Polling
-            && !matches!(reason, CloseReason::TransportClose | CloseReason::HandedOff);
+        st.close_owed = owed && st.transport == TransportKind::Polling;
         st.close_noop = st.close_owed && !st.polling;
         // What was queued before the close still goes out (a pending poll
         // gets it before the close packet); only a slow consumer's queue
@@ -541,7 +574,19 @@ impl<D> Session<D> {
         st.polling = true;
         st.poll_gen += 1;
         st.poll_stamp = stamp.map(Into::into);
+        if matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing) {
+            st.late_poll = Some(st.poll_gen);
+        }
         Ok(st.poll_gen)
+    }
+
+    /// The upgrade tick passed for poll `gen` (one that began while a
+    /// WebSocket was attached) with no `5`: it gets its noop.
+    pub(crate) fn release_late_poll(&self, gen: u64) {
+        let mut st = self.lock();
+        if st.late_poll == Some(gen) {
+            st.late_poll = None;
+        }
     }
 
     /// What a new GET tells of a held answer, settled here. A client
@@ -687,6 +732,13 @@ impl<D> Session<D> {
         // Once the probe is answered the queue belongs to the WebSocket:
         // the poll only gets a noop, so nothing goes out twice or is lost
         // on a transport the client is leaving.
+        if st.late_poll == Some(gen) {
+            match st.upgrade {
+                UpgradeState::Probing => return PollOutcome::AwaitUpgrade,
+                UpgradeState::Done => return PollOutcome::Upgraded,
+                _ => {}
+            }
+        }
         if matches!(st.upgrade, UpgradeState::Probing | UpgradeState::Done) {
             return PollOutcome::Payload(self.encode(&[Frame::control(Frame::NOOP)]));
         }
@@ -898,6 +950,7 @@ mod tests {
             PollOutcome::Held(body, id) => (body.bytes, Some(id)),
             PollOutcome::Wait => panic!("nothing to answer"),
             PollOutcome::Superseded => panic!("superseded"),
+            PollOutcome::AwaitUpgrade | PollOutcome::Upgraded => panic!("upgrading"),
         }
     }
 

@@ -363,7 +363,7 @@ impl<A: Application> SocketIo<A> {
 
     fn parse_error(&self, session: &SessionRef<ClientState>, err: impl std::fmt::Display) {
         debug!(sid = %session.sid(), %err, "bad socket.io packet");
-        session.close(CloseReason::ParseError);
+        session.close_for_client(CloseReason::ParseError);
     }
 
     fn connect(&self, session: &SessionRef<ClientState>, nsp: &str, auth: &str) {
@@ -440,7 +440,7 @@ fn failed_connect(session: &SessionRef<ClientState>, limits: SocketLimits) {
             .limit_refusals
             .add(1, &attr("limit", "failed_connects"));
         debug!(sid = %session.sid(), failed, "too many refused CONNECTs: closing");
-        session.close(CloseReason::ParseError);
+        session.close_for_client(CloseReason::ParseError);
     }
 }
 
@@ -742,7 +742,7 @@ impl<A: Application> EngineHandler for SocketIo<A> {
     fn on_open_timeout(&self, session: &SessionRef<ClientState>) {
         if !session.data().ever_joined() {
             debug!(sid = %session.sid(), "no namespace joined in time");
-            session.close(CloseReason::ForcedClose);
+            session.close_for_client(CloseReason::ForcedClose);
         }
     }
 

@@ -603,7 +603,7 @@ impl Socket {
                 recovery.forget(&socket, false);
             }
         }
-        self.session.close(CloseReason::ForcedClose);
+        self.session.close_for_client(CloseReason::ForcedClose);
     }
 }
 
