@@ -32,9 +32,12 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}"
 fi
 
-log "npm packages: the interop clients and playwright-core, the chat demo's socket.io-client bundle"
+log "npm packages: the interop clients and playwright-core, the chat demo's socket.io-client bundle, the reference server"
 (cd gateway/tests/interop/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd examples/chat && npm ci --no-audit --no-fund --loglevel=error)
+# The reference server (socket.io 4.8, the echo application): bad input is
+# replayed against it and Ringway (gateway/tests/reference_diff.rs).
+(cd loadtest/peers/reference && npm ci --no-audit --no-fund --loglevel=error)
 
 log "python client, the python publisher example (grpcio, grpcio-tools), the chart tests (helm-python-sdk, kubernetes-validate, pytest)"
 if [ ! -x .venv-test/bin/python ]; then

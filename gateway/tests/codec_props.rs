@@ -219,11 +219,15 @@ fn eio_decode_errors() {
             "{unknown:?}"
         );
     }
+    // An open packet from a client and a noop with data are ignored (as
+    // noops), as the reference server ignores them.
+    for ignored in ["0", "0{}", "6x", "6 "] {
+        assert_eq!(decode_text(ignored), Ok(EioPacket::Noop), "{ignored:?}");
+    }
     // Only the message type carries data; the others carry nothing but
-    // "probe" for ping and pong. The open packet never comes from a client.
+    // "probe" for ping and pong.
     for unexpected in [
-        "0", "0{}", "1x", "1probe", "2x", "2probe ", "2PROBE", "3x", "3probex", "5x", "5probe",
-        "6x", "6 ",
+        "1x", "1probe", "2x", "2probe ", "2PROBE", "3x", "3probex", "5x", "5probe",
     ] {
         assert_eq!(
             decode_text(unexpected),

@@ -237,17 +237,7 @@ async fn post_over_max_payload_is_refused_with_413_and_the_session_lives() {
 #[tokio::test]
 async fn malformed_post_closes_the_session_after_the_good_packets() {
     let gw = Gateway::start_suite();
-    for bad in [
-        "9xyz",
-        "",
-        "b!!!",
-        "0{}",
-        "2",
-        "2probe",
-        "\u{1e}4hello",
-        "é",
-        "😀x",
-    ] {
+    for bad in ["9xyz", "", "2", "2probe", "\u{1e}4hello", "é", "😀x"] {
         let s = Polling::open(&gw.addr, EIO).await;
         let resp = s.post(bad).await;
         assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
@@ -288,13 +278,16 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
 /// A malformed Socket.IO packet (a valid Engine.IO message) with no GET
 /// pending: the Socket.IO layer closes the session gracefully, as the
 /// reference's `conn.close()`: the session is closing, the next GET gets a
-/// noop and the close packet, then the sid is unknown.
+/// noop and the close packet, then the sid is unknown. Invalid base64 and
+/// invalid UTF-8 too: the reference decodes them leniently into garbage
+/// its Socket.IO layer refuses that way.
 #[tokio::test]
 async fn a_malformed_socketio_packet_leaves_a_closing_session_for_the_next_get() {
     let gw = Gateway::start_suite();
-    for bad in ["4abc", "42[\"x\"", "49", "4"] {
+    let bodies: [&[u8]; 6] = [b"4abc", b"42[\"x\"", b"49", b"4", b"b!!!", b"4\xff\xfe"];
+    for bad in bodies {
         let p = Polling::open(&gw.addr, "/socket.io/").await;
-        let resp = p.post(bad).await;
+        let resp = post(&gw.addr, &p.query(), bytes::Bytes::from_static(bad)).await;
         assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{bad:?}");
         let closing = p.get().await;
         assert_eq!(

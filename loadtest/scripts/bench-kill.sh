@@ -97,6 +97,7 @@ esac
 [ "$nodes" -ge 2 ] || { echo "bench-kill.sh: --nodes must be 2 or more" >&2; exit 2; }
 out=${out:-$root/target/bench-kill/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # absolute: the cluster's tools run elsewhere
 js="$root/gateway/tests/interop/js"
 if [ ! -d "$js/node_modules/socket.io-client" ]; then
   echo "bench-kill.sh: installing the interop npm packages" >&2

@@ -52,6 +52,8 @@ while [ $# -gt 0 ]; do
     *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+# Absolute: nginx and the daemons resolve paths from elsewhere.
+case "$state_dir" in /*) ;; *) state_dir="$PWD/$state_dir" ;; esac
 state="$state_dir/state.env"
 
 

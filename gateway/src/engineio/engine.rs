@@ -20,7 +20,7 @@ use tracing::{debug, trace, Instrument};
 use super::admission::{Admission, AdmissionConfig, Refusal};
 use super::body::{Body, Receipt};
 use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
-use super::errors::RequestError;
+use super::errors::{DecodeError, RequestError};
 use super::handler::{EngineHandler, Message};
 use super::packet::{Frame, Packet};
 use super::payload::{decode_for, decode_item_for, PayloadItem, PollBody};
@@ -1281,6 +1281,15 @@ impl<H: EngineHandler> Engine<H> {
                 Ok(PayloadItem::Binary(data)) => {
                     self.on_binary(session, data);
                     Ok(())
+                }
+                // The reference decodes these leniently (U+FFFD, bad
+                // base64 characters dropped) and hands the garbage on;
+                // its Socket.IO layer then closes the session gracefully.
+                // Ringway hands nothing on, and closes the same way.
+                Err(err @ (DecodeError::InvalidUtf8 | DecodeError::InvalidBase64)) => {
+                    debug!(sid = %session.sid(), %err, "bad polling payload");
+                    session.close_for_client(CloseReason::ParseError);
+                    break;
                 }
                 Err(err) => {
                     debug!(sid = %session.sid(), %err, "bad polling payload");

@@ -135,8 +135,10 @@ pub fn decode_text(input: &str) -> Result<Packet<'_>, DecodeError> {
         '3' if rest == "probe" => Ok(Packet::PongProbe),
         '4' => Ok(Packet::Message(rest)),
         '5' if rest.is_empty() => Ok(Packet::Upgrade),
-        '6' if rest.is_empty() => Ok(Packet::Noop),
-        '0'..='6' => Err(DecodeError::UnexpectedData),
+        // An open packet from a client, or a noop with data: ignored, as
+        // the reference server ignores them.
+        '0' | '6' => Ok(Packet::Noop),
+        '1'..='5' => Err(DecodeError::UnexpectedData),
         _ => Err(DecodeError::UnknownType),
     }
 }
