@@ -928,9 +928,26 @@ impl<H: EngineHandler> Engine<H> {
             )
             .with_framing(framing),
         );
+        if self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&sid)
+        {
+            return Err(RequestError::BadRequest);
+        }
+        // The layer above's state goes in before the session is in the
+        // table: a request that finds it there (a POST that waited for
+        // the handoff) must find its sockets too. Dispatched into a
+        // session without them, its packets were for a namespace not
+        // joined, and the session was closed on its client.
+        self.handler.restore(&session, state.socketio);
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             if sessions.contains_key(&sid) {
+                drop(sessions);
+                session.close(CloseReason::TransportError);
+                self.handler.on_close(&session, CloseReason::TransportError);
                 return Err(RequestError::BadRequest);
             }
             sessions.insert(sid, session.clone());
@@ -939,7 +956,6 @@ impl<H: EngineHandler> Engine<H> {
             session.handshake().remote_addr.ip(),
             Instant::now().into_std(),
         );
-        self.handler.restore(&session, state.socketio);
         self.directory.opened(sid, session.epoch());
         debug!(sid = %sid, epoch = session.epoch(), "session taken over");
         // The old owner's last ping may be up to a ping interval old: ping
