@@ -405,15 +405,20 @@ pub(crate) mod tests {
         ids
     }
 
-    #[test]
-    fn targets_rooms_unions_and_exclusions() {
-        let ns = Namespace::new(
+    /// `/` on one node, default limits and parser.
+    fn local_namespace() -> Arc<Namespace> {
+        Namespace::new(
             "/",
             Arc::new(crate::socketio::LocalFabric),
             None,
             Default::default(),
             Parser::Default,
-        );
+        )
+    }
+
+    #[test]
+    fn targets_rooms_unions_and_exclusions() {
+        let ns = local_namespace();
         let [a, b, c, d] = [socket(&ns), socket(&ns), socket(&ns), socket(&ns)];
         a.join("r1").expect("join");
         b.join("r1").expect("join");
@@ -463,13 +468,7 @@ pub(crate) mod tests {
     /// nothing more.
     #[test]
     fn an_old_copy_of_a_socket_ending_leaves_the_live_copy_in_its_rooms() {
-        let ns = Namespace::new(
-            "/",
-            Arc::new(crate::socketio::LocalFabric),
-            None,
-            Default::default(),
-            Parser::Default,
-        );
+        let ns = local_namespace();
         let id = Sid::random();
         let copy = |ns: &Arc<Namespace>| {
             let s = Socket::restored(
@@ -505,13 +504,7 @@ pub(crate) mod tests {
 
     #[test]
     fn leaving_and_disconnecting_update_the_rooms() {
-        let ns = Namespace::new(
-            "/",
-            Arc::new(crate::socketio::LocalFabric),
-            None,
-            Default::default(),
-            Parser::Default,
-        );
+        let ns = local_namespace();
         let a = socket(&ns);
         let b = socket(&ns);
         a.join("r").expect("join");
