@@ -50,6 +50,16 @@ fn py(scenario: &str) {
     );
 }
 
+/// Compatibility issue, point 3: a client that reads one frame per turn
+/// of its event loop (a one-shot listener registered again after each
+/// frame, as the official protocol suites read) sees the CONNECT answer
+/// and the event the application emits with it, each in its own turn.
+#[test]
+fn js_one_shot_listener_sees_every_frame_of_an_exchange() {
+    let dir = interop_dir().join("js");
+    run(Path::new("node"), &dir.join("oneshot.mjs"), "oneshot");
+}
+
 macro_rules! scenarios {
     ($runner:ident: $($name:ident => $scenario:literal),* $(,)?) => {
         mod $runner {
