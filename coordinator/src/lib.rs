@@ -9,7 +9,7 @@
 //! - [`service`]: the shared state, the reaper and the tonic service.
 //! - [`store`]: Redis persistence and the coordinator lock.
 //! - [`events`]: the recent membership events, for operators.
-//! - [`ring`]: each member's share of the gateways' hash ring.
+//! - the ring shares on the dashboard come from `ringway-ring`, the gateways' own ring.
 //! - [`dashboard`]: the HTTP listener (dashboard page, state as JSON and as
 //!   Server-Sent Events, health, metrics).
 //! - [`run`]: the whole coordinator, as the binary runs it.
@@ -45,7 +45,6 @@ pub mod config;
 pub mod dashboard;
 pub mod events;
 pub mod membership;
-pub mod ring;
 pub mod service;
 pub mod store;
 pub mod telemetry;

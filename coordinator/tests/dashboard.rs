@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use ringway_coordinator::proto::LeaveRequest;
-use ringway_coordinator::ring::{RingShares, VNODES};
+use ringway_ring::{Ring, DEFAULT_VNODES as VNODES};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- HTTP ---
@@ -365,7 +365,7 @@ async fn the_state_follows_real_gateways() {
     assert_eq!(shown_addrs, gateway_addrs);
 
     // Ring shares: the gateways' ring, summing to 1.
-    let expected = RingShares::new(["n1", "n2", "n3"], VNODES).shares();
+    let expected = Ring::new(["n1", "n2", "n3"], VNODES).shares();
     let mut sum = 0.0;
     for (node, share) in &expected {
         let shown = member(&s, node)["ring_share"].as_f64().expect("a share");

@@ -9,7 +9,8 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod demo;
-pub mod engineio;
+/// The Engine.IO layer, its own crate (`gateway/engineio`).
+pub use ringway_engineio as engineio;
 pub mod http;
 pub mod socketio;
 pub mod store;

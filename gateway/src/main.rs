@@ -115,7 +115,8 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         service: "ringway-gateway",
         instance: &node_id,
         log_format: config.log_format,
-        exported_spans: "ringway_gateway=info",
+        // Every layer's spans: the Engine.IO crate's too.
+        exported_spans: "ringway_gateway=info,ringway_engineio=info",
     })
     .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
     match fd_limit {
@@ -414,7 +415,7 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
                 HeartbeatLoad {
                     polling_sessions,
                     websocket_sessions,
-                    messages_in: telemetry::metrics().messages_in.total(),
+                    messages_in: telemetry::engine_metrics().messages_in.total(),
                     messages_out: telemetry::metrics().messages_out.total(),
                 }
             });

@@ -13,207 +13,38 @@
 //!   Prometheus text ([`render`], served on `/metrics`), and exported by
 //!   OTLP too when the endpoint is set.
 
+//!
+//! Without the `setup` feature (default on) this crate is only the
+//! instrument helpers ([`meter`], [`histogram`], [`attr`], [`seconds`],
+//! [`LogLimiter`]) over the `opentelemetry` API: what a library crate (the
+//! Engine.IO layer) needs to record metrics, without the exporters and
+//! their gRPC stack.
+
+#[cfg(feature = "setup")]
 mod log;
+#[cfg(feature = "setup")]
 mod propagation;
+#[cfg(feature = "setup")]
+mod setup;
 
-use std::sync::OnceLock;
-
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
-use thiserror::Error;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
-pub use propagation::{continue_trace, traced};
+#[cfg(feature = "setup")]
+pub use setup::{
+    continue_trace, grpc_outcome, render, traced, LogFormat, Options, Telemetry, TelemetryError,
+};
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event.
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-#[derive(Debug, Error)]
-pub enum TelemetryError {
-    #[error("OTLP exporter: {0}")]
-    Otlp(String),
-    #[error("Prometheus exporter: {0}")]
-    Prometheus(String),
-}
-
-/// The Prometheus registry `/metrics` reads.
-static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
-/// The meter provider of this process (set once by [`Telemetry::init`]).
-static METER_PROVIDER: OnceLock<SdkMeterProvider> = OnceLock::new();
-
-/// What a process sets up.
-#[derive(Debug, Clone, Copy)]
-pub struct Options<'a> {
-    /// `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
-    pub service: &'a str,
-    /// `service.instance.id`: the process's id in the cluster.
-    pub instance: &'a str,
-    pub log_format: LogFormat,
-    /// Which spans go to the collector, as an `EnvFilter` directive (the
-    /// process's own spans at info, say), whatever `RUST_LOG` says of logs.
-    pub exported_spans: &'a str,
-}
-
-/// Keeps the exporters alive; flushes them on shutdown.
-pub struct Telemetry {
-    tracer_provider: Option<SdkTracerProvider>,
-}
-
-fn otlp_endpoint() -> Option<String> {
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty())
-}
-
-fn resource(default_service: &str, instance: &str) -> Resource {
-    let builder = Resource::builder()
-        .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()));
-    // OTEL_SERVICE_NAME, when set, is read by the SDK's own detector (as
-    // are OTEL_RESOURCE_ATTRIBUTES).
-    if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.is_empty()) {
-        builder.build()
-    } else {
-        builder
-            .with_service_name(default_service.to_owned())
-            .build()
-    }
-}
-
-impl Telemetry {
-    /// Sets up logging, tracing and metrics. Must run inside the tokio
-    /// runtime (the OTLP exporters use it).
-    pub fn init(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
-        let resource = resource(options.service, options.instance);
-        let endpoint = otlp_endpoint();
-
-        // Metrics: Prometheus always, OTLP when configured.
-        let registry = prometheus::Registry::new();
-        let prometheus = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .build()
-            .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-        let mut meters = SdkMeterProvider::builder()
-            .with_resource(resource.clone())
-            .with_reader(prometheus);
-        if endpoint.is_some() {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-            // The tonic exporter runs on the tokio runtime (the SDK's
-            // default reader uses a thread of its own, without a runtime).
-            let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
-                exporter,
-                opentelemetry_sdk::runtime::Tokio,
-            )
-            .build();
-            meters = meters.with_reader(reader);
-        }
-        let _ = REGISTRY.set(registry);
-        let _ = METER_PROVIDER.set(meters.build());
-
-        // Traces: only with a collector.
-        let tracer_provider = match endpoint {
-            Some(_) => {
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .build()
-                    .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-                let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-                    exporter,
-                    opentelemetry_sdk::runtime::Tokio,
-                )
-                .build();
-                Some(
-                    SdkTracerProvider::builder()
-                        .with_resource(resource)
-                        .with_span_processor(processor)
-                        .build(),
-                )
-            }
-            None => None,
-        };
-        if let Some(provider) = &tracer_provider {
-            opentelemetry::global::set_tracer_provider(provider.clone());
-            opentelemetry::global::set_text_map_propagator(
-                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-            );
-        }
-
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let fmt = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi);
-        // Trace ids only where there are traces: without a tracer no span
-        // carries one.
-        let traced = tracer_provider.is_some();
-        let fmt = match (options.log_format, traced) {
-            (LogFormat::Human, true) => fmt.map_event_format(log::WithTraceId::human).boxed(),
-            (LogFormat::Human, false) => fmt.boxed(),
-            (LogFormat::Json, true) => fmt
-                .json()
-                .with_current_span(true)
-                .map_event_format(log::WithTraceId::json)
-                .boxed(),
-            (LogFormat::Json, false) => fmt.json().with_current_span(true).boxed(),
-        };
-        let otel = tracer_provider.as_ref().map(|p| {
-            tracing_opentelemetry::layer()
-                .with_tracer(p.tracer(options.service.to_owned()))
-                .with_filter(EnvFilter::new(options.exported_spans))
-        });
-        let _ = tracing_subscriber::registry()
-            .with(fmt.with_filter(filter))
-            .with(otel)
-            .try_init();
-        Ok(Telemetry { tracer_provider })
-    }
-
-    /// Flushes what is buffered (spans, the last metrics).
-    pub fn shutdown(self) {
-        if let Some(provider) = self.tracer_provider {
-            let _ = provider.shutdown();
-        }
-        if let Some(provider) = METER_PROVIDER.get() {
-            let _ = provider.shutdown();
-        }
-    }
-}
-
-/// The meter of this process: a no-op one before [`Telemetry::init`]
-/// (library use, unit tests).
+/// The meter of this process: a no-op one before `Telemetry::init`
+/// (library use, unit tests). The same provider is the global one, so a
+/// crate without the `setup` feature records into it too.
 pub fn meter() -> Meter {
-    match METER_PROVIDER.get() {
-        Some(provider) => provider.meter("ringway"),
-        None => opentelemetry::global::meter("ringway"),
+    #[cfg(feature = "setup")]
+    if let Some(provider) = setup::meter_provider() {
+        use opentelemetry::metrics::MeterProvider as _;
+        return provider.meter("ringway");
     }
-}
-
-/// The metrics in Prometheus text format (empty before init).
-pub fn render() -> String {
-    let Some(registry) = REGISTRY.get() else {
-        return String::new();
-    };
-    let mut out = String::new();
-    let encoder = prometheus::TextEncoder::new();
-    if let Err(err) = encoder.encode_utf8(&registry.gather(), &mut out) {
-        tracing::warn!(%err, "cannot encode the metrics");
-    }
-    out
+    opentelemetry::global::meter("ringway")
 }
 
 /// Buckets (seconds) for latencies: 50 µs .. 10 s.
@@ -241,54 +72,6 @@ pub fn seconds(start: std::time::Instant) -> f64 {
 /// One attribute, for instruments that take a slice.
 pub fn attr(key: &'static str, value: impl Into<opentelemetry::Value>) -> [KeyValue; 1] {
     [KeyValue::new(key, value)]
-}
-
-/// The `outcome` label of a gRPC call: `ok`, or its status code in
-/// snake case (`unavailable`, `deadline_exceeded`, ...).
-pub fn grpc_outcome<T>(result: &Result<T, tonic::Status>) -> &'static str {
-    use tonic::Code;
-    let Err(status) = result else {
-        return "ok";
-    };
-    match status.code() {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_outcomes_are_snake_case_codes() {
-        assert_eq!(grpc_outcome(&Ok::<(), tonic::Status>(())), "ok");
-        let err = |status| grpc_outcome(&Err::<(), _>(status));
-        assert_eq!(err(tonic::Status::unavailable("x")), "unavailable");
-        assert_eq!(
-            err(tonic::Status::deadline_exceeded("x")),
-            "deadline_exceeded"
-        );
-        assert_eq!(
-            err(tonic::Status::failed_precondition("x")),
-            "failed_precondition"
-        );
-    }
 }
 
 /// Lets a log line through at most once per period, from any thread,

@@ -18,8 +18,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::{unix_ms, MembershipEvent};
-use crate::ring::{RingShares, VNODES};
 use crate::service::MembershipHub;
+use ringway_ring::{Ring, DEFAULT_VNODES as VNODES};
 
 /// Version of the `/api/state` document (bumped on incompatible changes).
 pub const STATE_VERSION: u32 = 1;
@@ -122,7 +122,7 @@ impl Dashboard {
             .iter()
             .filter(|m| m.state == MemberState::Active as i32)
             .map(|m| m.node_id.as_str());
-        let shares: Shares = RingShares::new(active, VNODES).shares().into();
+        let shares: Shares = Ring::new(active, VNODES).shares().into();
         *cache = Some((view.epoch, shares.clone()));
         shares
     }
@@ -351,7 +351,7 @@ mod tests {
         );
         let ids: Vec<&str> = state.members.iter().map(|m| m.node_id.as_str()).collect();
         assert_eq!(ids, ["n1", "n2", "n3"]);
-        let expected = RingShares::new(["n1", "n2", "n3"], VNODES).shares();
+        let expected = Ring::new(["n1", "n2", "n3"], VNODES).shares();
         for (member, (node, share)) in state.members.iter().zip(&expected) {
             assert_eq!(&member.node_id, node);
             assert_eq!(member.ring_share, *share);

@@ -26,8 +26,8 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, Instrument};
 
-use crate::cluster::{Cluster, Routed};
-use crate::engineio::{BoxFuture, Engine, Sid};
+use crate::cluster::Cluster;
+use crate::engineio::{BoxFuture, Engine, Located, Sid};
 use crate::socketio::packet::RESERVED_EVENTS;
 use crate::socketio::{
     is_hidden_room, user_room, AckError, Application, Namespace, Payload, Recovery, SocketIo,
@@ -250,7 +250,9 @@ impl<A: Application> LocalPush<A> {
                 let frames: Option<Vec<crate::engineio::Frame>> = req
                     .frames
                     .into_iter()
-                    .map(crate::engineio::Frame::from_proto)
+                    .map(
+                        <crate::engineio::Frame as crate::cluster::convert::ProtoFrame>::from_proto,
+                    )
                     .collect();
                 let Some(frames) = frames else {
                     return Err(Status::invalid_argument("session frames: not UTF-8 text"));
@@ -520,20 +522,20 @@ impl<A: Application> PushService<A> {
                 async move {
                     match peer.local(request).await {
                         Ok(reply) => Ok(match Disposition::try_from(reply.disposition) {
-                            Ok(Disposition::Served) => Routed::Done(Ok(reply)),
+                            Ok(Disposition::Served) => Located::Served(Ok(reply)),
                             Ok(Disposition::Moved) if !reply.moved_to.is_empty() => {
-                                Routed::Moved(reply.moved_to)
+                                Located::Moved(reply.moved_to)
                             }
-                            _ => Routed::Unknown,
+                            _ => Located::Unknown,
                         }),
                         // The owner answered with an error of the
                         // operation itself (timeout, bad argument).
                         Err(status) if status.code() != tonic::Code::Unavailable => {
-                            Ok(Routed::Done(Err(status)))
+                            Ok(Located::Served(Err(status)))
                         }
                         Err(status) => {
                             crate::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
-                            Ok(Routed::Unknown)
+                            Ok(Located::Unknown)
                         }
                     }
                 }

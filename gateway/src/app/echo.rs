@@ -132,6 +132,7 @@ pub struct EngineEcho;
 
 impl EngineHandler for EngineEcho {
     type Data = ();
+    type Snapshot = ();
 
     fn on_open(&self, _session: &SessionRef<()>) {}
 

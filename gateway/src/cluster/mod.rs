@@ -6,9 +6,11 @@
 //! A node alone is the same cluster with one member, no peers and the
 //! in-memory registry.
 
+pub mod convert;
 pub mod membership;
 pub mod peer;
-pub mod ring;
+/// The hash ring, shared with the coordinator (`gateway/ring`).
+pub use ringway_ring as ring;
 pub mod rooms;
 pub mod service;
 
@@ -19,21 +21,22 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
-    deliver_item, local_request, DeliverItem, Disposition, Emit, Evict, ForwardRequest,
-    HandoffRequest, LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange,
-    SessionFrames, View,
+    deliver_item, local_request, DeliverItem, Emit, Evict, ForwardRequest, HandoffRequest,
+    LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange, SessionFrames,
+    SocketIoState, View,
 };
 use tracing::{debug, info, warn};
 
 use crate::engineio::{
-    BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, RequestError, Sid,
-    TakenOver,
+    BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, Handover, Located,
+    RequestError, Sid,
 };
 use crate::socketio::{Fabric, RoomReceipt, Target};
 use crate::store::{Entry, Registry};
 
 use ringway_proto::auth::ClusterSecurity;
 
+use self::convert::{located, ProtoFrame};
 use self::peer::Peer;
 use self::ring::Ring;
 use self::rooms::{LocalRooms, RoomIndex};
@@ -342,7 +345,7 @@ impl Cluster {
     ) -> Result<T, RequestError>
     where
         F: Fn(Arc<Peer>) -> Fut,
-        Fut: std::future::Future<Output = Result<Routed<T>, RequestError>>,
+        Fut: std::future::Future<Output = Result<Located<T>, RequestError>>,
     {
         let mut asked_registry = hint.is_none() && self.cached_owner(&sid).is_none();
         let mut target = match hint {
@@ -367,7 +370,7 @@ impl Cluster {
             };
             let node = peer.node_id().to_owned();
             match call(peer).await? {
-                Routed::Done(value) => {
+                Located::Served(value) => {
                     // Whatever found it (registry, ring, a move), the next
                     // request goes straight there.
                     if self.cached_owner(&sid).as_deref() != Some(node.as_str()) {
@@ -375,11 +378,11 @@ impl Cluster {
                     }
                     return Ok(value);
                 }
-                Routed::Moved(node) => {
+                Located::Moved(node) => {
                     self.cache_owner(sid, Some(node.clone()));
                     target = Some(node);
                 }
-                Routed::Unknown => {
+                Located::Unknown => {
                     self.cache_owner(sid, None);
                     if asked_registry {
                         return Err(RequestError::UnknownSid);
@@ -436,27 +439,12 @@ impl Cluster {
     }
 }
 
-/// What a peer said about a session.
-pub(crate) enum Routed<T> {
-    Done(T),
-    Moved(String),
-    Unknown,
-}
-
-fn disposition<T>(raw: i32, moved_to: String, done: impl FnOnce() -> T) -> Routed<T> {
-    match Disposition::try_from(raw) {
-        Ok(Disposition::Served) => Routed::Done(done()),
-        Ok(Disposition::Moved) if !moved_to.is_empty() => Routed::Moved(moved_to),
-        _ => Routed::Unknown,
-    }
-}
-
 /// The directory, as `Arc<Cluster>` (registry writes run in their own
 /// tasks).
 #[derive(Clone)]
 pub struct ClusterDirectory(pub Arc<Cluster>);
 
-impl Directory for ClusterDirectory {
+impl Directory<SocketIoState> for ClusterDirectory {
     fn accepts(&self, sid: &Sid) -> bool {
         let view = self.0.view();
         // Out of the ring (draining, or not in the view yet): any sid; the
@@ -527,16 +515,16 @@ impl Directory for ClusterDirectory {
                     peer.forward(request).await.map(|reply| (reply, None))
                 };
                 match answered {
-                    Ok((reply, receipt)) => Ok(disposition(
-                        reply.disposition,
-                        reply.moved_to.clone(),
-                        || ForwardedAnswer {
-                            status: reply.status as u16,
-                            content_type: reply.content_type,
-                            body: reply.body,
-                            receipt,
-                        },
-                    )),
+                    Ok((reply, receipt)) => {
+                        Ok(located(reply.disposition, reply.moved_to.clone(), || {
+                            ForwardedAnswer {
+                                status: reply.status as u16,
+                                content_type: reply.content_type,
+                                body: reply.body,
+                                receipt,
+                            }
+                        }))
+                    }
                     Err(status) => {
                         debug!(peer = peer.node_id(), %status, "forward failed");
                         Err(RequestError::UnknownSid)
@@ -550,7 +538,7 @@ impl Directory for ClusterDirectory {
         &self,
         sid: Sid,
         hint: Option<String>,
-    ) -> BoxFuture<'_, Result<TakenOver, RequestError>> {
+    ) -> BoxFuture<'_, Result<Handover<SocketIoState>, RequestError>> {
         let request = HandoffRequest {
             sid: sid.to_string(),
             new_owner: self.0.node_id.clone(),
@@ -561,13 +549,13 @@ impl Directory for ClusterDirectory {
                 match peer.handoff(request).await {
                     Ok(reply) => {
                         let epoch = reply.epoch;
-                        match disposition(reply.disposition, reply.moved_to, || reply.session) {
-                            Routed::Done(Some(state)) => {
-                                Ok(Routed::Done(TakenOver { state, epoch }))
+                        match located(reply.disposition, reply.moved_to, || reply.session) {
+                            Located::Served(Some(state)) => {
+                                convert::handover(sid, state, epoch).map(Located::Served)
                             }
-                            Routed::Done(None) => Err(RequestError::BadRequest),
-                            Routed::Moved(node) => Ok(Routed::Moved(node)),
-                            Routed::Unknown => Ok(Routed::Unknown),
+                            Located::Served(None) => Err(RequestError::BadRequest),
+                            Located::Moved(node) => Ok(Located::Moved(node)),
+                            Located::Unknown => Ok(Located::Unknown),
                         }
                     }
                     Err(status) if status.code() == tonic::Code::FailedPrecondition => {

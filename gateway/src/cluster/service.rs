@@ -7,7 +7,7 @@ use http::Method;
 use ringway_proto::auth::Caller;
 use ringway_proto::cluster::v1::node_server::Node;
 use ringway_proto::cluster::v1::{
-    deliver_item, poll_message, DeliverAck, DeliverBatch, DeliverItem, Disposition, ForwardReply,
+    deliver_item, poll_message, DeliverAck, DeliverBatch, DeliverItem, ForwardReply,
     ForwardRequest, HandoffReply, HandoffRequest, LocalReply, LocalRequest, PollMessage,
 };
 use tokio::sync::mpsc;
@@ -17,11 +17,12 @@ use tracing::debug;
 
 use crate::api::push::LocalPush;
 use crate::engineio::engine::HOLD_WAIT;
-use crate::engineio::{Engine, ForwardedRequest, Frame, Sid};
+use crate::engineio::{Engine, ForwardedRequest, Frame, Located, Sid};
 use crate::socketio::{Application, SocketIo, Target};
 use crate::telemetry::continue_trace;
 use tracing::Instrument;
 
+use super::convert::{self, ProtoFrame};
 use super::Cluster;
 
 pub struct NodeService<A: Application> {
@@ -74,10 +75,7 @@ fn apply<A: Application>(
 }
 
 fn unknown() -> ForwardReply {
-    ForwardReply {
-        disposition: Disposition::Unknown as i32,
-        ..ForwardReply::default()
-    }
+    convert::forward_reply(Located::Unknown).0
 }
 
 /// A forwarded request as the engine takes it; `None` for a garbage sid.
@@ -125,11 +123,12 @@ impl<A: Application> Node for NodeService<A> {
         let Some((sid, forwarded)) = forwarded(request.into_inner())? else {
             return Ok(Response::new(unknown()));
         };
-        let (reply, receipt) = self
-            .engine
-            .serve_forwarded(sid, forwarded, false)
-            .instrument(span)
-            .await;
+        let (reply, receipt) = convert::forward_reply(
+            self.engine
+                .serve_forwarded(sid, forwarded, false)
+                .instrument(span)
+                .await,
+        );
         // A caller without receipts: delivered as far as anyone knows.
         if let Some(receipt) = receipt {
             receipt.settle(true);
@@ -171,7 +170,9 @@ impl<A: Application> Node for NodeService<A> {
                 // The caller going away (its client left, or it failed)
                 // ends the poll unanswered: nothing leaves the queue.
                 let (reply, receipt) = tokio::select! {
-                    served = engine.serve_forwarded(sid, forwarded, true) => served,
+                    served = engine.serve_forwarded(sid, forwarded, true) => {
+                        convert::forward_reply(served)
+                    }
                     _ = inbound.message() => return,
                 };
                 if replies.send(Ok(reply)).await.is_err() {
@@ -195,10 +196,7 @@ impl<A: Application> Node for NodeService<A> {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let Some(sid) = Sid::parse(&request.sid) else {
-            return Ok(Response::new(HandoffReply {
-                disposition: Disposition::Unknown as i32,
-                ..HandoffReply::default()
-            }));
+            return Ok(Response::new(convert::handoff_reply(Located::Unknown)));
         };
         if request.new_owner.is_empty() {
             return Err(Status::invalid_argument("new_owner is required"));
@@ -211,7 +209,7 @@ impl<A: Application> Node for NodeService<A> {
             .instrument(span)
             .await
         {
-            Ok(reply) => Ok(Response::new(reply)),
+            Ok(handed) => Ok(Response::new(convert::handoff_reply(handed))),
             Err(err) => Err(Status::failed_precondition(err.to_string())),
         }
     }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
 use crate::store::recovery::Offset;
-use crate::telemetry::{attr, metrics};
+use crate::telemetry::attr;
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
@@ -292,7 +292,7 @@ impl<A: Application> SocketIo<A> {
                 }
             }
             Packet::Event { id, name, .. } if name.len() > self.config.limits.max_event_name => {
-                metrics()
+                crate::telemetry::engine_metrics()
                     .limit_refusals
                     .add(1, &attr("limit", "event_name"));
                 if let Some(id) = id {
@@ -436,7 +436,7 @@ impl<A: Application> SocketIo<A> {
 fn failed_connect(session: &SessionRef<ClientState>, limits: SocketLimits) {
     let failed = session.data().connect_failed();
     if limits.max_failed_connects > 0 && failed > limits.max_failed_connects {
-        metrics()
+        crate::telemetry::engine_metrics()
             .limit_refusals
             .add(1, &attr("limit", "failed_connects"));
         debug!(sid = %session.sid(), failed, "too many refused CONNECTs: closing");
@@ -724,6 +724,7 @@ fn evict_local(socket: &SocketRef) {
 
 impl<A: Application> EngineHandler for SocketIo<A> {
     type Data = ClientState;
+    type Snapshot = SocketIoState;
 
     /// A Socket.IO v2 client (Engine.IO v3) is joined to `/` at once,
     /// with the payload `{}`: it never asks (the reference does the same).

@@ -468,7 +468,7 @@ impl Socket {
             None
         };
         if let Some(err) = refused {
-            crate::telemetry::metrics()
+            crate::telemetry::engine_metrics()
                 .limit_refusals
                 .add(1, &crate::telemetry::attr("limit", err.limit()));
             return Err(err);

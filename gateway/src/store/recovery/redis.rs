@@ -407,7 +407,7 @@ impl RecoveryStore for RedisRecoveryStore {
             .await?;
             if let Some(used) = used.filter(|used| *used > self.max_bytes && len > 1) {
                 let keep = ((len as f64) * (self.max_bytes as f64 / used as f64) * 0.9) as u64;
-                crate::telemetry::metrics()
+                crate::telemetry::engine_metrics()
                     .limit_refusals
                     .add(1, &crate::telemetry::attr("limit", "recovery_log_bytes"));
                 let _: Value = bounded(

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod engine;
 pub mod errors;
 pub mod handler;
+pub mod metrics;
 pub mod packet;
 pub mod payload;
 pub mod payload_v3;
@@ -21,7 +22,8 @@ mod websocket;
 pub use admission::{AdmissionConfig, Refusal};
 pub use body::{Body, Receipt};
 pub use directory::{
-    BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, LocalDirectory, TakenOver,
+    BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, Handover, LocalDirectory, Located,
+    SessionSnapshot,
 };
 pub use engine::{Engine, EngineConfig};
 pub use errors::{DecodeError, RequestError};

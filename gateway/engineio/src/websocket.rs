@@ -74,7 +74,7 @@ pub(crate) async fn run_upgrade<H: EngineHandler>(
         .await
     {
         Ok(()) => {
-            crate::telemetry::metrics().upgrades.add(1, &[]);
+            crate::metrics::metrics().upgrades.add(1, &[]);
             serve(&engine, &session, sink, stream, framing).await
         }
         Err(why) => {

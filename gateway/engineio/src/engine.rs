@@ -12,14 +12,15 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use ringway_proto::cluster::v1::{Disposition, ForwardReply, HandoffReply, SessionState};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, trace, Instrument};
 
 use super::admission::{Admission, AdmissionConfig, Refusal};
 use super::body::{Body, Receipt};
-use super::directory::{Directory, ForwardedAnswer, ForwardedRequest, TakenOver};
+use super::directory::{
+    Directory, ForwardedAnswer, ForwardedRequest, Handover, Located, SessionSnapshot,
+};
 use super::errors::{DecodeError, RequestError};
 use super::handler::{EngineHandler, Message};
 use super::packet::{Frame, Packet};
@@ -32,7 +33,9 @@ use super::session::{
 };
 use super::sid::{Sid, SidKey};
 use super::websocket;
-use crate::telemetry::{attr, metrics, seconds};
+use ringway_telemetry::{attr, seconds};
+
+use crate::metrics::metrics;
 
 /// Engine.IO settings; defaults are the reference server's.
 #[derive(Debug, Clone)]
@@ -125,7 +128,7 @@ struct HeldId(u64);
 pub struct Engine<H: EngineHandler> {
     config: EngineConfig,
     handler: H,
-    directory: Arc<dyn Directory>,
+    directory: Arc<dyn Directory<H::Snapshot>>,
     sessions: RwLock<HashMap<Sid, SessionRef<H::Data>>>,
     /// Sessions handed off lately, and the node they went to.
     moved: Mutex<HashMap<Sid, (String, Instant)>>,
@@ -269,7 +272,11 @@ impl<H: EngineHandler> Engine<H> {
         }
     }
 
-    pub fn new(config: EngineConfig, handler: H, directory: Arc<dyn Directory>) -> Arc<Self> {
+    pub fn new(
+        config: EngineConfig,
+        handler: H,
+        directory: Arc<dyn Directory<H::Snapshot>>,
+    ) -> Arc<Self> {
         let budget = (config.max_body_buffer.max(config.max_payload) / 1024).max(1);
         Arc::new(Engine {
             admission: Admission::new(config.admission),
@@ -713,24 +720,16 @@ impl<H: EngineHandler> Engine<H> {
         sid: Sid,
         request: ForwardedRequest,
         hold: bool,
-    ) -> (ForwardReply, Option<Receipt>) {
+    ) -> Located<ForwardedAnswer> {
         let here = match self.polling_session(&sid) {
             Some(session) => Some(session),
             None => self.local_or_arriving(&sid).await,
         };
         let Some(session) = here else {
-            let reply = match self.moved_to(&sid) {
-                Some(node) => ForwardReply {
-                    disposition: Disposition::Moved as i32,
-                    moved_to: node,
-                    ..ForwardReply::default()
-                },
-                None => ForwardReply {
-                    disposition: Disposition::Unknown as i32,
-                    ..ForwardReply::default()
-                },
+            return match self.moved_to(&sid) {
+                Some(node) => Located::Moved(node),
+                None => Located::Unknown,
             };
-            return (reply, None);
         };
         let hold = hold && request.method == Method::GET;
         let resp = self
@@ -741,16 +740,15 @@ impl<H: EngineHandler> Engine<H> {
                 error_response(err)
             });
         let held = resp.extensions().get::<HeldId>().copied();
-        let (reply, relayed) = answer_reply(resp);
+        let mut answer = forwarded_answer(resp);
         // Held here, or (the session moved on) by the node this answer
         // was relayed from.
-        let receipt = match held {
-            Some(HeldId(id)) => Some(Receipt::new(move |delivered| {
+        if let Some(HeldId(id)) = held {
+            answer.receipt = Some(Receipt::new(move |delivered| {
                 session.forwarder_settles(id, delivered)
-            })),
-            None => relayed,
-        };
-        (reply, receipt)
+            }));
+        }
+        Located::Served(answer)
     }
 
     /// The session if it is here, waiting a little if it is being taken
@@ -772,18 +770,15 @@ impl<H: EngineHandler> Engine<H> {
     /// Hands a session held here over to `new_owner`: waits for a POST
     /// being applied, exports the state, answers the pending poll with a
     /// noop and closes the session here as handed off.
-    pub async fn hand_off(&self, sid: Sid, new_owner: &str) -> Result<HandoffReply, NotHandedOff> {
+    pub async fn hand_off(
+        &self,
+        sid: Sid,
+        new_owner: &str,
+    ) -> Result<Located<Handover<H::Snapshot>>, NotHandedOff> {
         let Some(session) = self.session(&sid) else {
             return Ok(match self.moved_to(&sid) {
-                Some(node) => HandoffReply {
-                    disposition: Disposition::Moved as i32,
-                    moved_to: node,
-                    ..HandoffReply::default()
-                },
-                None => HandoffReply {
-                    disposition: Disposition::Unknown as i32,
-                    ..HandoffReply::default()
-                },
+                Some(node) => Located::Moved(node),
+                None => Located::Unknown,
             });
         };
         if !session.begin_move() {
@@ -822,7 +817,7 @@ impl<H: EngineHandler> Engine<H> {
             self.remember_move(sid, new_owner);
             moved = Some(session.take_for_move(new_owner));
         };
-        let socketio = loop {
+        let upper = loop {
             match self.handler.export(&session, &mut take) {
                 Ok(state) => break state,
                 Err(_) if Instant::now() < deadline && !session.is_closed() => {
@@ -841,23 +836,18 @@ impl<H: EngineHandler> Engine<H> {
         metrics().handoffs.add(1, &attr("direction", "out"));
         let handshake = session.handshake();
         debug!(sid = %sid, to = new_owner, queued = queue.len(), "session handed off");
-        Ok(HandoffReply {
-            disposition: Disposition::Served as i32,
-            moved_to: String::new(),
+        Ok(Located::Served(Handover {
             epoch: session.epoch(),
-            session: Some(SessionState {
-                sid: sid.to_string(),
-                remote_addr: handshake.remote_addr.to_string(),
-                query: handshake.query.clone(),
-                headers: handshake.raw_headers.to_string(),
-                issued_ms: handshake.issued_ms,
-                queue: queue.iter().map(Frame::to_proto).collect(),
+            session: SessionSnapshot {
+                sid,
+                handshake: handshake.clone(),
+                queue,
                 awaiting_pong,
-                socketio,
-                protocol: session.protocol().revision(),
+                protocol: session.protocol(),
                 base64: session.framing().base64,
-            }),
-        })
+                upper,
+            },
+        }))
     }
 
     /// Takes a session over from its owner and installs it here.
@@ -890,32 +880,23 @@ impl<H: EngineHandler> Engine<H> {
     fn adopt(
         self: &Arc<Self>,
         sid: Sid,
-        taken: TakenOver,
+        taken: Handover<H::Snapshot>,
     ) -> Result<SessionRef<H::Data>, RequestError> {
-        let TakenOver { state, epoch } = taken;
+        let Handover {
+            session: state,
+            epoch,
+        } = taken;
         // A revision this node does not take (a v3 session offered to a
         // node without --allow-eio3): the session cannot live here.
-        let protocol = Protocol::from_revision(state.protocol)
-            .filter(|p| *p == Protocol::V4 || self.config.allow_eio3)
-            .ok_or(RequestError::BadRequest)?;
-        let framing = match protocol {
+        if state.protocol == Protocol::V3 && !self.config.allow_eio3 {
+            return Err(RequestError::BadRequest);
+        }
+        let framing = match state.protocol {
             Protocol::V4 => Framing::V4,
             Protocol::V3 => Framing::v3(state.base64),
         };
-        let handshake = Handshake {
-            remote_addr: state
-                .remote_addr
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-            query: state.query,
-            raw_headers: state.headers.into_boxed_str(),
-            issued_ms: state.issued_ms,
-        };
-        let queue = state
-            .queue
-            .into_iter()
-            .filter_map(Frame::from_proto)
-            .collect();
+        let handshake = state.handshake;
+        let queue = state.queue.into_iter().collect();
         let session = Arc::new(
             Session::restored(
                 sid,
@@ -941,7 +922,7 @@ impl<H: EngineHandler> Engine<H> {
         // the handoff) must find its sockets too. Dispatched into a
         // session without them, its packets were for a namespace not
         // joined, and the session was closed on its client.
-        self.handler.restore(&session, state.socketio);
+        self.handler.restore(&session, state.upper);
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             if sessions.contains_key(&sid) {
@@ -1550,9 +1531,9 @@ fn forwarded_response(answer: ForwardedAnswer) -> Response<Body> {
     resp
 }
 
-/// A local answer, packed for the node that forwarded the request, and
+/// A local answer, packed for the node that forwarded the request, with
 /// the receipt its body carries (an answer relayed from a further node).
-fn answer_reply(resp: Response<Body>) -> (ForwardReply, Option<Receipt>) {
+fn forwarded_answer(resp: Response<Body>) -> ForwardedAnswer {
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -1561,14 +1542,12 @@ fn answer_reply(resp: Response<Body>) -> (ForwardReply, Option<Receipt>) {
         .unwrap_or("")
         .to_owned();
     let (body, receipt) = resp.into_body().into_parts();
-    let reply = ForwardReply {
-        disposition: Disposition::Served as i32,
-        moved_to: String::new(),
-        status: status as u32,
+    ForwardedAnswer {
+        status,
         content_type,
         body,
-    };
-    (reply, receipt)
+        receipt,
+    }
 }
 
 fn ok_response() -> Response<Body> {

@@ -10,11 +10,12 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use http::Method;
-use ringway_proto::cluster::v1::SessionState;
 
 use super::body::Receipt;
 use super::errors::RequestError;
-use super::session::CloseReason;
+use super::packet::Frame;
+use super::protocol::Protocol;
+use super::session::{CloseReason, Handshake};
 use super::sid::Sid;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -40,14 +41,47 @@ pub struct ForwardedAnswer {
     pub receipt: Option<Receipt>,
 }
 
-/// A session taken over from its previous owner.
-pub struct TakenOver {
-    pub state: SessionState,
-    /// The registry epoch of the previous owner.
+/// Where a request for a session was answered: here, or the session is
+/// elsewhere (it moved to that node), or nowhere this node knows of.
+#[derive(Debug)]
+pub enum Located<T> {
+    Served(T),
+    Moved(String),
+    Unknown,
+}
+
+/// Everything a session is, as it leaves one node for another: the
+/// handshake, what is queued for the client, and the state of the layer
+/// above (`S`, the handler's [`EngineHandler::Snapshot`]). Plain data: the
+/// cluster converts it for the wire.
+///
+/// [`EngineHandler::Snapshot`]: super::handler::EngineHandler::Snapshot
+#[derive(Debug)]
+pub struct SessionSnapshot<S> {
+    pub sid: Sid,
+    pub handshake: Handshake,
+    /// Packets queued for the client and not yet sent, in order.
+    pub queue: Vec<Frame>,
+    /// A ping was sent and its pong has not come back.
+    pub awaiting_pong: bool,
+    pub protocol: Protocol,
+    /// Engine.IO v3 only: binary goes as base64 on polling (`b64=1`).
+    pub base64: bool,
+    /// The layer above's state (`None`: nothing to restore).
+    pub upper: Option<S>,
+}
+
+/// A session handed over: its state and the registry epoch its previous
+/// owner held (the new owner writes epoch + 1).
+#[derive(Debug)]
+pub struct Handover<S> {
+    pub session: SessionSnapshot<S>,
     pub epoch: u64,
 }
 
-pub trait Directory: Send + Sync + 'static {
+/// How the engine reaches the rest of the cluster; `S` is the state of
+/// the layer above that moves with a session.
+pub trait Directory<S: Send + 'static>: Send + Sync + 'static {
     /// Whether this node may give a new session this sid (the hash ring
     /// maps it here).
     fn accepts(&self, _sid: &Sid) -> bool {
@@ -82,7 +116,7 @@ pub trait Directory: Send + Sync + 'static {
         &self,
         _sid: Sid,
         _hint: Option<String>,
-    ) -> BoxFuture<'_, Result<TakenOver, RequestError>> {
+    ) -> BoxFuture<'_, Result<Handover<S>, RequestError>> {
         Box::pin(std::future::ready(Err(RequestError::UnknownSid)))
     }
 }
@@ -91,4 +125,4 @@ pub trait Directory: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalDirectory;
 
-impl Directory for LocalDirectory {}
+impl<S: Send + 'static> Directory<S> for LocalDirectory {}

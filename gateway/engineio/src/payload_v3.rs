@@ -276,7 +276,7 @@ fn push_length(out: &mut Vec<u8>, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engineio::packet::Packet;
+    use crate::packet::Packet;
 
     fn all(body: &[u8], binary: bool) -> Vec<Result<PayloadItem<'_>, DecodeError>> {
         decode_payload(body, binary).collect()

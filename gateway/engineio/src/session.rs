@@ -122,7 +122,7 @@ pub enum UpgradeState {
 
 /// What the client sent to open the session, kept for the application
 /// (Socket.IO handshake data, upstream hooks).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Handshake {
     pub remote_addr: SocketAddr,
     /// The raw query string of the handshake request.
@@ -275,7 +275,9 @@ pub(crate) enum PollOutcome {
 }
 
 impl<D> Session<D> {
-    pub(crate) fn new(
+    /// A session on its own: the engine opens its sessions itself; the
+    /// layers above build one for their unit tests.
+    pub fn new(
         sid: Sid,
         transport: TransportKind,
         max_queued_bytes: usize,
@@ -658,7 +660,7 @@ impl<D> Session<D> {
             }
         };
         if !delivered && st.close.is_none() {
-            crate::telemetry::metrics().poll_answers_retaken.add(1, &[]);
+            crate::metrics::metrics().poll_answers_retaken.add(1, &[]);
             for frame in held.frames.into_iter().rev() {
                 st.queued_bytes += frame.wire_len() + FRAME_OVERHEAD;
                 st.queue.push_front(frame);

@@ -68,29 +68,6 @@ impl Frame {
         )
     }
 
-    /// The frame for another node (a handoff, a cross-node emit).
-    pub fn to_proto(&self) -> ringway_proto::cluster::v1::Frame {
-        match self {
-            Frame::Text(t) => ringway_proto::cluster::v1::Frame {
-                data: Bytes::from(t.clone()),
-                binary: false,
-            },
-            Frame::Binary(b) => ringway_proto::cluster::v1::Frame {
-                data: b.clone(),
-                binary: true,
-            },
-        }
-    }
-
-    /// A frame from another node; `None` if a text frame is not UTF-8.
-    pub fn from_proto(frame: ringway_proto::cluster::v1::Frame) -> Option<Frame> {
-        if frame.binary {
-            Some(Frame::Binary(frame.data))
-        } else {
-            Utf8Bytes::try_from(frame.data).ok().map(Frame::Text)
-        }
-    }
-
     /// Bytes this frame occupies on a polling payload (approximately for
     /// binary), used to bound per-session queues.
     pub fn wire_len(&self) -> usize {

@@ -3,7 +3,6 @@
 //! except through this trait.
 
 use bytes::Bytes;
-use ringway_proto::cluster::v1::SocketIoState;
 
 use super::session::{CloseReason, SessionRef};
 
@@ -23,6 +22,10 @@ pub enum Message<'a> {
 pub trait EngineHandler: Send + Sync + 'static {
     /// Per-session state of the layer above, stored inside the session.
     type Data: Default + Send + Sync + 'static;
+
+    /// The layer above's state of a session, as it moves to another node
+    /// with the session ([`EngineHandler::export`], [`EngineHandler::restore`]).
+    type Snapshot: Send + 'static;
 
     /// A session opened (after the open packet was queued).
     fn on_open(&self, session: &SessionRef<Self::Data>);
@@ -53,12 +56,12 @@ pub trait EngineHandler: Send + Sync + 'static {
         &self,
         _session: &SessionRef<Self::Data>,
         take: &mut dyn FnMut(),
-    ) -> Result<Option<SocketIoState>, NotMovable> {
+    ) -> Result<Option<Self::Snapshot>, NotMovable> {
         take();
         Ok(None)
     }
 
     /// Restores what [`EngineHandler::export`] gave, in a session taken
     /// over from another node (before its first message here).
-    fn restore(&self, _session: &SessionRef<Self::Data>, _state: Option<SocketIoState>) {}
+    fn restore(&self, _session: &SessionRef<Self::Data>, _state: Option<Self::Snapshot>) {}
 }

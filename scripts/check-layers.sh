@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The dependency rules of the crates (docs/ARCHITECTURE.md, "Crates"): a
+# layer must not reach the ones above it or the cluster's machinery. Reads
+# `cargo tree` of each crate on its own (its normal dependencies, with its
+# own features) and fails naming the crate and the forbidden package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# crate: packages it must not depend on, directly or not
+rules=(
+  "ringway-ring: ringway-proto ringway-telemetry ringway-engineio ringway-gateway tonic prost redis tokio"
+  "ringway-engineio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
+)
+
+status=0
+for rule in "${rules[@]}"; do
+  crate="${rule%%:*}"
+  forbidden="${rule#*: }"
+  deps="$(cargo tree -p "$crate" -e normal --prefix none --offline 2>/dev/null \
+    || cargo tree -p "$crate" -e normal --prefix none)"
+  names="$(printf '%s\n' "$deps" | awk '{print $1}' | sort -u)"
+  for bad in $forbidden; do
+    if printf '%s\n' "$names" | grep -qx -- "$bad"; then
+      echo "layer rule broken: $crate depends on $bad" >&2
+      cargo tree -p "$crate" -e normal -i "$bad" >&2 || true
+      status=1
+    fi
+  done
+  echo "$crate: none of $forbidden"
+done
+exit $status
