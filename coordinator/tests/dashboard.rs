@@ -133,18 +133,12 @@ fn state(http: SocketAddr) -> Value {
 
 /// Polls `/api/state` until `pred` holds; panics with the last state.
 fn wait_state(http: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let failed =
+        ringway_testkit::Describe(|| format!("a state with {what}; last: {:#}", state(http)));
+    ringway_testkit::eventually_blocking(WAIT, failed, || {
         let s = state(http);
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no state with {what} within {WAIT:?}; last: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        pred(&s).then_some(s)
+    })
 }
 
 /// The value of metric `name` whose labels include `labels`, in

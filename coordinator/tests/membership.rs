@@ -121,7 +121,9 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
     let start = Instant::now();
     let mut last_b_sent = Instant::now();
     let mut last_b_answered = Instant::now();
+    let mut pace = ringway_testkit::pace(Duration::from_millis(timing.interval / 2));
     while start.elapsed() < Duration::from_millis(3 * timing.ttl) {
+        pace.tick().await;
         for (node, lease) in [("a", a.lease_id), ("b", b.lease_id)] {
             let sent = Instant::now();
             let hb = client
@@ -141,7 +143,6 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
                 last_b_answered = Instant::now();
             }
         }
-        tokio::time::sleep(Duration::from_millis(timing.interval / 2)).await;
     }
     assert_eq!(ids(&watcher.latest().expect("a view")), ["a", "b"]);
     assert_eq!(watcher.latest().expect("a view").epoch, joined_epoch);
@@ -151,7 +152,9 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
         let mut client = client.clone();
         let lease = a.lease_id;
         tokio::spawn(async move {
+            let mut pace = ringway_testkit::pace(Duration::from_millis(timing.interval / 2));
             loop {
+                pace.tick().await;
                 let _ = client
                     .heartbeat(HeartbeatRequest {
                         node_id: "a".into(),
@@ -160,7 +163,6 @@ async fn heartbeats_keep_a_member_and_a_silent_one_lapses() {
                         ..Default::default()
                     })
                     .await;
-                tokio::time::sleep(Duration::from_millis(timing.interval / 2)).await;
             }
         })
     };
@@ -350,7 +352,9 @@ async fn a_restarted_coordinator_continues_the_view() {
         let mut client = client.clone();
         let leases = [("a", a2.lease_id), ("b", b2.lease_id)];
         tokio::spawn(async move {
+            let mut pace = ringway_testkit::pace(Duration::from_millis(200));
             loop {
+                pace.tick().await;
                 for (node, lease) in leases {
                     let _ = client
                         .heartbeat(HeartbeatRequest {
@@ -361,7 +365,6 @@ async fn a_restarted_coordinator_continues_the_view() {
                         })
                         .await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
@@ -436,7 +439,9 @@ async fn redis_lost_while_running() {
         t.elapsed()
     );
     assert_eq!(ids(&b.view.expect("view")), ["a", "b"]);
+    let mut pace = ringway_testkit::pace(Duration::from_millis(300));
     for _ in 0..5 {
+        pace.tick().await;
         let t = Instant::now();
         let hb = client
             .heartbeat(HeartbeatRequest {
@@ -454,7 +459,6 @@ async fn redis_lost_while_running() {
             t.elapsed()
         );
         assert!(hb.known);
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut watcher = Watcher::open(&mut client, "test").await;
     watcher
@@ -532,7 +536,9 @@ async fn a_second_coordinator_waits_for_the_first() {
     let keepalive = {
         let mut client = client.clone();
         tokio::spawn(async move {
+            let mut pace = ringway_testkit::pace(Duration::from_millis(200));
             loop {
+                pace.tick().await;
                 let _ = client
                     .heartbeat(HeartbeatRequest {
                         node_id: "a".into(),
@@ -541,7 +547,6 @@ async fn a_second_coordinator_waits_for_the_first() {
                         ..Default::default()
                     })
                     .await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };

@@ -90,6 +90,11 @@ impl<A: Application> Gateway<A> {
         &self.socketio
     }
 
+    /// The plain Engine.IO echo engine (`--app echo`), if served.
+    pub fn engineio(&self) -> Option<&Arc<Engine<EngineEcho>>> {
+        self.engineio.as_ref()
+    }
+
     /// Serves until `shutdown` resolves, then closes every session and
     /// waits (at most the shutdown timeout) for connections to finish.
     pub async fn serve(

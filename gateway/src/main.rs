@@ -11,6 +11,7 @@ use ringway_gateway::api::jwt::{Jwt, Verifier};
 use ringway_gateway::api::push::{ApiAuth, LocalPush, PushService};
 use ringway_gateway::api::upstream::{UpstreamApp, UpstreamSettings};
 use ringway_gateway::app::EchoApp;
+use ringway_gateway::app::EngineEcho;
 use ringway_gateway::cluster::membership::{
     HeartbeatLoad, LoadSource, MembershipClientTask, Registration,
 };
@@ -138,10 +139,12 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
 /// membership view, peers' queue losses.
 fn register_observers<A: Application>(
     engine: Arc<Engine<SocketIo<A>>>,
+    echo: Option<Arc<Engine<EngineEcho>>>,
     cluster: Arc<Cluster>,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
     let meter = telemetry::meter();
     let engine_ns = engine.clone();
+    let held = engine.clone();
     let sessions = meter
         .u64_observable_gauge("ringway.sessions")
         .with_description("Sessions held by this node, by transport")
@@ -149,6 +152,23 @@ fn register_observers<A: Application>(
             let (polling, websocket) = engine.transport_counts();
             observer.observe(polling, &telemetry::attr("transport", "polling"));
             observer.observe(websocket, &telemetry::attr("transport", "websocket"));
+        })
+        .build();
+    let held_requests = meter
+        .u64_observable_gauge("ringway.requests.held")
+        .with_description(
+            "Polling requests held open on this node: GETs waiting for packets (kind=poll), \
+             POSTs being read or applied (kind=post)",
+        )
+        .with_callback(move |observer| {
+            let mut now = held.held_requests();
+            if let Some(echo) = &echo {
+                let more = echo.held_requests();
+                now.polls += more.polls;
+                now.posts += more.posts;
+            }
+            observer.observe(now.polls, &telemetry::attr("kind", "poll"));
+            observer.observe(now.posts, &telemetry::attr("kind", "post"));
         })
         .build();
     let view = cluster.clone();
@@ -188,6 +208,25 @@ fn register_observers<A: Application>(
             }
         })
         .build();
+    let routes = cluster.clone();
+    let room_routes = meter
+        .u64_observable_gauge("ringway.cluster.room.routes")
+        .with_description(
+            "Rooms other nodes announced members in, by node and namespace: \
+             where this node's room emits go",
+        )
+        .with_callback(move |observer| {
+            for (node, namespace, rooms) in routes.rooms().counts() {
+                observer.observe(
+                    rooms,
+                    &[
+                        opentelemetry::KeyValue::new("node", node),
+                        opentelemetry::KeyValue::new("namespace", namespace),
+                    ],
+                );
+            }
+        })
+        .build();
     let ready = meter
         .u64_observable_gauge("ringway.ready")
         .with_description("1 when the node takes new sessions")
@@ -195,9 +234,11 @@ fn register_observers<A: Application>(
         .build();
     vec![
         Box::new(sessions),
+        Box::new(held_requests),
         Box::new(epoch),
         Box::new(members),
         Box::new(sockets),
+        Box::new(room_routes),
         Box::new(rooms),
         Box::new(ready),
     ]
@@ -296,7 +337,11 @@ async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
             async move { recovery.trim().await }
         });
     }
-    let _observers = register_observers(gateway.socketio().clone(), cluster.clone());
+    let _observers = register_observers(
+        gateway.socketio().clone(),
+        gateway.engineio().cloned(),
+        cluster.clone(),
+    );
 
     if let Some(metrics_addr) = config.metrics_listen {
         let listener = TcpListener::bind(metrics_addr).await.map_err(|e| {

@@ -19,13 +19,14 @@ mod driver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{free_port, Cluster};
 use common::nginx::{Access, Nginx, Upgrades};
 use common::Gateway;
 use driver::{Browser, Page};
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
+use ringway_testkit::{eventually, Describe};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -142,6 +143,7 @@ async fn wait_messages(page: &Page, n: usize) -> Vec<(String, String)> {
         WAIT,
     )
     .await;
+    // fixed: a negative check (no duplicate shows within the moment).
     tokio::time::sleep(Duration::from_millis(300)).await;
     messages(page).await
 }
@@ -273,18 +275,16 @@ impl Setup {
     /// Waits until nginx logged a request of `sid` matching `pred` (a
     /// WebSocket is logged when its tunnel closes).
     async fn wait_logged(&self, what: &str, sid: &str, pred: impl Fn(&Access) -> bool) -> Access {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(a) = self.requests_of(sid).into_iter().find(&pred) {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx never logged {what} of {sid}; its requests:\n{:#?}",
+        let failed = Describe(|| {
+            format!(
+                "nginx to log {what} of {sid}; its requests:\n{:#?}",
                 self.requests_of(sid)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            )
+        });
+        eventually(WAIT, failed, || async {
+            self.requests_of(sid).into_iter().find(&pred)
+        })
+        .await
     }
 
     /// Sessions taken over by another node so far, over the whole cluster

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{start_node, Cluster, LEASE_TTL_MS};
-use common::{get, ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
+use common::cluster::{start_node, wait_routes, Cluster, LEASE_TTL_MS};
+use common::{get, wait_sample, ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
+use ringway_testkit::eventually;
 
 /// Polls `p` (answering pings) until packets starting with each of
 /// `want` came, in this order; returns everything received.
@@ -60,14 +61,6 @@ async fn ws_join(ws: &mut Ws, room: &str) {
     ws_expect(ws, "431[true]").await;
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn ring(nodes: &[&str]) -> Ring {
     Ring::new(nodes.iter().copied(), DEFAULT_VNODES)
 }
@@ -81,7 +74,7 @@ async fn polling_requests_of_one_session_land_on_every_node() {
     // registry says so.
     let p = Polling::open(n1, "/socket.io/").await;
     assert_eq!(ring(&["n1", "n2", "n3"]).owner(&p.sid), Some("n1"));
-    wait_for("the registry entry", || {
+    eventually(Duration::from_secs(10), "the registry entry", || async {
         c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1")
     })
     .await;
@@ -96,7 +89,8 @@ async fn polling_requests_of_one_session_land_on_every_node() {
         let on2 = p.on(n2);
         tokio::spawn(async move { expect_packets(&on2, &["42[\"message-back\",\"hi\"]"]).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Held at the owner: it waits for something to send.
+    common::wait_held_polls(n1, 1).await;
     assert!(!waiting.is_finished(), "the forwarded poll must wait");
     p.on(n1).send("42[\"message\",\"hi\"]").await;
     tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -123,12 +117,20 @@ async fn polling_requests_of_one_session_land_on_every_node() {
     // The client closes from node 2: the session is gone everywhere and
     // leaves the registry.
     p.on(n2).send("1").await;
-    wait_for("the registry entry to go", || {
-        c.redis.registry_entry(&p.sid).is_none()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the registry entry to go",
+        || async { c.redis.registry_entry(&p.sid).is_none() },
+    )
     .await;
-    // Past the moment a GET racing the close still gets a noop (50 ms).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Past the moment a GET racing the close still gets a noop (50 ms),
+    // every node answers that the session is unknown.
+    eventually(
+        Duration::from_secs(5),
+        "the close's grace to end",
+        || async { p.on(n1).get().await.status == 400 },
+    )
+    .await;
     for addr in [n1, n2, n3] {
         let resp = p.on(addr).get().await;
         assert_eq!(resp.status, 400);
@@ -159,7 +161,7 @@ async fn websocket_upgrade_on_another_node_hands_the_session_off() {
         let on2 = p.on(n2);
         tokio::spawn(async move { on2.get().await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::wait_poll_reached(n1, &pending).await;
     let started = Instant::now();
     let mut ws = ws_connect(
         n3,
@@ -185,9 +187,11 @@ async fn websocket_upgrade_on_another_node_hands_the_session_off() {
             Some("42[\"message-back\",\"queued\"]")
         );
     }
-    wait_for("the registry to move to node 3", || {
-        c.redis.registry_entry(&p.sid).as_deref() == Some("2 n3")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the registry to move to node 3",
+        || async { c.redis.registry_entry(&p.sid).as_deref() == Some("2 n3") },
+    )
     .await;
     eprintln!("handoff + upgrade request: {handoff:?}");
 
@@ -223,8 +227,8 @@ async fn room_broadcasts_reach_members_on_every_node_once() {
     }
     // Not in the room: gets nothing.
     let mut outsider = ws_client(c.addr(1)).await;
-    // Room announcements travel one hop; give them a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Room announcements travel one hop.
+    c.wait_routes(&[0, 1, 2]).await;
 
     for round in 0..3 {
         let sender = round % 3;
@@ -360,9 +364,11 @@ async fn nodes_join_and_die_during_traffic() {
     expect_packets(&polling.on(c.addr(1)), &["40{\"sid\""]).await;
 
     c.nodes[2].kill();
-    c.coordinator.wait_members(&["n1", "n2"]).await;
-    // New sessions follow the new ring at once (within a heartbeat).
-    tokio::time::sleep(Duration::from_millis(2 * common::cluster::HEARTBEAT_MS)).await;
+    let view = c.coordinator.wait_members(&["n1", "n2"]).await;
+    // New sessions follow the new ring as soon as the nodes have the view.
+    for node in &c.nodes[..2] {
+        node.wait_epoch(view.epoch).await;
+    }
     for _ in 0..5 {
         let p = Polling::open(c.addr(1), "/socket.io/").await;
         assert_eq!(ring(&["n1", "n2"]).owner(&p.sid), Some("n2"));
@@ -370,8 +376,10 @@ async fn nodes_join_and_die_during_traffic() {
 
     // A fourth node joins.
     let n4 = start_node("n4", &c.coordinator, &c.redis, &[]);
-    c.coordinator.wait_members(&["n1", "n2", "n4"]).await;
-    tokio::time::sleep(Duration::from_millis(2 * common::cluster::HEARTBEAT_MS)).await;
+    let view = c.coordinator.wait_members(&["n1", "n2", "n4"]).await;
+    for node in [&c.nodes[0], &c.nodes[1], &n4] {
+        node.wait_epoch(view.epoch).await;
+    }
     for _ in 0..5 {
         let p = Polling::open(&n4.addr, "/socket.io/").await;
         assert_eq!(ring(&["n1", "n2", "n4"]).owner(&p.sid), Some("n4"));
@@ -381,7 +389,12 @@ async fn nodes_join_and_die_during_traffic() {
     }
     let mut d = ws_client(&n4.addr).await;
     ws_join(&mut d, "r").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nodes = [
+        (c.addr(0), "n1"),
+        (c.addr(1), "n2"),
+        (n4.addr.as_str(), "n4"),
+    ];
+    wait_routes(&nodes, &["n1", "n2", "n4"], "/").await;
 
     // Old sessions stayed on their owners and the room spans the nodes.
     polling.on(&n4.addr).send("42[\"message\",\"old\"]").await;
@@ -411,7 +424,7 @@ async fn redis_outage_keeps_established_sessions_and_recovers() {
     let mut peer = ws_client(&n1).await;
     ws_join(&mut ws, "r").await;
     ws_join(&mut peer, "r").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.wait_routes(&[0, 2]).await;
 
     c.redis.stop();
     // Established sessions work on their owners, and across nodes.
@@ -454,15 +467,28 @@ async fn redis_outage_keeps_established_sessions_and_recovers() {
 
     // Redis comes back (empty): new sessions are registered again.
     c.redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let again = Polling::open(&n2, "/socket.io/").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if c.redis.registry_entry(&again.sid).as_deref() == Some("1 n2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "registry writes did not recover");
-    }
+    eventually(
+        Duration::from_secs(15),
+        "node 2 to reach the registry again (its readyz)",
+        || async { get(&n2, "/readyz").await.status == 200 },
+    )
+    .await;
+    // A registry write races the connection's recovery: new sessions
+    // until one of them is registered.
+    let opened = std::sync::Mutex::new(Vec::new());
+    eventually(
+        Duration::from_secs(15),
+        "registry writes to recover",
+        || async {
+            let again = Polling::open(&n2, "/socket.io/").await;
+            let mut opened = opened.lock().expect("lock");
+            opened.push(again.sid.clone());
+            opened
+                .iter()
+                .any(|sid| c.redis.registry_entry(sid).as_deref() == Some("1 n2"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,6 +496,8 @@ async fn coordinator_outage_serves_on_the_last_view_and_rejoins() {
     let mut c = Cluster::start(3, &[]).await;
     let before = c.coordinator.view().await.epoch;
     c.coordinator.stop();
+    // fixed: the nodes must keep serving past the moment their leases
+    // would have lapsed (time passing is what is tested).
     tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS)).await;
 
     // Everything still works across nodes on the last view.
@@ -481,7 +509,7 @@ async fn coordinator_outage_serves_on_the_last_view_and_rejoins() {
     let mut b = ws_client(c.addr(1)).await;
     ws_join(&mut a, "r").await;
     ws_join(&mut b, "r").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.wait_routes(&[0, 1]).await;
     ws_send(&mut a, "421[\"broadcast\",{\"room\":\"r\",\"msg\":\"c\"}]").await;
     assert_eq!(
         ws_expect(&mut b, "42[\"message\"").await,
@@ -611,7 +639,7 @@ async fn health_endpoints_and_the_drain_delay() {
         .status();
     // Not ready at once, out of the view at once; new sessions refused,
     // established ones still served until the delay ends.
-    wait_for_async("readyz to turn 503", || async {
+    eventually(Duration::from_secs(15), "readyz to turn 503", || async {
         let resp = get(c.addr(1), "/readyz").await;
         resp.status == 503 && resp.text() == "draining"
     })
@@ -633,27 +661,17 @@ async fn health_endpoints_and_the_drain_delay() {
     assert!(status.success(), "{status:?}");
     // Readiness reflects the registry: Redis down, nodes are not ready.
     c.redis.stop();
-    wait_for_async("readyz to fail without Redis", || async {
-        get(c.addr(0), "/readyz").await.status == 503
-    })
+    eventually(
+        Duration::from_secs(15),
+        "readyz to fail without Redis",
+        || async { get(c.addr(0), "/readyz").await.status == 503 },
+    )
     .await;
     c.redis.restart();
-    wait_for_async("readyz to recover", || async {
+    eventually(Duration::from_secs(15), "readyz to recover", || async {
         get(c.addr(0), "/readyz").await.status == 200
     })
     .await;
-}
-
-async fn wait_for_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -831,7 +849,7 @@ async fn a_non_owner_looks_a_session_up_in_the_registry_at_most_once() {
     let c = Cluster::start(3, &[]).await;
     let (n1, n2) = (c.addr(0), c.addr(1));
     let p = Polling::open(n1, "/socket.io/").await;
-    wait_for("the registry entry", || {
+    eventually(Duration::from_secs(10), "the registry entry", || async {
         c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1")
     })
     .await;
@@ -1017,7 +1035,7 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     // through node 2: the retry takes its place (the first gets a noop),
     // the session is not closed as an overlap.
     let (tx, mut replies) = open(query("d")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::wait_held_polls(n1, 1).await;
     let (on2, again) = (n2.to_owned(), format!("/socket.io/?{}", query("d")));
     let retried = tokio::spawn(async move {
         let resp = get(&on2, &again).await;
@@ -1055,6 +1073,8 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     p.send("42[\"message\",\"eight\"]").await;
     assert_eq!(answer(&mut replies).await, echo("eight"));
     drop((tx, replies));
+    // fixed: the broken call reaches the owner before the next GET, the
+    // order this case is about (nothing reports a call's end).
     tokio::time::sleep(Duration::from_millis(100)).await;
     p.send("42[\"message\",\"nine\"]").await;
     assert_eq!(stamped("f").await, [echo("nine")], "sent twice");
@@ -1083,6 +1103,7 @@ async fn a_forwarded_poll_answer_stays_with_the_owner_until_confirmed() {
     p.send("42[\"message\",\"twelve\"]").await;
     assert_eq!(answer(&mut replies).await, echo("twelve"));
     drop((tx, replies));
+    // fixed: as above, the break before the upgrade.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut ws = p.upgrade().await;
     ws_send(&mut ws, "42[\"message\",\"thirteen\"]").await;
@@ -1155,6 +1176,8 @@ async fn the_next_get_on_the_node_taking_a_session_over_lets_the_handoff_finish(
         format!("/socket.io/?EIO=4&transport=websocket&sid={}", p.sid),
     );
     let connecting = tokio::spawn(async move { ws_connect(&on2, &ws_path).await });
+    // fixed: the poll must come while node 2 takes the session over, a
+    // moment no server reports.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (on2, pq) = (n2.to_owned(), format!("/socket.io/?{}", query("b")));
     let polling = tokio::spawn(async move { get(&on2, &pq).await });
@@ -1209,7 +1232,7 @@ async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
     post.write_all(&body.as_bytes()[..4])
         .await
         .expect("start of body");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_sample(n1, "ringway_requests_held{kind=\"post\"", |v| v >= 1.0).await;
 
     let grpc = c.nodes[0].grpc.as_deref().expect("grpc address");
     let mut node = common::cluster::node_client(grpc, Some("n2")).await;
@@ -1227,6 +1250,7 @@ async fn a_handoff_cancelled_midway_leaves_the_session_serving() {
     // owner drops the handoff when it reads the reset; a POST ending in the
     // same instant would race it (the handoff would then finish toward a
     // caller that is gone). Give the reset its head start.
+    // fixed: the owner reads the reset, which nothing reports.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The POST finishes; the session is still served by its owner.

@@ -18,6 +18,7 @@ use common::cluster::Cluster;
 use common::nginx::{Access, Nginx, Upgrades};
 use common::Polling;
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
+use ringway_testkit::{eventually, Describe};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -84,18 +85,15 @@ impl Setup {
     /// Waits until the access log satisfies `cond` (nginx writes a line
     /// just after a response, and a WebSocket tunnel when it closes).
     async fn wait_log(&self, what: &str, cond: impl Fn(&[Access]) -> bool) -> Vec<Access> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let failed = Describe(|| {
             let log = self.nginx.access_log();
-            if cond(&log) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx never logged {what}; access log:\n{log:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            format!("nginx to log {what}; access log:\n{log:#?}")
+        });
+        eventually(Duration::from_secs(20), failed, || async {
+            let log = self.nginx.access_log();
+            cond(&log).then_some(log)
+        })
+        .await
     }
 
     /// Waits until the access log has a request matching `pred`.

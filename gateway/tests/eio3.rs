@@ -485,13 +485,15 @@ async fn the_client_pings_in_v3() {
     let started = Instant::now();
     let mut pongs = 0;
     let mut last_ping = Instant::now();
+    // The client's ping pace over a span of time is what is tested.
+    let mut pace = ringway_testkit::pace(Duration::from_millis(150));
     while started.elapsed() < Duration::from_millis(1500) {
+        pace.tick().await;
         last_ping = Instant::now();
         s.send(&[text("2")]).await;
         let items = s.items().await;
         assert!(!items.contains(&text("2")), "a v3 server pinged: {items:?}");
         pongs += items.iter().filter(|i| **i == text("3")).count();
-        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert!(pongs >= 5, "{pongs} pongs");
     // Other packets do not count as heartbeats.
@@ -532,7 +534,7 @@ async fn the_v3_upgrade_and_websocket_frames() {
         let s = s.on(&gw.addr);
         tokio::spawn(async move { s.get().await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_poll_reached(&gw.addr, &pending).await;
     let mut ws = ws_connect(
         &gw.addr,
         &format!("{SIO}?EIO=3&transport=websocket&sid={}", s.sid),
@@ -555,11 +557,13 @@ async fn the_v3_upgrade_and_websocket_frames() {
     .await;
     expect_ws(&mut ws, Message::binary(Bytes::from_static(&[4, 7, 8, 9]))).await;
     // Heartbeat over the WebSocket: client ping, server pong; several
-    // timeouts long.
+    // timeouts long, at the client's pace.
+    let mut pace = ringway_testkit::pace(Duration::from_millis(200));
+    pace.tick().await;
     for _ in 0..6 {
         ws_send(&mut ws, "2").await;
         expect_ws(&mut ws, Message::text("3")).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pace.tick().await;
     }
     // Polling is over for this session: EIO=3 polling gets code 3.
     let resp = s.get().await;
@@ -651,7 +655,7 @@ async fn malformed_v3_payloads_close_the_session() {
             let s = s.on(&gw.addr);
             tokio::spawn(async move { s.items().await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        common::wait_poll_reached(&gw.addr, &pending).await;
         let body = encode_text(&[event(r#"["message","before"]"#)]) + bad;
         let resp = post(&gw.addr, &s.query(), body).await;
         assert_eq!(resp.status, 200, "{bad:?}");
@@ -829,8 +833,10 @@ async fn a_v3_session_moves_across_the_cluster() {
     .await;
     expect_ws(&mut ws, Message::binary(Bytes::from_static(&[4, 1]))).await;
     // The session lives past several timeouts on its new node.
+    let mut pace = ringway_testkit::pace(Duration::from_millis(200));
+    pace.tick().await;
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pace.tick().await;
         ws_send(&mut ws, "2").await;
         expect_ws(&mut ws, Message::text("3")).await;
     }

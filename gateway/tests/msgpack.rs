@@ -415,8 +415,8 @@ async fn polling_after(addr: &str, connect: Option<&str>, bad: &str, pending: bo
         let (addr, q) = (addr.to_owned(), p.query());
         tokio::spawn(async move { get(&addr, &q).await })
     });
-    if waiting.is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(waiting) = &waiting {
+        common::wait_poll_reached(addr, waiting).await;
     }
     let post = p.post(bad).await;
     let mut out = vec![format!("{} {}", post.status, post.text())];
@@ -732,28 +732,30 @@ async fn emit(push: &mut PushClient, event: &str, args_json: String) {
         attachments: vec![Bytes::from_static(b"\x00bin\xff")],
         ..EmitRequest::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match push.emit(request.clone()).await {
-            Ok(_) => return,
-            Err(status) if Instant::now() < deadline => {
+    let what = format!("the emit of {event} to be taken");
+    ringway_testkit::eventually(Duration::from_secs(10), &what, || {
+        let (mut push, request) = (push.clone(), request.clone());
+        async move {
+            let sent = push.emit(request).await;
+            if let Err(status) = &sent {
                 eprintln!("emit {event}: {status}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(status) => panic!("emit {event}: {status}"),
+            sent.is_ok()
         }
-    }
+    })
+    .await;
 }
 
 async fn publish(push: &mut PushClient, from: u64, to: u64) {
+    let mut pace = ringway_testkit::pace(Duration::from_millis(10));
     for seq in from..=to {
+        pace.tick().await;
         emit(
             push,
             "tick",
             format!(r#"[{seq},{{"_placeholder":true,"num":0}}]"#),
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -198,14 +198,17 @@ async fn second_concurrent_get_closes_the_session() {
         let q = s.query();
         tokio::spawn(async move { get(&addr, &q).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::wait_poll_reached(&gw.addr, &first).await;
     let second = s.get().await;
     assert_eq!(second.status, 400);
     assert_eq!(second.text(), "");
     let first = first.await.unwrap();
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "1");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    ringway_testkit::eventually(Duration::from_secs(5), "the session to be gone", || async {
+        s.get().await.status == 400
+    })
+    .await;
     let after = s.get().await;
     assert_eq!(after.text(), r#"{"code":1,"message":"Session ID unknown"}"#);
 }
@@ -257,7 +260,7 @@ async fn malformed_post_closes_the_session_after_the_good_packets() {
         let q = s.query();
         tokio::spawn(async move { get(&addr, &q).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_poll_reached(&gw.addr, &pending).await;
     s.send("4hello\u{1e}9x\u{1e}4world").await;
     assert_eq!(pending.await.unwrap().text(), "4hello\u{1e}1");
     assert_eq!(s.get().await.status, 400);
@@ -418,11 +421,14 @@ async fn client_close_packet_ends_the_session() {
         let q = s.query();
         tokio::spawn(async move { get(&addr, &q).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_poll_reached(&gw.addr, &pending).await;
     s.send("1").await;
     let pending = pending.await.unwrap();
     assert_eq!(pending.text(), "6");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    ringway_testkit::eventually(Duration::from_secs(5), "the session to be gone", || async {
+        s.get().await.status == 400
+    })
+    .await;
     assert_eq!(s.get().await.status, 400);
 }
 
@@ -464,7 +470,7 @@ async fn upgrade_to_websocket() {
         let q = s.query();
         tokio::spawn(async move { get(&addr, &q).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_poll_reached(&gw.addr, &pending).await;
     let mut ws = ws_connect(
         &gw.addr,
         &format!("{EIO}?EIO=4&transport=websocket&sid={}", s.sid),
@@ -760,7 +766,8 @@ async fn a_polling_session_closed_between_two_gets_gets_its_close_packet() {
     assert!(connected[0].starts_with("40{"), "{connected:?}");
     // No GET pending: the close comes between two GETs.
     p.send(r#"42["server-close"]"#).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The socket is gone once the server has closed it.
+    common::wait_sample(&gw.addr, "ringway_sockets{namespace=\"/\"", |v| v == 0.0).await;
     // Packets posted now are not applied to the closed session.
     let late = p.post(r#"42["message","late"]"#).await;
     assert_eq!((late.status, late.text()), (200, "ok".to_owned()));
@@ -850,6 +857,7 @@ async fn websocket_write_interval_holds_only_writes_that_follow_closely() {
     let open = ws_text(&mut ws).await.expect("open packet");
     assert!(open.starts_with('0'), "{open}");
     // A quiet spell longer than the interval: the next write goes at once.
+    // fixed: a quiet spell is what is tested.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let sent = Instant::now();
     ws_send(&mut ws, "4a").await;
@@ -887,7 +895,12 @@ async fn websocket_writer_drains_what_was_queued_while_a_write_was_blocked() {
         ws.feed(Message::text(big.clone())).await.expect("ws feed");
     }
     ws.flush().await.expect("ws flush");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // All of them received: their echoes are queued behind the blocked
+    // write.
+    common::wait_sample(&gw.addr, "ringway_messages_received_total", |v| {
+        v >= n as f64
+    })
+    .await;
     // Every echo arrives without waiting for another wake-up (the next
     // ping is 25 s away; each read gives up after 10 s).
     for i in 0..n {
@@ -1096,8 +1109,9 @@ async fn an_aborted_long_poll_keeps_the_session_and_loses_nothing() {
     let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", s.query(), gw.addr);
     stream.write_all(req.as_bytes()).await.expect("write");
     // The GET is pending at the gateway; the client goes away.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::wait_held_polls(&gw.addr, 1).await;
     drop(stream);
+    // fixed: the abort reaches the gateway first (nothing reports it).
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.send("4after-the-abort").await;
     assert_eq!(s.next_non_ping().await, vec!["4after-the-abort"]);
@@ -1118,7 +1132,12 @@ async fn a_get_racing_the_client_close_packet_gets_a_noop() {
     assert_eq!((raced.status, raced.text().as_str()), (200, "6"));
     let s = Polling::open(&gw.addr, EIO).await;
     s.post("1").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ringway_testkit::eventually(
+        Duration::from_secs(5),
+        "the close's grace to end",
+        || async { s.get().await.status == 400 },
+    )
+    .await;
     assert_eq!(
         s.get().await.text(),
         r#"{"code":1,"message":"Session ID unknown"}"#
@@ -1146,7 +1165,7 @@ async fn a_get_sent_around_the_upgrade_is_answered_as_after_it() {
             let q = s.query();
             tokio::spawn(async move { get(&addr, &q).await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        common::wait_poll_reached(&gw.addr, &raced).await;
         ws_send(&mut ws, "2probe").await;
         assert_eq!(ws_text(&mut ws).await.as_deref(), Some("3probe"));
         let probed = Instant::now();

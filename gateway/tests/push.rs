@@ -417,7 +417,6 @@ async fn errors_are_grpc_status_codes() {
         .expect("emit to a user without sessions")
         .into_inner();
     assert_eq!(reply.sockets, 0);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 /// An HS256 token for `user`, valid for an hour.

@@ -212,6 +212,7 @@ async fn past_the_window_a_recovery_gets_a_fresh_socket() {
     let (mut ws, first) = connect_ws(&gw.addr, "{}").await;
     let offset = next_event(&mut ws).await[2].clone();
     drop(ws);
+    // fixed: the recovery window passing is what is tested.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let auth = json!({"pid": first["pid"], "offset": offset}).to_string();
     let (_ws, answer) = connect_ws(&gw.addr, &auth).await;
@@ -225,7 +226,7 @@ async fn a_client_that_leaves_for_good_cannot_be_recovered() {
     let offset = next_event(&mut ws).await[2].clone();
     // A DISCONNECT from the client: the socket is gone, as in the reference.
     ws_send(&mut ws, "41").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::wait_sample(&gw.addr, "ringway_sockets{namespace=\"/\"", |v| v == 0.0).await;
     let auth = json!({"pid": first["pid"], "offset": offset}).to_string();
     let (_ws, answer) = connect_ws(&gw.addr, &auth).await;
     assert_ne!(answer["sid"], first["sid"]);
@@ -312,12 +313,17 @@ fn the_pid_never_shows_in_the_logs() {
         let (mut ws, first) = connect_ws(&addr, "{}").await;
         let offset = next_event(&mut ws).await[2].clone();
         drop(ws);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        common::wait_sample(&addr, "ringway_sockets{namespace=\"/\"", |v| v == 0.0).await;
         let auth = json!({"pid": first["pid"], "offset": offset}).to_string();
         let (_ws, answer) = connect_ws(&addr, &auth).await;
         assert_eq!(answer["sid"], first["sid"]);
-        // The recovery's log line follows its answer: give it time.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The recovery's log line follows its answer.
+        ringway_testkit::eventually(
+            Duration::from_secs(10),
+            "the recovery's log line",
+            || async { log.text().contains("socket recovered") },
+        )
+        .await;
         first["pid"].as_str().unwrap().to_owned()
     });
     gateway.kill();
@@ -432,10 +438,10 @@ impl Drop for Fleet {
 /// Emits `tick` with numbers from..=to into the room, at about `rate` per
 /// second, one call after the other (each answered once it is in the log).
 async fn publish(push: &mut PushClient, from: u64, to: u64, rate: u64) {
-    let pause = Duration::from_micros(1_000_000 / rate.max(1));
+    let mut pace = ringway_testkit::pace(Duration::from_micros(1_000_000 / rate.max(1)));
     for seq in from..=to {
+        pace.tick().await;
         emit(push, "tick", &format!("[{seq}]")).await;
-        tokio::time::sleep(pause).await;
     }
 }
 
@@ -453,17 +459,18 @@ async fn emit(push: &mut PushClient, event: &str, args: &str) {
         ..EmitRequest::default()
     };
     // Retried while the called node's view settles after a kill.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match push.emit(request.clone()).await {
-            Ok(_) => return,
-            Err(status) if Instant::now() < deadline => {
+    let what = format!("the emit of {event} {args} to be taken");
+    ringway_testkit::eventually(Duration::from_secs(10), &what, || {
+        let (mut push, request) = (push.clone(), request.clone());
+        async move {
+            let sent = push.emit(request).await;
+            if let Err(status) = &sent {
                 eprintln!("emit {event} {args}: {status}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(status) => panic!("emit {event} {args}: {status}"),
+            sent.is_ok()
         }
-    }
+    })
+    .await;
 }
 
 /// Every client got 1..=total once, in order, and came back recovered
@@ -652,9 +659,24 @@ async fn a_redis_restart_mid_stream_keeps_sessions_and_later_recoveries() {
     setup.cluster.redis.stop();
     publish(&mut push, 51, 60, 50).await;
     setup.cluster.redis.restart();
-    // The states are written again at the next refresh (1 s here), and
-    // what is emitted now is logged again.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The states are written again at the next refresh (1 s here): every
+    // client's is back in Redis. What is emitted now is logged again.
+    ringway_testkit::eventually(
+        Duration::from_secs(20),
+        "the 15 states rewritten",
+        || async {
+            let count = setup.cluster.redis.command(&[
+                "EVAL",
+                "return #redis.call('KEYS', ARGV[1])",
+                "0",
+                "ringway:rec:*",
+            ]);
+            count
+                .and_then(|c| c.trim_start_matches(':').parse::<u64>().ok())
+                .is_some_and(|n| n >= 15)
+        },
+    )
+    .await;
     publish(&mut push, 61, 150, 100).await;
     // A node dies after the restart: its clients recover from the new log.
     setup.cluster.nodes[victim].kill();

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{push_client, Cluster};
 use common::{ws_open, ws_send, ws_text, Gateway, Polling, Ws};
@@ -30,6 +30,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use ringway_proto::v1::{target, EmitRequest, RoomList, Target};
+use ringway_testkit::{eventually, Describe};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -163,18 +164,6 @@ impl Collector {
     }
 }
 
-/// Polls `check` on the collector until it gives an answer (20 s).
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -241,54 +230,62 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
 
     // The trace of the push: its root on node 1, the fan-out's spans on
     // nodes 2 and 3 (one per node, not one per message).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let failed = Describe(|| {
+        let seen: Vec<String> = collector
+            .spans()
+            .iter()
+            .map(|s| format!("{}:{}", s.node, s.name))
+            .collect();
+        format!("a trace across the 3 nodes; spans seen: {seen:?}")
+    });
+    let seen = eventually(Duration::from_secs(20), failed, || async {
         let seen = collector.spans();
-        let root = seen.iter().find(|s| s.name == "push.emit");
-        if let Some(root) = root {
-            assert_eq!(root.node, "n1");
-            let in_trace: Vec<&Span> = seen.iter().filter(|s| s.trace == root.trace).collect();
-            let nodes: HashSet<&str> = in_trace.iter().map(|s| s.node.as_str()).collect();
-            let mut locals: HashMap<&str, usize> = HashMap::new();
-            for s in &in_trace {
-                if s.name == "node.local" {
-                    *locals.entry(s.node.as_str()).or_default() += 1;
-                }
-            }
-            if nodes.len() == 3 {
-                assert_eq!(locals.get("n2"), Some(&1), "{in_trace:?}");
-                assert_eq!(locals.get("n3"), Some(&1), "{in_trace:?}");
-                // Parent and child links: the push is the root (no parent
-                // in its trace), and each other node's span is a child of
-                // a span of node 1 that descends from the push.
-                let by_id: HashMap<&[u8], &Span> =
-                    in_trace.iter().map(|s| (s.id.as_slice(), *s)).collect();
-                assert!(
-                    !by_id.contains_key(root.parent.as_slice()),
-                    "push.emit has a parent in its own trace: {in_trace:?}"
-                );
-
-                for local in in_trace.iter().filter(|s| s.name == "node.local") {
-                    let parent = by_id
-                        .get(local.parent.as_slice())
-                        .unwrap_or_else(|| panic!("{local:?} has no parent in the trace"));
-                    assert_eq!(parent.node, "n1", "{local:?}'s parent {parent:?}");
-                    assert!(
-                        descends(&by_id, root, local),
-                        "{local:?} does not descend from the push"
-                    );
-                }
-                return;
-            }
+        let across = seen
+            .iter()
+            .find(|s| s.name == "push.emit")
+            .is_some_and(|root| {
+                let nodes: HashSet<&str> = seen
+                    .iter()
+                    .filter(|s| s.trace == root.trace)
+                    .map(|s| s.node.as_str())
+                    .collect();
+                nodes.len() == 3
+            });
+        across.then_some(seen)
+    })
+    .await;
+    let root = seen
+        .iter()
+        .find(|s| s.name == "push.emit")
+        .expect("the push's span");
+    assert_eq!(root.node, "n1");
+    let in_trace: Vec<&Span> = seen.iter().filter(|s| s.trace == root.trace).collect();
+    let mut locals: HashMap<&str, usize> = HashMap::new();
+    for s in &in_trace {
+        if s.name == "node.local" {
+            *locals.entry(s.node.as_str()).or_default() += 1;
         }
+    }
+    assert_eq!(locals.get("n2"), Some(&1), "{in_trace:?}");
+    assert_eq!(locals.get("n3"), Some(&1), "{in_trace:?}");
+    // Parent and child links: the push is the root (no parent
+    // in its trace), and each other node's span is a child of
+    // a span of node 1 that descends from the push.
+    let by_id: HashMap<&[u8], &Span> = in_trace.iter().map(|s| (s.id.as_slice(), *s)).collect();
+    assert!(
+        !by_id.contains_key(root.parent.as_slice()),
+        "push.emit has a parent in its own trace: {in_trace:?}"
+    );
+
+    for local in in_trace.iter().filter(|s| s.name == "node.local") {
+        let parent = by_id
+            .get(local.parent.as_slice())
+            .unwrap_or_else(|| panic!("{local:?} has no parent in the trace"));
+        assert_eq!(parent.node, "n1", "{local:?}'s parent {parent:?}");
         assert!(
-            Instant::now() < deadline,
-            "no trace across the 3 nodes; spans seen: {:?}",
-            seen.iter()
-                .map(|s| format!("{}:{}", s.node, s.name))
-                .collect::<Vec<_>>()
+            descends(&by_id, root, local),
+            "{local:?} does not descend from the push"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -300,16 +297,20 @@ async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
     let (collector, _serial) = Collector::start(300).await;
     let _c = Cluster::start(1, &[]).await;
 
-    let (join, served) = wait_for("the join's spans on both sides", || {
-        let spans = collector.spans();
-        let join = spans
-            .iter()
-            .find(|s| s.name == "membership.join" && s.node == "n1")?;
-        let served = spans
-            .iter()
-            .find(|s| s.name == "coordinator.join" && s.trace == join.trace)?;
-        Some((join.clone(), served.clone()))
-    })
+    let (join, served) = eventually(
+        Duration::from_secs(20),
+        "the join's spans on both sides",
+        || async {
+            let spans = collector.spans();
+            let join = spans
+                .iter()
+                .find(|s| s.name == "membership.join" && s.node == "n1")?;
+            let served = spans
+                .iter()
+                .find(|s| s.name == "coordinator.join" && s.trace == join.trace)?;
+            Some((join.clone(), served.clone()))
+        },
+    )
     .await;
     assert_eq!(join.service, "ringway-gateway");
     assert_eq!(served.service, "ringway-coordinator");
@@ -323,13 +324,17 @@ async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
         hex(&join.id),
         "coordinator.join is not the child of membership.join"
     );
-    wait_for("a Redis span of the coordinator", || {
-        collector
-            .spans()
-            .iter()
-            .any(|s| s.service == "ringway-coordinator" && s.name == "redis")
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a Redis span of the coordinator",
+        || async {
+            collector
+                .spans()
+                .iter()
+                .any(|s| s.service == "ringway-coordinator" && s.name == "redis")
+                .then_some(())
+        },
+    )
     .await;
 
     for (service, name) in [
@@ -341,9 +346,11 @@ async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
         ("ringway-gateway", "ringway.membership.members"),
         ("ringway-gateway", "ringway.sessions"),
     ] {
-        wait_for(&format!("{service}'s {name} by OTLP"), || {
-            collector.has_metric(service, name).then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            &format!("{service}'s {name} by OTLP"),
+            || async { collector.has_metric(service, name).then_some(()) },
+        )
         .await;
     }
 }
@@ -364,7 +371,7 @@ async fn log_lines_inside_a_span_name_its_trace() {
     // A polling handshake: "session opened" is logged in its span.
     let json_sid = Polling::open(&json_gw.addr, "/socket.io/").await.sid;
     let human_sid = Polling::open(&human_gw.addr, "/socket.io/").await.sid;
-    let handshakes = wait_for("both handshake spans", || {
+    let handshakes = eventually(Duration::from_secs(20), "both handshake spans", || async {
         let spans: Vec<Span> = collector
             .spans()
             .into_iter()
@@ -376,12 +383,16 @@ async fn log_lines_inside_a_span_name_its_trace() {
     let traces: HashSet<String> = handshakes.iter().map(|s| hex(&s.trace)).collect();
 
     // JSON: every line an object; the handshake's line in its trace.
-    let opened = wait_for("the JSON line of the handshake", || {
-        json_log
-            .lines()
-            .into_iter()
-            .find(|l| l.contains("session opened") && l.contains(&json_sid))
-    })
+    let opened = eventually(
+        Duration::from_secs(20),
+        "the JSON line of the handshake",
+        || async {
+            json_log
+                .lines()
+                .into_iter()
+                .find(|l| l.contains("session opened") && l.contains(&json_sid))
+        },
+    )
     .await;
     for line in json_log.lines() {
         let value: serde_json::Value = serde_json::from_str(&line)
@@ -404,12 +415,16 @@ async fn log_lines_inside_a_span_name_its_trace() {
     assert!(!started.contains("trace_id"), "{started}");
 
     // Human: the id closes the line.
-    let opened = wait_for("the human line of the handshake", || {
-        human_log
-            .lines()
-            .into_iter()
-            .find(|l| l.contains("session opened") && l.contains(&human_sid))
-    })
+    let opened = eventually(
+        Duration::from_secs(20),
+        "the human line of the handshake",
+        || async {
+            human_log
+                .lines()
+                .into_iter()
+                .find(|l| l.contains("session opened") && l.contains(&human_sid))
+        },
+    )
     .await;
     let (_, trace) = opened
         .rsplit_once(" trace_id=")
@@ -443,13 +458,17 @@ async fn handshake_forward_handoff_upgrade_and_redis_spans_are_exported() {
         ("n1", "redis"),
         ("n3", "redis"),
     ] {
-        wait_for(&format!("a {name} span from {node}"), || {
-            collector
-                .spans()
-                .iter()
-                .any(|s| s.node == node && s.name == name)
-                .then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            &format!("a {name} span from {node}"),
+            || async {
+                collector
+                    .spans()
+                    .iter()
+                    .any(|s| s.node == node && s.name == name)
+                    .then_some(())
+            },
+        )
         .await;
     }
     // The owner's side of each call is in the caller's trace.

@@ -76,11 +76,10 @@ impl Backend {
 
     /// Waits (10 s at most) until `check` holds.
     async fn wait_until(&self, what: &str, check: impl Fn(&Seen) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.seen(&check) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ringway_testkit::eventually(Duration::from_secs(10), what, || async {
+            self.seen(&check)
+        })
+        .await;
     }
 }
 
@@ -111,6 +110,7 @@ impl Upstream for Backend {
             Some("fail") => return Err(Status::permission_denied("nope")),
             mode => {
                 if mode == Some("slow") {
+                    // fixed: a slow backend's latency is what is tested.
                     tokio::time::sleep(Duration::from_secs(8)).await;
                 }
                 let user = auth["user"].as_str().unwrap_or_default().to_owned();
@@ -146,7 +146,9 @@ impl Upstream for Backend {
             Running(self.seen.clone(), req.socket_id.clone())
         };
         match req.event.as_str() {
+            // fixed: a slow backend's latency is what is tested.
             "slow" => tokio::time::sleep(Duration::from_secs(8)).await,
+            // fixed: as above; calls must not overlap while it lasts.
             "seq" => tokio::time::sleep(Duration::from_millis(150)).await,
             "hold" => {
                 self.seen.lock().expect("lock").holding += 1;
@@ -194,21 +196,35 @@ impl Upstream for Backend {
 
 /// A backend serving on `port` (0: a free one); its URL and a switch that
 /// stops it.
-async fn start_backend(port: u16) -> (Backend, String, oneshot::Sender<()>) {
+/// Stops a test backend: [`Stop::stop`] returns once its server has ended
+/// (its connections closed).
+struct Stop {
+    tx: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Stop {
+    async fn stop(self) {
+        let _ = self.tx.send(());
+        let _ = self.server.await;
+    }
+}
+
+async fn start_backend(port: u16) -> (Backend, String, Stop) {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the backend");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let backend = Backend::new();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
+    let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(UpstreamServer::new(backend.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             }),
     );
-    (backend, url, stop)
+    (backend, url, Stop { tx: stop, server })
 }
 
 // ---------------------------------------------------------------------------
@@ -702,24 +718,19 @@ async fn a_backend_that_is_down_gives_upstream_unavailable_at_once() {
 
     // The backend comes up: CONNECTs reach it.
     let (backend, _, stop) = start_backend(port).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let id = loop {
-        match ws_join(&mut ws, r#"{"user":"x"}"#).await {
-            Ok(id) => break id,
-            Err(err) => {
-                assert!(Instant::now() < deadline, "still refused: {err}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let joining = tokio::sync::Mutex::new(&mut ws);
+    let id = ringway_testkit::eventually(Duration::from_secs(10), "a CONNECT taken", || async {
+        let mut ws = joining.lock().await;
+        ws_join(&mut ws, r#"{"user":"x"}"#).await.ok()
+    })
+    .await;
     ws_send(&mut ws, r#"421["chat"]"#).await;
     let ack = ws_expect(&mut ws, "431").await;
     assert_eq!(json_after(&ack, "431")[0]["user"], "x");
 
     // It goes away again: events that want an ack get the error, the
     // disconnect is not waited for, nothing hangs.
-    let _ = stop.send(());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.stop().await;
     let started = Instant::now();
     ws_send(&mut ws, r#"422["chat"]"#).await;
     assert_eq!(

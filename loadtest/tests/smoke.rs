@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -306,14 +306,9 @@ impl Redis {
             .spawn()
             .expect("start redis-server (Debian package redis-server)");
         let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if redis.ping() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not answer on {port}");
+        let what = format!("redis-server to answer on {port}");
+        ringway_testkit::eventually_blocking(Duration::from_secs(10), what, || redis.ping());
+        redis
     }
 
     fn ping(&self) -> bool {
@@ -425,8 +420,9 @@ impl Cluster {
 
     /// Waits until non-sticky polling works: every node knows the others.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let last = std::cell::RefCell::new(Value::Null);
+        let failed = ringway_testkit::Describe(|| format!("the cluster ready: {}", last.borrow()));
+        ringway_testkit::eventually_blocking(Duration::from_secs(20), &failed, || {
             let out = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"))
                 .args(["polling", "--sessions", "3", "--duration", "0.3"])
                 .args(["--warmup", "0", "--json", "--quiet"])
@@ -434,16 +430,10 @@ impl Cluster {
                 .output()
                 .expect("run ringway-loadtest");
             let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if out.status.success() && report["error_total"] == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster not ready: {}",
-                report["errors"]
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            let ready = out.status.success() && report["error_total"] == 0;
+            *last.borrow_mut() = report["errors"].clone();
+            ready
+        });
     }
 
     fn urls(&self) -> Vec<String> {

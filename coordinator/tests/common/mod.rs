@@ -71,17 +71,9 @@ impl ChildGuard {
 
     /// Polls for the exit for up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = ringway_testkit::poll_until_blocking(timeout, || self.try_wait())?;
+        self.child = None;
+        Some(status)
     }
 }
 
@@ -125,15 +117,8 @@ impl RedisServer {
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + WAIT;
-        while !self.try_start() {
-            assert!(
-                Instant::now() < deadline,
-                "cannot restart redis-server on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("redis-server to restart on port {}", self.port);
+        ringway_testkit::eventually_blocking(WAIT, what, || self.try_start());
     }
 
     fn try_start(&mut self) -> bool {
@@ -146,17 +131,17 @@ impl RedisServer {
             .spawn()
             .expect("spawn redis-server");
         let mut guard = ChildGuard::new(child);
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
+        // Answering, or exited (most likely the port was taken meanwhile).
+        let port = self.port;
+        let answering = ringway_testkit::poll_until_blocking(WAIT, || {
             if guard.try_wait().is_some() {
-                // Exited: most likely the port was taken meanwhile.
-                return false;
+                return Some(false);
             }
-            if redis_ping(self.port) {
-                self.proc = Some(guard);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            redis_ping(port).then_some(true)
+        });
+        if answering == Some(true) {
+            self.proc = Some(guard);
+            return true;
         }
         false
     }
@@ -414,20 +399,15 @@ pub async fn connect_as(addr: SocketAddr, node: Option<&str>) -> Client {
             node,
         )
     });
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let channel = Channel::from_shared(format!("http://{addr}"))
+    let channel = eventually(WAIT, format!("a connection to {addr}"), || async {
+        Channel::from_shared(format!("http://{addr}"))
             .expect("url")
             .connect()
-            .await;
-        match channel {
-            Ok(channel) => return MembershipClient::with_interceptor(channel, signer),
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+            .await
+            .ok()
+    })
+    .await;
+    MembershipClient::with_interceptor(channel, signer)
 }
 
 pub fn join_req(node: &str, incarnation: u64) -> JoinRequest {
@@ -517,14 +497,7 @@ impl Watcher {
 
     /// Waits up to `timeout` for the stream to end; its reason.
     pub async fn wait_end(&mut self, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(end) = self.ended() {
-                return Some(end);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        ringway_testkit::poll_until(timeout, || std::future::ready(self.ended())).await
     }
 
     pub fn ended(&self) -> Option<String> {
@@ -546,21 +519,5 @@ impl Drop for Watcher {
     }
 }
 
-/// Polls `f` every 50 ms until it is true; panics after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not true within {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// The one wait of every Ringway test (`gateway/testkit`).
+pub use ringway_testkit::eventually;

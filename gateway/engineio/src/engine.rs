@@ -125,6 +125,15 @@ const UPGRADE_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy)]
 struct HeldId(u64);
 
+/// Polling requests held open by the sessions of an engine.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeldRequests {
+    /// GETs waiting for packets.
+    pub polls: u64,
+    /// POSTs being read or applied.
+    pub posts: u64,
+}
+
 pub struct Engine<H: EngineHandler> {
     config: EngineConfig,
     handler: H,
@@ -134,6 +143,8 @@ pub struct Engine<H: EngineHandler> {
     moved: Mutex<HashMap<Sid, (String, Instant)>>,
     /// Sessions being taken over from another node right now.
     arriving: Mutex<HashSet<Sid>>,
+    /// Notified when a take-over ends (the session arrived, or not).
+    arrivals: tokio::sync::Notify,
     /// Every session was closed (shutdown): none waits for its client to
     /// fetch the close packet any more.
     closing_all: AtomicBool,
@@ -287,6 +298,7 @@ impl<H: EngineHandler> Engine<H> {
             sessions: RwLock::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             arriving: Mutex::new(HashSet::new()),
+            arrivals: tokio::sync::Notify::new(),
             closing_all: AtomicBool::new(false),
         })
     }
@@ -375,6 +387,18 @@ impl<H: EngineHandler> Engine<H> {
             .filter(|s| s.transport() == TransportKind::WebSocket)
             .count() as u64;
         (sessions.len() as u64 - websocket, websocket)
+    }
+
+    /// Polling requests held here right now: GETs pending until there is
+    /// something to send, and POSTs being read or applied.
+    pub fn held_requests(&self) -> HeldRequests {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let mut held = HeldRequests::default();
+        for session in sessions.values() {
+            held.polls += u64::from(session.is_polling());
+            held.posts += u64::from(session.is_posting());
+        }
+        held
     }
 
     /// Closes every session (server shutdown).
@@ -701,8 +725,10 @@ impl<H: EngineHandler> Engine<H> {
                     ))
                     .await;
                 }
-                Some(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(1)).await
+                // Look again when the move ends (done, or given up).
+                Some(session) if Instant::now() < deadline => {
+                    let ended = || (!session.is_moving() || session.is_closed()).then_some(());
+                    session.wait_until(deadline, ended).await;
                 }
                 _ => return Err(RequestError::UnknownSid),
             }
@@ -757,13 +783,19 @@ impl<H: EngineHandler> Engine<H> {
     async fn local_or_arriving(&self, sid: &Sid) -> Option<SessionRef<H::Data>> {
         let deadline = Instant::now() + MOVE_WAIT;
         loop {
+            // Registered before looking: an arrival in between is seen.
+            let arrived = self.arrivals.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             if let Some(session) = self.session(sid) {
                 return Some(session);
             }
-            if !self.is_arriving(sid) || Instant::now() >= deadline {
+            if !self.is_arriving(sid) {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.session(sid);
+            }
         }
     }
 
@@ -793,20 +825,16 @@ impl<H: EngineHandler> Engine<H> {
         // tells, and the packets are either delivered or back in the queue
         // to export. (No poll takes packets while moving.) Still held at
         // the bound: the session stays, as for a POST.
-        while session.holds_answer() {
-            if Instant::now() >= deadline {
-                return Err(NotHandedOff::Busy);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let settled = || (!session.holds_answer()).then_some(());
+        if session.wait_until(deadline, settled).await.is_none() {
+            return Err(NotHandedOff::Busy);
         }
-        while session.is_posting() {
-            if Instant::now() >= deadline {
-                // A POST still uploading: moving now would lose it. The
-                // session stays; the upgrade is refused (the client keeps
-                // polling).
-                return Err(NotHandedOff::Busy);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // A POST still uploading: moving now would lose it. Still there
+        // at the bound: the session stays; the upgrade is refused (the
+        // client keeps polling).
+        let posted = || (!session.is_posting()).then_some(());
+        if session.wait_until(deadline, posted).await.is_none() {
+            return Err(NotHandedOff::Busy);
         }
         // The layer above may be busy for a moment (a CONNECT being
         // answered): wait for it within the same bound.
@@ -820,6 +848,9 @@ impl<H: EngineHandler> Engine<H> {
         let upper = loop {
             match self.handler.export(&session, &mut take) {
                 Ok(state) => break state,
+                // The layer above tells nothing when it is done (its
+                // CONNECTs take a round trip to the application at most):
+                // look again shortly.
                 Err(_) if Instant::now() < deadline && !session.is_closed() => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -870,6 +901,7 @@ impl<H: EngineHandler> Engine<H> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&sid);
+        self.arrivals.notify_waiters();
         if result.is_ok() {
             metrics().handoffs.add(1, &attr("direction", "in"));
             metrics().handoff_duration.record(seconds(started), &[]);
@@ -1166,7 +1198,14 @@ impl<H: EngineHandler> Engine<H> {
             }
             match session.begin_poll(raw_query) {
                 Ok(gen) => break gen,
-                Err(BeginError::Unconfirmed) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(BeginError::Unconfirmed) => {
+                    // Look again when the held answer is settled, or when
+                    // the bound for settling it here passes.
+                    let (bound, now) = (arrived + HOLD_WAIT, Instant::now());
+                    let until = if now < bound { bound } else { now + HOLD_WAIT };
+                    let settled = || (!session.holds_answer()).then_some(());
+                    session.wait_until(until, settled).await;
+                }
                 Err(BeginError::Overlap) => {
                     // A second concurrent GET: the reference closes the
                     // session (the pending GET gets a close packet) and

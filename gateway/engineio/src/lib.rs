@@ -25,7 +25,7 @@ pub use directory::{
     BoxFuture, Directory, ForwardedAnswer, ForwardedRequest, Handover, LocalDirectory, Located,
     SessionSnapshot,
 };
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, HeldRequests};
 pub use errors::{DecodeError, RequestError};
 pub use handler::{EngineHandler, Message, NotMovable};
 pub use packet::Frame;

@@ -246,6 +246,10 @@ pub struct Session<D> {
     writer: Notify,
     /// Wakes the lifecycle task: a pong arrived or the session closed.
     lifecycle: Notify,
+    /// Wakes whoever waits for the session's state to change (a handoff
+    /// waiting for a POST or a held answer, a request waiting for a move
+    /// to end): [`Session::wait_until`].
+    changed: Notify,
     max_queued_bytes: usize,
     handshake: Handshake,
     /// The revision the session speaks, and how its polling answers carry
@@ -325,6 +329,7 @@ impl<D> Session<D> {
             }),
             writer: Notify::new(),
             lifecycle: Notify::new(),
+            changed: Notify::new(),
             max_queued_bytes,
             handshake,
             framing: Framing::V4,
@@ -500,6 +505,31 @@ impl<D> Session<D> {
     fn wake_writers(&self) {
         self.writer.notify_waiters();
         self.writer.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `ready` gives a value, looking again at each change of
+    /// the session's state (a POST ended, an answer settled, a move begun
+    /// or given up, the close), not on a timer; `None` if it still gives
+    /// none at `deadline`.
+    pub(crate) async fn wait_until<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            // Registered before looking, so a change in between is not
+            // missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(value) = ready() {
+                return Some(value);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return ready();
+            }
+        }
     }
 
     // ----- heartbeat -------------------------------------------------------
@@ -782,6 +812,7 @@ impl<D> Session<D> {
 
     pub(crate) fn end_post(&self) {
         self.lock().posting = false;
+        self.changed.notify_waiters();
     }
 
     // ----- handoff ---------------------------------------------------------
@@ -810,6 +841,12 @@ impl<D> Session<D> {
     /// A POST is being applied (the handoff waits for it).
     pub(crate) fn is_posting(&self) -> bool {
         self.lock().posting
+    }
+
+    /// A polling GET is pending (held open until there is something to
+    /// send).
+    pub(crate) fn is_polling(&self) -> bool {
+        self.lock().polling
     }
 
     /// Ends a handoff that could not finish: the session stays here.

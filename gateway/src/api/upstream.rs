@@ -639,6 +639,7 @@ mod tests {
             second.wait().await;
             second
         });
+        // fixed: a negative check (the second still waits a moment later).
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "the second waits for the first");
         drop(first);

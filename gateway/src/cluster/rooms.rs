@@ -81,6 +81,26 @@ impl RoomIndex {
             .unwrap_or_default()
     }
 
+    /// How many rooms of each namespace each other node has members in,
+    /// as announced: (node, namespace, rooms).
+    pub fn counts(&self) -> Vec<(String, String, u64)> {
+        let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+        for (namespace, rooms) in index.iter() {
+            for nodes in rooms.values() {
+                for node in nodes {
+                    *counts
+                        .entry((node.as_str(), namespace.as_str()))
+                        .or_default() += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .map(|((node, ns), n)| (node.to_owned(), ns.to_owned(), n))
+            .collect()
+    }
+
     /// The nodes with members in any of `rooms` of `namespace`.
     pub fn nodes_for(&self, namespace: &str, rooms: &[String]) -> Vec<String> {
         let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());

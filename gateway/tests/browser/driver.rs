@@ -168,11 +168,11 @@ impl Browser {
     fn stop(&mut self) {
         // Closing stdin closes the browser; then the driver exits.
         self.driver.stdin.lock().unwrap().take();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = ringway_testkit::poll_until_blocking(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringway_proto::auth::{ClusterSecret, Signer};
 use ringway_proto::cluster::v1::membership_client::MembershipClient;
@@ -16,7 +16,21 @@ use ringway_proto::cluster::v1::{View, WatchRequest};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use super::Gateway;
+use super::{get, sample, Gateway};
+
+impl Gateway {
+    /// Waits until this gateway serves on the membership view of `epoch`
+    /// or a later one (its `ringway_membership_epoch` gauge).
+    pub async fn wait_epoch(&self, epoch: u64) {
+        let addr = self.addr.clone();
+        let what = format!("{addr} on the view of epoch {epoch}");
+        ringway_testkit::eventually(Duration::from_secs(20), &what, || async {
+            let metrics = get(&addr, "/metrics").await.text();
+            sample(&metrics, "ringway_membership_epoch").is_some_and(|e| e >= epoch as f64)
+        })
+        .await;
+    }
+}
 
 /// The shared secret of every test cluster, as its bytes.
 pub const SECRET: &str = "ringway-test-cluster-secret-0123456789abcdef";
@@ -122,14 +136,10 @@ impl Redis {
             .spawn()
             .expect("start redis-server (installed by scripts/test.sh)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.command(&["PING"]).as_deref() == Some("+PONG") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not answer on {}", self.port);
+        let what = format!("redis-server to answer on {}", self.port);
+        ringway_testkit::eventually_blocking(Duration::from_secs(10), what, || {
+            self.command(&["PING"]).as_deref() == Some("+PONG")
+        });
     }
 
     /// Kills the server (an outage); `restart` brings it back empty.
@@ -350,22 +360,16 @@ impl Coordinator {
 
     /// Waits until the view has exactly these members.
     pub async fn wait_members(&self, ids: &[&str]) -> View {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let mut want = ids.to_vec();
+        want.sort();
+        let what = format!("the view's members to be {want:?}");
+        ringway_testkit::eventually(Duration::from_secs(20), what, || async {
             let view = self.view().await;
             let mut have: Vec<&str> = view.members.iter().map(|m| m.node_id.as_str()).collect();
             have.sort();
-            let mut want = ids.to_vec();
-            want.sort();
-            if have == want {
-                return view;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members {have:?}, expected {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (have == want).then_some(view)
+        })
+        .await
     }
 }
 
@@ -427,10 +431,12 @@ impl Cluster {
             .collect();
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        coordinator.wait_members(&ids).await;
-        // Views reach the gateways by their watch streams at once; leave
-        // them a moment to apply it.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let view = coordinator.wait_members(&ids).await;
+        // Views reach the gateways by their watch streams: wait until
+        // each serves on this one (its epoch gauge).
+        for node in &nodes {
+            node.wait_epoch(view.epoch).await;
+        }
         Cluster {
             redis,
             coordinator,
@@ -440,6 +446,50 @@ impl Cluster {
 
     pub fn addr(&self, i: usize) -> &str {
         &self.nodes[i].addr
+    }
+
+    /// Waits until every node of the cluster routes room emits of the
+    /// namespace `/` to each of the nodes `holders` (indexes; node `i` is
+    /// `n{i+1}`): their room announcements have arrived.
+    pub async fn wait_routes(&self, holders: &[usize]) {
+        let nodes: Vec<(&str, String)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (node.addr.as_str(), format!("n{}", i + 1)))
+            .collect();
+        let nodes: Vec<(&str, &str)> = nodes.iter().map(|(a, id)| (*a, id.as_str())).collect();
+        let holders: Vec<String> = holders.iter().map(|i| format!("n{}", i + 1)).collect();
+        let holders: Vec<&str> = holders.iter().map(String::as_str).collect();
+        wait_routes(&nodes, &holders, "/").await;
+    }
+}
+
+/// Waits until each gateway of `nodes` (address, node id) routes room
+/// emits of `namespace` to every node of `holders` but itself: the room
+/// announcements of those nodes have reached it (its
+/// `ringway_cluster_room_routes` gauge shows a room of theirs).
+pub async fn wait_routes(nodes: &[(&str, &str)], holders: &[&str], namespace: &str) {
+    for (addr, id) in nodes {
+        for holder in holders.iter().filter(|h| *h != id) {
+            let what = format!("{id} to route {namespace} rooms to {holder}");
+            let node_label = format!("node=\"{holder}\"");
+            let ns_label = format!("namespace=\"{namespace}\"");
+            ringway_testkit::eventually(Duration::from_secs(20), &what, || async {
+                let metrics = get(addr, "/metrics").await.text();
+                metrics.lines().any(|line| {
+                    line.starts_with("ringway_cluster_room_routes{")
+                        && line.contains(&node_label)
+                        && line.contains(&ns_label)
+                        && line
+                            .rsplit(' ')
+                            .next()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .is_some_and(|n| n >= 1.0)
+                })
+            })
+            .await;
+        }
     }
 }
 

@@ -51,6 +51,42 @@ pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Waits (20 s at most) until the gateway at `addr` reports, on
+/// `/metrics`, a sum of the series `prefix` (as [`sample`]) that `ok`
+/// accepts: the tests wait on what the server says, not on a delay.
+pub async fn wait_sample(addr: &str, prefix: &str, ok: impl Fn(f64) -> bool) {
+    let what = format!("{prefix} on {addr}");
+    ringway_testkit::eventually(Duration::from_secs(20), &what, || async {
+        let metrics = get(addr, "/metrics").await.text();
+        sample(&metrics, prefix).is_some_and(&ok)
+    })
+    .await;
+}
+
+/// Waits until the gateway at `addr` holds `n` or more polling GETs
+/// pending (a long-poll, forwarded or not, has reached its owner).
+pub async fn wait_held_polls(addr: &str, n: u64) {
+    wait_sample(addr, "ringway_requests_held{kind=\"poll\"", |v| {
+        v >= n as f64
+    })
+    .await;
+}
+
+/// Waits until the GET running in `task` has reached the gateway at
+/// `addr`: held there as a long-poll, or already answered (something was
+/// queued for it).
+pub async fn wait_poll_reached<T>(addr: &str, task: &tokio::task::JoinHandle<T>) {
+    let what = format!("a GET held on {addr}, or answered");
+    ringway_testkit::eventually(Duration::from_secs(20), &what, || async {
+        if task.is_finished() {
+            return true;
+        }
+        let metrics = get(addr, "/metrics").await.text();
+        sample(&metrics, "ringway_requests_held{kind=\"poll\"").is_some_and(|v| v >= 1.0)
+    })
+    .await;
+}
+
 /// The lines a process logged so far.
 #[derive(Clone, Default)]
 pub struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
@@ -206,14 +242,7 @@ impl Gateway {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        ringway_testkit::poll_until_blocking(within, || self.child.try_wait().ok().flatten())
     }
 }
 

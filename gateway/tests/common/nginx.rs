@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::cluster::free_port;
 
@@ -211,20 +211,23 @@ impl Nginx {
             .spawn()
             .map_err(|e| format!("spawn nginx: {e}"))?;
         let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        // Listening, or exited (its error log says why).
+        let started = ringway_testkit::poll_until_blocking(Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(status));
+            }
+            TcpStream::connect(&addr).is_ok().then_some(Ok(()))
+        });
+        match started {
+            Some(Ok(())) => {}
+            Some(Err(status)) => {
                 return Err(format!("nginx exited ({status}): {}", self.error_log()));
             }
-            if TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("not listening on {addr}: {}", self.error_log()));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
         self.addr = addr;
@@ -269,12 +272,11 @@ impl Nginx {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let exited = ringway_testkit::poll_until_blocking(Duration::from_secs(5), || {
+            child.try_wait().ok().flatten()
+        });
+        if exited.is_some() {
+            return;
         }
         let _ = child.kill();
         let _ = child.wait();
