@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 rules=(
   "ringway-ring: ringway-proto ringway-telemetry ringway-engineio ringway-gateway tonic prost redis tokio"
   "ringway-engineio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
+  "ringway-socketio-codec: ringway-proto ringway-engineio ringway-gateway tonic prost redis tokio"
+  "ringway-testkit: ringway-proto ringway-engineio ringway-gateway tonic redis"
 )
 
 status=0

@@ -12,6 +12,7 @@ pub mod demo;
 /// The Engine.IO layer, its own crate (`gateway/engineio`).
 pub use ringway_engineio as engineio;
 pub mod http;
+pub mod node;
 pub mod socketio;
 pub mod store;
 pub mod telemetry;

@@ -3,38 +3,16 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use ringway_gateway::api::jwt::{Jwt, Verifier};
-use ringway_gateway::api::push::{ApiAuth, LocalPush, PushService};
 use ringway_gateway::api::upstream::{UpstreamApp, UpstreamSettings};
 use ringway_gateway::app::EchoApp;
-use ringway_gateway::app::EngineEcho;
-use ringway_gateway::cluster::membership::{
-    HeartbeatLoad, LoadSource, MembershipClientTask, Registration,
-};
-use ringway_gateway::cluster::peer::MAX_MESSAGE;
-use ringway_gateway::cluster::ring::DEFAULT_VNODES;
-use ringway_gateway::cluster::service::NodeService;
-use ringway_gateway::cluster::{refresh_interval, Cluster};
-use ringway_gateway::config::{advertised, redact_url_in, without_password, AppKind, Config};
-use ringway_gateway::engineio::{Engine, SidKey};
-use ringway_gateway::http::Gateway;
-use ringway_gateway::socketio::{Application, Recovery, SocketIo};
-use ringway_gateway::store::recovery::{MemoryRecoveryStore, RecoveryStore, RedisRecoveryStore};
-use ringway_gateway::store::{MemoryRegistry, RedisRegistry, Registry};
+use ringway_gateway::config::{without_password, AppKind, Config};
+use ringway_gateway::node::{Node, NodeError};
+use ringway_gateway::socketio::Application;
 use ringway_gateway::telemetry::{self, Telemetry};
-use ringway_proto::auth::{ClusterSecret, ClusterSecurity, ClusterTls};
-use ringway_proto::cluster::v1::node_server::NodeServer;
-use ringway_proto::v1::push_server::PushServer;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// Why the gateway stopped with an error; each has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +22,15 @@ enum Failure {
     Redis(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<NodeError> for Failure {
+    fn from(err: NodeError) -> Failure {
+        match err {
+            NodeError::Redis(message) => Failure::Redis(message),
+            NodeError::Other(message) => Failure::Other(message),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -135,441 +122,33 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
     result
 }
 
-/// Gauges read at collection time: sessions by transport, rooms, the
-/// membership view, peers' queue losses.
-fn register_observers<A: Application>(
-    engine: Arc<Engine<SocketIo<A>>>,
-    echo: Option<Arc<Engine<EngineEcho>>>,
-    cluster: Arc<Cluster>,
-) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
-    let meter = telemetry::meter();
-    let engine_ns = engine.clone();
-    let held = engine.clone();
-    let sessions = meter
-        .u64_observable_gauge("ringway.sessions")
-        .with_description("Sessions held by this node, by transport")
-        .with_callback(move |observer| {
-            let (polling, websocket) = engine.transport_counts();
-            observer.observe(polling, &telemetry::attr("transport", "polling"));
-            observer.observe(websocket, &telemetry::attr("transport", "websocket"));
-        })
-        .build();
-    let held_requests = meter
-        .u64_observable_gauge("ringway.requests.held")
-        .with_description(
-            "Polling requests held open on this node: GETs waiting for packets (kind=poll), \
-             POSTs being read or applied (kind=post)",
-        )
-        .with_callback(move |observer| {
-            let mut now = held.held_requests();
-            if let Some(echo) = &echo {
-                let more = echo.held_requests();
-                now.polls += more.polls;
-                now.posts += more.posts;
-            }
-            observer.observe(now.polls, &telemetry::attr("kind", "poll"));
-            observer.observe(now.posts, &telemetry::attr("kind", "post"));
-        })
-        .build();
-    let view = cluster.clone();
-    let epoch = meter
-        .u64_observable_gauge("ringway.membership.epoch")
-        .with_description("Epoch of the membership view this node serves on")
-        .with_callback(move |observer| observer.observe(view.view().epoch, &[]))
-        .build();
-    let view = cluster.clone();
-    let members = meter
-        .u64_observable_gauge("ringway.membership.members")
-        .with_description("Members in the view (this node included)")
-        .with_callback(move |observer| observer.observe(view.view().members.len() as u64, &[]))
-        .build();
-    let per_namespace = engine_ns.clone();
-    let sockets = meter
-        .u64_observable_gauge("ringway.sockets")
-        .with_description("Sockets connected to each namespace on this node")
-        .with_callback(move |observer| {
-            for ns in per_namespace.handler().namespaces() {
-                observer.observe(
-                    ns.socket_count() as u64,
-                    &telemetry::attr("namespace", ns.name().to_owned()),
-                );
-            }
-        })
-        .build();
-    let rooms = meter
-        .u64_observable_gauge("ringway.rooms")
-        .with_description("Rooms with members on this node, by namespace")
-        .with_callback(move |observer| {
-            for ns in engine_ns.handler().namespaces() {
-                observer.observe(
-                    ns.room_count() as u64,
-                    &telemetry::attr("namespace", ns.name().to_owned()),
-                );
-            }
-        })
-        .build();
-    let routes = cluster.clone();
-    let room_routes = meter
-        .u64_observable_gauge("ringway.cluster.room.routes")
-        .with_description(
-            "Rooms other nodes announced members in, by node and namespace: \
-             where this node's room emits go",
-        )
-        .with_callback(move |observer| {
-            for (node, namespace, rooms) in routes.rooms().counts() {
-                observer.observe(
-                    rooms,
-                    &[
-                        opentelemetry::KeyValue::new("node", node),
-                        opentelemetry::KeyValue::new("namespace", namespace),
-                    ],
-                );
-            }
-        })
-        .build();
-    let ready = meter
-        .u64_observable_gauge("ringway.ready")
-        .with_description("1 when the node takes new sessions")
-        .with_callback(move |observer| observer.observe(u64::from(cluster.is_ready()), &[]))
-        .build();
-    vec![
-        Box::new(sessions),
-        Box::new(held_requests),
-        Box::new(epoch),
-        Box::new(members),
-        Box::new(sockets),
-        Box::new(room_routes),
-        Box::new(rooms),
-        Box::new(ready),
-    ]
-}
-
+/// Starts the node, prints its addresses (tests and scripts read them),
+/// and drains it on SIGTERM or SIGINT.
 async fn serve<A: Application>(config: Config, app: A) -> Result<(), Failure> {
-    let node_id = config.node_id();
-    let listener = listen(config.listen, config.listen_backlog)
-        .map_err(|e| Failure::Other(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
-
-    let registry: Arc<dyn Registry> = match &config.redis_url {
-        Some(url) if config.clustered() => {
-            let ttl = Duration::from_millis(config.registry_ttl);
-            let registry = RedisRegistry::connect(url, &config.key_prefix, ttl)
-                .await
-                .map_err(|e| redis_unreachable(url, e))?;
-            Arc::new(registry)
-        }
-        _ => Arc::new(MemoryRegistry::default()),
-    };
-    let security = cluster_security(&config, &node_id).map_err(Failure::Other)?;
-    if config.clustered() && !security.is_secure() {
-        warn!("--insecure-cluster: node-to-node calls are neither authenticated nor encrypted; anyone who reaches the node port can read and take over sessions");
+    let mut node = Node::new(config, app).start().await?;
+    if let Some(metrics) = node.metrics_addr {
+        println!("ringway-gateway metrics listening on {metrics}");
     }
-    let cluster = Cluster::new(&node_id, DEFAULT_VNODES, registry, security.clone());
-    if !config.clustered() {
-        // A node alone is its own cluster from the start.
-        cluster.set_joined();
+    if let Some(api) = node.api_addr {
+        println!("ringway-gateway api listening on {api}");
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let recovery = match config.recovery() {
-        Some(settings) => {
-            let store: Arc<dyn RecoveryStore> = match &config.redis_url {
-                Some(url) if config.clustered() => Arc::new(
-                    RedisRecoveryStore::connect(
-                        url,
-                        &config.key_prefix,
-                        config.recovery_max_log,
-                        config.recovery_max_log_bytes,
-                    )
-                    .await
-                    .map_err(|e| redis_unreachable(url, e))?,
-                ),
-                _ => Arc::new(MemoryRecoveryStore::new(
-                    config.recovery_max_log,
-                    config.recovery_max_log_bytes,
-                )),
-            };
-            let recovery = Recovery::open(store, settings, &node_id)
-                .await
-                .map_err(|e| {
-                    let message = format!("recovery log: {e}");
-                    Failure::Redis(match &config.redis_url {
-                        Some(url) => redact_url_in(&message, url),
-                        None => message,
-                    })
-                })?;
-            info!(
-                window_ms = config.recovery_window,
-                max_log = config.recovery_max_log,
-                "connection state recovery on"
-            );
-            Some(recovery)
-        }
-        None => None,
-    };
-    // The plain Engine.IO echo endpoint belongs to the built-in echo
-    // application only.
-    let engine_echo = config.upstream.is_none() && config.app == AppKind::Echo;
-    // Session ids are signed with the cluster's key (one per node alone).
-    let sid_key = cluster
-        .registry()
-        .sid_key()
-        .await
-        .map_err(|e| redis_unreachable(config.redis_url.as_deref().unwrap_or(""), e))?;
-    let gateway = Gateway::new(
-        &config,
-        app,
-        engine_echo,
-        cluster.clone(),
-        recovery.clone(),
-        SidKey::new(&sid_key),
-    );
-    if let Some(recovery) = recovery {
-        let (refresher, trimmer) = (recovery.clone(), recovery);
-        let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-        spawn_ticker(every, stop_rx.clone(), move || {
-            let recovery = refresher.clone();
-            async move { recovery.refresh().await }
-        });
-        spawn_ticker(RECOVERY_TRIM_EVERY, stop_rx.clone(), move || {
-            let recovery = trimmer.clone();
-            async move { recovery.trim().await }
-        });
+    if let Some(grpc) = node.grpc_addr {
+        println!("ringway-gateway grpc listening on {grpc}");
     }
-    let _observers = register_observers(
-        gateway.socketio().clone(),
-        gateway.engineio().cloned(),
-        cluster.clone(),
-    );
-
-    if let Some(metrics_addr) = config.metrics_listen {
-        let listener = TcpListener::bind(metrics_addr).await.map_err(|e| {
-            Failure::Other(format!(
-                "cannot listen on {metrics_addr} (--metrics-listen): {e}"
-            ))
-        })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
-        tokio::spawn(ringway_gateway::http::serve_metrics(
-            listener,
-            stop_rx.clone(),
-        ));
-        println!("ringway-gateway metrics listening on {bound}");
-    }
-
-    // The Push API for backends, on its own listener.
-    let mut tasks = Vec::new();
-    let api_tokens = config.api_tokens().map_err(Failure::Other)?;
-    if config.api_enabled() {
-        let api_listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
-            Failure::Other(format!(
-                "cannot listen on {} (--api-listen): {e}",
-                config.api_listen
-            ))
-        })?;
-        let api_addr = api_listener
-            .local_addr()
-            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
-        let local_push = LocalPush::new(gateway.socketio().clone());
-        let push = PushService::new(local_push, cluster.clone(), config.max_payload);
-        let mut auth = ApiAuth::new(api_tokens);
-        if config.api_tls_client_ca.is_some() {
-            auth = auth.with_client_certificates();
-        }
-        let push = InterceptedService::new(
-            PushServer::new(push).max_decoding_message_size(MAX_MESSAGE),
-            auth,
-        );
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = api_tls(&config).map_err(Failure::Other)? {
-            server = server
-                .tls_config(tls)
-                .map_err(|e| Failure::Other(format!("API TLS: {e}")))?;
-        }
-        let mut api_stop = stop_rx.clone();
-        let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
-        tasks.push(tokio::spawn(
-            server
-                .tcp_nodelay(true)
-                .add_service(push)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = api_stop.wait_for(|stop| *stop).await;
-                }),
-        ));
-        println!("ringway-gateway api listening on {api_addr}");
-    }
-
-    // The node-to-node service (cluster mode), then membership and the
-    // registry refresher.
-    let mut membership = None;
-    if config.clustered() {
-        let grpc_listener = TcpListener::bind(config.grpc_listen).await.map_err(|e| {
-            Failure::Other(format!(
-                "cannot listen on {} (--grpc-listen): {e}",
-                config.grpc_listen
-            ))
-        })?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|e| Failure::Other(format!("cannot read the bound address: {e}")))?;
-        let guard = security.guard().on_refusal(Arc::new(|reason| {
-            telemetry::metrics()
-                .cluster_auth_refusals
-                .add(1, &telemetry::attr("reason", reason.as_str()));
-        }));
-        let node = InterceptedService::new(
-            NodeServer::new(NodeService::new(
-                gateway.socketio().clone(),
-                cluster.clone(),
-            ))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-            guard,
-        );
-        let mut grpc_stop = stop_rx.clone();
-        // Accepted node-to-node connections get TCP_NODELAY too: without
-        // it a forwarded answer's HTTP/2 frames wait on delayed ACKs (a
-        // 40 ms p99 on forwarded polls).
-        let grpc_incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = &security.tls {
-            server = server
-                .tls_config(tls.server())
-                .map_err(|e| Failure::Other(format!("cluster TLS: {e}")))?;
-        }
-        tasks.push(tokio::spawn(
-            server
-                .tcp_nodelay(true)
-                .max_concurrent_streams(Some(1 << 20))
-                .add_service(node)
-                .serve_with_incoming_shutdown(grpc_incoming, async move {
-                    let _ = grpc_stop.wait_for(|stop| *stop).await;
-                }),
-        ));
-        if let Some(coordinator) = config.coordinator.as_deref() {
-            let registration = Registration {
-                grpc_addr: advertised(config.advertise_grpc.as_deref(), grpc_addr),
-                http_addr: advertised(config.advertise_http.as_deref(), addr),
-            };
-            info!(node = %node_id, grpc = %registration.grpc_addr, %coordinator, "cluster mode");
-            let engine = gateway.socketio().clone();
-            let load: LoadSource = Arc::new(move || {
-                let (polling_sessions, websocket_sessions) = engine.transport_counts();
-                HeartbeatLoad {
-                    polling_sessions,
-                    websocket_sessions,
-                    messages_in: telemetry::engine_metrics().messages_in.total(),
-                    messages_out: telemetry::metrics().messages_out.total(),
-                }
-            });
-            let task = MembershipClientTask::new(cluster.clone(), coordinator, registration, load);
-            tokio::spawn(task.clone().run(stop_rx.clone()));
-            membership = Some(task);
-            let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-            let refresher = cluster.clone();
-            spawn_ticker(every, stop_rx.clone(), move || {
-                let cluster = refresher.clone();
-                async move { cluster.refresh_registry().await }
-            });
-            let checker = cluster.clone();
-            spawn_ticker(HEALTH_CHECK_EVERY, stop_rx.clone(), move || {
-                let cluster = checker.clone();
-                async move { cluster.check_registry().await }
-            });
-        }
-        println!("ringway-gateway grpc listening on {grpc_addr}");
-    }
-
-    info!(
-        %addr,
-        path = %config.path,
-        node = %node_id,
-        parser = config.socketio().parser.as_str(),
-        "ringway-gateway listening"
-    );
     // Tests and scripts read the bound address from this line.
-    println!("ringway-gateway listening on http://{addr}");
+    println!("ringway-gateway listening on http://{}", node.addr);
     let _ = std::io::stdout().flush();
-
-    let drain_delay = Duration::from_millis(config.drain_delay);
-    let drain = {
-        let cluster = cluster.clone();
-        let membership = membership.clone();
-        let stop_tx = stop_tx.clone();
-        async move {
-            shutdown_signal().await;
-            // Drain: no new sessions here, out of the ring at once.
-            cluster.start_draining();
-            let _ = stop_tx.send(true);
-            if let Some(membership) = membership {
-                membership.leave().await;
-            }
-            tokio::time::sleep(drain_delay).await;
-        }
-    };
-    let served = gateway.serve(listener, drain).await;
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    let shutdown = node.take_shutdown();
+    let stopped = node.stopped();
+    tokio::pin!(stopped);
+    tokio::select! {
+        result = &mut stopped => return result.map_err(Failure::from),
+        () = shutdown_signal() => {}
     }
-    served.map_err(|e| Failure::Other(format!("server failed: {e}")))?;
-    info!("ringway-gateway stopped");
-    Ok(())
-}
-
-/// A Redis that did not answer at start; the message never shows the
-/// password of the URL.
-fn redis_unreachable(url: &str, err: impl std::fmt::Display) -> Failure {
-    let message = format!("cannot reach Redis at {}: {err}", without_password(url));
-    Failure::Redis(redact_url_in(&message, url))
-}
-
-/// The Push API listener's TLS, from `--api-tls-cert` and `--api-tls-key`;
-/// with `--api-tls-client-ca`, backends may present client certificates
-/// (optional: a token still works).
-fn api_tls(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
-    let (Some(cert), Some(key)) = (&config.api_tls_cert, &config.api_tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.api_tls_client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
+    if let Some(shutdown) = shutdown {
+        let _ = shutdown.send(());
     }
-    Ok(Some(tls))
-}
-
-/// The cluster credential and mutual TLS of this node, from
-/// `--cluster-secret-file` and `--cluster-tls-*`.
-fn cluster_security(config: &Config, node_id: &str) -> Result<ClusterSecurity, String> {
-    let secret = config
-        .cluster_secret_file
-        .as_deref()
-        .map(ClusterSecret::from_file)
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let tls = match (
-        &config.cluster_tls_ca,
-        &config.cluster_tls_cert,
-        &config.cluster_tls_key,
-    ) {
-        (Some(ca), Some(cert), Some(key)) => Some(
-            ClusterTls::from_files(ca, cert, key, config.cluster_tls_server_name.clone())
-                .map_err(|e| e.to_string())?,
-        ),
-        _ => None,
-    };
-    Ok(ClusterSecurity {
-        node_id: node_id.to_owned(),
-        secret,
-        tls,
-    })
+    stopped.await.map_err(Failure::from)
 }
 
 /// Raises the soft limit on open files to the hard limit (every session
@@ -593,47 +172,6 @@ fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
         }
     }
     Ok((before, limit.rlim_cur))
-}
-
-/// How often the recovery log is trimmed to its window.
-const RECOVERY_TRIM_EVERY: Duration = Duration::from_secs(1);
-
-/// How often the registry is checked for readiness.
-const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// Runs `job` every `period` until `stop` turns true.
-fn spawn_ticker<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        loop {
-            let stopped = tokio::select! {
-                _ = ticker.tick() => false,
-                _ = stop.wait_for(|stop| *stop) => true,
-            };
-            if stopped {
-                return;
-            }
-            job().await;
-        }
-    });
-}
-
-/// Binds with an explicit backlog: tokio's default (1024) overflows in
-/// connection storms, and every dropped SYN costs the client a 1 s retry.
-/// The kernel caps it at `net.core.somaxconn`.
-fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
 }
 
 async fn shutdown_signal() {

@@ -83,6 +83,21 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// Why a session refused a transition.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    #[error("the session is closed")]
+    Closed,
+    #[error("the session is moving to another node")]
+    Moving,
+    /// A WebSocket is attached, or the session upgraded already.
+    #[error("the session is upgrading or upgraded")]
+    Upgrading,
+    /// `5` without a WebSocket upgrade under way.
+    #[error("no upgrade under way")]
+    NoUpgrade,
+}
+
 /// Why a polling GET or POST cannot start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BeginError {
@@ -162,46 +177,96 @@ impl Handshake {
     }
 }
 
+/// Where the session lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ownership {
+    /// Served here.
+    Here,
+    /// A handoff to another node has begun: no new GET or POST starts
+    /// here ([`Session::begin_move`]; [`Session::cancel_move`] goes back).
+    Moving,
+    /// Handed off to this node ([`Session::take_for_move`]).
+    Moved(Box<str>),
+}
+
+/// The one polling GET a session may have pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PollSlot {
+    Idle,
+    Pending {
+        /// Which GET: a retry of the same request (same stamp) replaces
+        /// the pending one, whose requester is gone.
+        gen: u64,
+        /// The request's `t` stamp.
+        stamp: Option<Box<str>>,
+        /// It began while a WebSocket was attached (its probe on the way
+        /// or answered): the client sent it around its `2probe` or `5`, on
+        /// another connection. It is answered after the `5` as a request
+        /// after the upgrade (code 3), or with a noop after the reference's
+        /// upgrade tick ([`Session::release_late_poll`]).
+        late: bool,
+    },
+}
+
+/// A closed session, and what its client is still owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Closed {
+    reason: CloseReason,
+    /// Closed by the layer above for a client that still polls: it is
+    /// owed the close packet, which its next GET carries.
+    owed: bool,
+    /// The close came with no GET pending: the GET that carries the close
+    /// packet puts a noop before it (`6`, `1`), as the reference server's
+    /// closing polling transport answers its next request.
+    noop_first: bool,
+}
+
+impl Closed {
+    fn plain(reason: CloseReason) -> Closed {
+        Closed {
+            reason,
+            owed: false,
+            noop_first: false,
+        }
+    }
+}
+
 struct State {
     transport: TransportKind,
     upgrade: UpgradeState,
+    ownership: Ownership,
+    poll: PollSlot,
+    /// The generation of the latest GET begun.
+    poll_gen: u64,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
-    /// A polling GET is pending.
-    polling: bool,
-    /// Which GET: a retry of the same request (same stamp) replaces the
-    /// pending one, whose requester is gone.
-    poll_gen: u64,
-    poll_stamp: Option<Box<str>>,
-    /// A poll that began while a WebSocket was attached (its probe on the
-    /// way or answered): the client sent it around its `2probe` or `5`, on
-    /// another connection. It is answered after the `5` as a request after
-    /// the upgrade (code 3), or with a noop after the reference's upgrade
-    /// tick ([`Session::release_late_poll`]).
-    late_poll: Option<u64>,
     /// A polling POST is being read or processed.
     posting: bool,
     awaiting_pong: bool,
     /// Engine.IO v3: a ping came from the client since the lifecycle task
     /// last looked (it restarts the heartbeat timeout).
     client_pinged: bool,
-    /// A handoff to another node has begun: no new GET or POST starts here.
-    moving: bool,
-    close: Option<CloseReason>,
-    /// Closed by the layer above for a client that still polls: it is
-    /// owed the close packet, which its next GET carries.
-    close_owed: bool,
-    /// The close came with no GET pending: the GET that carries the close
-    /// packet puts a noop before it (`6`, `1`), as the reference server's
-    /// closing polling transport answers its next request.
-    close_noop: bool,
-    /// The node the session was handed off to.
-    moved_to: Option<Box<str>>,
+    close: Option<Closed>,
     /// The answer of a forwarded poll, kept until it is known whether it
     /// reached the client.
     unconfirmed: Option<Unconfirmed>,
     /// Ids for held answers.
     held: u64,
+}
+
+impl State {
+    fn is_moving(&self) -> bool {
+        self.ownership != Ownership::Here
+    }
+
+    fn is_polling(&self) -> bool {
+        matches!(self.poll, PollSlot::Pending { .. })
+    }
+
+    /// Poll `gen` began while a WebSocket was attached.
+    fn is_late(&self, gen: u64) -> bool {
+        matches!(self.poll, PollSlot::Pending { gen: g, late: true, .. } if g == gen)
+    }
 }
 
 /// The packets of a forwarded poll's answer, and what identifies the
@@ -310,20 +375,15 @@ impl<D> Session<D> {
             state: Mutex::new(State {
                 transport: TransportKind::Polling,
                 upgrade: UpgradeState::None,
+                ownership: Ownership::Here,
+                poll: PollSlot::Idle,
+                poll_gen: 0,
                 queue: queue.into(),
                 queued_bytes,
-                polling: false,
-                poll_gen: 0,
-                poll_stamp: None,
-                late_poll: None,
                 posting: false,
                 awaiting_pong,
                 client_pinged: false,
-                moving: false,
                 close: None,
-                close_owed: false,
-                close_noop: false,
-                moved_to: None,
                 unconfirmed: None,
                 held: 0,
             }),
@@ -401,18 +461,21 @@ impl<D> Session<D> {
 
     /// The node this session was handed off to, once it was.
     pub fn moved_to(&self) -> Option<Box<str>> {
-        self.lock().moved_to.clone()
+        match &self.lock().ownership {
+            Ownership::Moved(node) => Some(node.clone()),
+            Ownership::Here | Ownership::Moving => None,
+        }
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.lock().close
+        self.lock().close.map(|c| c.reason)
     }
 
     /// Closed with [`Session::close_for_client`] while polling, and no GET
     /// has carried the close packet out yet.
     pub(crate) fn owes_close_packet(&self) -> bool {
         let st = self.lock();
-        st.close_owed && st.upgrade != UpgradeState::Done
+        st.close.is_some_and(|c| c.owed) && st.upgrade != UpgradeState::Done
     }
 
     pub(crate) fn wake_lifecycle(&self) {
@@ -438,7 +501,7 @@ impl<D> Session<D> {
         if st.queued_bytes > self.max_queued_bytes {
             st.queue.clear();
             st.queued_bytes = 0;
-            st.close = Some(CloseReason::SlowConsumer);
+            st.close = Some(Closed::plain(CloseReason::SlowConsumer));
             drop(st);
             self.wake_all();
             return Err(SendError::QueueFull);
@@ -484,9 +547,12 @@ impl<D> Session<D> {
         if st.close.is_some() {
             return;
         }
-        st.close = Some(reason);
-        st.close_owed = owed && st.transport == TransportKind::Polling;
-        st.close_noop = st.close_owed && !st.polling;
+        let owed = owed && st.transport == TransportKind::Polling;
+        st.close = Some(Closed {
+            reason,
+            owed,
+            noop_first: owed && !st.is_polling(),
+        });
         // What was queued before the close still goes out (a pending poll
         // gets it before the close packet); only a slow consumer's queue
         // is dropped, and that happened when it overflowed.
@@ -583,19 +649,26 @@ impl<D> Session<D> {
     /// one's place instead of closing the session as an overlap.
     pub(crate) fn begin_poll(&self, query: &str) -> Result<u64, BeginError> {
         let mut st = self.lock();
-        if st.moving {
+        if st.is_moving() {
             return Err(BeginError::Moving);
         }
         if st.transport != TransportKind::Polling || st.upgrade == UpgradeState::Done {
             return Err(BeginError::NotPolling);
         }
         let stamp = request_stamp(query);
-        if st.polling {
-            if stamp.is_none() || st.poll_stamp.as_deref() != stamp {
+        if let PollSlot::Pending { stamp: pending, .. } = &st.poll {
+            if stamp.is_none() || pending.as_deref() != stamp {
                 return Err(BeginError::Overlap);
             }
+            // The same request retried: it takes the pending one's place
+            // (and is not a late one).
             st.poll_gen += 1;
             let gen = st.poll_gen;
+            st.poll = PollSlot::Pending {
+                gen,
+                stamp: stamp.map(Into::into),
+                late: false,
+            };
             drop(st);
             self.wake_writers();
             return Ok(gen);
@@ -603,21 +676,24 @@ impl<D> Session<D> {
         if st.unconfirmed.is_some() {
             return Err(BeginError::Unconfirmed);
         }
-        st.polling = true;
         st.poll_gen += 1;
-        st.poll_stamp = stamp.map(Into::into);
-        if matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing) {
-            st.late_poll = Some(st.poll_gen);
-        }
-        Ok(st.poll_gen)
+        let gen = st.poll_gen;
+        st.poll = PollSlot::Pending {
+            gen,
+            stamp: stamp.map(Into::into),
+            late: matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing),
+        };
+        Ok(gen)
     }
 
     /// The upgrade tick passed for poll `gen` (one that began while a
     /// WebSocket was attached) with no `5`: it gets its noop.
     pub(crate) fn release_late_poll(&self, gen: u64) {
         let mut st = self.lock();
-        if st.late_poll == Some(gen) {
-            st.late_poll = None;
+        if let PollSlot::Pending { gen: g, late, .. } = &mut st.poll {
+            if *g == gen {
+                *late = false;
+            }
         }
     }
 
@@ -702,8 +778,8 @@ impl<D> Session<D> {
 
     pub(crate) fn end_poll(&self, gen: u64) {
         let mut st = self.lock();
-        if st.poll_gen == gen {
-            st.polling = false;
+        if matches!(st.poll, PollSlot::Pending { gen: g, .. } if g == gen) {
+            st.poll = PollSlot::Idle;
         }
     }
 
@@ -723,7 +799,7 @@ impl<D> Session<D> {
         }
         // Moving: the queue goes with the session; this poll gets the
         // handed-off noop (or the queue back if the move is given up).
-        if st.moving && st.close.is_none() {
+        if st.is_moving() && st.close.is_none() {
             return PollOutcome::Wait;
         }
         let take = if max_packets == 0 {
@@ -731,16 +807,19 @@ impl<D> Session<D> {
         } else {
             st.queue.len().min(max_packets)
         };
-        if let Some(reason) = st.close {
+        if let Some(closed) = st.close {
             // The client's own close packet releases its pending poll with
             // a noop; any other close sends a close packet, after what was
             // still queued (as much as one answer holds).
-            let last = if matches!(reason, CloseReason::TransportClose | CloseReason::HandedOff) {
+            let last = if matches!(
+                closed.reason,
+                CloseReason::TransportClose | CloseReason::HandedOff
+            ) {
                 Frame::NOOP
             } else {
                 Frame::CLOSE
             };
-            let noop = last == Frame::CLOSE && st.close_noop && max_packets != 1;
+            let noop = last == Frame::CLOSE && closed.noop_first && max_packets != 1;
             let room = if max_packets == 0 {
                 usize::MAX
             } else {
@@ -754,8 +833,11 @@ impl<D> Session<D> {
                 frames.push(Frame::control(Frame::NOOP));
             }
             frames.push(Frame::control(last));
-            if st.close_owed {
-                st.close_owed = false;
+            if closed.owed {
+                st.close = Some(Closed {
+                    owed: false,
+                    ..closed
+                });
                 drop(st);
                 self.lifecycle.notify_one();
             }
@@ -764,7 +846,7 @@ impl<D> Session<D> {
         // Once the probe is answered the queue belongs to the WebSocket:
         // the poll only gets a noop, so nothing goes out twice or is lost
         // on a transport the client is leaving.
-        if st.late_poll == Some(gen) {
+        if st.is_late(gen) {
             match st.upgrade {
                 UpgradeState::Probing => return PollOutcome::AwaitUpgrade,
                 UpgradeState::Done => return PollOutcome::Upgraded,
@@ -797,7 +879,7 @@ impl<D> Session<D> {
 
     pub(crate) fn begin_post(&self) -> Result<(), BeginError> {
         let mut st = self.lock();
-        if st.moving {
+        if st.is_moving() {
             return Err(BeginError::Moving);
         }
         if st.transport != TransportKind::Polling || st.upgrade == UpgradeState::Done {
@@ -817,25 +899,25 @@ impl<D> Session<D> {
 
     // ----- handoff ---------------------------------------------------------
 
-    /// Starts a handoff: no new GET or POST begins here. False if the
-    /// session cannot move (closed, not polling, upgrading, or already
-    /// moving).
-    pub(crate) fn begin_move(&self) -> bool {
+    /// Starts a handoff: no new GET or POST begins here.
+    pub(crate) fn begin_move(&self) -> Result<(), Refused> {
         let mut st = self.lock();
-        if st.close.is_some()
-            || st.moving
-            || st.transport != TransportKind::Polling
-            || st.upgrade != UpgradeState::None
-        {
-            return false;
+        if st.close.is_some() {
+            return Err(Refused::Closed);
         }
-        st.moving = true;
-        true
+        if st.is_moving() {
+            return Err(Refused::Moving);
+        }
+        if st.transport != TransportKind::Polling || st.upgrade != UpgradeState::None {
+            return Err(Refused::Upgrading);
+        }
+        st.ownership = Ownership::Moving;
+        Ok(())
     }
 
-    /// A handoff of this session has begun.
+    /// A handoff of this session has begun (or is done).
     pub(crate) fn is_moving(&self) -> bool {
-        self.lock().moving
+        self.lock().is_moving()
     }
 
     /// A POST is being applied (the handoff waits for it).
@@ -846,12 +928,16 @@ impl<D> Session<D> {
     /// A polling GET is pending (held open until there is something to
     /// send).
     pub(crate) fn is_polling(&self) -> bool {
-        self.lock().polling
+        self.lock().is_polling()
     }
 
     /// Ends a handoff that could not finish: the session stays here.
     pub(crate) fn cancel_move(&self) {
-        self.lock().moving = false;
+        let mut st = self.lock();
+        if st.ownership == Ownership::Moving {
+            st.ownership = Ownership::Here;
+        }
+        drop(st);
         self.wake_writers();
     }
 
@@ -859,12 +945,12 @@ impl<D> Session<D> {
     /// here as handed off (a pending poll gets a noop).
     pub(crate) fn take_for_move(&self, new_owner: &str) -> (Vec<Frame>, bool) {
         let mut st = self.lock();
-        st.moved_to = Some(new_owner.into());
+        st.ownership = Ownership::Moved(new_owner.into());
         let frames: Vec<Frame> = st.queue.drain(..).collect();
         st.queued_bytes = 0;
         let awaiting = st.awaiting_pong;
         if st.close.is_none() {
-            st.close = Some(CloseReason::HandedOff);
+            st.close = Some(Closed::plain(CloseReason::HandedOff));
         }
         drop(st);
         self.wake_all();
@@ -875,16 +961,16 @@ impl<D> Session<D> {
 
     /// Attaches a WebSocket for an upgrade. Only one may try at a time,
     /// and only on a polling session.
-    pub(crate) fn attach_websocket(&self) -> bool {
+    pub(crate) fn attach_websocket(&self) -> Result<(), Refused> {
         let mut st = self.lock();
-        if st.close.is_some()
-            || st.transport != TransportKind::Polling
-            || st.upgrade != UpgradeState::None
-        {
-            return false;
+        if st.close.is_some() {
+            return Err(Refused::Closed);
+        }
+        if st.transport != TransportKind::Polling || st.upgrade != UpgradeState::None {
+            return Err(Refused::Upgrading);
         }
         st.upgrade = UpgradeState::Attached;
-        true
+        Ok(())
     }
 
     /// The upgrade attempt failed or timed out: the session goes on polling.
@@ -907,13 +993,14 @@ impl<D> Session<D> {
     }
 
     /// `5` received: the WebSocket takes over (the reference accepts it
-    /// even without a probe first). False if the session is gone.
-    pub(crate) fn complete_upgrade(&self) -> bool {
+    /// even without a probe first).
+    pub(crate) fn complete_upgrade(&self) -> Result<(), Refused> {
         let mut st = self.lock();
-        if st.close.is_some()
-            || !matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing)
-        {
-            return false;
+        if st.close.is_some() {
+            return Err(Refused::Closed);
+        }
+        if !matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing) {
+            return Err(Refused::NoUpgrade);
         }
         st.upgrade = UpgradeState::Done;
         st.transport = TransportKind::WebSocket;
@@ -925,7 +1012,7 @@ impl<D> Session<D> {
         // A poll still pending must be released, and the WebSocket writer
         // must flush what was queued during the upgrade.
         self.wake_writers();
-        true
+        Ok(())
     }
 
     /// Takes every queued frame for the WebSocket writer. Returns the
@@ -935,7 +1022,7 @@ impl<D> Session<D> {
         let mut st = self.lock();
         out.extend(st.queue.drain(..));
         st.queued_bytes = 0;
-        st.close
+        st.close.map(|c| c.reason)
     }
 }
 
@@ -1091,10 +1178,31 @@ mod tests {
     }
 
     #[test]
+    fn transitions_say_why_they_are_refused() {
+        let s = polling_session();
+        assert_eq!(s.complete_upgrade(), Err(Refused::NoUpgrade));
+        assert_eq!(s.begin_move(), Ok(()));
+        assert_eq!(s.begin_move(), Err(Refused::Moving));
+        assert!(s.is_moving());
+        s.cancel_move();
+        assert!(!s.is_moving());
+        assert_eq!(s.attach_websocket(), Ok(()));
+        assert_eq!(s.attach_websocket(), Err(Refused::Upgrading));
+        assert_eq!(s.begin_move(), Err(Refused::Upgrading));
+        s.detach_websocket();
+        let (_, _) = s.take_for_move("n2");
+        assert_eq!(s.moved_to().as_deref(), Some("n2"));
+        assert!(s.is_moving(), "moved: no request starts here any more");
+        assert_eq!(s.begin_move(), Err(Refused::Closed));
+        assert_eq!(s.attach_websocket(), Err(Refused::Closed));
+        assert_eq!(s.close_reason(), Some(CloseReason::HandedOff));
+    }
+
+    #[test]
     fn a_poll_pending_while_the_session_moves_takes_nothing() {
         let s = polling_session();
         let gen = s.begin_poll("sid=x").expect("a poll begins");
-        assert!(s.begin_move());
+        assert_eq!(s.begin_move(), Ok(()));
         s.send(Frame::message("a")).unwrap();
         assert!(matches!(
             s.poll_outcome(gen, 0, Some("sid=x")),
@@ -1106,7 +1214,7 @@ mod tests {
         assert_eq!(&bytes[..], b"4a");
         // The move done: the queue goes along, the poll gets a noop.
         s.send(Frame::message("b")).unwrap();
-        assert!(s.begin_move());
+        assert_eq!(s.begin_move(), Ok(()));
         let (frames, _) = s.take_for_move("n2");
         assert_eq!(frames, vec![Frame::message("b")]);
         let (bytes, _) = payload(s.poll_outcome(gen, 0, None));
@@ -1163,9 +1271,9 @@ mod tests {
         s.send(Frame::message("a")).unwrap();
         let (_, id) = forwarded_poll(&s, "sid=x&t=one");
         s.forwarder_settles(id, false);
-        assert!(s.attach_websocket());
+        assert_eq!(s.attach_websocket(), Ok(()));
         s.probing();
-        assert!(s.complete_upgrade());
+        assert_eq!(s.complete_upgrade(), Ok(()));
         assert!(!s.holds_answer());
         s.send(Frame::message("b")).unwrap();
         let mut out = Vec::new();

@@ -115,11 +115,9 @@ async fn probe<D>(
                 session.probing();
             }
             "5" => {
-                return if session.complete_upgrade() {
-                    Ok(())
-                } else {
-                    Err("upgrade out of order")
-                };
+                return session
+                    .complete_upgrade()
+                    .map_err(|_| "upgrade out of order");
             }
             _ => return Err("unexpected packet during upgrade"),
         }

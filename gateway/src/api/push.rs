@@ -244,6 +244,7 @@ impl<A: Application> LocalPush<A> {
             Some(local_request::Op::Presence(req)) => Ok(self.presence(&req)),
             Some(local_request::Op::Count(req)) => self.count(&req),
             Some(local_request::Op::Evict(evict)) => {
+                let evict = crate::cluster::convert::evict_from(evict);
                 Ok(served(u64::from(self.engine.handler().evict(&evict))))
             }
             Some(local_request::Op::SessionFrames(req)) => {
@@ -276,6 +277,7 @@ impl<A: Application> LocalPush<A> {
                 Ok(served(u64::from(queued)))
             }
             Some(local_request::Op::Ack(answer)) => {
+                let answer = crate::cluster::convert::moved_ack_answer_from(answer);
                 match self.engine.handler().resolve_moved_ack(answer) {
                     Ok(resolved) => Ok(served(u64::from(resolved))),
                     Err(err) => Err(Status::invalid_argument(format!("moved ack: {err}"))),

@@ -12,6 +12,9 @@ use crate::engineio::{
     ForwardedAnswer, Frame, Handover, Handshake, Located, Protocol, Receipt, RequestError,
     SessionSnapshot, Sid,
 };
+use crate::socketio::{
+    ClientSnapshot, Evict, MovedAckAnswer, MovedAckSnapshot, PartialSnapshot, SocketSnapshot,
+};
 
 /// An Engine.IO frame on the wire between nodes.
 pub trait ProtoFrame: Sized {
@@ -81,7 +84,7 @@ pub fn forward_reply(located: Located<ForwardedAnswer>) -> (pb::ForwardReply, Op
 }
 
 /// A session handed over (or where it went), for the wire.
-pub fn handoff_reply(located: Located<Handover<pb::SocketIoState>>) -> pb::HandoffReply {
+pub fn handoff_reply(located: Located<Handover<ClientSnapshot>>) -> pb::HandoffReply {
     match located {
         Located::Served(Handover { session, epoch }) => pb::HandoffReply {
             disposition: pb::Disposition::Served as i32,
@@ -101,7 +104,7 @@ pub fn handoff_reply(located: Located<Handover<pb::SocketIoState>>) -> pb::Hando
     }
 }
 
-fn session_state(s: SessionSnapshot<pb::SocketIoState>) -> pb::SessionState {
+fn session_state(s: SessionSnapshot<ClientSnapshot>) -> pb::SessionState {
     pb::SessionState {
         sid: s.sid.to_string(),
         remote_addr: s.handshake.remote_addr.to_string(),
@@ -110,7 +113,7 @@ fn session_state(s: SessionSnapshot<pb::SocketIoState>) -> pb::SessionState {
         issued_ms: s.handshake.issued_ms,
         queue: s.queue.iter().map(Frame::to_proto).collect(),
         awaiting_pong: s.awaiting_pong,
-        socketio: s.upper,
+        socketio: s.upper.map(client_state),
         protocol: s.protocol.revision(),
         base64: s.base64,
     }
@@ -123,7 +126,7 @@ pub fn handover(
     sid: Sid,
     state: pb::SessionState,
     epoch: u64,
-) -> Result<Handover<pb::SocketIoState>, RequestError> {
+) -> Result<Handover<ClientSnapshot>, RequestError> {
     let protocol = Protocol::from_revision(state.protocol).ok_or(RequestError::BadRequest)?;
     let handshake = Handshake {
         remote_addr: state
@@ -147,7 +150,133 @@ pub fn handover(
             awaiting_pong: state.awaiting_pong,
             protocol,
             base64: state.base64,
-            upper: state.socketio,
+            upper: state.socketio.map(client_snapshot),
         },
     })
+}
+
+/// A session's Socket.IO state, for the wire.
+fn client_state(c: ClientSnapshot) -> pb::SocketIoState {
+    pb::SocketIoState {
+        sockets: c
+            .sockets
+            .into_iter()
+            .map(|s| pb::SocketState {
+                namespace: s.namespace,
+                id: s.id,
+                auth: s.auth,
+                user: s.user,
+                rooms: s.rooms,
+                next_ack_id: s.next_ack_id,
+                data: s.data,
+                pid: s.pid,
+                generation: s.generation,
+                started_at: s.started_at,
+                room_since: s.room_since,
+                moved_acks: s
+                    .moved_acks
+                    .into_iter()
+                    .map(|a| pb::MovedAck {
+                        id: a.id,
+                        node: a.node,
+                        expires_in_ms: a.expires_in_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ever_joined: c.ever_joined,
+        partial: c.partial.map(|p| pb::PartialPacket {
+            namespace: p.namespace,
+            id: p.id,
+            name: p.name,
+            args: p.args,
+            expected: p.expected,
+            received: p.received,
+        }),
+        position: c.position,
+    }
+}
+
+/// A session's Socket.IO state from the wire.
+fn client_snapshot(c: pb::SocketIoState) -> ClientSnapshot {
+    ClientSnapshot {
+        sockets: c
+            .sockets
+            .into_iter()
+            .map(|s| SocketSnapshot {
+                namespace: s.namespace,
+                id: s.id,
+                auth: s.auth,
+                user: s.user,
+                rooms: s.rooms,
+                next_ack_id: s.next_ack_id,
+                data: s.data,
+                pid: s.pid,
+                generation: s.generation,
+                started_at: s.started_at,
+                room_since: s.room_since,
+                moved_acks: s
+                    .moved_acks
+                    .into_iter()
+                    .map(|a| MovedAckSnapshot {
+                        id: a.id,
+                        node: a.node,
+                        expires_in_ms: a.expires_in_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ever_joined: c.ever_joined,
+        partial: c.partial.map(|p| PartialSnapshot {
+            namespace: p.namespace,
+            id: p.id,
+            name: p.name,
+            args: p.args,
+            expected: p.expected,
+            received: p.received,
+        }),
+        position: c.position,
+    }
+}
+
+/// A socket to evict on the node that still holds it, for the wire.
+pub fn evict(e: Evict) -> pb::Evict {
+    pb::Evict {
+        sid: e.sid,
+        namespace: e.namespace,
+        socket_id: e.socket_id,
+    }
+}
+
+/// A socket to evict, from the wire.
+pub fn evict_from(e: pb::Evict) -> Evict {
+    Evict {
+        sid: e.sid,
+        namespace: e.namespace,
+        socket_id: e.socket_id,
+    }
+}
+
+/// A client's answer to another node's emit with ack, for the wire.
+pub fn moved_ack_answer(a: MovedAckAnswer) -> pb::MovedAckAnswer {
+    pb::MovedAckAnswer {
+        namespace: a.namespace,
+        socket_id: a.socket_id,
+        id: a.id,
+        args_json: a.args_json,
+        attachments: a.attachments,
+        sid: a.sid,
+    }
+}
+
+/// A client's answer to this node's emit with ack, from the wire.
+pub fn moved_ack_answer_from(a: pb::MovedAckAnswer) -> MovedAckAnswer {
+    MovedAckAnswer {
+        namespace: a.namespace,
+        socket_id: a.socket_id,
+        id: a.id,
+        args_json: a.args_json,
+        attachments: a.attachments,
+        sid: a.sid,
+    }
 }

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
-    deliver_item, local_request, DeliverItem, Emit, Evict, ForwardRequest, HandoffRequest,
-    LocalRequest, LogEntry, Member, MemberState, MovedAckAnswer, RoomChange, SessionFrames,
-    SocketIoState, View,
+    deliver_item, local_request, DeliverItem, Emit, ForwardRequest, HandoffRequest, LocalRequest,
+    LogEntry, Member, MemberState, RoomChange, SessionFrames, View,
 };
 use tracing::{debug, info, warn};
 
@@ -31,7 +30,7 @@ use crate::engineio::{
     BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, Handover, Located,
     RequestError, Sid,
 };
-use crate::socketio::{Fabric, RoomReceipt, Target};
+use crate::socketio::{ClientSnapshot, Evict, Fabric, MovedAckAnswer, RoomReceipt, Target};
 use crate::store::{Entry, Registry};
 
 use ringway_proto::auth::ClusterSecurity;
@@ -444,7 +443,7 @@ impl Cluster {
 #[derive(Clone)]
 pub struct ClusterDirectory(pub Arc<Cluster>);
 
-impl Directory<SocketIoState> for ClusterDirectory {
+impl Directory<ClientSnapshot> for ClusterDirectory {
     fn accepts(&self, sid: &Sid) -> bool {
         let view = self.0.view();
         // Out of the ring (draining, or not in the view yet): any sid; the
@@ -538,7 +537,7 @@ impl Directory<SocketIoState> for ClusterDirectory {
         &self,
         sid: Sid,
         hint: Option<String>,
-    ) -> BoxFuture<'_, Result<Handover<SocketIoState>, RequestError>> {
+    ) -> BoxFuture<'_, Result<Handover<ClientSnapshot>, RequestError>> {
         let request = HandoffRequest {
             sid: sid.to_string(),
             new_owner: self.0.node_id.clone(),
@@ -652,7 +651,11 @@ impl Fabric for Cluster {
 
     fn evict(&self, node: &str, evict: Evict) {
         // Not a member any more: nothing of it to evict.
-        self.tell(node, local_request::Op::Evict(evict), "evict");
+        self.tell(
+            node,
+            local_request::Op::Evict(convert::evict(evict)),
+            "evict",
+        );
     }
 
     fn node_id(&self) -> &str {
@@ -661,6 +664,7 @@ impl Fabric for Cluster {
 
     fn moved_ack(&self, node: &str, answer: MovedAckAnswer) {
         // Not a member any more: its waiter died with it.
+        let answer = convert::moved_ack_answer(answer);
         self.tell(node, local_request::Op::Ack(answer), "moved ack");
     }
 

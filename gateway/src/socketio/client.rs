@@ -3,8 +3,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use super::snapshot::{ClientSnapshot, MovedAckSnapshot, PartialSnapshot, SocketSnapshot};
 use bytes::Bytes;
-use ringway_proto::cluster::v1::{MovedAck, PartialPacket, SocketIoState, SocketState};
 
 use super::socket::{Socket, SocketRef};
 
@@ -120,7 +120,7 @@ impl ClientState {
     /// numbering, application data), whether any namespace was joined, and a binary packet
     /// still waiting for attachments. `None` while a CONNECT is being
     /// decided (its answer belongs to this node).
-    pub(crate) fn export(&self, this_node: &str) -> Option<SocketIoState> {
+    pub(crate) fn export(&self, this_node: &str) -> Option<ClientSnapshot> {
         let inner = self.lock();
         if !inner.connecting.is_empty() {
             return None;
@@ -135,7 +135,7 @@ impl ClientState {
                     .map(|(room, since)| (room, since.to_string()))
                     .unzip();
                 let r = s.recovery();
-                SocketState {
+                SocketSnapshot {
                     namespace: s.namespace().name().to_owned(),
                     id: s.id().to_string(),
                     auth: s.auth().to_owned(),
@@ -151,7 +151,7 @@ impl ClientState {
                 }
             })
             .collect();
-        let partial = inner.partial.as_ref().map(|p| PartialPacket {
+        let partial = inner.partial.as_ref().map(|p| PartialSnapshot {
             namespace: p.nsp.clone(),
             id: p.id,
             name: p.name.clone(),
@@ -159,7 +159,7 @@ impl ClientState {
             expected: p.expected as u32,
             received: p.received.clone(),
         });
-        Some(SocketIoState {
+        Some(ClientSnapshot {
             sockets,
             ever_joined: inner.joined,
             partial,
@@ -170,7 +170,7 @@ impl ClientState {
     /// The ack numbering and awaited acks of an exported state, again: an
     /// emit with ack made between [`ClientState::export`] and the moment
     /// the session stopped taking packets is in the queue that moves.
-    pub(crate) fn refresh_acks(&self, state: &mut SocketIoState, this_node: &str) {
+    pub(crate) fn refresh_acks(&self, state: &mut ClientSnapshot, this_node: &str) {
         let inner = self.lock();
         for exported in &mut state.sockets {
             let socket = inner.sockets.iter().find(|s| {
@@ -185,7 +185,7 @@ impl ClientState {
 
     /// Restores the flags of an exported state; sockets are added one by
     /// one with [`ClientState::add_restored`].
-    pub(crate) fn restore_flags(&self, ever_joined: bool, partial: Option<PartialPacket>) {
+    pub(crate) fn restore_flags(&self, ever_joined: bool, partial: Option<PartialSnapshot>) {
         let mut inner = self.lock();
         inner.joined = ever_joined;
         inner.partial = partial.map(|p| {
@@ -227,12 +227,12 @@ impl ClientState {
 }
 
 /// A socket's awaited acks as a handoff carries them.
-fn moved_acks(socket: &Socket, this_node: &str) -> Vec<MovedAck> {
+fn moved_acks(socket: &Socket, this_node: &str) -> Vec<MovedAckSnapshot> {
     let now = std::time::Instant::now();
     socket
         .awaited_acks(this_node)
         .into_iter()
-        .map(|a| MovedAck {
+        .map(|a| MovedAckSnapshot {
             id: a.id,
             node: a.node.into(),
             expires_in_ms: a.deadline.saturating_duration_since(now).as_millis() as u64,

@@ -1,7 +1,8 @@
 //! The Socket.IO layer's one seam to other nodes: emits that must reach
 //! sockets elsewhere, and the rooms this node has members in.
 
-use ringway_proto::cluster::v1::{Evict, LogEntry, MovedAckAnswer};
+use bytes::Bytes;
+use ringway_proto::cluster::v1::LogEntry;
 
 use crate::engineio::{BoxFuture, Frame, Sid};
 
@@ -37,6 +38,31 @@ pub trait Fabric: Send + Sync + 'static {
     /// Packets for session `sid`, which moved from here to `node`: queue
     /// them there (best effort).
     fn session_frames(&self, node: &str, sid: Sid, frames: Vec<Frame>);
+}
+
+/// A socket its client recovered on another node: the node that still
+/// holds a copy drops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evict {
+    /// The session the copy belongs to (a newer session of the same
+    /// socket id is left alone).
+    pub sid: String,
+    pub namespace: String,
+    pub socket_id: String,
+}
+
+/// A client's answer to an emit with ack that another node made before
+/// the session moved here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAckAnswer {
+    pub namespace: String,
+    pub socket_id: String,
+    pub id: u64,
+    /// The ack's arguments (a JSON array) and binary attachments.
+    pub args_json: String,
+    pub attachments: Vec<Bytes>,
+    /// The session the socket is on.
+    pub sid: String,
 }
 
 /// Resolves once every other node knows that this node has members in a

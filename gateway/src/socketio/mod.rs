@@ -11,17 +11,19 @@ pub mod packet;
 pub mod parser;
 pub mod recovery;
 pub mod server;
+pub mod snapshot;
 pub mod socket;
 pub mod v2;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
-pub use fabric::{Fabric, LocalFabric, RoomReceipt};
+pub use fabric::{Evict, Fabric, LocalFabric, MovedAckAnswer, RoomReceipt};
 pub use namespace::{Namespace, SocketLimits, Target};
 pub use packet::Payload;
 pub use parser::Parser;
 pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
+pub use snapshot::{ClientSnapshot, MovedAckSnapshot, PartialSnapshot, SocketSnapshot};
 pub use socket::{
     is_hidden_room, user_room, AckError, AckSender, DisconnectReason, JoinError, Socket, SocketRef,
 };

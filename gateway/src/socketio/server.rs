@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::debug;
 
-use ringway_proto::cluster::v1::{Evict, LogEntry, MovedAckAnswer, SocketIoState};
+use ringway_proto::cluster::v1::LogEntry;
+
+use super::snapshot::ClientSnapshot;
 use tokio::sync::oneshot;
 
 use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
@@ -19,7 +21,7 @@ use crate::telemetry::attr;
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
 use super::client::{ClientState, Partial};
-use super::fabric::Fabric;
+use super::fabric::{Evict, Fabric, MovedAckAnswer};
 use super::namespace::{Namespace, SocketLimits};
 use super::packet::{decode, Packet, PacketError, Payload};
 use super::parser::Parser;
@@ -724,7 +726,7 @@ fn evict_local(socket: &SocketRef) {
 
 impl<A: Application> EngineHandler for SocketIo<A> {
     type Data = ClientState;
-    type Snapshot = SocketIoState;
+    type Snapshot = ClientSnapshot;
 
     /// A Socket.IO v2 client (Engine.IO v3) is joined to `/` at once,
     /// with the payload `{}`: it never asks (the reference does the same).
@@ -851,7 +853,7 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         &self,
         session: &SessionRef<ClientState>,
         take: &mut dyn FnMut(),
-    ) -> Result<Option<SocketIoState>, NotMovable> {
+    ) -> Result<Option<ClientSnapshot>, NotMovable> {
         let gate = self.recovery.as_ref().map(|r| r.gate());
         let mut state = session
             .data()
@@ -868,7 +870,7 @@ impl<A: Application> EngineHandler for SocketIo<A> {
         Ok(Some(state))
     }
 
-    fn restore(&self, session: &SessionRef<ClientState>, state: Option<SocketIoState>) {
+    fn restore(&self, session: &SessionRef<ClientState>, state: Option<ClientSnapshot>) {
         let Some(state) = state else {
             return;
         };

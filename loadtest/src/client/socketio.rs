@@ -12,31 +12,8 @@ use super::engineio::{clip, EioMessage, EioSession, UpgradeTimes};
 use super::error::{ClientError, ErrorKind};
 use super::ClientConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PacketType {
-    Connect,
-    Disconnect,
-    Event,
-    Ack,
-    ConnectError,
-    BinaryEvent,
-    BinaryAck,
-}
-
-impl PacketType {
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            b'0' => PacketType::Connect,
-            b'1' => PacketType::Disconnect,
-            b'2' => PacketType::Event,
-            b'3' => PacketType::Ack,
-            b'4' => PacketType::ConnectError,
-            b'5' => PacketType::BinaryEvent,
-            b'6' => PacketType::BinaryAck,
-            _ => return None,
-        })
-    }
-}
+/// The packet kinds (the shared codec's).
+pub use ringway_socketio_codec::PacketKind as PacketType;
 
 /// One Socket.IO packet received from the server. Holds the packet text;
 /// namespace and JSON data are slices of it.
@@ -54,60 +31,21 @@ pub struct SioPacket {
 
 impl SioPacket {
     pub fn parse(text: String) -> Result<SioPacket, ClientError> {
-        let bytes = text.as_bytes();
-        let kind = bytes
-            .first()
-            .and_then(|b| PacketType::from_byte(*b))
-            .ok_or_else(|| {
-                ClientError::protocol(format!("bad socket.io packet type {}", clip(&text)))
-            })?;
-        let mut i = 1;
-        let mut attachments = 0;
-        if matches!(kind, PacketType::BinaryEvent | PacketType::BinaryAck) {
-            let start = i;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i == start || bytes.get(i) != Some(&b'-') {
-                return Err(ClientError::protocol(format!(
-                    "bad attachment count {}",
-                    clip(&text)
-                )));
-            }
-            attachments = text[start..i].parse().map_err(|_| {
-                ClientError::protocol(format!("bad attachment count {}", clip(&text)))
-            })?;
-            i += 1;
-        }
-        let mut nsp = None;
-        if bytes.get(i) == Some(&b'/') {
-            let start = i;
-            while i < bytes.len() && bytes[i] != b',' {
-                i += 1;
-            }
-            nsp = Some((start, i));
-            if i < bytes.len() {
-                i += 1; // the comma
-            }
-        }
-        let mut id = None;
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i > start {
-            id = Some(
-                text[start..i]
-                    .parse()
-                    .map_err(|_| ClientError::protocol(format!("bad ack id {}", clip(&text))))?,
-            );
-        }
+        // The header by the shared codec (the gateway reads its clients'
+        // packets with the same grammar); offsets into the owned text.
+        let header = ringway_socketio_codec::header(&text).map_err(|e| {
+            ClientError::protocol(format!("bad socket.io packet ({e}): {}", clip(&text)))
+        })?;
+        let offset = |part: &str| part.as_ptr() as usize - text.as_ptr() as usize;
+        let nsp = header.nsp.map(|n| (offset(n), offset(n) + n.len()));
+        let data_start = header.data.map_or(text.len(), offset);
+        let (kind, id, attachments) = (header.kind, header.id, header.attachments);
         Ok(SioPacket {
             kind,
             id,
             attachments,
             nsp,
-            data_start: i,
+            data_start,
             text,
         })
     }
@@ -210,8 +148,6 @@ pub struct ConnectTimes {
 /// A Socket.IO socket in one namespace over its own Engine.IO session.
 pub struct SioSession {
     eio: EioSession,
-    /// `""` for `/`, `"/custom,"` otherwise.
-    nsp_prefix: String,
     nsp: String,
     /// Socket id given by the CONNECT answer.
     pub sid: String,
@@ -299,14 +235,9 @@ impl SioSession {
     ) -> Result<(SioSession, ConnectTimes), ClientError> {
         let (eio, times) = EioSession::open(cfg, node, start).await?;
         let nsp = cfg.namespace.clone();
-        let nsp_prefix = if nsp == "/" {
-            String::new()
-        } else {
-            format!("{nsp},")
-        };
+
         let mut session = SioSession {
             eio,
-            nsp_prefix,
             nsp,
             sid: String::new(),
             next_ack_id: 0,
@@ -314,7 +245,15 @@ impl SioSession {
             pid: None,
             last_offset: None,
         };
-        let connect = format!("0{}{}", session.nsp_prefix, auth.unwrap_or(""));
+        let mut connect = String::new();
+        ringway_socketio_codec::write_header(
+            &mut connect,
+            PacketType::Connect,
+            0,
+            &session.nsp,
+            None,
+        );
+        connect.push_str(auth.unwrap_or(""));
         session.eio.send_message(&connect).await?;
         loop {
             let packet = session.recv_any().await?;
@@ -369,9 +308,16 @@ impl SioSession {
     /// comma-separated JSON of the arguments (empty for none).
     pub fn encode_event(&self, event: &str, args: &str, ack: Option<u64>) -> String {
         let name = serde_json::Value::from(event).to_string();
-        let id = ack.map(|id| id.to_string()).unwrap_or_default();
-        let sep = if args.is_empty() { "" } else { "," };
-        format!("2{}{id}[{name}{sep}{args}]", self.nsp_prefix)
+        let mut out = String::with_capacity(8 + self.nsp.len() + name.len() + args.len());
+        ringway_socketio_codec::write_header(&mut out, PacketType::Event, 0, &self.nsp, ack);
+        out.push('[');
+        out.push_str(&name);
+        if !args.is_empty() {
+            out.push(',');
+            out.push_str(args);
+        }
+        out.push(']');
+        out
     }
 
     /// Emits `event` with raw JSON `args` (see [`SioSession::encode_event`]).
@@ -438,7 +384,14 @@ impl SioSession {
 
     /// Leaves the namespace and closes the session, best effort.
     pub async fn close(mut self) {
-        let disconnect = format!("1{}", self.nsp_prefix);
+        let mut disconnect = String::new();
+        ringway_socketio_codec::write_header(
+            &mut disconnect,
+            PacketType::Disconnect,
+            0,
+            &self.nsp,
+            None,
+        );
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.eio.send_message(&disconnect)).await;
         self.eio.close().await;
