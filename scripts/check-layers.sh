@@ -11,6 +11,7 @@ rules=(
   "ringway-ring: ringway-proto ringway-telemetry ringway-engineio ringway-gateway tonic prost redis tokio"
   "ringway-engineio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
   "ringway-socketio-codec: ringway-proto ringway-engineio ringway-gateway tonic prost redis tokio"
+  "ringway-socketio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
   "ringway-testkit: ringway-proto ringway-engineio ringway-gateway tonic redis"
 )
 

@@ -14,7 +14,8 @@ MAX=20
 files=$(find gateway/tests coordinator/tests loadtest/tests examples/*/tests \
   -name '*.rs' -not -path '*/node_modules/*' 2>/dev/null || true)
 src_files=$(grep -rl --include='*.rs' '#\[cfg(test)\]' gateway/src gateway/engineio/src \
-  gateway/ring/src coordinator/src loadtest/src telemetry/src proto/src 2>/dev/null || true)
+  gateway/socketio/src gateway/socketio-codec/src gateway/ring/src coordinator/src loadtest/src \
+  telemetry/src proto/src 2>/dev/null || true)
 
 report() { # file, first line to look at
   awk -v from="$2" -v file="$1" '

@@ -13,6 +13,7 @@ pub mod demo;
 pub use ringway_engineio as engineio;
 pub mod http;
 pub mod node;
-pub mod socketio;
+/// The Socket.IO layer, its own crate (`gateway/socketio`).
+pub use ringway_socketio as socketio;
 pub mod store;
 pub mod telemetry;

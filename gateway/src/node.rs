@@ -30,7 +30,7 @@ use crate::config::{advertised, redact_url_in, without_password, AppKind, Config
 use crate::engineio::{Engine, SidKey};
 use crate::http::Gateway;
 use crate::socketio::{Application, Recovery, SocketIo};
-use crate::store::recovery::{MemoryRecoveryStore, RecoveryStore, RedisRecoveryStore};
+use crate::store::recovery::{MemoryRecoveryStore, ProstCodec, RecoveryStore, RedisRecoveryStore};
 use crate::store::{MemoryRegistry, RedisRegistry, Registry};
 use crate::telemetry;
 
@@ -144,7 +144,7 @@ impl<A: Application> Node<A> {
                         config.recovery_max_log_bytes,
                     )),
                 };
-                let recovery = Recovery::open(store, settings, &node_id)
+                let recovery = Recovery::open(store, Arc::new(ProstCodec), settings, &node_id)
                     .await
                     .map_err(|e| {
                         let message = format!("recovery log: {e}");
@@ -313,7 +313,7 @@ impl<A: Application> Node<A> {
                         polling_sessions,
                         websocket_sessions,
                         messages_in: telemetry::engine_metrics().messages_in.total(),
-                        messages_out: telemetry::metrics().messages_out.total(),
+                        messages_out: telemetry::socketio_metrics().messages_out.total(),
                     }
                 });
                 let task =

@@ -305,7 +305,7 @@ fn the_pid_never_shows_in_the_logs() {
     // Everything Ringway logs, at its most verbose.
     let (mut gateway, log) = Gateway::start_logged(
         &["--listen", "127.0.0.1:0", "--recovery-window", "120000"],
-        "info,ringway_gateway=trace,ringway_engineio=trace",
+        "info,ringway=trace",
     );
     let addr = gateway.addr.clone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -361,7 +361,7 @@ async fn a_join_is_one_trace_through_the_coordinator_and_both_push_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_inside_a_span_name_its_trace() {
     let (collector, _serial) = Collector::start(600_000).await;
-    let rust_log = "info,ringway_gateway=debug,ringway_engineio=debug";
+    let rust_log = "info,ringway=debug";
     let (json_gw, json_log) = Gateway::start_logged(
         &["--listen", "127.0.0.1:0", "--log-format", "json"],
         rust_log,

@@ -74,6 +74,19 @@ pub fn attr(key: &'static str, value: impl Into<opentelemetry::Value>) -> [KeyVa
     [KeyValue::new(key, value)]
 }
 
+/// `tracing::warn!` at most once per period per call site, with the count
+/// of the lines held back since: for what every request of an outage would
+/// log. (The calling crate depends on `tracing`.)
+#[macro_export]
+macro_rules! warn_every {
+    ($period:expr, $($arg:tt)+) => {{
+        static LIMITER: $crate::LogLimiter = $crate::LogLimiter::new($period);
+        if let Some(held) = LIMITER.allow() {
+            tracing::warn!(similar_lines_held = held, $($arg)+);
+        }
+    }};
+}
+
 /// Lets a log line through at most once per period, from any thread,
 /// counting the ones held back: for warnings a flood of requests would
 /// repeat (a Redis outage fails every lookup).

@@ -536,7 +536,7 @@ impl<A: Application> PushService<A> {
                             Ok(Located::Served(Err(status)))
                         }
                         Err(status) => {
-                            crate::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
+                            ringway_telemetry::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
                             Ok(Located::Unknown)
                         }
                     }
@@ -567,7 +567,7 @@ impl<A: Application> PushService<A> {
                     match peer.local(request).await {
                         Ok(reply) => Some(reply),
                         Err(status) => {
-                            crate::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
+                            ringway_telemetry::warn_every!(Duration::from_secs(10), peer = peer.node_id(), %status, "push to a peer failed");
                             None
                         }
                     }

@@ -13,7 +13,8 @@ use crate::engineio::{
     SessionSnapshot, Sid,
 };
 use crate::socketio::{
-    ClientSnapshot, Evict, MovedAckAnswer, MovedAckSnapshot, PartialSnapshot, SocketSnapshot,
+    ClientSnapshot, Control, Evict, LogEntry, MovedAckAnswer, MovedAckSnapshot, PartialSnapshot,
+    RecoveryState, RoomSince, SocketSnapshot,
 };
 
 /// An Engine.IO frame on the wire between nodes.
@@ -278,5 +279,84 @@ pub fn moved_ack_answer_from(a: pb::MovedAckAnswer) -> MovedAckAnswer {
         args_json: a.args_json,
         attachments: a.attachments,
         sid: a.sid,
+    }
+}
+
+/// A recovery log entry, for the wire and the log.
+pub fn log_entry(e: &LogEntry) -> pb::LogEntry {
+    pb::LogEntry {
+        namespace: e.namespace.clone(),
+        rooms: e.rooms.clone(),
+        except_rooms: e.except_rooms.clone(),
+        except_socket: e.except_socket.clone(),
+        event: e.event.clone(),
+        args_json: e.args_json.clone(),
+        attachments: e.attachments.clone(),
+        control: match e.control {
+            Control::None => pb::Control::None,
+            Control::Disconnect => pb::Control::Disconnect,
+            Control::CloseSession => pb::Control::CloseSession,
+        } as i32,
+    }
+}
+
+/// A recovery log entry, from the wire or the log. A control this build
+/// does not know ends nothing (a plain entry).
+pub fn log_entry_from(e: pb::LogEntry) -> LogEntry {
+    LogEntry {
+        control: match pb::Control::try_from(e.control) {
+            Ok(pb::Control::Disconnect) => Control::Disconnect,
+            Ok(pb::Control::CloseSession) => Control::CloseSession,
+            Ok(pb::Control::None) | Err(_) => Control::None,
+        },
+        namespace: e.namespace,
+        rooms: e.rooms,
+        except_rooms: e.except_rooms,
+        except_socket: e.except_socket,
+        event: e.event,
+        args_json: e.args_json,
+        attachments: e.attachments,
+    }
+}
+
+/// A socket's recovery state, for the store.
+pub fn recovery_state(s: &RecoveryState) -> pb::RecoveryState {
+    pb::RecoveryState {
+        namespace: s.namespace.clone(),
+        socket_id: s.socket_id.clone(),
+        sid: s.sid.clone(),
+        node: s.node.clone(),
+        user: s.user.clone(),
+        data: s.data.clone(),
+        rooms: s
+            .rooms
+            .iter()
+            .map(|r| pb::RoomSince {
+                room: r.room.clone(),
+                since: r.since.clone(),
+            })
+            .collect(),
+        started_at: s.started_at.clone(),
+    }
+}
+
+/// A socket's recovery state, from the store.
+pub fn recovery_state_from(s: pb::RecoveryState) -> RecoveryState {
+    RecoveryState {
+        namespace: s.namespace,
+        socket_id: s.socket_id,
+        sid: s.sid,
+        node: s.node,
+        user: s.user,
+        data: s.data,
+        rooms: s
+            .rooms
+            .into_iter()
+            .map(|r| RoomSince {
+                room: r.room,
+                since: r.since,
+            })
+            .collect(),
+        started_at: s.started_at,
     }
 }

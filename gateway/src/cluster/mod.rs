@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ringway_proto::cluster::v1::{
     deliver_item, local_request, DeliverItem, Emit, ForwardRequest, HandoffRequest, LocalRequest,
-    LogEntry, Member, MemberState, RoomChange, SessionFrames, View,
+    Member, MemberState, RoomChange, SessionFrames, View,
 };
 use tracing::{debug, info, warn};
 
@@ -30,7 +30,9 @@ use crate::engineio::{
     BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, Handover, Located,
     RequestError, Sid,
 };
-use crate::socketio::{ClientSnapshot, Evict, Fabric, MovedAckAnswer, RoomReceipt, Target};
+use crate::socketio::{
+    ClientSnapshot, Evict, Fabric, LogEntry, MovedAckAnswer, RoomReceipt, Target,
+};
 use crate::store::{Entry, Registry};
 
 use ringway_proto::auth::ClusterSecurity;
@@ -323,7 +325,7 @@ impl Cluster {
             }
             Ok(None) => self.ring_owner(&sid),
             Err(err) => {
-                crate::warn_every!(
+                ringway_telemetry::warn_every!(
                     Duration::from_secs(10),
                     %err,
                     "registry lookup failed: trying the ring owner"
@@ -427,7 +429,7 @@ impl Cluster {
                 }
             };
             if let Err(err) = result {
-                crate::warn_every!(Duration::from_secs(10), %err, "registry write failed");
+                ringway_telemetry::warn_every!(Duration::from_secs(10), %err, "registry write failed");
                 debug!(%sid, %err, "registry write failed");
             }
         });
@@ -644,7 +646,7 @@ impl Fabric for Cluster {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         for peer in peers.values() {
             peer.send(DeliverItem {
-                kind: Some(deliver_item::Kind::Unlogged(entry.clone())),
+                kind: Some(deliver_item::Kind::Unlogged(convert::log_entry(entry))),
             });
         }
     }

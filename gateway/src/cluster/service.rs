@@ -67,7 +67,9 @@ fn apply<A: Application>(
                 .collect();
             ns.send_frames(&target, &frames);
         }
-        Some(deliver_item::Kind::Unlogged(entry)) => engine.handler().deliver_unlogged(entry),
+        Some(deliver_item::Kind::Unlogged(entry)) => engine
+            .handler()
+            .deliver_unlogged(convert::log_entry_from(entry)),
         Some(deliver_item::Kind::Room(change)) => cluster.rooms().apply(from, &change),
         Some(deliver_item::Kind::Snapshot(snapshot)) => cluster.rooms().replace(from, &snapshot),
         None => {}

@@ -21,7 +21,10 @@ use redis::{Script, Value};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{Offset, Range, Record, RecoveryStore, StateWrite, StoredState, Tail, TAIL_BATCHES};
+use super::{
+    Offset, Range, Record, RecoveryStore, StateWrite, StoreError as RecoveryError, StoredState,
+    Tail, TAIL_BATCHES,
+};
 use crate::engineio::BoxFuture;
 use crate::store::{bounded, connect_redis, StoreError, CALL_TIMEOUT};
 
@@ -236,7 +239,7 @@ impl RedisRecoveryStore {
 }
 
 impl RecoveryStore for RedisRecoveryStore {
-    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), RecoveryError>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             if entries.is_empty() {
@@ -259,7 +262,7 @@ impl RecoveryStore for RedisRecoveryStore {
         })
     }
 
-    fn tail(&self) -> BoxFuture<'_, Result<Tail, StoreError>> {
+    fn tail(&self) -> BoxFuture<'_, Result<Tail, RecoveryError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let (mut gen, since) =
@@ -339,7 +342,7 @@ impl RecoveryStore for RedisRecoveryStore {
         after: Offset,
         until: Offset,
         max: usize,
-    ) -> BoxFuture<'_, Result<Range, StoreError>> {
+    ) -> BoxFuture<'_, Result<Range, RecoveryError>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let mut call = self.range.key(&self.log_key);
@@ -349,7 +352,7 @@ impl RecoveryStore for RedisRecoveryStore {
                 .arg(max + 1);
             let reply: Value = bounded("log_range", call.invoke_async(&mut conn)).await?;
             let Value::Array(parts) = reply else {
-                return Err(StoreError::Corrupt(self.log_key.clone()));
+                return Err(StoreError::Corrupt(self.log_key.clone()).into());
             };
             let get = |i: usize| parts.get(i).and_then(offset);
             let since = get(0);
@@ -377,7 +380,7 @@ impl RecoveryStore for RedisRecoveryStore {
         })
     }
 
-    fn trim(&self, window: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn trim(&self, window: Duration) -> BoxFuture<'_, Result<(), RecoveryError>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let oldest = super::now_ms().saturating_sub(window.as_millis() as u64);
@@ -431,7 +434,7 @@ impl RecoveryStore for RedisRecoveryStore {
         data: Bytes,
         ttl: Duration,
         mode: StateWrite,
-    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+    ) -> BoxFuture<'_, Result<bool, RecoveryError>> {
         let key = self.state_key(pid);
         let mut conn = self.conn.clone();
         Box::pin(async move {
@@ -451,7 +454,7 @@ impl RecoveryStore for RedisRecoveryStore {
         })
     }
 
-    fn get_state(&self, pid: &str) -> BoxFuture<'_, Result<Option<StoredState>, StoreError>> {
+    fn get_state(&self, pid: &str) -> BoxFuture<'_, Result<Option<StoredState>, RecoveryError>> {
         let key = self.state_key(pid);
         let mut conn = self.conn.clone();
         Box::pin(async move {
@@ -479,7 +482,7 @@ impl RecoveryStore for RedisRecoveryStore {
         pid: &str,
         generation: u64,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<(), RecoveryError>> {
         let key = self.state_key(pid);
         let mut conn = self.conn.clone();
         Box::pin(async move {
@@ -490,7 +493,7 @@ impl RecoveryStore for RedisRecoveryStore {
         })
     }
 
-    fn delete_state(&self, pid: &str, generation: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn delete_state(&self, pid: &str, generation: u64) -> BoxFuture<'_, Result<(), RecoveryError>> {
         let key = self.state_key(pid);
         let mut conn = self.conn.clone();
         Box::pin(async move {
@@ -505,7 +508,7 @@ impl RecoveryStore for RedisRecoveryStore {
         &self,
         pids: Vec<String>,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<String>, RecoveryError>> {
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let ttl = ttl.as_millis() as u64;

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
-use super::{
-    now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoredState, Tail, TAIL_BATCHES,
+use super::store::{
+    now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoreError, StoredState, Tail,
+    TAIL_BATCHES,
 };
-use crate::engineio::BoxFuture;
-use crate::store::StoreError;
+use ringway_engineio::BoxFuture;
 
 struct Log {
     entries: VecDeque<Record>,

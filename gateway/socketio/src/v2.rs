@@ -18,8 +18,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::engineio::query::percent_decode;
-use crate::engineio::{Frame, Protocol, Session};
+use ringway_engineio::query::percent_decode;
+use ringway_engineio::{Frame, Protocol, Session};
 
 use super::packet::{encode_connect, encode_connect_error_payload};
 

@@ -5,6 +5,9 @@
 pub mod app;
 pub mod client;
 pub mod fabric;
+pub mod log;
+pub mod memory_store;
+pub mod metrics;
 pub mod msgpack;
 pub mod namespace;
 pub mod packet;
@@ -13,11 +16,13 @@ pub mod recovery;
 pub mod server;
 pub mod snapshot;
 pub mod socket;
+pub mod store;
 pub mod v2;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
 pub use fabric::{Evict, Fabric, LocalFabric, MovedAckAnswer, RoomReceipt};
+pub use log::{Control, LogEntry, RecordCodec, RecoveryState, RoomSince};
 pub use namespace::{Namespace, SocketLimits, Target};
 pub use packet::Payload;
 pub use parser::Parser;

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
-use crate::store::recovery::Offset;
+use super::store::Offset;
+use ringway_engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
 
 use super::client::ClientState;
 use super::fabric::RoomReceipt;
@@ -301,7 +301,7 @@ impl Socket {
     }
 
     /// Queues frames on this socket's session; false if it is gone.
-    pub(crate) fn send_frames(&self, frames: impl IntoIterator<Item = Frame>) -> bool {
+    pub fn send_frames(&self, frames: impl IntoIterator<Item = Frame>) -> bool {
         self.connected() && self.session.send_all(frames).is_ok()
     }
 
@@ -322,7 +322,7 @@ impl Socket {
             .encode_event(self.ns.name(), event, args, None);
         let bytes: usize = frames.iter().map(Frame::wire_len).sum();
         self.session.send_all(frames)?;
-        let m = crate::telemetry::metrics();
+        let m = super::metrics::metrics();
         m.messages_out.add(1, &[]);
         m.bytes_out(bytes as u64);
         Ok(())
@@ -468,9 +468,9 @@ impl Socket {
             None
         };
         if let Some(err) = refused {
-            crate::telemetry::engine_metrics()
+            ringway_engineio::metrics::metrics()
                 .limit_refusals
-                .add(1, &crate::telemetry::attr("limit", err.limit()));
+                .add(1, &ringway_telemetry::attr("limit", err.limit()));
             return Err(err);
         }
         Ok(self.join_any(room))

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tracing::debug;
 
-use crate::engineio::{Frame, Sid};
+use ringway_engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
 use super::packet::Payload;
@@ -267,7 +267,7 @@ impl Namespace {
                 sent += 1;
             }
         });
-        let m = crate::telemetry::metrics();
+        let m = super::metrics::metrics();
         m.messages_out.add(sent as u64, &[]);
         if sent > 0 {
             let bytes: usize = frames.iter().map(Frame::wire_len).sum();
@@ -304,7 +304,7 @@ impl Namespace {
                 bytes += frames.iter().map(Frame::wire_len).sum::<usize>();
             }
         });
-        let m = crate::telemetry::metrics();
+        let m = super::metrics::metrics();
         m.messages_out.add(sent as u64, &[]);
         if sent > 0 {
             m.bytes_out(bytes as u64);
@@ -367,9 +367,9 @@ pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::engineio::{Handshake, Session, SessionRef, TransportKind};
-    use crate::socketio::client::ClientState;
-    use crate::store::recovery::Offset;
+    use crate::client::ClientState;
+    use crate::store::Offset;
+    use ringway_engineio::{Handshake, Session, SessionRef, TransportKind};
 
     /// A WebSocket session of this process, for sockets in unit tests.
     pub(crate) fn test_session() -> SessionRef<ClientState> {
@@ -409,7 +409,7 @@ pub(crate) mod tests {
     fn local_namespace() -> Arc<Namespace> {
         Namespace::new(
             "/",
-            Arc::new(crate::socketio::LocalFabric),
+            Arc::new(crate::LocalFabric),
             None,
             Default::default(),
             Parser::Default,
@@ -518,7 +518,7 @@ pub(crate) mod tests {
         assert!(ns.room_names().is_empty());
         assert_eq!(ns.socket_count(), 1);
         // A room emit is queued once per receiver, on the shared bytes.
-        let n = ns.emit(&Target::all(), "hi", &crate::socketio::Payload::empty());
+        let n = ns.emit(&Target::all(), "hi", &crate::Payload::empty());
         assert_eq!(n, 1);
     }
 
@@ -526,7 +526,7 @@ pub(crate) mod tests {
     fn joins_keep_to_the_limits() {
         let ns = Namespace::new(
             "/",
-            Arc::new(crate::socketio::LocalFabric),
+            Arc::new(crate::LocalFabric),
             None,
             SocketLimits {
                 max_rooms_per_socket: 2,
@@ -542,17 +542,14 @@ pub(crate) mod tests {
         a.join("two").expect("join again");
         assert_eq!(
             a.join("three").err(),
-            Some(crate::socketio::JoinError::TooManyRooms { max: 2 })
+            Some(crate::JoinError::TooManyRooms { max: 2 })
         );
         a.leave("one");
         assert_eq!(
             a.join("123456789").err(),
-            Some(crate::socketio::JoinError::NameTooLong { max: 8 })
+            Some(crate::JoinError::NameTooLong { max: 8 })
         );
-        assert_eq!(
-            a.join("\u{1}user:x").err(),
-            Some(crate::socketio::JoinError::Hidden)
-        );
+        assert_eq!(a.join("\u{1}user:x").err(), Some(crate::JoinError::Hidden));
         a.join("three").expect("room for it again");
         let mut rooms = a.rooms();
         rooms.sort();

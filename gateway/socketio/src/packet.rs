@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::engineio::Frame;
+use ringway_engineio::Frame;
 
 pub use ringway_socketio_codec::{
     decode, event_name, header as read_header, parse_array, write_header, Header, Packet,

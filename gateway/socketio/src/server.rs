@@ -10,18 +10,17 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tracing::debug;
 
-use ringway_proto::cluster::v1::LogEntry;
-
 use super::snapshot::ClientSnapshot;
 use tokio::sync::oneshot;
 
-use crate::engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
-use crate::store::recovery::Offset;
-use crate::telemetry::attr;
+use super::store::Offset;
+use ringway_engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
+use ringway_telemetry::attr;
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
-use super::client::{ClientState, Partial};
+use super::client::{ClientState, ConnectRefused, Partial, UnexpectedAttachment};
 use super::fabric::{Evict, Fabric, MovedAckAnswer};
+use super::log::LogEntry;
 use super::namespace::{Namespace, SocketLimits};
 use super::packet::{decode, Packet, PacketError, Payload};
 use super::parser::Parser;
@@ -294,7 +293,7 @@ impl<A: Application> SocketIo<A> {
                 }
             }
             Packet::Event { id, name, .. } if name.len() > self.config.limits.max_event_name => {
-                crate::telemetry::engine_metrics()
+                ringway_engineio::metrics::metrics()
                     .limit_refusals
                     .add(1, &attr("limit", "event_name"));
                 if let Some(id) = id {
@@ -381,8 +380,10 @@ impl<A: Application> SocketIo<A> {
         match session.data().begin_connect(nsp) {
             Ok(()) => {}
             // A second CONNECT to a joined namespace breaks the protocol.
-            Err(true) => return self.parse_error(session, "namespace joined twice"),
-            Err(false) => return,
+            Err(ConnectRefused::Joined) => {
+                return self.parse_error(session, "namespace joined twice")
+            }
+            Err(ConnectRefused::Busy) => return,
         }
         // With recovery on, the client's `pid` and `offset` are ours: the
         // application sees the rest of its CONNECT payload. (A v2 client
@@ -438,7 +439,7 @@ impl<A: Application> SocketIo<A> {
 fn failed_connect(session: &SessionRef<ClientState>, limits: SocketLimits) {
     let failed = session.data().connect_failed();
     if limits.max_failed_connects > 0 && failed > limits.max_failed_connects {
-        crate::telemetry::engine_metrics()
+        ringway_engineio::metrics::metrics()
             .limit_refusals
             .add(1, &attr("limit", "failed_connects"));
         debug!(sid = %session.sid(), failed, "too many refused CONNECTs: closing");
@@ -616,9 +617,9 @@ async fn connect_or_recover<A: Application>(
         Ok(_) => "recovered",
         Err(missed) => missed.as_str(),
     };
-    crate::telemetry::metrics()
+    super::metrics::metrics()
         .recoveries
-        .add(1, &crate::telemetry::attr("outcome", label));
+        .add(1, &ringway_telemetry::attr("outcome", label));
     match outcome {
         Ok(socket) => {
             debug!(sid = %session.sid(), socket = %socket.id(), "socket recovered");
@@ -795,7 +796,9 @@ impl<A: Application> EngineHandler for SocketIo<A> {
                 state.start_partial(partial);
             }
             Message::Binary(data) => match state.push_attachment(data) {
-                Err(()) => self.parse_error(session, PacketError::UnexpectedBinary),
+                Err(UnexpectedAttachment) => {
+                    self.parse_error(session, PacketError::UnexpectedBinary)
+                }
                 Ok(None) => {}
                 Ok(Some(partial)) => {
                     let Partial {

@@ -26,16 +26,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use prost::Message as _;
-use ringway_proto::cluster::v1::{Control, LogEntry, RecoveryState, RoomSince};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::engineio::{Frame, Sid};
-use crate::store::recovery::{Offset, Record, RecoveryStore, StateWrite, Tail};
+use super::store::{Offset, Record, RecoveryStore, StateWrite, StoreError, Tail};
+use ringway_engineio::{Frame, Sid};
 
 use super::fabric::Fabric;
+use super::log::{Control, LogEntry, RecordCodec, RecoveryState, RoomSince};
 use super::namespace::{Namespace, Target};
 use super::packet::Payload;
 use super::socket::SocketRef;
@@ -261,6 +260,8 @@ pub trait NamespaceSource: Send + Sync + 'static {
 
 pub struct Recovery {
     store: Arc<dyn RecoveryStore>,
+    /// How entries and states are kept as the store's bytes.
+    codec: Arc<dyn RecordCodec>,
     config: RecoveryConfig,
     node_id: String,
     appends: mpsc::Sender<Append>,
@@ -291,9 +292,10 @@ impl Recovery {
     /// delivered until [`Recovery::start`].
     pub async fn open(
         store: Arc<dyn RecoveryStore>,
+        codec: Arc<dyn RecordCodec>,
         config: RecoveryConfig,
         node_id: &str,
-    ) -> Result<Arc<Recovery>, crate::store::StoreError> {
+    ) -> Result<Arc<Recovery>, StoreError> {
         let tail = store.tail().await?;
         let (appends, appends_rx) = mpsc::channel(APPEND_QUEUE);
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -301,6 +303,7 @@ impl Recovery {
         Ok(Arc::new(Recovery {
             position: Mutex::new(tail.start),
             store,
+            codec,
             config,
             node_id: node_id.to_owned(),
             appends,
@@ -367,12 +370,12 @@ impl Recovery {
     }
 
     fn submit(&self, entry: LogEntry, done: Option<oneshot::Sender<bool>>) {
-        let data = Bytes::from(entry.encode_to_vec());
+        let data = self.codec.encode_entry(&entry);
         if data.len() > self.config.max_event_bytes {
             // Too large to keep: delivered, not recoverable.
-            crate::telemetry::metrics()
+            super::metrics::metrics()
                 .log_appends
-                .add(1, &crate::telemetry::attr("outcome", "too_large"));
+                .add(1, &ringway_telemetry::attr("outcome", "too_large"));
             self.unlogged(entry);
             if let Some(done) = done {
                 let _ = done.send(false);
@@ -383,9 +386,9 @@ impl Recovery {
             let append = match err {
                 mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
             };
-            crate::telemetry::metrics()
+            super::metrics::metrics()
                 .log_appends
-                .add(1, &crate::telemetry::attr("outcome", "queue_full"));
+                .add(1, &ringway_telemetry::attr("outcome", "queue_full"));
             self.unlogged(entry);
             if let Some(done) = append.done {
                 let _ = done.send(false);
@@ -412,7 +415,7 @@ impl Recovery {
                 | mpsc::error::TrySendError::Closed(command),
             ) => match command {
                 Command::Install(install) => fail(install),
-                Command::Unlogged(entry) if entry.control != Control::None as i32 => {
+                Command::Unlogged(entry) if entry.control != Control::None => {
                     // A disconnect is never dropped: it waits for room.
                     let commands = self.commands.clone();
                     tokio::spawn(async move {
@@ -420,9 +423,9 @@ impl Recovery {
                     });
                 }
                 Command::Unlogged(_) => {
-                    crate::telemetry::metrics()
+                    super::metrics::metrics()
                         .log_appends
-                        .add(1, &crate::telemetry::attr("outcome", "dropped"));
+                        .add(1, &ringway_telemetry::attr("outcome", "dropped"));
                 }
             },
         }
@@ -436,9 +439,9 @@ impl Recovery {
             let n = entries.len() as u64;
             let started = std::time::Instant::now();
             let result = self.store.append(entries).await;
-            crate::telemetry::metrics()
+            super::metrics::metrics()
                 .log_append_duration
-                .record(crate::telemetry::seconds(started), &[]);
+                .record(ringway_telemetry::seconds(started), &[]);
             let ok = result.is_ok();
             match result {
                 Ok(()) => {
@@ -455,15 +458,15 @@ impl Recovery {
                     // Delivered anyway, everywhere, with an offset no
                     // recovery accepts.
                     for append in &batch {
-                        if let Ok(entry) = LogEntry::decode(append.entry.clone()) {
+                        if let Some(entry) = self.codec.decode_entry(&append.entry) {
                             self.unlogged(entry);
                         }
                     }
                 }
             }
-            crate::telemetry::metrics().log_appends.add(
+            super::metrics::metrics().log_appends.add(
                 n,
-                &crate::telemetry::attr("outcome", if ok { "ok" } else { "unlogged" }),
+                &ringway_telemetry::attr("outcome", if ok { "ok" } else { "unlogged" }),
             );
             for append in batch.drain(..) {
                 if let Some(done) = append.done {
@@ -547,7 +550,7 @@ impl Recovery {
         pending: &mut Vec<(Install, tokio::time::Instant)>,
     ) {
         for record in batch {
-            let entry = LogEntry::decode(record.data.clone()).ok();
+            let entry = self.codec.decode_entry(&record.data);
             let mut position = self.gate();
             if record.offset <= *position {
                 continue;
@@ -576,7 +579,7 @@ impl Recovery {
         for install in installs {
             let own;
             let read = match &shared {
-                Err(()) => None,
+                Err(_) => None,
                 Ok(r) if r.covered || !install.check || install.from == min_from => Some(r),
                 Ok(_) => {
                     // Not covered from the earliest: maybe from this one.
@@ -598,7 +601,12 @@ impl Recovery {
                 continue;
             }
             let _gate = self.gate();
-            let (missed, ended) = replay(&install.socket, install.from, &read.records);
+            let (missed, ended) = replay(
+                self.codec.as_ref(),
+                &install.socket,
+                install.from,
+                &read.records,
+            );
             if install.check && ended.is_some() {
                 // The server disconnected this socket while its client was
                 // away: not recoverable (a fresh socket, as the reference).
@@ -615,9 +623,7 @@ impl Recovery {
                 .filter(|sent| *sent)
                 .count();
             if replayed > 0 {
-                crate::telemetry::metrics()
-                    .replayed
-                    .add(replayed as u64, &[]);
+                super::metrics::metrics().replayed.add(replayed as u64, &[]);
             }
             let socket = install.socket.clone();
             release(install);
@@ -629,8 +635,8 @@ impl Recovery {
     }
 
     /// Everything after `after` up to `until`, page by page, within the
-    /// replay bound. `Err` when the store failed.
-    async fn read_after(&self, after: Offset, until: Offset) -> Result<Replay, ()> {
+    /// replay bound.
+    async fn read_after(&self, after: Offset, until: Offset) -> Result<Replay, StoreError> {
         let mut out = Replay {
             records: Vec::new(),
             covered: true,
@@ -642,8 +648,8 @@ impl Recovery {
             let range = match self.store.range(from, until, left.min(REPLAY_PAGE)).await {
                 Ok(range) => range,
                 Err(err) => {
-                    crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery log: range read failed");
-                    return Err(());
+                    ringway_telemetry::warn_every!(std::time::Duration::from_secs(10), %err, "recovery log: range read failed");
+                    return Err(err);
                 }
             };
             if from == after {
@@ -755,11 +761,7 @@ impl Recovery {
                 .collect(),
             started_at: r.started_at.to_string(),
         };
-        Some((
-            r.pid.clone(),
-            r.generation,
-            Bytes::from(state.encode_to_vec()),
-        ))
+        Some((r.pid.clone(), r.generation, self.codec.encode_state(&state)))
     }
 
     /// Queues a state write; a full queue (the store too slow or away)
@@ -767,9 +769,9 @@ impl Recovery {
     /// and a dropped expiry or delete leaves a state to its time to live.
     fn queue_state(&self, op: StateOp) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.states.try_send(op) {
-            crate::telemetry::metrics()
+            super::metrics::metrics()
                 .log_appends
-                .add(1, &crate::telemetry::attr("outcome", "state_dropped"));
+                .add(1, &ringway_telemetry::attr("outcome", "state_dropped"));
         }
     }
 
@@ -889,12 +891,13 @@ impl Recovery {
             return Ok(None);
         }
         match self.store.get_state(pid).await {
-            Ok(Some(stored)) => Ok(RecoveryState::decode(stored.data)
-                .ok()
+            Ok(Some(stored)) => Ok(self
+                .codec
+                .decode_state(&stored.data)
                 .map(|state| (stored.generation, state))),
             Ok(None) => Ok(None),
             Err(err) => {
-                crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state read failed");
+                ringway_telemetry::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state read failed");
                 Err(Missed::StoreDown)
             }
         }
@@ -922,7 +925,7 @@ impl Recovery {
             }
             Ok(false) => Err(Missed::Raced),
             Err(err) => {
-                crate::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state write failed");
+                ringway_telemetry::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state write failed");
                 Err(Missed::StoreDown)
             }
         }
@@ -983,7 +986,7 @@ fn fail(install: Install) {
         install
             .socket
             .session()
-            .close(crate::engineio::CloseReason::TransportError);
+            .close(ringway_engineio::CloseReason::TransportError);
     }
     if let Some(done) = install.done {
         let _ = done.send(false);
@@ -1018,7 +1021,7 @@ fn payload_of(entry: &LogEntry) -> Payload {
 
 /// Delivers one entry to the sockets of this node it targets.
 fn deliver_entry(namespaces: &dyn NamespaceSource, entry: &LogEntry, offset: &str) {
-    if entry.control != Control::None as i32 {
+    if entry.control != Control::None {
         apply_control(namespaces, entry);
         return;
     }
@@ -1088,16 +1091,17 @@ fn targets(entry: &LogEntry, offset: Offset, socket: &SocketRef) -> bool {
 /// control entry that ended the socket meanwhile, if one did (the replay
 /// stops there).
 fn replay(
+    codec: &dyn RecordCodec,
     socket: &SocketRef,
     from: Offset,
     records: &[Record],
 ) -> (Vec<Vec<Frame>>, Option<LogEntry>) {
     let mut missed = Vec::new();
     for record in records.iter().filter(|r| r.offset > from) {
-        let Ok(entry) = LogEntry::decode(record.data.clone()) else {
+        let Some(entry) = codec.decode_entry(&record.data) else {
             continue;
         };
-        if entry.control != Control::None as i32 {
+        if entry.control != Control::None {
             if ends(&entry, socket) {
                 return (missed, Some(entry));
             }
@@ -1134,7 +1138,7 @@ fn end_by(socket: &SocketRef, entry: &LogEntry) {
     let notice = (!entry.event.is_empty()).then(|| payload_of(entry));
     socket.end_now(
         notice.as_ref().map(|args| (entry.event.as_str(), args)),
-        entry.control == Control::CloseSession as i32,
+        entry.control == Control::CloseSession,
     );
 }
 
@@ -1151,7 +1155,7 @@ pub fn entry(namespace: &str, target: &Target, event: &str, args: &Payload) -> L
         event: event.to_owned(),
         args_json: args.json().to_owned(),
         attachments: args.attachments().to_vec(),
-        control: Control::None as i32,
+        control: Control::None,
     }
 }
 
@@ -1172,13 +1176,13 @@ pub fn control_entry(
         Control::CloseSession
     } else {
         Control::Disconnect
-    } as i32;
+    };
     entry
 }
 
 /// The reasons after which the reference lets a socket recover.
-pub fn recoverable(reason: crate::engineio::CloseReason) -> bool {
-    use crate::engineio::CloseReason::*;
+pub fn recoverable(reason: ringway_engineio::CloseReason) -> bool {
+    use ringway_engineio::CloseReason::*;
     matches!(
         reason,
         TransportClose | TransportError | PingTimeout | ForcedClose | ServerShutdown | SlowConsumer
@@ -1188,6 +1192,68 @@ pub fn recoverable(reason: crate::engineio::CloseReason) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests' record encoding: the entry's fields as JSON (the
+    /// gateway's store encodes with protobuf; the recovery does not care).
+    struct JsonCodec;
+
+    impl RecordCodec for JsonCodec {
+        fn encode_entry(&self, e: &LogEntry) -> Bytes {
+            let control = match e.control {
+                Control::None => 0,
+                Control::Disconnect => 1,
+                Control::CloseSession => 2,
+            };
+            let attachments: Vec<Vec<u8>> = e.attachments.iter().map(|b| b.to_vec()).collect();
+            let v = serde_json::json!([
+                e.namespace,
+                e.rooms,
+                e.except_rooms,
+                e.except_socket,
+                e.event,
+                e.args_json,
+                attachments,
+                control
+            ]);
+            Bytes::from(v.to_string())
+        }
+
+        fn decode_entry(&self, data: &Bytes) -> Option<LogEntry> {
+            #[allow(clippy::type_complexity)]
+            let (namespace, rooms, except_rooms, except_socket, event, args_json, attachments, c): (
+                String,
+                Vec<String>,
+                Vec<String>,
+                String,
+                String,
+                String,
+                Vec<Vec<u8>>,
+                u8,
+            ) = serde_json::from_slice(data).ok()?;
+            Some(LogEntry {
+                namespace,
+                rooms,
+                except_rooms,
+                except_socket,
+                event,
+                args_json,
+                attachments: attachments.into_iter().map(Bytes::from).collect(),
+                control: match c {
+                    1 => Control::Disconnect,
+                    2 => Control::CloseSession,
+                    _ => Control::None,
+                },
+            })
+        }
+
+        fn encode_state(&self, _state: &RecoveryState) -> Bytes {
+            Bytes::new()
+        }
+
+        fn decode_state(&self, _data: &Bytes) -> Option<RecoveryState> {
+            None
+        }
+    }
 
     #[test]
     fn auth_loses_pid_and_offset_and_keeps_the_rest() {
@@ -1217,7 +1283,7 @@ mod tests {
     fn recoverable_socket(ns: &Arc<Namespace>) -> SocketRef {
         let session = super::super::namespace::tests::test_session();
         let recovery = SocketRecovery::restored(&new_pid(), 1, Offset::ZERO);
-        crate::socketio::Socket::restored(
+        crate::Socket::restored(
             ns.clone(),
             session,
             Sid::random(),
@@ -1232,7 +1298,7 @@ mod tests {
     fn record(offset: &str, entry: &LogEntry) -> Record {
         Record {
             offset: Offset::parse(offset).expect("an offset"),
-            data: Bytes::from(entry.encode_to_vec()),
+            data: JsonCodec.encode_entry(entry),
         }
     }
 
@@ -1240,10 +1306,10 @@ mod tests {
     fn a_replay_stops_at_the_disconnect_of_its_socket() {
         let ns = Namespace::new(
             "/",
-            Arc::new(crate::socketio::LocalFabric),
+            Arc::new(crate::LocalFabric),
             None,
             Default::default(),
-            crate::socketio::Parser::Default,
+            crate::Parser::Default,
         );
         let socket = recoverable_socket(&ns);
         let other = recoverable_socket(&ns);
@@ -1259,14 +1325,14 @@ mod tests {
             ),
             record("5-0", &entry("/", &to_it, "after", &args)),
         ];
-        let (missed, ended) = replay(&socket, Offset::ZERO, &records);
+        let (missed, ended) = replay(&JsonCodec, &socket, Offset::ZERO, &records);
         assert_eq!(missed.len(), 2, "the entries before the disconnect");
         let ended = ended.expect("the socket's own disconnect");
         assert_eq!(ended.event, "bye");
-        assert_eq!(ended.control, Control::CloseSession as i32);
+        assert_eq!(ended.control, Control::CloseSession);
         // From past it: nothing ends the socket.
         let from = Offset::parse("4-0").expect("an offset");
-        let (missed, ended) = replay(&socket, from, &records);
+        let (missed, ended) = replay(&JsonCodec, &socket, from, &records);
         assert_eq!((missed.len(), ended.is_none()), (1, true));
     }
 

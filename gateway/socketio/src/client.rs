@@ -67,16 +67,14 @@ impl ClientState {
         self.lock().joined
     }
 
-    /// Marks `nsp` as being connected. `Err(true)` if it is already joined,
-    /// `Err(false)` if a CONNECT for it is already being decided or the
-    /// session closed.
-    pub(crate) fn begin_connect(&self, nsp: &str) -> Result<(), bool> {
+    /// Marks `nsp` as being connected.
+    pub(crate) fn begin_connect(&self, nsp: &str) -> Result<(), ConnectRefused> {
         let mut inner = self.lock();
         if inner.sockets.iter().any(|s| s.namespace().name() == nsp) {
-            return Err(true);
+            return Err(ConnectRefused::Joined);
         }
         if inner.closed || inner.connecting.iter().any(|n| n.as_ref() == nsp) {
-            return Err(false);
+            return Err(ConnectRefused::Busy);
         }
         inner.connecting.push(nsp.into());
         Ok(())
@@ -212,12 +210,14 @@ impl ClientState {
         self.lock().partial = Some(Box::new(partial));
     }
 
-    /// Adds one attachment. `Err(())` when no binary packet was expected;
-    /// `Ok(Some)` with the packet once it is complete.
-    #[allow(clippy::result_unit_err)]
-    pub(crate) fn push_attachment(&self, data: Bytes) -> Result<Option<Box<Partial>>, ()> {
+    /// Adds one attachment; `Ok(Some)` with the packet once it is
+    /// complete.
+    pub(crate) fn push_attachment(
+        &self,
+        data: Bytes,
+    ) -> Result<Option<Box<Partial>>, UnexpectedAttachment> {
         let mut inner = self.lock();
-        let partial = inner.partial.as_mut().ok_or(())?;
+        let partial = inner.partial.as_mut().ok_or(UnexpectedAttachment)?;
         partial.received.push(data);
         if partial.received.len() < partial.expected {
             return Ok(None);
@@ -225,6 +225,22 @@ impl ClientState {
         Ok(inner.partial.take())
     }
 }
+
+/// Why a CONNECT cannot begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConnectRefused {
+    /// The namespace is joined already: the client broke the protocol.
+    #[error("namespace joined twice")]
+    Joined,
+    /// A CONNECT to it is being decided, or the session closed: ignored.
+    #[error("a CONNECT to this namespace is under way, or the session closed")]
+    Busy,
+}
+
+/// A binary message when no binary packet waits for attachments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("binary data outside of a binary packet")]
+pub(crate) struct UnexpectedAttachment;
 
 /// A socket's awaited acks as a handoff carries them.
 fn moved_acks(socket: &Socket, this_node: &str) -> Vec<MovedAckSnapshot> {

@@ -2,10 +2,10 @@
 //! sockets elsewhere, and the rooms this node has members in.
 
 use bytes::Bytes;
-use ringway_proto::cluster::v1::LogEntry;
 
-use crate::engineio::{BoxFuture, Frame, Sid};
+use ringway_engineio::{BoxFuture, Frame, Sid};
 
+use super::log::LogEntry;
 use super::namespace::Target;
 
 pub trait Fabric: Send + Sync + 'static {

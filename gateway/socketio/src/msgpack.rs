@@ -36,7 +36,7 @@ use rmp::Marker;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::packet::{event_name, Packet, PacketError, Payload};
-use crate::engineio::Frame;
+use ringway_engineio::Frame;
 
 /// Containers (arrays, maps) nested in a packet, at most (the top-level
 /// map is the first). Keeps the JSON made from it within serde_json's

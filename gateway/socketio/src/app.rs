@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::engineio::SessionRef;
+use ringway_engineio::SessionRef;
 
 use super::client::ClientState;
 use super::packet::Payload;

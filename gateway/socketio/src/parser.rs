@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::engineio::Frame;
+use ringway_engineio::Frame;
 
 use super::msgpack;
 use super::packet::{self, Payload};
