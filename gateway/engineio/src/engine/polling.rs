@@ -79,7 +79,8 @@ impl PostBody {
         match self {
             PostBody::Read { body, .. } if body.len() > limit => Err(ReadError::TooLarge),
             PostBody::Read { body, .. } => Ok(body),
-            PostBody::Stream { length, .. } if length.is_some_and(|l| l > limit as u64) => {
+            PostBody::Stream { length, body, .. } if length.is_some_and(|l| l > limit as u64) => {
+                discard_in_background(body, length.unwrap_or(u64::MAX), limit);
                 Err(ReadError::TooLarge)
             }
             PostBody::Stream { body, .. } => match Limited::new(body, limit).collect().await {
@@ -91,6 +92,30 @@ impl PostBody {
             },
         }
     }
+}
+
+/// Announced bodies up to this many times `maxPayload` are read and
+/// dropped after their 413 (larger ones: the connection is closed).
+const DISCARD_FACTOR: u64 = 4;
+/// How long a refused body may take to arrive before its connection is
+/// closed.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A body too large to take, answered 413 at once: what the client still
+/// sends is read and dropped (bounded in size and time, nothing kept), so
+/// that the client finishes its request and reads the 413, as from the
+/// reference server, rather than meeting a reset connection mid-upload.
+fn discard_in_background(body: Incoming, length: u64, limit: usize) {
+    if length > (limit as u64).saturating_mul(DISCARD_FACTOR) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
 }
 
 pub(super) fn payload_response(payload: PollBody) -> Response<Body> {
