@@ -237,6 +237,65 @@ async fn post_over_max_payload_is_refused_with_413_and_the_session_lives() {
     assert_eq!(s.next_non_ping().await, vec![exact]);
 }
 
+/// A POST announced over maxPayload (up to 4 x) is answered 413 at once,
+/// and what the client still sends is read and dropped: it finishes its
+/// upload, reads the answer, and its connection serves the next request
+/// (no reset mid-upload). One announced larger gets the 413 and its
+/// connection closed.
+#[tokio::test]
+async fn the_body_of_a_post_over_max_payload_is_read_and_dropped_up_to_a_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&["--max-payload", "1000", "--max-queued-bytes", "100000"]);
+    let s = Polling::open(&gw.addr, EIO).await;
+    let head = |length: usize| {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {length}\r\n\r\n",
+            s.query()
+        )
+    };
+    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(&gw.addr)
+        .await
+        .expect("connect");
+    stream.write_all(head(3000).as_bytes()).await.expect("head");
+    assert!(answer(&mut stream).await.starts_with("HTTP/1.1 413"));
+    // The rest of the upload is taken, then the same connection serves.
+    stream
+        .write_all(&[b'x'; 3000])
+        .await
+        .expect("the body is read");
+    let post = format!("{}4still", head(6));
+    stream
+        .write_all(post.as_bytes())
+        .await
+        .expect("next request");
+    let next = answer(&mut stream).await;
+    assert!(
+        next.starts_with("HTTP/1.1 200") && next.ends_with("ok"),
+        "{next}"
+    );
+
+    // Over 4 x maxPayload: answered, then closed.
+    let mut stream = tokio::net::TcpStream::connect(&gw.addr)
+        .await
+        .expect("connect");
+    stream.write_all(head(5000).as_bytes()).await.expect("head");
+    assert!(answer(&mut stream).await.starts_with("HTTP/1.1 413"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is closed");
+    // The session lived through both and got the packet posted after.
+    assert_eq!(s.next_non_ping().await, vec!["4still"]);
+}
+
 #[tokio::test]
 async fn malformed_post_closes_the_session_after_the_good_packets() {
     let gw = Gateway::start_suite();
