@@ -16,7 +16,7 @@ pub use ringway_telemetry::{
 
 /// Every instrument the gateway updates as it works. Gauges of state
 /// (sessions, rooms, membership) are observed at collection time instead:
-/// see `register_observers` in `main.rs`.
+/// see `register_observers` in `node.rs`.
 pub struct Metrics {
     /// Emits received from other nodes (room emits only reach nodes with
     /// members in the room).

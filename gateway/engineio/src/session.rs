@@ -189,14 +189,12 @@ enum Ownership {
     Moved(Box<str>),
 }
 
-/// The one polling GET a session may have pending.
+/// The one polling GET a session may have pending (the one of
+/// generation `State::poll_gen`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PollSlot {
     Idle,
     Pending {
-        /// Which GET: a retry of the same request (same stamp) replaces
-        /// the pending one, whose requester is gone.
-        gen: u64,
         /// The request's `t` stamp.
         stamp: Option<Box<str>>,
         /// It began while a WebSocket was attached (its probe on the way
@@ -236,7 +234,9 @@ struct State {
     upgrade: UpgradeState,
     ownership: Ownership,
     poll: PollSlot,
-    /// The generation of the latest GET begun.
+    /// The generation of the latest GET begun: a retry of the same
+    /// request (same stamp) replaces the pending one, whose requester is
+    /// gone, under a new generation.
     poll_gen: u64,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
@@ -263,9 +263,14 @@ impl State {
         matches!(self.poll, PollSlot::Pending { .. })
     }
 
-    /// Poll `gen` began while a WebSocket was attached.
+    /// Poll `gen` is the one pending.
+    fn is_pending(&self, gen: u64) -> bool {
+        self.poll_gen == gen && self.is_polling()
+    }
+
+    /// Poll `gen` is pending and began while a WebSocket was attached.
     fn is_late(&self, gen: u64) -> bool {
-        matches!(self.poll, PollSlot::Pending { gen: g, late: true, .. } if g == gen)
+        self.poll_gen == gen && matches!(self.poll, PollSlot::Pending { late: true, .. })
     }
 }
 
@@ -665,7 +670,6 @@ impl<D> Session<D> {
             st.poll_gen += 1;
             let gen = st.poll_gen;
             st.poll = PollSlot::Pending {
-                gen,
                 stamp: stamp.map(Into::into),
                 late: false,
             };
@@ -679,7 +683,6 @@ impl<D> Session<D> {
         st.poll_gen += 1;
         let gen = st.poll_gen;
         st.poll = PollSlot::Pending {
-            gen,
             stamp: stamp.map(Into::into),
             late: matches!(st.upgrade, UpgradeState::Attached | UpgradeState::Probing),
         };
@@ -690,8 +693,8 @@ impl<D> Session<D> {
     /// WebSocket was attached) with no `5`: it gets its noop.
     pub(crate) fn release_late_poll(&self, gen: u64) {
         let mut st = self.lock();
-        if let PollSlot::Pending { gen: g, late, .. } = &mut st.poll {
-            if *g == gen {
+        if st.poll_gen == gen {
+            if let PollSlot::Pending { late, .. } = &mut st.poll {
                 *late = false;
             }
         }
@@ -778,7 +781,7 @@ impl<D> Session<D> {
 
     pub(crate) fn end_poll(&self, gen: u64) {
         let mut st = self.lock();
-        if matches!(st.poll, PollSlot::Pending { gen: g, .. } if g == gen) {
+        if st.is_pending(gen) {
             st.poll = PollSlot::Idle;
         }
     }

@@ -26,8 +26,9 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, Instrument};
 
+use crate::cluster::convert::{self, ProtoFrame};
 use crate::cluster::Cluster;
-use crate::engineio::{BoxFuture, Engine, Located, Sid};
+use crate::engineio::{BoxFuture, Engine, Frame, Located, Sid};
 use crate::socketio::packet::RESERVED_EVENTS;
 use crate::socketio::{
     is_hidden_room, user_room, AckError, Application, Namespace, Payload, Recovery, SocketIo,
@@ -244,17 +245,12 @@ impl<A: Application> LocalPush<A> {
             Some(local_request::Op::Presence(req)) => Ok(self.presence(&req)),
             Some(local_request::Op::Count(req)) => self.count(&req),
             Some(local_request::Op::Evict(evict)) => {
-                let evict = crate::cluster::convert::evict_from(evict);
+                let evict = convert::evict_from(evict);
                 Ok(served(u64::from(self.engine.handler().evict(&evict))))
             }
             Some(local_request::Op::SessionFrames(req)) => {
-                let frames: Option<Vec<crate::engineio::Frame>> = req
-                    .frames
-                    .into_iter()
-                    .map(
-                        <crate::engineio::Frame as crate::cluster::convert::ProtoFrame>::from_proto,
-                    )
-                    .collect();
+                let frames: Option<Vec<Frame>> =
+                    req.frames.into_iter().map(Frame::from_proto).collect();
                 let Some(frames) = frames else {
                     return Err(Status::invalid_argument("session frames: not UTF-8 text"));
                 };
@@ -277,7 +273,7 @@ impl<A: Application> LocalPush<A> {
                 Ok(served(u64::from(queued)))
             }
             Some(local_request::Op::Ack(answer)) => {
-                let answer = crate::cluster::convert::moved_ack_answer_from(answer);
+                let answer = convert::moved_ack_answer_from(answer);
                 match self.engine.handler().resolve_moved_ack(answer) {
                     Ok(resolved) => Ok(served(u64::from(resolved))),
                     Err(err) => Err(Status::invalid_argument(format!("moved ack: {err}"))),
