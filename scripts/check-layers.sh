@@ -12,6 +12,7 @@ rules=(
   "ringway-engineio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
   "ringway-socketio-codec: ringway-proto ringway-engineio ringway-gateway tonic prost redis tokio"
   "ringway-socketio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
+  "ringway-cluster: ringway-gateway jsonwebtoken clap opentelemetry-otlp opentelemetry-prometheus"
   "ringway-testkit: ringway-proto ringway-engineio ringway-gateway tonic redis"
 )
 
@@ -31,4 +32,15 @@ for rule in "${rules[@]}"; do
   done
   echo "$crate: none of $forbidden"
 done
+# Inside ringway-socketio: sockets, namespaces, a session's state and the
+# fabric report to connection state recovery through the `RecoverySink`
+# that socket.rs defines; none of them names the recovery module (it
+# depends on them, not the other way).
+for f in client socket namespace fabric target; do
+  if grep -vE '^\s*//' "gateway/socketio/src/$f.rs" | grep -qE '(super|crate)::recovery'; then
+    echo "layer rule broken: gateway/socketio/src/$f.rs names the recovery module" >&2
+    status=1
+  fi
+done
+echo "ringway-socketio: client, socket, namespace, fabric, target do not name recovery"
 exit $status

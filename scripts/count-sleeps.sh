@@ -13,8 +13,11 @@ MAX=20
 # every source file (from its first #[cfg(test)] on).
 files=$(find gateway/tests coordinator/tests loadtest/tests examples/*/tests \
   -name '*.rs' -not -path '*/node_modules/*' 2>/dev/null || true)
+# Unit tests kept in a file of their own (`#[cfg(test)] mod tests;`).
+files="$files
+$(find gateway/*/src -name tests.rs 2>/dev/null || true)"
 src_files=$(grep -rl --include='*.rs' '#\[cfg(test)\]' gateway/src gateway/engineio/src \
-  gateway/socketio/src gateway/socketio-codec/src gateway/ring/src coordinator/src loadtest/src \
+  gateway/socketio/src gateway/socketio-codec/src gateway/ring/src gateway/cluster/src coordinator/src loadtest/src \
   telemetry/src proto/src 2>/dev/null || true)
 
 report() { # file, first line to look at

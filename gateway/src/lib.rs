@@ -6,7 +6,11 @@
 
 pub mod api;
 pub mod app;
-pub mod cluster;
+/// The cluster, its own crate (`gateway/cluster`): membership, peers,
+/// forwarding and handoff calls, the registry and the recovery stores.
+pub use ringway_cluster as cluster;
+/// The stores (`gateway/cluster/src/store`).
+pub use ringway_cluster::store;
 pub mod config;
 pub mod demo;
 /// The Engine.IO layer, its own crate (`gateway/engineio`).
@@ -15,5 +19,4 @@ pub mod http;
 pub mod node;
 /// The Socket.IO layer, its own crate (`gateway/socketio`).
 pub use ringway_socketio as socketio;
-pub mod store;
 pub mod telemetry;

@@ -104,7 +104,8 @@ async fn run<A: Application>(config: Config, app: A) -> Result<(), Failure> {
         instance: &node_id,
         log_format: config.log_format,
         // Every layer's spans: the Engine.IO and Socket.IO crates' too.
-        exported_spans: "ringway_gateway=info,ringway_engineio=info,ringway_socketio=info",
+        exported_spans:
+            "ringway_gateway=info,ringway_engineio=info,ringway_socketio=info,ringway_cluster=info",
     })
     .map_err(|e| Failure::Other(format!("telemetry: {e}")))?;
     match fd_limit {

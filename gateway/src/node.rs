@@ -213,6 +213,9 @@ impl<A: Application> Node<A> {
         let mut tasks = Vec::new();
         let mut api_addr = None;
         let api_tokens = config.api_tokens().map_err(NodeError::Other)?;
+        // Push operations on this node's sockets: the Push API's share
+        // here and what other nodes ask of this one (`Node.Local`).
+        let local_push = LocalPush::new(gateway.socketio().clone());
         if config.api_enabled() {
             let api_listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
                 NodeError::Other(format!(
@@ -223,8 +226,7 @@ impl<A: Application> Node<A> {
             let bound_api = api_listener
                 .local_addr()
                 .map_err(|e| NodeError::Other(format!("cannot read the bound address: {e}")))?;
-            let local_push = LocalPush::new(gateway.socketio().clone());
-            let push = PushService::new(local_push, cluster.clone(), config.max_payload);
+            let push = PushService::new(local_push.clone(), cluster.clone(), config.max_payload);
             let mut auth = ApiAuth::new(api_tokens);
             if config.api_tls_client_ca.is_some() {
                 auth = auth.with_client_certificates();
@@ -267,7 +269,7 @@ impl<A: Application> Node<A> {
                 .local_addr()
                 .map_err(|e| NodeError::Other(format!("cannot read the bound address: {e}")))?;
             let guard = security.guard().on_refusal(Arc::new(|reason| {
-                telemetry::metrics()
+                telemetry::cluster_metrics()
                     .cluster_auth_refusals
                     .add(1, &telemetry::attr("reason", reason.as_str()));
             }));
@@ -275,6 +277,7 @@ impl<A: Application> Node<A> {
                 NodeServer::new(NodeService::new(
                     gateway.socketio().clone(),
                     cluster.clone(),
+                    local_push.clone(),
                 ))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::Histogram;
 
 /// The Socket.IO layer's instruments (deliveries, recovery).
 pub use crate::socketio::metrics::metrics as socketio_metrics;
@@ -14,55 +14,27 @@ pub use ringway_telemetry::{
     TelemetryError,
 };
 
-/// Every instrument the gateway updates as it works. Gauges of state
-/// (sessions, rooms, membership) are observed at collection time instead:
-/// see `register_observers` in `node.rs`.
+/// The cluster's instruments (peers, registry, refused internal calls).
+pub use ringway_cluster::metrics::metrics as cluster_metrics;
+
+/// The instruments of the gateway's own APIs (the cluster's are in
+/// `ringway-cluster`, the layers' in their crates).
 pub struct Metrics {
-    /// Emits received from other nodes (room emits only reach nodes with
-    /// members in the room).
-    pub peer_emits: Counter<u64>,
-    /// Calls to other gateways (`Node.Forward`, `Handoff`, `Local`), by
-    /// method and outcome.
-    pub peer_duration: Histogram<f64>,
-    /// Items a peer's delivery queue could not take.
-    pub peer_queue_drops: Counter<u64>,
-    /// Registry (Redis) calls, by operation and outcome.
-    pub registry_duration: Histogram<f64>,
     /// Push API calls, by method.
     pub push_duration: Histogram<f64>,
     /// Upstream hook calls, by call and outcome.
     pub upstream_duration: Histogram<f64>,
-    /// Internal calls refused for their cluster credential, by reason.
-    pub cluster_auth_refusals: Counter<u64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = meter();
     Metrics {
-        peer_emits: m
-            .u64_counter("ringway.peer.emits")
-            .with_description("Emits received from other gateways, to deliver here")
-            .build(),
-        peer_duration: histogram(
-            &m,
-            "ringway.peer.duration",
-            "Calls to other gateways (Node.Forward, Handoff, Local)",
-        ),
-        peer_queue_drops: m
-            .u64_counter("ringway.peer.queue.drops")
-            .with_description("Items dropped because a peer's delivery queue was full")
-            .build(),
-        registry_duration: histogram(&m, "ringway.registry.duration", "Registry (Redis) calls"),
         push_duration: histogram(&m, "ringway.push.duration", "Push API calls"),
         upstream_duration: histogram(
             &m,
             "ringway.upstream.duration",
             "Upstream hook calls (Authorize, Connected, Event, Disconnected)",
         ),
-        cluster_auth_refusals: m
-            .u64_counter("ringway.cluster.auth.refusals")
-            .with_description("Node-to-node calls refused for their cluster credential, by reason")
-            .build(),
     }
 });
 

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::cluster::{free_port, Cluster};
+use common::cluster::{free_port, Cluster, RegistryExt};
 use common::nginx::{Access, Nginx, Upgrades};
 use common::Gateway;
 use driver::{Browser, Page};

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{start_node, wait_routes, Cluster, LEASE_TTL_MS};
+use common::cluster::{start_node, wait_routes, Cluster, RegistryExt, LEASE_TTL_MS};
 use common::{get, wait_sample, ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
 use ringway_testkit::eventually;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use common::cluster::{push_client, Cluster, PushClient};
+use common::cluster::{push_client, Cluster, PushClient, RegistryExt};
 use common::nginx::Nginx;
 use common::{get, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
 use futures_util::SinkExt;

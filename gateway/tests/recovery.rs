@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{push_client, start_node, Cluster, PushClient};
+use common::cluster::{push_client, start_node, Cluster, PushClient, RegistryExt};
 use common::nginx::Nginx;
 use common::{ws_open, ws_send, ws_text, Gateway, Ws};
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};

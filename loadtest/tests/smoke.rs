@@ -4,12 +4,13 @@
 //! runs start a `redis-server`, a `ringway-coordinator` and three gateways
 //! of their own (like gateway/tests/common/cluster.rs).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+// A `redis-server` of the test's own (the test kit's).
+use ringway_testkit::redis::RedisServer as Redis;
 use serde_json::Value;
 
 /// A binary of the workspace of the same build (same target directory).
@@ -282,57 +283,6 @@ fn connect_with_upgrade() {
 }
 
 // ----- a 3-node cluster -------------------------------------------------
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A `redis-server` of the test's own on a free port.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server (Debian package redis-server)");
-        let redis = Redis { child, port };
-        let what = format!("redis-server to answer on {port}");
-        ringway_testkit::eventually_blocking(Duration::from_secs(10), what, || redis.ping());
-        redis
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Coordinator {
     child: Child,

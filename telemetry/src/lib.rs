@@ -22,7 +22,7 @@
 
 #[cfg(feature = "setup")]
 mod log;
-#[cfg(feature = "setup")]
+#[cfg(feature = "grpc")]
 mod propagation;
 #[cfg(feature = "setup")]
 mod setup;
@@ -30,10 +30,10 @@ mod setup;
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::KeyValue;
 
+#[cfg(feature = "grpc")]
+pub use propagation::{continue_trace, traced};
 #[cfg(feature = "setup")]
-pub use setup::{
-    continue_trace, grpc_outcome, render, traced, LogFormat, Options, Telemetry, TelemetryError,
-};
+pub use setup::{grpc_outcome, render, LogFormat, Options, Telemetry, TelemetryError};
 
 /// The meter of this process: a no-op one before `Telemetry::init`
 /// (library use, unit tests). The same provider is the global one, so a

@@ -4,9 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,132 +22,24 @@ use tonic::transport::Channel;
 /// Upper bound of any wait that should take far less on an idle machine.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-pub const REDIS_BIN: &str = "/usr/bin/redis-server";
 pub const COORDINATOR_BIN: &str = env!("CARGO_BIN_EXE_ringway-coordinator");
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+/// A port that was free a moment ago; children killed on drop; a
+/// `redis-server` of the test's own: the test kit's.
+#[allow(unused_imports)] // not every test binary uses each
+pub use ringway_testkit::process::{free_port, ChildGuard};
+pub use ringway_testkit::redis::RedisServer;
+
+/// What the coordinator keeps in Redis, read by the tests.
+#[allow(async_fn_in_trait)]
+pub trait CoordinatorKeys {
+    async fn stored_view(&self) -> Option<View>;
+    async fn lock_holder(&self) -> Option<String>;
 }
 
-/// A child process killed (SIGKILL) and reaped on drop.
-pub struct ChildGuard {
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    pub fn new(child: Child) -> Self {
-        ChildGuard { child: Some(child) }
-    }
-
-    pub fn id(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM.
-    pub fn terminate(&self) {
-        if let Some(id) = self.id() {
-            let status = Command::new("kill")
-                .args(["-TERM", &id.to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill -TERM {id} failed");
-        }
-    }
-
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Polls for the exit for up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let status = ringway_testkit::poll_until_blocking(timeout, || self.try_wait())?;
-        self.child = None;
-        Some(status)
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A throw-away `redis-server` on a free port, no persistence.
-pub struct RedisServer {
-    pub port: u16,
-    proc: Option<ChildGuard>,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        for _ in 0..5 {
-            let mut server = RedisServer {
-                port: free_port(),
-                proc: None,
-            };
-            if server.try_start() {
-                return server;
-            }
-        }
-        panic!("cannot start redis-server");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Kills the server (its data is lost: no persistence).
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        let what = format!("redis-server to restart on port {}", self.port);
-        ringway_testkit::eventually_blocking(WAIT, what, || self.try_start());
-    }
-
-    fn try_start(&mut self) -> bool {
-        let child = Command::new(REDIS_BIN)
-            .args(["--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let mut guard = ChildGuard::new(child);
-        // Answering, or exited (most likely the port was taken meanwhile).
-        let port = self.port;
-        let answering = ringway_testkit::poll_until_blocking(WAIT, || {
-            if guard.try_wait().is_some() {
-                return Some(false);
-            }
-            redis_ping(port).then_some(true)
-        });
-        if answering == Some(true) {
-            self.proc = Some(guard);
-            return true;
-        }
-        false
-    }
-
+impl CoordinatorKeys for RedisServer {
     /// The view stored by the coordinator (default key prefix).
-    pub async fn stored_view(&self) -> Option<View> {
+    async fn stored_view(&self) -> Option<View> {
         let client = redis::Client::open(self.url()).expect("redis url");
         let mut con = tokio::time::timeout(
             Duration::from_secs(5),
@@ -165,7 +57,7 @@ impl RedisServer {
     }
 
     /// The holder of the coordinator lock.
-    pub async fn lock_holder(&self) -> Option<String> {
+    async fn lock_holder(&self) -> Option<String> {
         let client = redis::Client::open(self.url()).expect("redis url");
         let mut con = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("GET")
@@ -174,18 +66,6 @@ impl RedisServer {
             .await
             .ok()?
     }
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 /// A `ringway-coordinator` process.

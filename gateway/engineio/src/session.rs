@@ -579,6 +579,15 @@ impl<D> Session<D> {
         self.changed.notify_waiters();
     }
 
+    /// The layer above's state changed in a way its
+    /// [`EngineHandler::export`] looks at (a CONNECT ended): a handoff
+    /// waiting for it looks again.
+    ///
+    /// [`EngineHandler::export`]: crate::EngineHandler::export
+    pub fn upper_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
     /// Waits until `ready` gives a value, looking again at each change of
     /// the session's state (a POST ended, an answer settled, a move begun
     /// or given up, the close), not on a timer; `None` if it still gives

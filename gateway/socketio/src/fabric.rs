@@ -6,7 +6,7 @@ use bytes::Bytes;
 use ringway_engineio::{BoxFuture, Frame, Sid};
 
 use super::log::LogEntry;
-use super::namespace::Target;
+use super::target::Target;
 
 pub trait Fabric: Send + Sync + 'static {
     /// An emit was delivered here; deliver it on every other node the

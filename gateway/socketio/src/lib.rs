@@ -17,18 +17,21 @@ pub mod server;
 pub mod snapshot;
 pub mod socket;
 pub mod store;
+pub mod target;
 pub mod v2;
 
 pub use app::{Application, ConnectFuture, ConnectRequest, Event, Grant, Refusal};
 pub use client::ClientState;
 pub use fabric::{Evict, Fabric, LocalFabric, MovedAckAnswer, RoomReceipt};
 pub use log::{Control, LogEntry, RecordCodec, RecoveryState, RoomSince};
-pub use namespace::{Namespace, SocketLimits, Target};
+pub use namespace::{Namespace, SocketLimits};
 pub use packet::Payload;
 pub use parser::Parser;
 pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use snapshot::{ClientSnapshot, MovedAckSnapshot, PartialSnapshot, SocketSnapshot};
 pub use socket::{
-    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, JoinError, Socket, SocketRef,
+    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, JoinError, RecoverySink,
+    Socket, SocketRecovery, SocketRef,
 };
+pub use target::Target;

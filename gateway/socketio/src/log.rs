@@ -4,6 +4,10 @@
 //! store's business ([`RecordCodec`], given to `Recovery::open`).
 
 use bytes::Bytes;
+use ringway_engineio::Sid;
+
+use super::packet::Payload;
+use super::target::Target;
 
 /// What an entry does besides (or instead of) an emit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +39,46 @@ pub struct LogEntry {
     pub args_json: String,
     pub attachments: Vec<Bytes>,
     pub control: Control,
+}
+
+impl LogEntry {
+    /// The entry of an emit.
+    pub fn emit(namespace: &str, target: &Target, event: &str, args: &Payload) -> LogEntry {
+        LogEntry {
+            namespace: namespace.to_owned(),
+            rooms: target.rooms.clone(),
+            except_rooms: target.except_rooms.clone(),
+            except_socket: target
+                .except_socket
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            event: event.to_owned(),
+            args_json: args.json().to_owned(),
+            attachments: args.attachments().to_vec(),
+            control: Control::None,
+        }
+    }
+
+    /// The entry that ends socket `id` of `namespace` in its turn (see
+    /// [`crate::Socket::end`]), with the event `notice` just before.
+    pub fn end(
+        namespace: &str,
+        id: Sid,
+        notice: Option<(&str, &Payload)>,
+        close_session: bool,
+    ) -> LogEntry {
+        let target = Target::room(id.to_string());
+        let mut entry = match notice {
+            Some((event, args)) => LogEntry::emit(namespace, &target, event, args),
+            None => LogEntry::emit(namespace, &target, "", &Payload::empty()),
+        };
+        entry.control = if close_session {
+            Control::CloseSession
+        } else {
+            Control::Disconnect
+        };
+        entry
+    }
 }
 
 /// A room a socket is in, and the log offset it joined at.

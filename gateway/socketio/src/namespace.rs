@@ -9,10 +9,11 @@ use tracing::debug;
 use ringway_engineio::{Frame, Sid};
 
 use super::fabric::{Fabric, RoomReceipt};
+use super::log::LogEntry;
 use super::packet::Payload;
 use super::parser::Parser;
-use super::recovery::Recovery;
-use super::socket::{Socket, SocketRef};
+use super::socket::{RecoverySink, Socket, SocketRef};
+pub use super::target::Target;
 
 type Members = HashMap<Sid, SocketRef>;
 
@@ -29,34 +30,9 @@ pub struct Namespace {
     name: Box<str>,
     fabric: Arc<dyn Fabric>,
     /// With connection state recovery on, emits go through its log.
-    recovery: Option<Arc<Recovery>>,
+    recovery: Option<Arc<dyn RecoverySink>>,
     sockets: RwLock<Members>,
     rooms: RwLock<HashMap<Box<str>, Members>>,
-}
-
-/// Who a broadcast reaches inside one namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Target {
-    /// Rooms to reach; empty means every socket of the namespace. A room
-    /// named like a socket id reaches that socket, as in the reference.
-    pub rooms: Vec<String>,
-    /// Sockets in any of these rooms are skipped.
-    pub except_rooms: Vec<String>,
-    /// This socket is skipped (the sender, for `socket.broadcast`).
-    pub except_socket: Option<Sid>,
-}
-
-impl Target {
-    pub fn room(room: impl Into<String>) -> Target {
-        Target {
-            rooms: vec![room.into()],
-            ..Target::default()
-        }
-    }
-
-    pub fn all() -> Target {
-        Target::default()
-    }
 }
 
 /// What a client may do with sockets of a namespace.
@@ -87,7 +63,7 @@ impl Namespace {
     pub fn new(
         name: &str,
         fabric: Arc<dyn Fabric>,
-        recovery: Option<Arc<Recovery>>,
+        recovery: Option<Arc<dyn RecoverySink>>,
         limits: SocketLimits,
         parser: Parser,
     ) -> Arc<Namespace> {
@@ -121,7 +97,7 @@ impl Namespace {
         &self.fabric
     }
 
-    pub fn recovery(&self) -> Option<&Arc<Recovery>> {
+    pub fn recovery(&self) -> Option<&Arc<dyn RecoverySink>> {
         self.recovery.as_ref()
     }
 
@@ -250,7 +226,7 @@ impl Namespace {
         if let Some(recovery) = &self.recovery {
             let mut reached = 0;
             self.for_each_target(target, |_| reached += 1);
-            recovery.append(super::recovery::entry(&self.name, target, event, args));
+            recovery.append(LogEntry::emit(&self.name, target, event, args));
             return reached;
         }
         let frames = self.parser.encode_event(&self.name, event, args, None);

@@ -14,7 +14,7 @@ use super::snapshot::ClientSnapshot;
 use tokio::sync::oneshot;
 
 use super::store::Offset;
-use ringway_engineio::{CloseReason, EngineHandler, Message, NotMovable, SessionRef, Sid};
+use ringway_engineio::{CloseReason, EngineHandler, Frame, Message, NotMovable, SessionRef, Sid};
 use ringway_telemetry::attr;
 
 use super::app::{Application, ConnectRequest, Event, Grant, Refusal};
@@ -24,10 +24,10 @@ use super::log::LogEntry;
 use super::namespace::{Namespace, SocketLimits};
 use super::packet::{decode, Packet, PacketError, Payload};
 use super::parser::Parser;
-use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk, SocketRecovery};
+use super::recovery::{Install, Missed, NamespaceSource, Recovery, RecoveryAsk};
 use super::socket::{
     is_hidden_room, user_room, AckSender, AckWaiters, AwaitedAck, DisconnectReason, Socket,
-    SocketRef,
+    SocketRecovery, SocketRef,
 };
 use super::v2;
 
@@ -93,7 +93,9 @@ impl Namespaces {
                 Namespace::new(
                     name,
                     self.fabric.clone(),
-                    self.recovery.clone(),
+                    self.recovery
+                        .clone()
+                        .map(|r| r as Arc<dyn super::socket::RecoverySink>),
                     self.limits,
                     self.parser,
                 )
@@ -410,14 +412,16 @@ impl<A: Application> SocketIo<A> {
         let app = self.app.clone();
         let ns = self.namespace_or_create(nsp);
         let session = session.clone();
-        let fabric = self.fabric.clone();
+        let recovery = self.recovery.clone();
         tokio::spawn(async move {
             let result = decision.await;
-            match (result, ask) {
-                (Ok(grant), Some(ask)) => {
-                    connect_or_recover(&app, &ns, &session, &auth, grant, ask, &*fabric).await
+            match (result, ask, &recovery) {
+                (Ok(grant), Some(ask), Some(recovery)) => {
+                    connect_or_recover(&app, &ns, &session, &auth, grant, ask, recovery).await
                 }
-                (result, _) => finish_connect(&app, &ns, &session, &auth, result),
+                (result, _, _) => {
+                    finish_connect(&app, &ns, &session, &auth, result, recovery.as_ref())
+                }
             }
         });
     }
@@ -430,7 +434,14 @@ impl<A: Application> SocketIo<A> {
         result: Result<Grant, Refusal>,
     ) {
         let ns = self.namespace_or_create(nsp);
-        finish_connect(&self.app, &ns, session, auth, result);
+        finish_connect(
+            &self.app,
+            &ns,
+            session,
+            auth,
+            result,
+            self.recovery.as_ref(),
+        );
     }
 }
 
@@ -453,6 +464,7 @@ fn finish_connect<A: Application>(
     session: &SessionRef<ClientState>,
     auth: &str,
     result: Result<Grant, Refusal>,
+    recovery: Option<&Arc<Recovery>>,
 ) {
     let state = session.data();
     let grant = match result {
@@ -466,11 +478,12 @@ fn finish_connect<A: Application>(
                     .encode_connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
             };
             let _ = session.send(frame);
+            connect_ended(session);
             failed_connect(session, ns.limits());
             return;
         }
     };
-    if let Some(recovery) = ns.recovery() {
+    if let Some(recovery) = recovery {
         return finish_recoverable(app, ns, session, auth, grant, recovery);
     }
     let socket = Socket::new(
@@ -509,7 +522,9 @@ fn finish_connect<A: Application>(
             socket.detach();
             return;
         }
-        if socket.connected() && session.send(answer).is_ok() {
+        let answered = socket.connected() && session.send(answer).is_ok();
+        connect_ended(&session);
+        if answered {
             app.on_connect(&socket);
         }
     };
@@ -589,7 +604,9 @@ fn finish_recoverable<A: Application>(
             let answer = format!("{{\"sid\":\"{}\",\"pid\":\"{pid}\"}}", socket.id());
             ns.parser().encode_connect(ns.name(), &answer)
         };
-        if session.send(answer).is_err() {
+        let answered = session.send(answer).is_ok();
+        connect_ended(session);
+        if !answered {
             return;
         }
         socket
@@ -607,12 +624,9 @@ async fn connect_or_recover<A: Application>(
     auth: &str,
     grant: Grant,
     ask: RecoveryAsk,
-    fabric: &dyn Fabric,
+    recovery: &Arc<Recovery>,
 ) {
-    let outcome = match ns.recovery() {
-        Some(recovery) => recover(recovery, ns, session, auth, &grant, &ask, fabric).await,
-        None => Err(Missed::UnknownPid),
-    };
+    let outcome = recover(recovery, ns, session, auth, &grant, &ask).await;
     let label = match &outcome {
         Ok(_) => "recovered",
         Err(missed) => missed.as_str(),
@@ -627,7 +641,7 @@ async fn connect_or_recover<A: Application>(
         }
         Err(missed) => {
             debug!(sid = %session.sid(), reason = missed.as_str(), "not recovered: fresh socket");
-            finish_connect(app, ns, session, auth, Ok(grant));
+            finish_connect(app, ns, session, auth, Ok(grant), Some(recovery));
         }
     }
 }
@@ -639,7 +653,6 @@ async fn recover(
     auth: &str,
     grant: &Grant,
     ask: &RecoveryAsk,
-    fabric: &dyn Fabric,
 ) -> Result<SocketRef, Missed> {
     let (generation, state) = recovery.load(&ask.pid).await?.ok_or(Missed::UnknownPid)?;
     // Never someone else's socket: same namespace, same user as the
@@ -681,7 +694,7 @@ async fn recover(
         if let Some(old) = ns.socket(&id) {
             evict_local(&old);
         }
-    } else if !state.node.is_empty() {
+    } else if let Some(fabric) = recovery.fabric().filter(|_| !state.node.is_empty()) {
         fabric.evict(
             &state.node,
             Evict {
@@ -695,11 +708,13 @@ async fn recover(
     let (done, installed) = oneshot::channel();
     // The deliverer adds the socket to its session right before the
     // answer goes out (the namespace is "connecting" until then).
+    let answer = ns.parser().encode_connect(ns.name(), &answer);
+    let answering = socket.clone();
     recovery.install(Install {
         socket: socket.clone(),
         from,
         check: true,
-        first: Some(ns.parser().encode_connect(ns.name(), &answer)),
+        first: Some(Box::new(move || answer_connect(&answering, answer))),
         done: Some(done),
     });
     if installed.await.unwrap_or(false) {
@@ -709,6 +724,25 @@ async fn recover(
     recovery.moved_away(&socket);
     socket.detach();
     Err(Missed::NotCovered)
+}
+
+/// Ends an accepted CONNECT whose answer goes out now: the socket joins
+/// its session's sockets, then the answer is queued. False if the session
+/// closed meanwhile.
+fn answer_connect(socket: &SocketRef, answer: Frame) -> bool {
+    let session = socket.session();
+    let answered = session
+        .data()
+        .end_connect(socket.namespace().name(), Some(socket.clone()))
+        && session.send(answer).is_ok();
+    connect_ended(session);
+    answered
+}
+
+/// A CONNECT of this session ended (answered, refused, or its session
+/// closed): a handoff waiting for it looks again.
+fn connect_ended(session: &SessionRef<ClientState>) {
+    session.upper_changed();
 }
 
 /// Drops a socket here without telling the application: its client

@@ -16,9 +16,10 @@ use ringway_engineio::{CloseReason, Frame, SendError, SessionRef, Sid};
 
 use super::client::ClientState;
 use super::fabric::RoomReceipt;
-use super::namespace::{Namespace, Target};
+use super::log::LogEntry;
+use super::namespace::Namespace;
 use super::packet::Payload;
-use super::recovery::SocketRecovery;
+use super::target::Target;
 
 pub type SocketRef = Arc<Socket>;
 
@@ -137,6 +138,84 @@ pub(crate) struct AwaitedAck {
     pub id: u64,
     pub node: Box<str>,
     pub deadline: Instant,
+}
+
+/// The private id: 128 random bits, URL-safe base64 (22 characters).
+pub(crate) fn new_pid() -> Box<str> {
+    use base64::Engine as _;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(bytes)
+        .into_boxed_str()
+}
+
+/// What a socket carries when recovery is on.
+///
+/// A socket whose client cannot recover (a Socket.IO v2 client: its
+/// protocol has no pid and no offsets) is *tracked* only: no pid, no state
+/// in the store, events without offsets; it still takes its events from
+/// the log in order (so a handoff neither loses nor repeats any).
+#[derive(Debug)]
+pub struct SocketRecovery {
+    /// Empty for a tracked-only socket.
+    pub(crate) pid: Box<str>,
+    pub(crate) generation: u64,
+    pub(crate) started_at: Offset,
+}
+
+impl SocketRecovery {
+    /// A socket that takes the log's events but can never be recovered.
+    pub(crate) fn tracked(started_at: Offset) -> SocketRecovery {
+        SocketRecovery {
+            pid: "".into(),
+            generation: 0,
+            started_at,
+        }
+    }
+
+    /// Its client may recover it (it has a pid; it gets offsets).
+    pub(crate) fn is_recoverable(&self) -> bool {
+        !self.pid.is_empty()
+    }
+
+    pub(crate) fn fresh(started_at: Offset) -> SocketRecovery {
+        SocketRecovery {
+            pid: new_pid(),
+            generation: 1,
+            started_at,
+        }
+    }
+
+    pub(crate) fn restored(pid: &str, generation: u64, started_at: Offset) -> SocketRecovery {
+        SocketRecovery {
+            pid: pid.into(),
+            generation,
+            started_at,
+        }
+    }
+}
+
+/// What sockets and their namespace report to connection state recovery
+/// when it is on (`crate::recovery::Recovery` implements it): the emits
+/// to log, a socket's rooms and its end. A socket knows nothing more of
+/// recovery than this and its [`SocketRecovery`].
+pub trait RecoverySink: Send + Sync + 'static {
+    /// Logs an emit (or a socket's end); it is delivered in log order,
+    /// from the log, never here directly.
+    fn append(&self, entry: LogEntry);
+    /// Holds deliveries while the guard lives; the offset it shows is the
+    /// last one delivered here (a room joined under it gets what follows).
+    fn gate(&self) -> MutexGuard<'_, Offset>;
+    /// A live socket's state changed (connected, joined, left).
+    fn save(&self, socket: &SocketRef);
+    /// [`RecoverySink::save`], resolving once the state is written (or
+    /// the write failed).
+    fn save_confirmed(&self, socket: &SocketRef) -> oneshot::Receiver<()>;
+    /// A socket left this node: recoverable for the window, or gone.
+    fn forget(&self, socket: &Socket, recoverable: bool);
+    /// A socket moved to another node (a handoff, a recovery elsewhere):
+    /// its state stays, written by the new owner.
+    fn moved_away(&self, socket: &Socket);
 }
 
 pub struct Socket {
@@ -313,7 +392,7 @@ impl Socket {
         }
         if let Some(recovery) = self.ns.recovery() {
             let target = Target::room(self.id.to_string());
-            recovery.append(super::recovery::entry(self.ns.name(), &target, event, args));
+            recovery.append(LogEntry::emit(self.ns.name(), &target, event, args));
             return Ok(());
         }
         let frames = self
@@ -563,9 +642,12 @@ impl Socket {
     pub fn end(&self, notice: Option<(&str, &Payload)>, close_session: bool) {
         if let Some(recovery) = self.ns.recovery() {
             if self.connected() {
-                let entry =
-                    super::recovery::control_entry(self.ns.name(), self.id, notice, close_session);
-                recovery.append(entry);
+                recovery.append(LogEntry::end(
+                    self.ns.name(),
+                    self.id,
+                    notice,
+                    close_session,
+                ));
                 return;
             }
         }

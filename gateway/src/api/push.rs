@@ -165,6 +165,12 @@ fn not_here() -> LocalReply {
     }
 }
 
+impl<A: Application> crate::cluster::service::LocalOps for LocalPush<A> {
+    fn apply(&self, request: LocalRequest) -> BoxFuture<'_, Result<LocalReply, Status>> {
+        Box::pin(LocalPush::apply(self, request))
+    }
+}
+
 impl<A: Application> LocalPush<A> {
     pub fn new(engine: Arc<Engine<SocketIo<A>>>) -> Arc<Self> {
         Arc::new(LocalPush { engine })
@@ -681,7 +687,7 @@ impl<A: Application> PushService<A> {
             except_rooms: target.except_rooms.clone(),
             except_socket: None,
         };
-        let mut entry = crate::socketio::recovery::entry(ns, &socket_target, &req.event, &args);
+        let mut entry = crate::socketio::LogEntry::emit(ns, &socket_target, &req.event, &args);
         if matches!(target.to, Some(target::To::Everyone(_))) {
             // Every namespace of every node.
             entry.namespace.clear();

@@ -1,5 +1,8 @@
 //! What Ringway's tests share. See `README.md`.
 
+pub mod process;
+pub mod redis;
+
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! and real gateway processes on 127.0.0.1, each on a free port, started
 //! and stopped by the tests themselves.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -83,103 +82,25 @@ pub async fn membership_client(addr: &str, as_node: Option<&str>) -> MembershipC
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use ringway_testkit::process::free_port;
 
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
 
-/// A `redis-server` of the test's own, never the machine's 6379.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-}
+/// A `redis-server` of the test's own (the test kit's).
+pub use ringway_testkit::redis::RedisServer as Redis;
 
-impl Redis {
-    pub fn start() -> Redis {
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-        };
-        redis.restart();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts (again) on the same port.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis is running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start redis-server (installed by scripts/test.sh)");
-        self.child = Some(child);
-        let what = format!("redis-server to answer on {}", self.port);
-        ringway_testkit::eventually_blocking(Duration::from_secs(10), what, || {
-            self.command(&["PING"]).as_deref() == Some("+PONG")
-        });
-    }
-
-    /// Kills the server (an outage); `restart` brings it back empty.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill(&mut child);
-        }
-    }
-
-    /// One command over RESP; the first line of the answer.
-    pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        stream.write_all(req.as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = stream.read(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // Bulk strings: `$len\r\nvalue\r\n`; others: the line itself.
-        let mut lines = text.split("\r\n");
-        let first = lines.next()?.to_owned();
-        if first.starts_with('$') && first != "$-1" {
-            return lines.next().map(str::to_owned);
-        }
-        Some(first)
-    }
-
+/// The registry's view of a session, as the tests read it.
+pub trait RegistryExt {
     /// A registry entry: `"<epoch> <owner>"`.
-    pub fn registry_entry(&self, sid: &str) -> Option<String> {
-        self.command(&["GET", &format!("ringway:sid:{sid}")])
-            .filter(|v| v != "$-1")
-    }
+    fn registry_entry(&self, sid: &str) -> Option<String>;
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
+impl RegistryExt for Redis {
+    fn registry_entry(&self, sid: &str) -> Option<String> {
+        self.get(&format!("ringway:sid:{sid}"))
     }
 }
 

@@ -319,7 +319,8 @@ impl<H: EngineHandler> Engine<H> {
             return Err(NotHandedOff::Busy);
         }
         // The layer above may be busy for a moment (a CONNECT being
-        // answered): wait for it within the same bound.
+        // answered): wait for it within the same bound; it tells when it
+        // is done (`Session::upper_changed`).
         // The move is remembered before the session is closed here: a
         // request that meets it gone then always finds where it went.
         let mut moved = None;
@@ -327,17 +328,13 @@ impl<H: EngineHandler> Engine<H> {
             self.remember_move(sid, new_owner);
             moved = Some(session.take_for_move(new_owner));
         };
-        let upper = loop {
-            match self.handler.export(&session, &mut take) {
-                Ok(state) => break state,
-                // The layer above tells nothing when it is done (its
-                // CONNECTs take a round trip to the application at most):
-                // look again shortly.
-                Err(_) if Instant::now() < deadline && !session.is_closed() => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(_) => return Err(NotHandedOff::Busy),
-            }
+        let exported = || match self.handler.export(&session, &mut take) {
+            Ok(state) => Some(Some(state)),
+            Err(_) if session.is_closed() => Some(None),
+            Err(_) => None,
+        };
+        let Some(Some(upper)) = session.wait_until(deadline, exported).await else {
+            return Err(NotHandedOff::Busy);
         };
         let (queue, awaiting_pong) = match moved {
             Some(moved) => moved,

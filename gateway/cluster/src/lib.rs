@@ -7,12 +7,18 @@
 //! in-memory registry.
 
 pub mod convert;
+mod directory;
+mod fabric;
 pub mod membership;
+pub mod metrics;
 pub mod peer;
 /// The hash ring, shared with the coordinator (`gateway/ring`).
 pub use ringway_ring as ring;
 pub mod rooms;
 pub mod service;
+pub mod store;
+
+pub use self::directory::ClusterDirectory;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,32 +26,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use ringway_proto::cluster::v1::{
-    deliver_item, local_request, DeliverItem, Emit, ForwardRequest, HandoffRequest, LocalRequest,
-    Member, MemberState, RoomChange, SessionFrames, View,
-};
+use ringway_proto::cluster::v1::{Member, MemberState, View};
 use tracing::{debug, info, warn};
 
-use crate::engineio::{
-    BoxFuture, CloseReason, Directory, ForwardedAnswer, ForwardedRequest, Frame, Handover, Located,
-    RequestError, Sid,
-};
-use crate::socketio::{
-    ClientSnapshot, Evict, Fabric, LogEntry, MovedAckAnswer, RoomReceipt, Target,
-};
 use crate::store::{Entry, Registry};
+use ringway_engineio::{Located, RequestError, Sid};
 
 use ringway_proto::auth::ClusterSecurity;
 
-use self::convert::{located, ProtoFrame};
 use self::peer::Peer;
 use self::ring::Ring;
 use self::rooms::{LocalRooms, RoomIndex};
 
 /// Owners learnt per node are cached up to this many sessions.
 const OWNER_CACHE_MAX: usize = 200_000;
-/// Longest a join waits for the other nodes to confirm a new room.
-const ROOM_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to reach a session's owner (registry, moves) per request.
 const ROUTE_ATTEMPTS: usize = 4;
 
@@ -338,7 +332,7 @@ impl Cluster {
 
     /// Serves a request at the session's owner, following moves and
     /// asking the registry again when a cached owner no longer has it.
-    pub(crate) async fn route<T, F, Fut>(
+    pub async fn route<T, F, Fut>(
         &self,
         sid: Sid,
         hint: Option<String>,
@@ -439,271 +433,6 @@ impl Cluster {
         }
     }
 }
-
-/// The directory, as `Arc<Cluster>` (registry writes run in their own
-/// tasks).
-#[derive(Clone)]
-pub struct ClusterDirectory(pub Arc<Cluster>);
-
-impl Directory<ClientSnapshot> for ClusterDirectory {
-    fn accepts(&self, sid: &Sid) -> bool {
-        let view = self.0.view();
-        // Out of the ring (draining, or not in the view yet): any sid; the
-        // registry says where the session lives.
-        if !view.ring.members().iter().any(|m| **m == *self.0.node_id) {
-            return true;
-        }
-        view.ring.owner(sid.as_str()) == Some(self.0.node_id.as_str())
-    }
-
-    fn open_for_handshakes(&self) -> bool {
-        !self.0.is_draining()
-    }
-
-    fn opened(&self, sid: Sid, epoch: u64) {
-        self.0
-            .local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(sid, epoch);
-        let entry = Entry {
-            owner: self.0.node_id.clone(),
-            epoch,
-        };
-        self.0.spawn_registry_write(sid, entry, false);
-    }
-
-    fn closed(&self, sid: Sid, epoch: u64, reason: CloseReason) {
-        self.0
-            .local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sid);
-        if reason == CloseReason::HandedOff {
-            // The new owner writes the next epoch.
-            return;
-        }
-        let entry = Entry {
-            owner: self.0.node_id.clone(),
-            epoch,
-        };
-        self.0.spawn_registry_write(sid, entry, true);
-    }
-
-    fn forward(
-        &self,
-        sid: Sid,
-        hint: Option<String>,
-        request: ForwardedRequest,
-    ) -> BoxFuture<'_, Result<ForwardedAnswer, RequestError>> {
-        // A GET's answer leaves the owner's queue only for good once this
-        // node has handed it to the client: it goes by `Poll`, with a
-        // receipt.
-        let is_get = request.method == http::Method::GET;
-        let request = ForwardRequest {
-            sid: sid.to_string(),
-            method: request.method.as_str().to_owned(),
-            query: request.query,
-            body: request.body,
-            binary_body: request.binary_body,
-        };
-        Box::pin(self.0.route(sid, hint, move |peer| {
-            let request = request.clone();
-            async move {
-                let answered = if is_get {
-                    peer.poll(request).await
-                } else {
-                    peer.forward(request).await.map(|reply| (reply, None))
-                };
-                match answered {
-                    Ok((reply, receipt)) => {
-                        Ok(located(reply.disposition, reply.moved_to.clone(), || {
-                            ForwardedAnswer {
-                                status: reply.status as u16,
-                                content_type: reply.content_type,
-                                body: reply.body,
-                                receipt,
-                            }
-                        }))
-                    }
-                    Err(status) => {
-                        debug!(peer = peer.node_id(), %status, "forward failed");
-                        Err(RequestError::UnknownSid)
-                    }
-                }
-            }
-        }))
-    }
-
-    fn take_over(
-        &self,
-        sid: Sid,
-        hint: Option<String>,
-    ) -> BoxFuture<'_, Result<Handover<ClientSnapshot>, RequestError>> {
-        let request = HandoffRequest {
-            sid: sid.to_string(),
-            new_owner: self.0.node_id.clone(),
-        };
-        Box::pin(self.0.route(sid, hint, move |peer| {
-            let request = request.clone();
-            async move {
-                match peer.handoff(request).await {
-                    Ok(reply) => {
-                        let epoch = reply.epoch;
-                        match located(reply.disposition, reply.moved_to, || reply.session) {
-                            Located::Served(Some(state)) => {
-                                convert::handover(sid, state, epoch).map(Located::Served)
-                            }
-                            Located::Served(None) => Err(RequestError::BadRequest),
-                            Located::Moved(node) => Ok(Located::Moved(node)),
-                            Located::Unknown => Ok(Located::Unknown),
-                        }
-                    }
-                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                        // Upgrading or upgraded already: as a local upgrade
-                        // of such a session, a bad request.
-                        Err(RequestError::BadRequest)
-                    }
-                    Err(status) => {
-                        debug!(peer = peer.node_id(), %status, "handoff failed");
-                        Err(RequestError::UnknownSid)
-                    }
-                }
-            }
-        }))
-    }
-}
-
-impl Fabric for Cluster {
-    fn publish(&self, namespace: &str, target: &Target, frames: &[Frame]) {
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        if peers.is_empty() {
-            return;
-        }
-        let receivers: Vec<&Arc<Peer>> = if target.rooms.is_empty() {
-            peers.values().collect()
-        } else {
-            self.rooms
-                .nodes_for(namespace, &target.rooms)
-                .iter()
-                .filter_map(|node| peers.get(node))
-                .collect()
-        };
-        if receivers.is_empty() {
-            return;
-        }
-        let item = DeliverItem {
-            kind: Some(deliver_item::Kind::Emit(Emit {
-                namespace: namespace.to_owned(),
-                rooms: target.rooms.clone(),
-                except_rooms: target.except_rooms.clone(),
-                except_socket: target
-                    .except_socket
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
-                frames: frames.iter().map(Frame::to_proto).collect(),
-            })),
-        };
-        for peer in receivers {
-            peer.send(item.clone());
-        }
-    }
-
-    fn room_changed(&self, namespace: &str, room: &str, present: bool) -> Option<RoomReceipt> {
-        self.local_rooms.set(namespace, room, present);
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        if peers.is_empty() {
-            return None;
-        }
-        let item = DeliverItem {
-            kind: Some(deliver_item::Kind::Room(RoomChange {
-                namespace: namespace.to_owned(),
-                room: room.to_owned(),
-                joined: present,
-            })),
-        };
-        if !present {
-            for peer in peers.values() {
-                peer.send(item.clone());
-            }
-            return None;
-        }
-        let confirmations: Vec<_> = peers
-            .values()
-            .map(|peer| peer.send_confirmed(item.clone()))
-            .collect();
-        Some(Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + ROOM_CONFIRM_TIMEOUT;
-            for confirmed in confirmations {
-                // A peer that is down or slow does not hold the join up
-                // for longer than the bound.
-                let _ = tokio::time::timeout_at(deadline, confirmed).await;
-            }
-        }))
-    }
-
-    fn publish_unlogged(&self, entry: &LogEntry) {
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        for peer in peers.values() {
-            peer.send(DeliverItem {
-                kind: Some(deliver_item::Kind::Unlogged(convert::log_entry(entry))),
-            });
-        }
-    }
-
-    fn evict(&self, node: &str, evict: Evict) {
-        // Not a member any more: nothing of it to evict.
-        self.tell(
-            node,
-            local_request::Op::Evict(convert::evict(evict)),
-            "evict",
-        );
-    }
-
-    fn node_id(&self) -> &str {
-        Cluster::node_id(self)
-    }
-
-    fn moved_ack(&self, node: &str, answer: MovedAckAnswer) {
-        // Not a member any more: its waiter died with it.
-        let answer = convert::moved_ack_answer(answer);
-        self.tell(node, local_request::Op::Ack(answer), "moved ack");
-    }
-
-    fn session_frames(&self, node: &str, sid: Sid, frames: Vec<Frame>) {
-        let request = SessionFrames {
-            sid: sid.to_string(),
-            frames: frames.iter().map(Frame::to_proto).collect(),
-        };
-        self.tell(
-            node,
-            local_request::Op::SessionFrames(request),
-            "session frames",
-        );
-    }
-}
-
-impl Cluster {
-    /// Sends a peer a one-way `Local` call in the background (bounded by
-    /// [`TELL_TIMEOUT`]); nothing if it is not a member.
-    fn tell(&self, node: &str, op: local_request::Op, what: &'static str) {
-        let Some(peer) = self.peer(node) else {
-            return;
-        };
-        tokio::spawn(async move {
-            let request = LocalRequest { op: Some(op) };
-            match tokio::time::timeout(TELL_TIMEOUT, peer.local(request)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => debug!(peer = peer.node_id(), %status, "{what} failed"),
-                Err(_) => debug!(peer = peer.node_id(), "{what} timed out"),
-            }
-        });
-    }
-}
-
-/// Longest wait for a peer to take a one-way call (drop a socket
-/// recovered here, resolve an ack).
-const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often live sessions' registry entries are refreshed: a third of
 /// their TTL.

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn, Instrument};
 
 use super::Cluster;
-use crate::telemetry::traced;
+use ringway_telemetry::traced;
 
 /// Bound of each call to the coordinator.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Entry, Registry, StoreError};
-use crate::engineio::{BoxFuture, Sid};
+use ringway_engineio::{BoxFuture, Sid};
 
 #[derive(Default)]
 pub struct MemoryRegistry {

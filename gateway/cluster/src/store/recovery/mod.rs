@@ -20,8 +20,8 @@ mod redis;
 
 pub use self::codec::ProstCodec;
 pub use self::redis::RedisRecoveryStore;
-pub use crate::socketio::memory_store::MemoryRecoveryStore;
-pub use crate::socketio::store::{
+pub use ringway_socketio::memory_store::MemoryRecoveryStore;
+pub use ringway_socketio::store::{
     now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoreError, StoredState, Tail,
     TAIL_BATCHES,
 };

@@ -8,7 +8,7 @@ mod redis;
 
 use thiserror::Error;
 
-use crate::engineio::{BoxFuture, Sid};
+use ringway_engineio::{BoxFuture, Sid};
 
 pub use self::memory::MemoryRegistry;
 pub use self::redis::RedisRegistry;
@@ -72,8 +72,8 @@ pub(crate) async fn bounded<T>(
         Err(_) => Err(StoreError::Timeout),
     };
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    crate::telemetry::metrics().registry_duration.record(
-        crate::telemetry::seconds(started),
+    crate::metrics::metrics().registry_duration.record(
+        ringway_telemetry::seconds(started),
         &[
             opentelemetry::KeyValue::new("op", op),
             opentelemetry::KeyValue::new("outcome", outcome),

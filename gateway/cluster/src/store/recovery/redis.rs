@@ -25,8 +25,8 @@ use super::{
     Offset, Range, Record, RecoveryStore, StateWrite, StoreError as RecoveryError, StoredState,
     Tail, TAIL_BATCHES,
 };
-use crate::engineio::BoxFuture;
 use crate::store::{bounded, connect_redis, StoreError, CALL_TIMEOUT};
+use ringway_engineio::BoxFuture;
 
 /// How long one tail read blocks waiting for entries.
 const TAIL_BLOCK_MS: u64 = 1000;
@@ -410,9 +410,9 @@ impl RecoveryStore for RedisRecoveryStore {
             .await?;
             if let Some(used) = used.filter(|used| *used > self.max_bytes && len > 1) {
                 let keep = ((len as f64) * (self.max_bytes as f64 / used as f64) * 0.9) as u64;
-                crate::telemetry::engine_metrics()
+                ringway_engineio::metrics::metrics()
                     .limit_refusals
-                    .add(1, &crate::telemetry::attr("limit", "recovery_log_bytes"));
+                    .add(1, &ringway_telemetry::attr("limit", "recovery_log_bytes"));
                 let _: Value = bounded(
                     "log_trim",
                     redis::cmd("XTRIM")

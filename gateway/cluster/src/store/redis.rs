@@ -9,7 +9,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{bounded, connect_redis, Entry, Registry, StoreError, CALL_TIMEOUT};
-use crate::engineio::{BoxFuture, Sid};
+use ringway_engineio::{BoxFuture, Sid};
 
 /// Keys refreshed per pipeline.
 const REFRESH_BATCH: usize = 1000;

@@ -15,29 +15,39 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use crate::api::push::LocalPush;
-use crate::engineio::engine::HOLD_WAIT;
-use crate::engineio::{Engine, ForwardedRequest, Frame, Located, Sid};
-use crate::socketio::{Application, SocketIo, Target};
-use crate::telemetry::continue_trace;
+use ringway_engineio::engine::HOLD_WAIT;
+use ringway_engineio::{BoxFuture, Engine, ForwardedRequest, Frame, Located, Sid};
+use ringway_socketio::{Application, SocketIo, Target};
+use ringway_telemetry::continue_trace;
 use tracing::Instrument;
 
 use super::convert::{self, ProtoFrame};
 use super::Cluster;
 
+/// What a node does for another's `Local` call: a Push operation on its
+/// own sockets (emit, join, disconnect, count, ...), an evict, an ack or
+/// frames for a session that moved. The gateway's Push API implements it
+/// (the same code serves its own node's share of a Push call).
+pub trait LocalOps: Send + Sync + 'static {
+    fn apply(&self, request: LocalRequest) -> BoxFuture<'_, Result<LocalReply, Status>>;
+}
+
 pub struct NodeService<A: Application> {
     engine: Arc<Engine<SocketIo<A>>>,
     cluster: Arc<Cluster>,
-    push: Arc<LocalPush<A>>,
+    local: Arc<dyn LocalOps>,
 }
 
 impl<A: Application> NodeService<A> {
-    pub fn new(engine: Arc<Engine<SocketIo<A>>>, cluster: Arc<Cluster>) -> Self {
-        let push = LocalPush::new(engine.clone());
+    pub fn new(
+        engine: Arc<Engine<SocketIo<A>>>,
+        cluster: Arc<Cluster>,
+        local: Arc<dyn LocalOps>,
+    ) -> Self {
         NodeService {
             engine,
             cluster,
-            push,
+            local,
         }
     }
 }
@@ -51,7 +61,7 @@ fn apply<A: Application>(
 ) {
     match item.kind {
         Some(deliver_item::Kind::Emit(emit)) => {
-            crate::telemetry::metrics().peer_emits.add(1, &[]);
+            crate::metrics::metrics().peer_emits.add(1, &[]);
             let Some(ns) = engine.handler().namespace(&emit.namespace) else {
                 return;
             };
@@ -220,7 +230,7 @@ impl<A: Application> Node for NodeService<A> {
         let span = tracing::info_span!("node.local");
         continue_trace(&request, &span);
         Ok(Response::new(
-            self.push
+            self.local
                 .apply(request.into_inner())
                 .instrument(span)
                 .await?,

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use ringway_proto::cluster::v1 as pb;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::engineio::{
+use ringway_engineio::{
     ForwardedAnswer, Frame, Handover, Handshake, Located, Protocol, Receipt, RequestError,
     SessionSnapshot, Sid,
 };
-use crate::socketio::{
+use ringway_socketio::{
     ClientSnapshot, Control, Evict, LogEntry, MovedAckAnswer, MovedAckSnapshot, PartialSnapshot,
     RecoveryState, RoomSince, SocketSnapshot,
 };

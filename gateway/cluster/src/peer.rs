@@ -21,9 +21,9 @@ use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::rooms::LocalRooms;
-use crate::engineio::engine::HOLD_WAIT;
-use crate::engineio::Receipt;
-use crate::telemetry::traced;
+use ringway_engineio::engine::HOLD_WAIT;
+use ringway_engineio::Receipt;
+use ringway_telemetry::traced;
 
 /// Items waiting for the delivery stream of one peer; past this a peer
 /// that cannot keep up loses items (counted), instead of growing memory.
@@ -139,9 +139,9 @@ impl Peer {
 
     fn enqueue(&self, outgoing: Outgoing) {
         if self.queue.try_send(outgoing).is_err() {
-            crate::telemetry::metrics()
+            crate::metrics::metrics()
                 .peer_queue_drops
-                .add(1, &crate::telemetry::attr("peer", self.node_id.clone()));
+                .add(1, &ringway_telemetry::attr("peer", self.node_id.clone()));
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 warn!(peer = %self.node_id, dropped = n + 1, "peer delivery queue full: items dropped");
@@ -241,8 +241,8 @@ async fn timed<T>(
     let started = std::time::Instant::now();
     let result = call.await;
     let outcome = ringway_telemetry::grpc_outcome(&result);
-    crate::telemetry::metrics().peer_duration.record(
-        crate::telemetry::seconds(started),
+    crate::metrics::metrics().peer_duration.record(
+        ringway_telemetry::seconds(started),
         &[
             opentelemetry::KeyValue::new("method", method),
             opentelemetry::KeyValue::new("outcome", outcome),

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use ringway_proto::cluster::v1 as pb;
 
-use crate::cluster::convert::{log_entry, log_entry_from, recovery_state, recovery_state_from};
-use crate::socketio::{LogEntry, RecordCodec, RecoveryState};
+use crate::convert::{log_entry, log_entry_from, recovery_state, recovery_state_from};
+use ringway_socketio::{LogEntry, RecordCodec, RecoveryState};
 
 /// The protobuf encoding of log records.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,7 +36,7 @@ impl RecordCodec for ProstCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socketio::{Control, RoomSince};
+    use ringway_socketio::{Control, RoomSince};
 
     #[test]
     fn records_survive_the_round_trip() {
