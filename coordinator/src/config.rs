@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ringway_redis::RedisArgs;
 
 /// Shortest lease the coordinator accepts, in milliseconds.
 pub const MIN_LEASE_TTL_MS: u64 = 50;
@@ -29,10 +30,13 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_HTTP_LISTEN", default_value = "0.0.0.0:7080")]
     pub http_listen: SocketAddr,
 
-    /// Redis holding the persisted view and the coordinator lock, e.g.
-    /// `redis://127.0.0.1:6379/0`.
-    #[arg(long, env = "RINGWAY_REDIS_URL")]
-    pub redis_url: String,
+    /// Redis holding the persisted view and the coordinator lock:
+    /// `--redis-url` (e.g. `redis://127.0.0.1:6379/0`), `--redis-mode`,
+    /// `--redis-sentinel-master`, `--redis-password-file`,
+    /// `--redis-ca-file`, `--redis-client-cert`, `--redis-client-key`, as
+    /// the gateways take them.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Milliseconds a lease lives after the last heartbeat.
     #[arg(long, env = "RINGWAY_LEASE_TTL", default_value_t = 5_000)]
@@ -101,8 +105,10 @@ pub enum ConfigError {
     HeartbeatTooSlow { interval: u64, ttl: u64 },
     #[error("--key-prefix must be non-empty and without whitespace, got {0:?}")]
     KeyPrefix(String),
-    #[error("--redis-url is not a valid Redis URL ({url}): {reason}")]
-    RedisUrl { url: String, reason: String },
+    #[error("{0}")]
+    Redis(String),
+    #[error("the coordinator needs Redis: --redis-url")]
+    NoRedis,
     #[error("the coordinator needs a cluster credential: --cluster-secret-file, or mutual TLS (--cluster-tls-ca, --cluster-tls-cert, --cluster-tls-key); --insecure-cluster runs without one (local experiments only)")]
     NoCredential,
     #[error("--insecure-cluster cannot be combined with a cluster credential")]
@@ -156,12 +162,12 @@ impl Config {
         if self.max_members == 0 {
             return Err(ConfigError::ZeroMaxMembers);
         }
-        if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
-            return Err(ConfigError::RedisUrl {
-                url: redact_url(&self.redis_url),
-                reason: err.to_string(),
-            });
+        if !self.redis.is_set() {
+            return Err(ConfigError::NoRedis);
         }
+        self.redis
+            .check()
+            .map_err(|e| ConfigError::Redis(e.to_string()))?;
         Ok(())
     }
 
@@ -215,9 +221,13 @@ impl Config {
         })
     }
 
-    /// The Redis URL with its password (if any) replaced by `***`.
+    /// The Redis mode and URLs with their passwords replaced by `***`.
     pub fn redis_url_redacted(&self) -> String {
-        redact_url(&self.redis_url)
+        format!(
+            "{} {}",
+            self.redis.redis_mode.as_str(),
+            self.redis.redacted()
+        )
     }
 }
 
@@ -227,7 +237,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("http_listen", &self.http_listen)
-            .field("redis_url", &self.redis_url_redacted())
+            .field("redis", &self.redis_url_redacted())
             .field("lease_ttl", &self.lease_ttl)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("key_prefix", &self.key_prefix)
@@ -244,31 +254,7 @@ impl fmt::Debug for Config {
 }
 
 /// Replaces the password of `scheme://user:password@host...` by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let redacted_userinfo = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        // `redis://password@host` is not a thing, but `redis://:pw@host`
-        // is; a bare user name is not secret.
-        None => userinfo.to_owned(),
-    };
-    format!(
-        "{}{}{}",
-        &url[..rest_start],
-        redacted_userinfo,
-        &url[rest_start + at..]
-    )
-}
+pub use ringway_redis::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -332,7 +318,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["--redis-url", "http://nope"]).validate(),
-            Err(ConfigError::RedisUrl { .. })
+            Err(ConfigError::Redis(_))
         ));
     }
 

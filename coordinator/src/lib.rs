@@ -197,7 +197,11 @@ async fn run_inner(
         url: config.redis_url_redacted(),
         source,
     };
-    let store = Store::connect(&config.redis_url, &config.key_prefix, run_instance_id())
+    let redis = config
+        .redis
+        .resolve()
+        .map_err(|e| CoordinatorError::Config(ConfigError::Redis(e.to_string())))?;
+    let store = Store::connect(&redis, &config.key_prefix, run_instance_id())
         .await
         .map_err(redis_unavailable)?;
     info!(redis = %config.redis_url_redacted(), instance = store.instance_id(), "connected to Redis");

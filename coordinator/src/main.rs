@@ -3,6 +3,10 @@
 //! Exit codes: 0 clean stop (SIGTERM/SIGINT) or `--check-config`, 2 bad
 //! configuration, 3 Redis unreachable at start, 1 anything else.
 
+// The coordinator's future (Redis in any mode under the gRPC server and
+// the dashboard) nests deeper than the default limit allows.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use clap::Parser;

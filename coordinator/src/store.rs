@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use ringway_proto::cluster::v1::{Member, MemberState, View};
+use ringway_redis::{ConnectOptions, RedisConfig, RedisConn};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound of one Redis call, reconnection included.
@@ -128,7 +128,7 @@ pub enum Ownership {
 /// Redis access of one coordinator instance.
 #[derive(Clone)]
 pub struct Store {
-    con: ConnectionManager,
+    con: RedisConn,
     membership_key: String,
     owner_key: String,
     member_key_key: String,
@@ -142,21 +142,17 @@ impl Store {
     /// Connects (bounded by [`CONNECT_TIMEOUT`]) and checks the server
     /// answers a PING.
     pub async fn connect(
-        url: &str,
+        redis: &RedisConfig,
         key_prefix: &str,
         instance_id: String,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::Url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_secs(1));
+        let mut options = ConnectOptions::new(IO_TIMEOUT, IO_TIMEOUT);
+        options.retries = 2;
+        options.max_delay = Duration::from_secs(1);
         let con = bounded(
             "connect",
             CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
+            RedisConn::connect(redis, options),
         )
         .await?;
         let store = Store {

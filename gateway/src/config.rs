@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ringway_redis::RedisArgs;
 
 use crate::engineio::EngineConfig;
 use crate::socketio::SocketIoConfig;
@@ -186,10 +187,12 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_COORDINATOR")]
     pub coordinator: Option<String>,
 
-    /// Redis URL of the session registry (`redis://host:port/db`), cluster
-    /// mode only.
-    #[arg(long, env = "RINGWAY_REDIS_URL")]
-    pub redis_url: Option<String>,
+    /// Redis of the session registry and the recovery log (cluster mode
+    /// only): `--redis-url`, `--redis-mode`, `--redis-sentinel-master`,
+    /// `--redis-password-file`, `--redis-ca-file`, `--redis-client-cert`,
+    /// `--redis-client-key`.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// This node's id in the cluster, unique (default: the hostname).
     #[arg(long, env = "RINGWAY_NODE_ID")]
@@ -484,7 +487,7 @@ impl Config {
         if let Some(ns) = self.namespaces.iter().find(|n| !n.starts_with('/')) {
             return Err(format!("--namespace must start with '/': {ns:?}"));
         }
-        if self.coordinator.is_some() != self.redis_url.is_some() {
+        if self.coordinator.is_some() != self.redis.is_set() {
             return Err("cluster mode needs both --coordinator and --redis-url".into());
         }
         if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {
@@ -579,8 +582,8 @@ impl Config {
             check_host_port(host_port, false)
                 .map_err(|e| format!("--coordinator {addr:?}: {e}"))?;
         }
-        if let Some(url) = &self.redis_url {
-            check_redis_url(url)?;
+        if self.redis.is_set() {
+            self.redis.check().map_err(|e| e.to_string())?;
         }
         let listeners = [
             ("--listen", Some(self.listen)),
@@ -679,7 +682,7 @@ impl Config {
 
     /// Whether the gateway runs as a member of a cluster.
     pub fn clustered(&self) -> bool {
-        self.coordinator.is_some() && self.redis_url.is_some()
+        self.coordinator.is_some() && self.redis.is_set()
     }
 
     /// The node id: `--node-id`, else the hostname.
@@ -722,24 +725,8 @@ pub fn check_host_port(addr: &str, advertised: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a Redis URL as the Redis client will read it; the message never
-/// shows the password.
-pub fn check_redis_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| format!("--redis-url {}: {e}", without_password(url)))
-}
-
 /// The URL with its password replaced by `***`, for printing.
-pub fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme + 3 => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
+pub use ringway_redis::redact_url as without_password;
 
 /// `text` with every appearance of `url`'s password (as written, and
 /// percent-decoded) replaced by `***`: for messages that may quote the URL

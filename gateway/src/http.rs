@@ -201,7 +201,11 @@ impl<A: Application> Gateway<A> {
             return metrics_response();
         }
         if path == READYZ {
-            return if self.cluster.is_ready() {
+            return if self.cluster.is_ready() && self.cluster.is_degraded() {
+                // Serving its own sessions: a Redis outage must not take
+                // every node out of the balancer at once.
+                plain(StatusCode::OK, "degraded: registry (Redis) unreachable")
+            } else if self.cluster.is_ready() {
                 plain(StatusCode::OK, "ready")
             } else if self.cluster.is_draining() {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "draining")

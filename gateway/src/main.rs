@@ -41,7 +41,12 @@ fn main() -> ExitCode {
     }
     if config.check_config {
         let mut shown = config.clone();
-        shown.redis_url = shown.redis_url.as_deref().map(without_password);
+        shown.redis.redis_urls = shown
+            .redis
+            .redis_urls
+            .iter()
+            .map(|u| without_password(u))
+            .collect();
         println!("{shown:#?}");
         return ExitCode::SUCCESS;
     }

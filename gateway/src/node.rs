@@ -33,6 +33,7 @@ use crate::socketio::{Application, Recovery, SocketIo};
 use crate::store::recovery::{MemoryRecoveryStore, ProstCodec, RecoveryStore, RedisRecoveryStore};
 use crate::store::{MemoryRegistry, RedisRegistry, Registry};
 use crate::telemetry;
+use ringway_redis::RedisConfig;
 
 /// Why a node could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -106,15 +107,25 @@ impl<A: Application> Node<A> {
             .local_addr()
             .map_err(|e| NodeError::Other(format!("cannot read the bound address: {e}")))?;
 
-        let registry: Arc<dyn Registry> = match &config.redis_url {
-            Some(url) if config.clustered() => {
+        let redis = if config.clustered() {
+            let redis = config
+                .redis
+                .resolve()
+                .map_err(|e| NodeError::Other(e.to_string()))?;
+            info!(redis = %redis.redacted(), "Redis");
+            Some(redis)
+        } else {
+            None
+        };
+        let registry: Arc<dyn Registry> = match &redis {
+            Some(redis) => {
                 let ttl = Duration::from_millis(config.registry_ttl);
-                let registry = RedisRegistry::connect(url, &config.key_prefix, ttl)
+                let registry = RedisRegistry::connect(redis, &config.key_prefix, ttl)
                     .await
-                    .map_err(|e| redis_unreachable(url, e))?;
+                    .map_err(|e| redis_unreachable(redis, e))?;
                 Arc::new(registry)
             }
-            _ => Arc::new(MemoryRegistry::default()),
+            None => Arc::new(MemoryRegistry::default()),
         };
         let security = cluster_security(&config, &node_id).map_err(NodeError::Other)?;
         if config.clustered() && !security.is_secure() {
@@ -128,18 +139,18 @@ impl<A: Application> Node<A> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let recovery = match config.recovery() {
             Some(settings) => {
-                let store: Arc<dyn RecoveryStore> = match &config.redis_url {
-                    Some(url) if config.clustered() => Arc::new(
+                let store: Arc<dyn RecoveryStore> = match &redis {
+                    Some(redis) => Arc::new(
                         RedisRecoveryStore::connect(
-                            url,
+                            redis,
                             &config.key_prefix,
                             config.recovery_max_log,
                             config.recovery_max_log_bytes,
                         )
                         .await
-                        .map_err(|e| redis_unreachable(url, e))?,
+                        .map_err(|e| redis_unreachable(redis, e))?,
                     ),
-                    _ => Arc::new(MemoryRecoveryStore::new(
+                    None => Arc::new(MemoryRecoveryStore::new(
                         config.recovery_max_log,
                         config.recovery_max_log_bytes,
                     )),
@@ -148,8 +159,8 @@ impl<A: Application> Node<A> {
                     .await
                     .map_err(|e| {
                         let message = format!("recovery log: {e}");
-                        NodeError::Redis(match &config.redis_url {
-                            Some(url) => redact_url_in(&message, url),
+                        NodeError::Redis(match &redis {
+                            Some(redis) => redact_redis_in(&message, redis),
                             None => message,
                         })
                     })?;
@@ -170,7 +181,10 @@ impl<A: Application> Node<A> {
             .registry()
             .sid_key()
             .await
-            .map_err(|e| redis_unreachable(config.redis_url.as_deref().unwrap_or(""), e))?;
+            .map_err(|e| match &redis {
+                Some(redis) => redis_unreachable(redis, e),
+                None => NodeError::Other(format!("session id key: {e}")),
+            })?;
         let gateway = Gateway::new(
             &config,
             app,
@@ -478,10 +492,18 @@ fn register_observers<A: Application>(
             }
         })
         .build();
+    let degraded_cluster = cluster.clone();
     let ready = meter
         .u64_observable_gauge("ringway.ready")
-        .with_description("1 when the node takes new sessions")
+        .with_description("1 when the node serves (in the view, not draining; /readyz)")
         .with_callback(move |observer| observer.observe(u64::from(cluster.is_ready()), &[]))
+        .build();
+    let degraded = meter
+        .u64_observable_gauge("ringway.degraded")
+        .with_description("1 while the registry (Redis) is unreachable: sessions served, recoveries get fresh sockets, emits unlogged")
+        .with_callback(move |observer| {
+            observer.observe(u64::from(degraded_cluster.is_degraded()), &[])
+        })
         .build();
     vec![
         Box::new(sessions),
@@ -492,14 +514,32 @@ fn register_observers<A: Application>(
         Box::new(room_routes),
         Box::new(rooms),
         Box::new(ready),
+        Box::new(degraded),
     ]
 }
 
-/// A Redis that did not answer at start; the message never shows the
-/// password of the URL.
-fn redis_unreachable(url: &str, err: impl std::fmt::Display) -> NodeError {
-    let message = format!("cannot reach Redis at {}: {err}", without_password(url));
-    NodeError::Redis(redact_url_in(&message, url))
+/// A Redis that did not answer at start; the message never shows a
+/// password (of a URL or of the password file).
+fn redis_unreachable(redis: &RedisConfig, err: impl std::fmt::Display) -> NodeError {
+    let urls: Vec<String> = redis.urls.iter().map(|u| without_password(u)).collect();
+    let message = format!(
+        "cannot reach Redis at {} ({}): {err}",
+        urls.join(","),
+        redis.mode.as_str()
+    );
+    NodeError::Redis(redact_redis_in(&message, redis))
+}
+
+/// `text` without any of the Redis passwords.
+fn redact_redis_in(text: &str, redis: &RedisConfig) -> String {
+    let mut text = redis
+        .urls
+        .iter()
+        .fold(text.to_owned(), |text, url| redact_url_in(&text, url));
+    if let Some(password) = redis.password.as_deref().filter(|p| !p.is_empty()) {
+        text = text.replace(password, "***");
+    }
+    text
 }
 
 /// The Push API listener's TLS, from `--api-tls-cert` and `--api-tls-key`;
@@ -552,7 +592,7 @@ fn cluster_security(config: &Config, node_id: &str) -> Result<ClusterSecurity, S
 const RECOVERY_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the registry is checked for readiness.
-const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `job` every `period` until `stop` turns true.
 fn spawn_ticker<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)

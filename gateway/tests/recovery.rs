@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{push_client, start_node, Cluster, PushClient, RegistryExt};
 use common::nginx::Nginx;
-use common::{ws_open, ws_send, ws_text, Gateway, Ws};
+use common::{connect_ws, next_event, ws_send, ws_text, Gateway, Ws};
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
 use ringway_proto::v1::{target, EmitRequest, RoomList, Target};
 use serde_json::{json, Value};
@@ -92,31 +92,6 @@ fn js_recovers_after_transport_drops_polling_only() {
 
 // ---------------------------------------------------------------------------
 // One node: the protocol, raw.
-
-/// CONNECTs `/` on a fresh WebSocket session with this payload; returns
-/// the session and the CONNECT answer's JSON.
-async fn connect_ws(addr: &str, auth: &str) -> (Ws, Value) {
-    let (mut ws, _) = ws_open(addr).await;
-    ws_send(&mut ws, &format!("40{auth}")).await;
-    let answer = loop {
-        let text = ws_text(&mut ws).await.expect("CONNECT answer");
-        if let Some(json) = text.strip_prefix("40") {
-            break serde_json::from_str::<Value>(json).expect("answer JSON");
-        }
-        assert!(!text.starts_with("44"), "CONNECT refused: {text}");
-    };
-    (ws, answer)
-}
-
-/// The next `42` event of a session, as JSON (pings answered).
-async fn next_event(ws: &mut Ws) -> Value {
-    loop {
-        let text = ws_text(ws).await.expect("an event");
-        if let Some(json) = text.strip_prefix("42") {
-            return serde_json::from_str(json).expect("event JSON");
-        }
-    }
-}
 
 /// Joins a room with the echo application's acked `join`.
 async fn join(ws: &mut Ws, room: &str) {

@@ -981,7 +981,7 @@ async fn large_events_cannot_fill_the_recovery_log() {
     }
     let len: u64 = c
         .redis
-        .command(&["XLEN", "ringway:log"])
+        .command(&["XLEN", "ringway:{log}"])
         .and_then(|v| v.trim_start_matches(':').parse().ok())
         .unwrap_or(u64::MAX);
     assert!(
@@ -998,7 +998,7 @@ async fn large_events_cannot_fill_the_recovery_log() {
     // The log is trimmed every second.
     let used = || {
         c.redis
-            .command(&["MEMORY", "USAGE", "ringway:log"])
+            .command(&["MEMORY", "USAGE", "ringway:{log}"])
             .and_then(|v| v.trim_start_matches(':').parse::<u64>().ok())
             .unwrap_or(0)
     };

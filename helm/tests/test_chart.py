@@ -98,6 +98,26 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     # pod, PDB, created Secrets (API tokens, RS256 key), Redis password from
     # an existing Secret, telemetry, CORS, hard anti-affinity, a LoadBalancer
     # Service, a standby coordinator.
+    # Redis Cluster over TLS with a client certificate and a password.
+    "redis-cluster-tls": {
+        "redis": {
+            "mode": "cluster",
+            "url": "rediss://redis-0.redis.data.svc:6379",
+            "extraUrls": ["rediss://redis-1.redis.data.svc:6379", "rediss://redis-2.redis.data.svc:6379"],
+            "auth": {"existingSecret": "redis-auth"},
+            "tls": {"existingSecret": "redis-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
+        },
+    },
+    # A primary behind three Sentinels.
+    "redis-sentinel": {
+        "redis": {
+            "mode": "sentinel",
+            "url": "redis://sentinel-0.data.svc:26379",
+            "extraUrls": ["redis://sentinel-1.data.svc:26379", "redis://sentinel-2.data.svc:26379"],
+            "sentinelMaster": "ringway",
+            "auth": {"existingSecret": "redis-auth", "username": "ringway"},
+        },
+    },
     "production": {
         "image": {"repository": "registry.example.com/ringway", "tag": "0.1.0"},
         "logLevel": "info,ringway_gateway=debug",
@@ -719,19 +739,56 @@ def test_gateway_pod(chart, name):
     secured = flag(args, "--cluster-secret-file") or flag(args, "--cluster-tls-cert")
     assert bool(secured) != ("--insecure-cluster" in args)
     assert ("--insecure-cluster" in args) == values["cluster"]["insecure"]
-    # Redis password (when any) from a Secret, expanded by Kubernetes.
-    url = env["RINGWAY_REDIS_URL"]["value"]
+    # Redis password (when any) from a Secret, as a mounted file: never in
+    # a URL or the environment.
+    urls = env["RINGWAY_REDIS_URL"]["value"].split(",")
+    assert not any(re.search(r"://[^/@]*:[^/@]*@", u) for u in urls), urls
+    assert "REDIS_PASSWORD" not in env
+    assert env["RINGWAY_REDIS_MODE"]["value"] == values["redis"]["mode"]
     if values["redis"]["auth"]["existingSecret"]:
-        names = [e["name"] for e in gw["env"]]
-        assert names.index("REDIS_PASSWORD") < names.index("RINGWAY_REDIS_URL")
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == values["redis"]["auth"]["existingSecret"]
-        assert ":$(REDIS_PASSWORD)@" in url
+        path = env["RINGWAY_REDIS_PASSWORD_FILE"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in gw.get("volumeMounts", [])}
+        assert mounts.get(path.rsplit("/", 1)[0]) == "redis-auth", (path, mounts)
     else:
-        assert "@" not in url
+        assert "RINGWAY_REDIS_PASSWORD_FILE" not in env
 
 
 def helm_values(chart, name: str) -> dict[str, Any]:
     return chart.merge_values(copy.deepcopy(VALUE_SETS[name]))
+
+
+def test_redis_modes_reach_both_binaries(chart):
+    """Cluster and Sentinel URLs, the mode, the password file and the TLS
+    files, the same for the gateway and the coordinator."""
+    for name, workload, cname in [("redis-cluster-tls", GATEWAY, "gateway"), ("redis-cluster-tls", COORDINATOR, "coordinator"),
+                                  ("redis-sentinel", GATEWAY, "gateway"), ("redis-sentinel", COORDINATOR, "coordinator")]:
+        docs = rendered(chart, name)
+        dep = one(docs, "Deployment", workload)
+        c = container(dep, cname)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert env["RINGWAY_REDIS_PASSWORD_FILE"] == "/etc/ringway/redis-auth/redis-password"
+        assert volumes["redis-auth"]["secret"]["secretName"] == "redis-auth"
+        assert mounts["redis-auth"] == "/etc/ringway/redis-auth"
+        if name == "redis-cluster-tls":
+            assert env["RINGWAY_REDIS_MODE"] == "cluster"
+            assert env["RINGWAY_REDIS_URL"].split(",") == [
+                "rediss://redis-0.redis.data.svc:6379", "rediss://redis-1.redis.data.svc:6379",
+                "rediss://redis-2.redis.data.svc:6379"]
+            assert env["RINGWAY_REDIS_CA_FILE"] == "/etc/ringway/redis-tls/ca.crt"
+            assert env["RINGWAY_REDIS_CLIENT_CERT"] == "/etc/ringway/redis-tls/tls.crt"
+            assert env["RINGWAY_REDIS_CLIENT_KEY"] == "/etc/ringway/redis-tls/tls.key"
+            assert [i["key"] for i in volumes["redis-tls"]["secret"]["items"]] == ["ca.crt", "tls.crt", "tls.key"]
+            assert mounts["redis-tls"] == "/etc/ringway/redis-tls"
+            assert "RINGWAY_REDIS_SENTINEL_MASTER" not in env
+        else:
+            assert env["RINGWAY_REDIS_MODE"] == "sentinel"
+            assert env["RINGWAY_REDIS_SENTINEL_MASTER"] == "ringway"
+            assert env["RINGWAY_REDIS_URL"].split(",") == [
+                "redis://ringway@sentinel-0.data.svc:26379", "redis://ringway@sentinel-1.data.svc:26379",
+                "redis://ringway@sentinel-2.data.svc:26379"]
+            assert "redis-tls" not in volumes and "RINGWAY_REDIS_CA_FILE" not in env
 
 
 def test_production_specifics(chart):
@@ -744,7 +801,8 @@ def test_production_specifics(chart):
     assert flag(args, "--jwt-audience") == "chat"
     assert flag(args, "--api-token-file") == "/etc/ringway/api-tokens/api-tokens"
     assert "--max-poll-packets=32" in args
-    assert env["RINGWAY_REDIS_URL"] == "redis://ringway:$(REDIS_PASSWORD)@redis-primary.data.svc:6379/2"
+    assert env["RINGWAY_REDIS_URL"] == "redis://ringway@redis-primary.data.svc:6379/2"
+    assert env["RINGWAY_REDIS_PASSWORD_FILE"] == "/etc/ringway/redis-auth/redis-password"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
     assert env["OTEL_SERVICE_NAME"] == "ringway-gateway"
     assert "deployment.environment=prod" in env["OTEL_RESOURCE_ATTRIBUTES"]
@@ -1131,7 +1189,8 @@ BAD_VALUES = {
     "typo in service": {"service": {"sessionAffinity": "ClientIP"}},
     "wrong enum": {"logFormat": "xml"},
     "bool as string": {"ingress": {"enabled": "yes"}},
-    "tls redis url": {"redis": {"url": "rediss://redis:6379/0"}},
+    "unknown redis mode": {"redis": {"mode": "replicated"}},
+    "two urls in one": {"redis": {"url": "redis://a:6379,redis://b:6379"}},
     "sentinel redis url": {"redis": {"url": "redis+sentinel://sentinel:26379/mymaster"}},
     "negative port": {"gateway": {"ports": {"http": -1}}},
     "namespace without slash": {"gateway": {"config": {"namespaces": ["chat"]}}},
@@ -1191,6 +1250,9 @@ BAD_COMBINATIONS = {
     ),
     "jwt without key": ({"auth": {"jwt": {"algorithm": "rs256"}}}, "rs256PublicKey"),
     "no redis": ({"redis": {"url": ""}}, "redis.url is required"),
+    "sentinel without master": ({"redis": {"mode": "sentinel"}}, "redis.sentinelMaster"),
+    "seed urls of one server": ({"redis": {"extraUrls": ["redis://b:6379"]}}, "redis.extraUrls"),
+    "redis tls without rediss": ({"redis": {"tls": {"existingSecret": "t"}}}, "rediss://"),
     "ingress timeout below ping": ({"ingress": {"enabled": True, "timeoutSeconds": 20}}, "ingress.timeoutSeconds"),
     "queue below payload": ({"gateway": {"config": {"maxQueuedBytes": 10}}}, "maxQueuedBytes"),
     "no cluster credential": ({"cluster": {"secret": {"enabled": False}}}, "the cluster needs a credential"),
@@ -1317,8 +1379,8 @@ def secret_files(docs, workload, c, tmp: Path) -> dict[str, str]:
                 data = base64.b64decode(created[0]["data"][item["key"]]).decode()
             elif m["name"] == "cluster-secret":
                 data = CLUSTER_SECRET
-            elif m["name"] == "cluster-tls":
-                data = TLS_FILES[item["key"]]
+            elif m["name"] in ("cluster-tls", "redis-tls"):
+                data = TLS_FILES.get(item["key"], TLS_FILES["ca.crt"])
             elif "rs256" in item["key"] or item["path"].endswith(".pem"):
                 data = RS256_PUBLIC_KEY
             elif "token" in item["key"]:
@@ -1362,8 +1424,8 @@ def test_binaries_accept_rendered_configuration(chart, name, tmp_path):
     assert f"insecure_cluster: {str(values['cluster']['insecure']).lower()}," in out
     if ports["metrics"]:
         assert f"metrics_listen: Some(\n        0.0.0.0:{ports['metrics']}," in out
-    if "REDIS_PASSWORD" in env:
-        assert SECRET_VALUES["REDIS_PASSWORD"] in env["RINGWAY_REDIS_URL"]
+    if "RINGWAY_REDIS_PASSWORD_FILE" in env:
+        assert "redis_password_file: Some(" in out
     if helm_values(chart, name)["auth"]["jwt"]["algorithm"] != "none":
         # --check-config loads the key: the mounted file is a valid one.
         assert "jwt_" in out

@@ -4,14 +4,15 @@
 #
 #   loadtest/scripts/bench-kill.sh [--mode websocket|polling-websocket|polling|all]
 #                                  [--runs N] [--clients N] [--rate R] [--duration S]
-#                                  [--kill-after S] [--spread MS] [--nodes N]
+#                                  [--kill-after S] [--spread MS] [--nodes N] [--redis-cluster M]
 #                                  [--reconnect MS] [--client-opts JSON]
 #                                  [--quick] [--debug | --bin-dir DIR] [--out DIR]
 #                                  [--keep-all] [-- GATEWAY_ARGS...]
 #
 # Each run starts a fresh local cluster (loadtest/scripts/cluster.sh: redis,
 # coordinator, --nodes gateways (3), nginx round robin with an access log),
-# then --clients (300) socket.io-client clients through nginx, all on the
+# (with --redis-cluster M: a Redis Cluster of M masters instead of one
+# redis-server), then --clients (300) socket.io-client clients through nginx, all on the
 # run's transports (websocket: WebSocket only; polling-websocket: polling,
 # then the upgrade; polling: long-polling only), started evenly over
 # --spread ms (2000: clients started in the same tick would put every
@@ -63,6 +64,7 @@ spread=2000
 reconnect=0
 client_opts='{}'
 nodes=3
+redis_cluster=0
 bin_args=()
 out=""
 keep_all=0
@@ -79,6 +81,7 @@ while [ $# -gt 0 ]; do
     --reconnect) reconnect=$2; shift 2 ;;
     --client-opts) client_opts=$2; shift 2 ;;
     --nodes) nodes=$2; shift 2 ;;
+    --redis-cluster) redis_cluster=$2; shift 2 ;;
     --quick) runs=2; clients=60; rate=50; duration=6; kill_after=3; shift ;;
     --debug) bin_args=(--debug); shift ;;
     --bin-dir) bin_args=(--bin-dir "$2"); shift 2 ;;
@@ -143,7 +146,7 @@ run_once() { # run_once MODE RUN
   mkdir -p "$dir"
   current=$dir
   FLEET_PID="" PUB_PID=""
-  if ! "$cluster" up --nodes "$nodes" "${bin_args[@]}" --state-dir "$dir/cluster" -- \
+  if ! "$cluster" up --nodes "$nodes" --redis-cluster "$redis_cluster" "${bin_args[@]}" --state-dir "$dir/cluster" -- \
     --handshake-rate-per-ip 0 --max-sessions-per-ip 0 "${gateway_args[@]}" >"$dir/cluster.out" 2>&1; then
     echo "$mode run $run: the cluster did not start (see $dir/cluster.out)"
     printf '%s\t%s\tSETUP\t-\t-\t-\t-\t-\t-\t-\n' "$mode" "$run" >>"$out/results.tsv"
@@ -167,7 +170,7 @@ run_once() { # run_once MODE RUN
     # Owners from the registry: "<epoch> <node>" per sid.
     grep -m1 '^ready ' "$dir/fleet.out" |
       python3 -c 'import json, sys; print("\n".join(json.loads(sys.stdin.read()[6:])["sids"]))' >"$dir/sids.txt"
-    sed 's/^/GET ringway:sid:/' "$dir/sids.txt" | redis-cli -p "$REDIS_PORT" >"$dir/owners.txt"
+    sed 's/^/GET ringway:sid:/' "$dir/sids.txt" | redis-cli -c -p "$REDIS_PORT" >"$dir/owners.txt"
     owners=$(awk '{print $2}' "$dir/owners.txt" | sort | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=" "}')
     # The busiest node other than n1 (the publisher's).
     local i best=2 most=-1 have

@@ -3,14 +3,17 @@
 # coordinator, N gateways and nginx in front (plain round robin, no
 # affinity, WebSocket upgrades passed through), all on 127.0.0.1.
 #
-#   loadtest/scripts/cluster.sh up [--nodes N] [--debug | --bin-dir DIR] [--state-dir DIR] [-- GATEWAY_ARGS...]
+#   loadtest/scripts/cluster.sh up [--nodes N] [--redis-cluster M] [--debug | --bin-dir DIR] [--state-dir DIR] [-- GATEWAY_ARGS...]
 #   loadtest/scripts/cluster.sh status [--state-dir DIR]
 #   loadtest/scripts/cluster.sh down [--state-dir DIR]
 #
 # `up` uses the release binaries in target/release (built with
 # `cargo build --release -p ringway-gateway -p ringway-coordinator` when
 # missing; `--debug`: target/debug, `--bin-dir DIR`: DIR, never built here).
-# Arguments after `--`
+# `--redis-cluster M`: a Redis Cluster of M masters (M redis-servers with
+# `--cluster-enabled yes`, slots spread by `redis-cli --cluster create`)
+# instead of one redis-server; the coordinator and the gateways get
+# `--redis-mode cluster` and every node as a seed. Arguments after `--`
 # go to every gateway (e.g. `-- --ping-interval 5000`). Connection state
 # recovery is on (`--recovery-window 120000`, the cluster quick start's
 # choice; the binary's default is off) unless the arguments set
@@ -18,7 +21,7 @@
 # gateway is in the coordinator's view, then writes the state file
 # (default target/cluster/state.env, a shell fragment to `source`):
 #
-#   REDIS_PID REDIS_PORT REDIS_URL COORD_PID COORD_ADDR COORD_HTTP NODES
+#   REDIS_PID REDIS_PIDS REDIS_PORT REDIS_URL REDIS_FLAGS COORD_PID COORD_ADDR COORD_HTTP NODES
 #   NODE<i>_PID NODE<i>_URL NODE<i>_GRPC NODE<i>_API (i = 1..N; _API only
 #   with an API token among the gateway flags)
 #   GATEWAY_PIDS (space separated)  NODE_URLS (comma separated)
@@ -38,6 +41,7 @@ source "$root/loadtest/scripts/lib/nginx.sh"
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 nodes=3
+redis_cluster=0
 bindir="$root/target/release"
 build=1
 state_dir="${RINGWAY_CLUSTER_DIR:-$root/target/cluster}"
@@ -45,6 +49,7 @@ gateway_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
+    --redis-cluster) redis_cluster=$2; shift 2 ;;
     --debug) bindir="$root/target/debug"; build=0; shift ;;
     --bin-dir) bindir=$2; build=0; shift 2 ;;
     --state-dir) state_dir=$2; shift 2 ;;
@@ -80,7 +85,7 @@ wait_line() {
 
 # The members of the persisted view: "node_id state http grpc" per line.
 members() {
-  redis-cli -p "$REDIS_PORT" GET ringway:membership 2>/dev/null | python3 -c '
+  redis-cli -c -p "$REDIS_PORT" GET ringway:membership 2>/dev/null | python3 -c '
 import json, sys
 raw = sys.stdin.read().strip()
 if not raw:
@@ -104,7 +109,7 @@ do_down() {
   for pid in ${GATEWAY_PIDS:-}; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in ${GATEWAY_PIDS:-}; do stop_pid "$pid"; done
   stop_pid "${COORD_PID:-}"
-  stop_pid "${REDIS_PID:-}"
+  for pid in ${REDIS_PIDS:-${REDIS_PID:-}}; do stop_pid "$pid"; done
   rm -f "$state"
   echo "cluster stopped"
 }
@@ -121,7 +126,7 @@ do_status() {
     if alive "$2"; then echo "  $1: pid $2 running"; else echo "  $1: pid $2 NOT running"; ok=1; fi
   }
   echo "processes:"
-  check redis "$REDIS_PID"
+  for pid in ${REDIS_PIDS:-$REDIS_PID}; do check redis "$pid"; done
   check coordinator "$COORD_PID"
   for i in $(seq "$NODES"); do
     local p u
@@ -162,19 +167,41 @@ do_up() {
   # Anything started so far is stopped if a later step fails.
   trap 'echo "cluster.sh: up failed, stopping what was started" >&2; mv -f "$tmp" "$state" 2>/dev/null; do_down >/dev/null' ERR
 
-  local redis_port
-  redis_port=$(free_port)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --protected-mode no >"$state_dir/redis.log" 2>&1 &
-  echo "REDIS_PID=$!" >>"$tmp"
+  # One redis-server, or the masters of a Redis Cluster.
+  local redis_port="" redis_pids="" redis_flags=() seeds=() k
+  for k in $(seq "$((redis_cluster > 0 ? redis_cluster : 1))"); do
+    local port cluster_args=()
+    port=$(free_port)
+    [ "$redis_cluster" -gt 0 ] && cluster_args=(--cluster-enabled yes
+      --cluster-config-file "$state_dir/redis-nodes-$k.conf" --cluster-node-timeout 2000)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --protected-mode no "${cluster_args[@]}" >"$state_dir/redis-$k.log" 2>&1 &
+    redis_pids="$redis_pids${redis_pids:+ }$!"
+    [ -z "$redis_port" ] && echo "REDIS_PID=$!" >>"$tmp"
+    redis_port=${redis_port:-$port}
+    seeds+=("127.0.0.1:$port")
+    redis_flags+=(--redis-url "redis://127.0.0.1:$port/")
+    for _ in $(seq 200); do
+      [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
+      sleep 0.05
+    done
+    [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]
+  done
+  echo "REDIS_PIDS=\"$redis_pids\"" >>"$tmp"
+  if [ "$redis_cluster" -gt 0 ]; then
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes \
+      >"$state_dir/redis-cluster-create.log" 2>&1
+    for _ in $(seq 200); do
+      redis-cli -p "$redis_port" CLUSTER INFO 2>/dev/null | grep -q cluster_state:ok && break
+      sleep 0.05
+    done
+    redis-cli -p "$redis_port" CLUSTER INFO | grep -q cluster_state:ok
+    redis_flags=(--redis-mode cluster "${redis_flags[@]}")
+  fi
   echo "REDIS_PORT=$redis_port" >>"$tmp"
   local redis_url="redis://127.0.0.1:$redis_port/"
   echo "REDIS_URL=$redis_url" >>"$tmp"
-  for _ in $(seq 200); do
-    [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ] && break
-    sleep 0.05
-  done
-  [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ]
+  echo "REDIS_FLAGS=\"${redis_flags[*]}\"" >>"$tmp"
 
   # The cluster credential: a fresh random secret for this cluster, read
   # by the coordinator and every gateway.
@@ -186,7 +213,7 @@ do_up() {
   coord_port=$(free_port)
   # The dashboard on a free port (an env variable: older binaries ignore it).
   RINGWAY_HTTP_LISTEN=127.0.0.1:0 RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-coordinator" --listen "127.0.0.1:$coord_port" \
-    --redis-url "$redis_url" --cluster-secret-file "$secret" >"$state_dir/coordinator.log" 2>&1 &
+    "${redis_flags[@]}" --cluster-secret-file "$secret" >"$state_dir/coordinator.log" 2>&1 &
   local coord_pid=$!
   echo "COORD_PID=$coord_pid" >>"$tmp"
   local line
@@ -209,7 +236,7 @@ do_up() {
     local log="$state_dir/n$i.log"
     RUST_LOG=${RUST_LOG:-warn} "$bindir/ringway-gateway" --listen 127.0.0.1:0 \
       --grpc-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --node-id "n$i" \
-      --coordinator "$coord_addr" --redis-url "$redis_url" \
+      --coordinator "$coord_addr" "${redis_flags[@]}" \
       --cluster-secret-file "$secret" "${recovery_args[@]}" "${gateway_args[@]}" >"$log" 2>&1 &
     local pid=$!
     echo "NODE${i}_PID=$pid" >>"$tmp"

@@ -31,9 +31,9 @@ use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::KeyValue;
 
 #[cfg(feature = "grpc")]
-pub use propagation::{continue_trace, traced};
+pub use propagation::{continue_trace, grpc_outcome, traced};
 #[cfg(feature = "setup")]
-pub use setup::{grpc_outcome, render, LogFormat, Options, Telemetry, TelemetryError};
+pub use setup::{render, LogFormat, Options, Telemetry, TelemetryError};
 
 /// The meter of this process: a no-op one before `Telemetry::init`
 /// (library use, unit tests). The same provider is the global one, so a

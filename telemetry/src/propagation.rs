@@ -1,4 +1,4 @@
-//! W3C trace context in gRPC metadata.
+//! W3C trace context in gRPC metadata, and the outcome label of a call.
 
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -52,4 +52,52 @@ pub fn continue_trace<T>(request: &tonic::Request<T>, span: &tracing::Span) {
         propagator.extract(&MetadataExtractor(request.metadata()))
     });
     let _ = span.set_parent(parent);
+}
+
+/// The `outcome` label of a gRPC call: `ok`, or its status code in
+/// snake case (`unavailable`, `deadline_exceeded`, ...).
+pub fn grpc_outcome<T>(result: &Result<T, tonic::Status>) -> &'static str {
+    use tonic::Code;
+    let Err(status) = result else {
+        return "ok";
+    };
+    match status.code() {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_outcomes_are_snake_case_codes() {
+        assert_eq!(grpc_outcome(&Ok::<(), tonic::Status>(())), "ok");
+        let err = |status| grpc_outcome(&Err::<(), _>(status));
+        assert_eq!(err(tonic::Status::unavailable("x")), "unavailable");
+        assert_eq!(
+            err(tonic::Status::deadline_exceeded("x")),
+            "deadline_exceeded"
+        );
+        assert_eq!(
+            err(tonic::Status::failed_precondition("x")),
+            "failed_precondition"
+        );
+    }
 }

@@ -113,10 +113,21 @@ impl Cluster {
 
     /// Ready for new sessions: in the ring (joined, not draining) and,
     /// in a cluster, the registry answering.
+    /// Whether the node serves (`/readyz`): in the view and not
+    /// draining. A Redis outage does not take it out (it serves its own
+    /// sessions and delivers over gRPC): it is only
+    /// [degraded](Cluster::is_degraded).
     pub fn is_ready(&self) -> bool {
-        !self.is_draining()
-            && self.joined.load(Ordering::Acquire)
-            && self.registry_ok.load(Ordering::Acquire)
+        !self.is_draining() && self.joined.load(Ordering::Acquire)
+    }
+
+    /// The registry (Redis) did not answer its last health check. The node
+    /// still serves: established sessions, cross-node delivery over gRPC,
+    /// new sessions (found by the ring, written to the registry when it
+    /// answers again); a recovery gets a fresh socket, recoverable emits
+    /// go out unlogged.
+    pub fn is_degraded(&self) -> bool {
+        !self.registry_ok.load(Ordering::Acquire)
     }
 
     /// Whether this node has been in a coordinator's view (set at once for
@@ -130,9 +141,9 @@ impl Cluster {
         let ok = self.registry.ping().await.is_ok();
         if self.registry_ok.swap(ok, Ordering::AcqRel) != ok {
             if ok {
-                info!("registry reachable again");
+                info!("registry (Redis) reachable again: taking new sessions");
             } else {
-                warn!("registry unreachable: not ready for new sessions");
+                warn!("registry (Redis) unreachable: degraded; sessions are served, registry writes wait for Redis, recoveries get fresh sockets and emits go out unlogged until it answers");
             }
         }
     }
@@ -392,18 +403,31 @@ impl Cluster {
 
     /// Keeps the registry entries of live sessions from expiring.
     pub async fn refresh_registry(&self) {
-        let sids: Vec<Sid> = self
+        let entries: Vec<(Sid, Entry)> = self
             .local
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
+            .iter()
+            .map(|(sid, epoch)| {
+                let entry = Entry {
+                    owner: self.node_id.clone(),
+                    epoch: *epoch,
+                };
+                (*sid, entry)
+            })
             .collect();
-        if sids.is_empty() {
+        if entries.is_empty() {
             return;
         }
-        if let Err(err) = self.registry.refresh(sids).await {
-            warn!(%err, "registry refresh failed");
+        match self.registry.refresh(entries).await {
+            Ok(0) => {}
+            Ok(rewritten) => {
+                warn!(
+                    rewritten,
+                    "registry entries lost by Redis (a restart or a failover): written again"
+                )
+            }
+            Err(err) => warn!(%err, "registry refresh failed"),
         }
     }
 

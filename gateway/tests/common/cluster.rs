@@ -173,7 +173,8 @@ pub struct Coordinator {
     pub addr: String,
     /// The HTTP port (dashboard, health), `host:port`.
     pub http: String,
-    redis_url: String,
+    /// Its Redis flags (`--redis-url ...`, a mode).
+    redis: Vec<String>,
     port: u16,
     tls: Option<TestTls>,
 }
@@ -189,11 +190,17 @@ impl Coordinator {
 
     /// A coordinator that also takes mutual TLS only.
     pub fn start_tls(redis_url: &str, tls: Option<TestTls>) -> Coordinator {
+        Coordinator::start_on(redis_flags(redis_url), tls)
+    }
+
+    /// A coordinator on any Redis set-up (its flags: a mode, URLs, TLS
+    /// files).
+    pub fn start_on(redis: Vec<String>, tls: Option<TestTls>) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             addr: String::new(),
             http: String::new(),
-            redis_url: redis_url.to_owned(),
+            redis,
             port: free_port(),
             tls,
         };
@@ -208,8 +215,6 @@ impl Coordinator {
             .args([
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),
-                "--redis-url",
-                &self.redis_url,
                 "--lease-ttl",
                 &LEASE_TTL_MS.to_string(),
                 "--heartbeat-interval",
@@ -217,6 +222,7 @@ impl Coordinator {
                 "--cluster-secret-file",
                 secret_file(),
             ])
+            .args(&self.redis)
             .args(self.tls.iter().flat_map(TestTls::coordinator_flags))
             // Its dashboard port too (default 7080): tests run side by side.
             .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
@@ -300,6 +306,11 @@ impl Drop for Coordinator {
     }
 }
 
+/// The flags of one plain Redis.
+pub fn redis_flags(url: &str) -> Vec<String> {
+    vec!["--redis-url".to_owned(), url.to_owned()]
+}
+
 /// A clustered gateway: `--node-id`, with the coordinator and Redis.
 pub fn start_node(
     node_id: &str,
@@ -307,8 +318,17 @@ pub fn start_node(
     redis: &Redis,
     extra: &[&str],
 ) -> Gateway {
+    start_node_on(node_id, coordinator, &redis_flags(&redis.url()), extra)
+}
+
+/// A clustered gateway on any Redis set-up (`redis`: its flags).
+pub fn start_node_on(
+    node_id: &str,
+    coordinator: &Coordinator,
+    redis: &[String],
+    extra: &[&str],
+) -> Gateway {
     let coordinator_addr = coordinator.addr.clone();
-    let redis_url = redis.url();
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -318,13 +338,39 @@ pub fn start_node(
         node_id,
         "--coordinator",
         &coordinator_addr,
-        "--redis-url",
-        &redis_url,
         "--cluster-secret-file",
         secret_file(),
     ];
+    args.extend(redis.iter().map(String::as_str));
     args.extend_from_slice(extra);
     Gateway::start_raw(&args)
+}
+
+/// A coordinator and `n` gateways `n1..` on a Redis set-up the test holds
+/// (a Redis Cluster, a Sentinel set, TLS), every gateway in the view.
+pub struct ClusterOn {
+    pub coordinator: Coordinator,
+    pub nodes: Vec<Gateway>,
+}
+
+impl ClusterOn {
+    pub async fn start(n: usize, redis: &[String], extra: &[&str]) -> ClusterOn {
+        let coordinator = Coordinator::start_on(redis.to_vec(), None);
+        let nodes: Vec<Gateway> = (1..=n)
+            .map(|i| start_node_on(&format!("n{i}"), &coordinator, redis, extra))
+            .collect();
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let view = coordinator.wait_members(&ids).await;
+        for node in &nodes {
+            node.wait_epoch(view.epoch).await;
+        }
+        ClusterOn { coordinator, nodes }
+    }
+
+    pub fn addr(&self, i: usize) -> &str {
+        &self.nodes[i].addr
+    }
 }
 
 /// Redis, a coordinator and `n` gateways `n1..`, with every gateway in

@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -467,4 +468,29 @@ pub async fn ws_open(addr: &str) -> (Ws, serde_json::Value) {
     let json: serde_json::Value =
         serde_json::from_str(open.strip_prefix('0').expect("open type")).expect("open json");
     (ws, json)
+}
+
+/// CONNECTs `/` on a fresh WebSocket session with this payload; returns
+/// the session and the CONNECT answer's JSON.
+pub async fn connect_ws(addr: &str, auth: &str) -> (Ws, Value) {
+    let (mut ws, _) = ws_open(addr).await;
+    ws_send(&mut ws, &format!("40{auth}")).await;
+    let answer = loop {
+        let text = ws_text(&mut ws).await.expect("CONNECT answer");
+        if let Some(json) = text.strip_prefix("40") {
+            break serde_json::from_str::<Value>(json).expect("answer JSON");
+        }
+        assert!(!text.starts_with("44"), "CONNECT refused: {text}");
+    };
+    (ws, answer)
+}
+
+/// The next `42` event of a session, as JSON (pings answered).
+pub async fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        let text = ws_text(ws).await.expect("an event");
+        if let Some(json) = text.strip_prefix("42") {
+            return serde_json::from_str(json).expect("event JSON");
+        }
+    }
 }

@@ -92,39 +92,138 @@ The Redis URL without credentials: the embedded instance's, else redis.url.
 {{- printf "redis://%s:6379/0" (include "ringway.redis.name" .) }}
 {{- else }}
 {{- if not .Values.redis.url }}
-{{- fail "redis.url is required (redis://HOST:PORT/DB), or set redis.embedded.enabled=true to try Ringway out" }}
+{{- fail "redis.url is required (redis://HOST:PORT/DB, rediss:// for TLS), or set redis.embedded.enabled=true to try Ringway out" }}
 {{- end }}
 {{- .Values.redis.url }}
 {{- end }}
 {{- end }}
 
 {{/*
-The Redis URL the binaries get: with a password, "redis://USER:$(REDIS_PASSWORD)@..."
-which Kubernetes expands from the REDIS_PASSWORD variable (defined before it).
+The Redis URLs the binaries get, comma-separated: redis.url then
+redis.extraUrls (the other seed nodes of a Redis Cluster, the other
+Sentinels), each with redis.auth.username as its user. The password is
+never in a URL: it is a mounted file (--redis-password-file).
 */}}
 {{- define "ringway.redis.url" -}}
-{{- $url := include "ringway.redis.baseUrl" . }}
-{{- if .Values.redis.auth.existingSecret }}
-{{- if contains "@" $url }}
-{{- fail "redis.url must not carry credentials when redis.auth.existingSecret is set" }}
+{{- $urls := list (include "ringway.redis.baseUrl" .) }}
+{{- if not .Values.redis.embedded.enabled }}
+{{- $urls = concat $urls .Values.redis.extraUrls }}
 {{- end }}
-{{- printf "redis://%s:$(REDIS_PASSWORD)@%s" .Values.redis.auth.username (trimPrefix "redis://" $url) }}
+{{- $out := list }}
+{{- range $urls }}
+{{- if and $.Values.redis.auth.existingSecret (contains "@" .) }}
+{{- fail "redis.url and redis.extraUrls must not carry credentials when redis.auth.existingSecret is set" }}
+{{- end }}
+{{- if $.Values.redis.auth.username }}
+{{- $parts := splitn "://" 2 . }}
+{{- $out = append $out (printf "%s://%s@%s" $parts._0 $.Values.redis.auth.username $parts._1) }}
 {{- else }}
-{{- $url }}
+{{- $out = append $out . }}
+{{- end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+
+{{/* Checks the Redis settings against each other. */}}
+{{- define "ringway.redis.check" -}}
+{{- $r := .Values.redis }}
+{{- if $r.embedded.enabled }}
+{{- if ne $r.mode "standalone" }}
+{{- fail "redis.embedded.enabled runs one standalone Redis: redis.mode must be standalone" }}
+{{- end }}
+{{- if $r.tls.existingSecret }}
+{{- fail "redis.tls is for an external Redis (the embedded one has no TLS)" }}
+{{- end }}
+{{- end }}
+{{- if and (eq $r.mode "standalone") $r.extraUrls }}
+{{- fail "redis.extraUrls are for redis.mode cluster (seed nodes) or sentinel (Sentinels)" }}
+{{- end }}
+{{- if and (eq $r.mode "sentinel") (not $r.sentinelMaster) }}
+{{- fail "redis.mode sentinel needs redis.sentinelMaster (the primary's name the Sentinels monitor)" }}
+{{- end }}
+{{- if and (ne $r.mode "sentinel") $r.sentinelMaster }}
+{{- fail "redis.sentinelMaster is for redis.mode sentinel" }}
+{{- end }}
+{{- if and $r.tls.existingSecret (not (hasPrefix "rediss://" (include "ringway.redis.baseUrl" .))) }}
+{{- fail "redis.tls needs rediss:// URLs" }}
+{{- end }}
+{{- if ne (empty $r.tls.certKey) (empty $r.tls.keyKey) }}
+{{- fail "redis.tls.certKey and redis.tls.keyKey go together" }}
 {{- end }}
 {{- end }}
 
-{{/* Environment entries giving the binaries Redis (REDIS_PASSWORD first). */}}
+{{/* Where the Redis password and TLS files are mounted. */}}
+{{- define "ringway.redis.authDir" -}}/etc/ringway/redis-auth{{- end }}
+{{- define "ringway.redis.tlsDir" -}}/etc/ringway/redis-tls{{- end }}
+
+{{/* Environment entries giving the binaries Redis. */}}
 {{- define "ringway.redis.env" -}}
-{{- if .Values.redis.auth.existingSecret }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.auth.existingSecret }}
-      key: {{ .Values.redis.auth.passwordKey }}
-{{- end }}
+{{- include "ringway.redis.check" . }}
 - name: RINGWAY_REDIS_URL
   value: {{ include "ringway.redis.url" . | quote }}
+- name: RINGWAY_REDIS_MODE
+  value: {{ .Values.redis.mode | quote }}
+{{- with .Values.redis.sentinelMaster }}
+- name: RINGWAY_REDIS_SENTINEL_MASTER
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.redis.auth.existingSecret }}
+- name: RINGWAY_REDIS_PASSWORD_FILE
+  value: {{ printf "%s/%s" (include "ringway.redis.authDir" .) .Values.redis.auth.passwordKey | quote }}
+{{- end }}
+{{- with .Values.redis.tls }}
+{{- if .existingSecret }}
+{{- if .caKey }}
+- name: RINGWAY_REDIS_CA_FILE
+  value: {{ printf "%s/%s" (include "ringway.redis.tlsDir" $) .caKey | quote }}
+{{- end }}
+{{- if .certKey }}
+- name: RINGWAY_REDIS_CLIENT_CERT
+  value: {{ printf "%s/%s" (include "ringway.redis.tlsDir" $) .certKey | quote }}
+- name: RINGWAY_REDIS_CLIENT_KEY
+  value: {{ printf "%s/%s" (include "ringway.redis.tlsDir" $) .keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The mounts of the Redis password and TLS files (none without them). */}}
+{{- define "ringway.redis.volumeMounts" -}}
+{{- if .Values.redis.auth.existingSecret }}
+- name: redis-auth
+  mountPath: {{ include "ringway.redis.authDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: {{ include "ringway.redis.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "ringway.redis.volumes" -}}
+{{- if .Values.redis.auth.existingSecret }}
+- name: redis-auth
+  secret:
+    secretName: {{ .Values.redis.auth.existingSecret }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+    items:
+      - key: {{ .Values.redis.auth.passwordKey }}
+        path: {{ .Values.redis.auth.passwordKey }}
+{{- end }}
+{{- with .Values.redis.tls }}
+{{- if .existingSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+    items:
+      {{- range (compact (list .caKey .certKey .keyKey)) }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The downward API: the pod's name, IP and namespace. */}}

@@ -51,8 +51,8 @@ impl Registry for MemoryRegistry {
         ready(Ok(()))
     }
 
-    fn refresh(&self, _sids: Vec<Sid>) -> BoxFuture<'_, Result<(), StoreError>> {
-        ready(Ok(()))
+    fn refresh(&self, _entries: Vec<(Sid, Entry)>) -> BoxFuture<'_, Result<usize, StoreError>> {
+        ready(Ok(0))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

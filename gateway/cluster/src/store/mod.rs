@@ -6,6 +6,7 @@ mod memory;
 pub mod recovery;
 mod redis;
 
+use ringway_redis::{ConnectOptions, RedisConfig, RedisConn};
 use thiserror::Error;
 
 use ringway_engineio::{BoxFuture, Sid};
@@ -38,24 +39,17 @@ impl Entry {
 /// Bound of every Redis call: a lost Redis fails calls, never hangs them.
 pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
-/// A connection manager to `client` whose replies may take `response`
-/// (connecting is bounded by three call timeouts).
+/// A connection to the Redis `config` names (any mode) whose replies may
+/// take `response` (connecting is bounded by three call timeouts).
 pub(crate) async fn connect_redis(
-    client: &::redis::Client,
+    config: &RedisConfig,
     response: std::time::Duration,
-) -> Result<::redis::aio::ConnectionManager, StoreError> {
-    let config = ::redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CALL_TIMEOUT))
-        .set_response_timeout(Some(response))
-        .set_number_of_retries(1)
-        .set_max_delay(std::time::Duration::from_millis(500));
-    tokio::time::timeout(
-        CALL_TIMEOUT * 3,
-        ::redis::aio::ConnectionManager::new_with_config(client.clone(), config),
-    )
-    .await
-    .map_err(|_| StoreError::Timeout)?
-    .map_err(StoreError::from)
+) -> Result<RedisConn, StoreError> {
+    let options = ConnectOptions::new(CALL_TIMEOUT, response);
+    tokio::time::timeout(CALL_TIMEOUT * 3, RedisConn::connect(config, options))
+        .await
+        .map_err(|_| StoreError::Timeout)?
+        .map_err(StoreError::from)
 }
 
 /// A Redis call bounded by [`CALL_TIMEOUT`], in a span, timed in the
@@ -106,8 +100,11 @@ pub trait Registry: Send + Sync + 'static {
     /// that moved on is left alone).
     fn remove(&self, sid: Sid, entry: Entry) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Extends the life of these entries (live sessions of this node).
-    fn refresh(&self, sids: Vec<Sid>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Extends the life of these entries (live sessions of this node);
+    /// an entry the store lost (a Redis restarted empty, a write lost in a
+    /// failover) is written again, as [`Registry::put`] writes it (never
+    /// over a later epoch). Returns how many were written again.
+    fn refresh(&self, entries: Vec<(Sid, Entry)>) -> BoxFuture<'_, Result<usize, StoreError>>;
 
     /// Whether the backing store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
+use ringway_redis::{RedisConfig, RedisConn};
 
 use super::{bounded, connect_redis, Entry, Registry, StoreError, CALL_TIMEOUT};
 use ringway_engineio::{BoxFuture, Sid};
@@ -34,7 +34,7 @@ return 0
 ";
 
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     ttl: Duration,
     put: Script,
@@ -43,9 +43,12 @@ pub struct RedisRegistry {
 
 impl RedisRegistry {
     /// Connects (failing fast if Redis does not answer).
-    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let conn = connect_redis(&client, CALL_TIMEOUT).await?;
+    pub async fn connect(
+        redis: &RedisConfig,
+        prefix: &str,
+        ttl: Duration,
+    ) -> Result<Self, StoreError> {
+        let conn = connect_redis(redis, CALL_TIMEOUT).await?;
         let registry = RedisRegistry {
             conn,
             prefix: prefix.to_owned(),
@@ -102,18 +105,32 @@ impl Registry for RedisRegistry {
         })
     }
 
-    fn refresh(&self, sids: Vec<Sid>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut conn = self.conn.clone();
+    fn refresh(&self, entries: Vec<(Sid, Entry)>) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let conn = self.conn.clone();
         Box::pin(async move {
             let ttl = self.ttl.as_millis() as u64;
-            for chunk in sids.chunks(REFRESH_BATCH) {
-                let mut pipe = redis::pipe();
-                for sid in chunk {
-                    pipe.cmd("PEXPIRE").arg(self.key(*sid)).arg(ttl).ignore();
+            let mut rewritten = 0;
+            for chunk in entries.chunks(REFRESH_BATCH) {
+                let commands = chunk
+                    .iter()
+                    .map(|(sid, _)| {
+                        let key = self.key(*sid);
+                        let mut cmd = redis::cmd("PEXPIRE");
+                        cmd.arg(&key).arg(ttl);
+                        (key, cmd)
+                    })
+                    .collect();
+                let replies = bounded("refresh", conn.query_keyed(commands)).await?;
+                // PEXPIRE answers 0 for a key that is not there.
+                for ((sid, entry), reply) in chunk.iter().zip(replies) {
+                    if matches!(reply, redis::Value::Int(0))
+                        && self.put(*sid, entry.clone()).await?
+                    {
+                        rewritten += 1;
+                    }
                 }
-                let () = bounded("refresh", pipe.query_async(&mut conn)).await?;
             }
-            Ok(())
+            Ok(rewritten)
         })
     }
 

@@ -1,23 +1,24 @@
 //! The recovery store in Redis.
 //!
-//! - `{prefix}:log`: a stream, one entry per recoverable emit (field `d`,
+//! - `<prefix>:{log}` (the braces a Redis Cluster hash tag: the log's keys
+//!   share one slot): a stream, one entry per recoverable emit (field `d`,
 //!   the encoded entry), ids assigned by Redis: they are the offsets.
 //!   Appended with `XADD ... MAXLEN ~ N` (pipelined, one round trip per
 //!   batch), trimmed by time with `XTRIM MINID ~`. Every node tails it
 //!   with `XREAD BLOCK` on a connection of its own.
-//! - `{prefix}:log:gen` and `{prefix}:log:since`: a random generation of
+//! - `<prefix>:{log}:gen` and `<prefix>:{log}:since`: a random generation of
 //!   the log and the offset after which it is complete. A Redis that lost
 //!   its data (a restart without persistence) has neither; the first node
 //!   to notice writes a new generation with `since` = Redis' clock now, so
 //!   offsets from before the loss are no longer covered (those clients get
 //!   a fresh session instead of an incomplete replay).
-//! - `{prefix}:rec:{pid}`: a hash (`g` generation, `s` state) with a TTL.
+//! - `<prefix>:rec:{pid}`: a hash (`g` generation, `s` state) with a TTL.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
+use ringway_redis::{RedisConfig, RedisConn};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -49,6 +50,39 @@ if not gen then
 end
 return {gen, redis.call('GET', KEYS[2]) or '0-0'}
 ";
+
+/// Whether the log lost entries this node had read: its last id (what
+/// Redis will append after) is below ARGV[1], the last id this node read
+/// (a failover to a replica that had not received them, or a restart).
+/// Then a new generation starts (ARGV[2]), complete only from Redis' clock
+/// now: offsets from before are not honoured (their clients get fresh
+/// sockets), never answered with entries that took the lost ids.
+/// Returns {1, since, last id} when it started one, else {0}.
+const LOST_CHECK: &str = r"
+local function id(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms or 0), tonumber(seq or 0)
+end
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+local lms, lseq = id(last)
+local rms, rseq = id(ARGV[1])
+if lms > rms or (lms == rms and lseq >= rseq) then return {0} end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = string.format('%d-18446744073709551615', ms - 1)
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], since)
+return {1, since, last}
+";
+
+/// How often the tail checks that the log did not lose what it read.
+const LOST_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// {since, max deleted id or false, last id or false, first id or false,
 /// entries after ARGV[1] up to ARGV[2], at most ARGV[3]}.
@@ -99,8 +133,9 @@ return 0
 ";
 
 pub struct RedisRecoveryStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the tail's own connection goes.
+    redis: RedisConfig,
+    conn: RedisConn,
     log_key: String,
     gen_key: String,
     since_key: String,
@@ -117,7 +152,7 @@ pub struct RedisRecoveryStore {
 
 /// The log's generation and `since`, written if missing.
 async fn ensure_generation(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     script: &Script,
     gen_key: &str,
     since_key: &str,
@@ -192,19 +227,20 @@ impl RedisRecoveryStore {
     /// the log (approximately, as `MAXLEN ~` does); `max_bytes` bounds the
     /// memory it takes in Redis, checked at each trim.
     pub async fn connect(
-        url: &str,
+        redis: &RedisConfig,
         prefix: &str,
         max_len: usize,
         max_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let conn = connect_redis(&client, CALL_TIMEOUT).await?;
+        let conn = connect_redis(redis, CALL_TIMEOUT).await?;
+        // The log's keys share one hash slot (its scripts read several).
+        let log = format!("{prefix}:{{log}}");
         Ok(RedisRecoveryStore {
-            client,
+            redis: redis.clone(),
             conn,
-            log_key: format!("{prefix}:log"),
-            gen_key: format!("{prefix}:log:gen"),
-            since_key: format!("{prefix}:log:since"),
+            gen_key: format!("{log}:gen"),
+            since_key: format!("{log}:since"),
+            log_key: log,
             state_prefix: format!("{prefix}:rec:"),
             max_len: max_len.max(1),
             max_bytes: max_bytes.max(1),
@@ -222,7 +258,7 @@ impl RedisRecoveryStore {
     }
 
     /// The last id the log gave (`0-0` for a log never written).
-    async fn last_id(&self, conn: &mut ConnectionManager) -> Result<Offset, StoreError> {
+    async fn last_id(&self, conn: &mut RedisConn) -> Result<Offset, StoreError> {
         let reply: Value = bounded(
             "log_last",
             redis::cmd("XREVRANGE")
@@ -272,16 +308,40 @@ impl RecoveryStore for RedisRecoveryStore {
             // The blocking reads get a connection of their own, with room
             // for the block in its response timeout.
             let block = Duration::from_millis(TAIL_BLOCK_MS);
-            let mut reader = connect_redis(&self.client, block + CALL_TIMEOUT * 2).await?;
+            let mut reader = connect_redis(&self.redis, block + CALL_TIMEOUT * 2).await?;
             let (tx, batches) = mpsc::channel(TAIL_BATCHES);
             let key = self.log_key.clone();
             let gen_key = self.gen_key.clone();
             let since_key = self.since_key.clone();
             let script = self.ensure_gen.clone();
+            let lost_check = Script::new(LOST_CHECK);
             tokio::spawn(async move {
                 let mut last = start;
                 let mut failing = false;
+                let mut checked = tokio::time::Instant::now();
                 loop {
+                    if checked.elapsed() >= LOST_CHECK_EVERY && !failing {
+                        checked = tokio::time::Instant::now();
+                        let fresh = format!("{:016x}", rand::random::<u64>());
+                        let mut call = lost_check.key(&key);
+                        call.key(&gen_key)
+                            .key(&since_key)
+                            .arg(last.to_string())
+                            .arg(&fresh);
+                        let lost: redis::RedisResult<Vec<String>> =
+                            call.invoke_async(&mut conn).await;
+                        if let Ok(lost) = lost {
+                            if lost.first().map(String::as_str) == Some("1") {
+                                let now_last = lost
+                                    .get(2)
+                                    .and_then(|l| Offset::parse(l))
+                                    .unwrap_or(Offset::ZERO);
+                                warn!(read = %last, log_last = %now_last, "recovery log: entries this node read were lost by Redis (a failover to a replica that lacked them, or a restart): a new log generation starts; clients with older offsets get fresh sockets");
+                                gen = fresh;
+                                last = now_last;
+                            }
+                        }
+                    }
                     let mut pipe = redis::pipe();
                     pipe.cmd("GET").arg(&gen_key);
                     pipe.cmd("XREAD")
@@ -509,21 +569,27 @@ impl RecoveryStore for RedisRecoveryStore {
         pids: Vec<String>,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<Vec<String>, RecoveryError>> {
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         Box::pin(async move {
             let ttl = ttl.as_millis() as u64;
             let mut missing = Vec::new();
             for chunk in pids.chunks(STATE_BATCH) {
-                let mut pipe = redis::pipe();
-                for pid in chunk {
-                    pipe.cmd("PEXPIRE").arg(self.state_key(pid)).arg(ttl);
-                }
-                let found: Vec<i64> = bounded("state_refresh", pipe.query_async(&mut conn)).await?;
+                let commands = chunk
+                    .iter()
+                    .map(|pid| {
+                        let key = self.state_key(pid);
+                        let mut cmd = redis::cmd("PEXPIRE");
+                        cmd.arg(&key).arg(ttl);
+                        (key, cmd)
+                    })
+                    .collect();
+                let found = bounded("state_refresh", conn.query_keyed(commands)).await?;
+                // PEXPIRE answers 0 for a key that is not there.
                 missing.extend(
                     chunk
                         .iter()
                         .zip(found)
-                        .filter(|(_, n)| *n == 0)
+                        .filter(|(_, n)| matches!(n, Value::Int(0)))
                         .map(|(pid, _)| pid.clone()),
                 );
             }
