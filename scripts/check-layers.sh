@@ -13,6 +13,7 @@ rules=(
   "ringway-socketio-codec: ringway-proto ringway-engineio ringway-gateway tonic prost redis tokio"
   "ringway-socketio: ringway-proto ringway-gateway ringway-ring tonic prost redis opentelemetry_sdk"
   "ringway-cluster: ringway-gateway jsonwebtoken clap opentelemetry-otlp opentelemetry-prometheus"
+  "ringway-redis: ringway-proto ringway-engineio ringway-socketio ringway-cluster ringway-gateway ringway-telemetry tonic prost"
   "ringway-testkit: ringway-proto ringway-engineio ringway-gateway tonic redis"
 )
 

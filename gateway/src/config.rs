@@ -459,6 +459,13 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_RECOVERY_MAX_LOG_BYTES", default_value_t = 256 << 20)]
     pub recovery_max_log_bytes: u64,
 
+    /// Replicas every append to the recovery log waits for (Redis `WAIT`,
+    /// at most 200 ms), so that an emit the Push API reports `durable`
+    /// survives a failover of the primary (0: none; give the number of
+    /// replicas of the primary, e.g. 1 behind Sentinel).
+    #[arg(long, env = "RINGWAY_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// Parse and check the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,

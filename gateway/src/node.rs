@@ -146,6 +146,7 @@ impl<A: Application> Node<A> {
                             &config.key_prefix,
                             config.recovery_max_log,
                             config.recovery_max_log_bytes,
+                            config.redis_wait_replicas,
                         )
                         .await
                         .map_err(|e| redis_unreachable(redis, e))?,

@@ -8,12 +8,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{push_client, Cluster, ClusterOn};
+use common::cluster::{push_client, redis_flags, Cluster, ClusterOn};
 use common::{connect_ws, get, next_event, ws_open, ws_send, ws_text, Polling, Ws};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use ringway_proto::v1::{target, EmitRequest, Target};
 use ringway_testkit::eventually;
-use ringway_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
+use ringway_testkit::redis::{cli, RedisCluster, RedisSentinel, RedisServer};
 
 const TOKEN: &str = "redis-modes-token";
 
@@ -287,4 +287,66 @@ async fn entries_redis_lost_after_a_node_read_them_start_a_new_log_generation() 
     let auth = serde_json::json!({"pid": first["pid"], "offset": offset}).to_string();
     let (_ws, answer) = connect_ws(c.addr(0), &auth).await;
     assert_ne!(answer["sid"], first["sid"], "recovered across lost entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_emit_waited_for_the_replica_and_one_it_did_not_says_so() {
+    let primary = RedisServer::start();
+    let primary_port = primary.port.to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]);
+    eventually(Duration::from_secs(10), "the replica to sync", || async {
+        cli(replica.port, &["INFO", "replication"])
+            .is_some_and(|info| info.contains("master_link_status:up"))
+    })
+    .await;
+    let c = ClusterOn::start(
+        2,
+        &redis_flags(&primary.url()),
+        &[
+            "--api-token",
+            TOKEN,
+            "--recovery-window",
+            "120000",
+            "--redis-wait-replicas",
+            "1",
+        ],
+    )
+    .await;
+    let (mut ws, _) = connect(c.addr(1)).await;
+    let mut push = push_client(c.nodes[0].api.as_deref().expect("api"), Some(TOKEN)).await;
+    let everyone = || {
+        Some(Target {
+            to: Some(target::To::Namespace(true)),
+            ..Target::default()
+        })
+    };
+    let emit = |event: &str| EmitRequest {
+        target: everyone(),
+        event: event.into(),
+        args_json: "[]".into(),
+        ..EmitRequest::default()
+    };
+    // The replica has it: durable.
+    let reply = push
+        .emit(emit("replicated"))
+        .await
+        .expect("push")
+        .into_inner();
+    assert!(reply.durable, "{reply:?}");
+    expect(&mut ws, "42[\"replicated\"").await;
+    // Without the replica the append is not confirmed in time: delivered
+    // all the same, and the caller is told it is not durable.
+    replica.stop();
+    eventually(
+        Duration::from_secs(10),
+        "the primary to lose its replica",
+        || async {
+            cli(primary.port, &["INFO", "replication"])
+                .is_some_and(|info| info.contains("connected_slaves:0"))
+        },
+    )
+    .await;
+    let reply = push.emit(emit("alone")).await.expect("push").into_inner();
+    assert!(!reply.durable, "{reply:?}");
+    expect(&mut ws, "42[\"alone\"").await;
 }

@@ -115,6 +115,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "url": "redis://sentinel-0.data.svc:26379",
             "extraUrls": ["redis://sentinel-1.data.svc:26379", "redis://sentinel-2.data.svc:26379"],
             "sentinelMaster": "ringway",
+            "waitReplicas": 1,
             "auth": {"existingSecret": "redis-auth", "username": "ringway"},
         },
     },
@@ -785,6 +786,7 @@ def test_redis_modes_reach_both_binaries(chart):
         else:
             assert env["RINGWAY_REDIS_MODE"] == "sentinel"
             assert env["RINGWAY_REDIS_SENTINEL_MASTER"] == "ringway"
+            assert env["RINGWAY_REDIS_WAIT_REPLICAS"] == "1"
             assert env["RINGWAY_REDIS_URL"].split(",") == [
                 "redis://ringway@sentinel-0.data.svc:26379", "redis://ringway@sentinel-1.data.svc:26379",
                 "redis://ringway@sentinel-2.data.svc:26379"]

@@ -170,7 +170,9 @@ run_once() { # run_once MODE RUN
     # Owners from the registry: "<epoch> <node>" per sid.
     grep -m1 '^ready ' "$dir/fleet.out" |
       python3 -c 'import json, sys; print("\n".join(json.loads(sys.stdin.read()[6:])["sids"]))' >"$dir/sids.txt"
-    sed 's/^/GET ringway:sid:/' "$dir/sids.txt" | redis-cli -c -p "$REDIS_PORT" >"$dir/owners.txt"
+    # (-c follows a Redis Cluster's redirections, and says so on a line.)
+    sed 's/^/GET ringway:sid:/' "$dir/sids.txt" | redis-cli -c -p "$REDIS_PORT" |
+      grep -v '^-> Redirected' >"$dir/owners.txt"
     owners=$(awk '{print $2}' "$dir/owners.txt" | sort | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=" "}')
     # The busiest node other than n1 (the publisher's).
     local i best=2 most=-1 have

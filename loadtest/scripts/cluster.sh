@@ -3,7 +3,7 @@
 # coordinator, N gateways and nginx in front (plain round robin, no
 # affinity, WebSocket upgrades passed through), all on 127.0.0.1.
 #
-#   loadtest/scripts/cluster.sh up [--nodes N] [--redis-cluster M] [--debug | --bin-dir DIR] [--state-dir DIR] [-- GATEWAY_ARGS...]
+#   loadtest/scripts/cluster.sh up [--nodes N] [--redis-cluster M | --redis-replica] [--debug | --bin-dir DIR] [--state-dir DIR] [-- GATEWAY_ARGS...]
 #   loadtest/scripts/cluster.sh status [--state-dir DIR]
 #   loadtest/scripts/cluster.sh down [--state-dir DIR]
 #
@@ -13,7 +13,9 @@
 # `--redis-cluster M`: a Redis Cluster of M masters (M redis-servers with
 # `--cluster-enabled yes`, slots spread by `redis-cli --cluster create`)
 # instead of one redis-server; the coordinator and the gateways get
-# `--redis-mode cluster` and every node as a seed. Arguments after `--`
+# `--redis-mode cluster` and every node as a seed. `--redis-replica`: one
+# replica of the (standalone) redis-server, for measuring what waiting for
+# it costs (`-- --redis-wait-replicas 1`). Arguments after `--`
 # go to every gateway (e.g. `-- --ping-interval 5000`). Connection state
 # recovery is on (`--recovery-window 120000`, the cluster quick start's
 # choice; the binary's default is off) unless the arguments set
@@ -42,6 +44,7 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 nodes=3
 redis_cluster=0
+redis_replica=0
 bindir="$root/target/release"
 build=1
 state_dir="${RINGWAY_CLUSTER_DIR:-$root/target/cluster}"
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=$2; shift 2 ;;
     --redis-cluster) redis_cluster=$2; shift 2 ;;
+    --redis-replica) redis_replica=1; shift ;;
     --debug) bindir="$root/target/debug"; build=0; shift ;;
     --bin-dir) bindir=$2; build=0; shift 2 ;;
     --state-dir) state_dir=$2; shift 2 ;;
@@ -172,10 +176,14 @@ do_up() {
   for k in $(seq "$((redis_cluster > 0 ? redis_cluster : 1))"); do
     local port cluster_args=()
     port=$(free_port)
+    # The cluster bus on a free port of its own (by default it is the port
+    # + 10000, out of range for a high free port).
     [ "$redis_cluster" -gt 0 ] && cluster_args=(--cluster-enabled yes
-      --cluster-config-file "$state_dir/redis-nodes-$k.conf" --cluster-node-timeout 2000)
+      --cluster-config-file "$state_dir/redis-nodes-$k.conf" --cluster-node-timeout 2000
+      --cluster-port "$(free_port)")
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-      --protected-mode no "${cluster_args[@]}" >"$state_dir/redis-$k.log" 2>&1 &
+      --protected-mode no --dir "$state_dir" --dbfilename "redis-$k.rdb" \
+      "${cluster_args[@]}" >"$state_dir/redis-$k.log" 2>&1 &
     redis_pids="$redis_pids${redis_pids:+ }$!"
     [ -z "$redis_port" ] && echo "REDIS_PID=$!" >>"$tmp"
     redis_port=${redis_port:-$port}
@@ -187,15 +195,35 @@ do_up() {
     done
     [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]
   done
+  if [ "$redis_replica" = 1 ]; then
+    local replica_port
+    replica_port=$(free_port)
+    # (A replica's full sync writes a file: in the state directory.)
+    redis-server --port "$replica_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --protected-mode no --dir "$state_dir" --dbfilename redis-replica.rdb \
+      --replicaof 127.0.0.1 "$redis_port" >"$state_dir/redis-replica.log" 2>&1 &
+    redis_pids="$redis_pids $!"
+    for _ in $(seq 200); do
+      redis-cli -p "$replica_port" INFO replication 2>/dev/null | grep -q master_link_status:up && break
+      sleep 0.05
+    done
+    redis-cli -p "$replica_port" INFO replication | grep -q master_link_status:up
+  fi
   echo "REDIS_PIDS=\"$redis_pids\"" >>"$tmp"
   if [ "$redis_cluster" -gt 0 ]; then
     redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes \
       >"$state_dir/redis-cluster-create.log" 2>&1
+    # Every node agrees the cluster is ok (the first one may say so first).
+    local seed ok=0
     for _ in $(seq 200); do
-      redis-cli -p "$redis_port" CLUSTER INFO 2>/dev/null | grep -q cluster_state:ok && break
+      ok=1
+      for seed in "${seeds[@]}"; do
+        redis-cli -p "${seed##*:}" CLUSTER INFO 2>/dev/null | grep -q cluster_state:ok || ok=0
+      done
+      [ "$ok" = 1 ] && break
       sleep 0.05
     done
-    redis-cli -p "$redis_port" CLUSTER INFO | grep -q cluster_state:ok
+    [ "$ok" = 1 ]
     redis_flags=(--redis-mode cluster "${redis_flags[@]}")
   fi
   echo "REDIS_PORT=$redis_port" >>"$tmp"

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::store::{
-    now_ms, Offset, Range, Record, RecoveryStore, StateWrite, StoreError, StoredState, Tail,
-    TAIL_BATCHES,
+    now_ms, Appended, Offset, Range, Record, RecoveryStore, StateWrite, StoreError, StoredState,
+    Tail, TAIL_BATCHES,
 };
 use ringway_engineio::BoxFuture;
 
@@ -111,7 +111,7 @@ impl Log {
 }
 
 impl RecoveryStore for MemoryRecoveryStore {
-    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<Appended, StoreError>> {
         {
             let mut log = self.log();
             for data in entries {
@@ -126,7 +126,7 @@ impl RecoveryStore for MemoryRecoveryStore {
             }
         }
         self.appended.notify_one();
-        ready(Ok(()))
+        ready(Ok(Appended::Durable))
     }
 
     fn tail(&self) -> BoxFuture<'_, Result<Tail, StoreError>> {

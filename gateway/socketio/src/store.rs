@@ -134,10 +134,22 @@ pub struct Tail {
     pub batches: mpsc::Receiver<Vec<Record>>,
 }
 
+/// How far an append got (it is in the log either way: every node's tail
+/// will see it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// As durable as the store was asked to make it (on the replicas it
+    /// was to wait for, if any).
+    Durable,
+    /// The replicas it was to wait for did not confirm in time: a
+    /// failover of the primary may lose it.
+    Unreplicated,
+}
+
 pub trait RecoveryStore: Send + Sync + 'static {
-    /// Appends entries, in order; resolves once they are durable (every
-    /// node's tail will see them).
-    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Appends entries, in order; resolves once they are in the log (and,
+    /// for [`Appended::Durable`], on the replicas the store waits for).
+    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<Appended, StoreError>>;
 
     /// Opens the tail. Called once per node, at start.
     fn tail(&self) -> BoxFuture<'_, Result<Tail, StoreError>>;

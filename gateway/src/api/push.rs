@@ -647,9 +647,11 @@ impl<A: Application> PushService<A> {
         };
         if let Some(target::To::Sid(sid)) = target.to.as_ref() {
             let reply = self.on_session(sid, request).await?;
+            // With recovery on, the owner logs it without confirming.
             return Ok(EmitReply {
                 sockets: reply.sockets,
                 nodes: 1,
+                durable: false,
             });
         }
         let replies = self
@@ -658,6 +660,7 @@ impl<A: Application> PushService<A> {
         let reply = EmitReply {
             sockets: replies.iter().map(|r| r.sockets).sum(),
             nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+            durable: false,
         };
         debug!(sockets = reply.sockets, nodes = reply.nodes, "pushed");
         Ok(reply)
@@ -705,13 +708,15 @@ impl<A: Application> PushService<A> {
         let service = self.clone();
         Ok(Box::pin(async move {
             let (replies, durable) = tokio::join!(service.fan_out(nodes, count), durable);
-            if !durable.unwrap_or(false) {
-                debug!("push delivered without the recovery log (store unavailable)");
+            let durable = durable.unwrap_or(false);
+            if !durable {
+                debug!("push not durable: delivered without the recovery log, or its replicas did not confirm");
             }
             let replies = replies?;
             Ok(EmitReply {
                 sockets: replies.iter().map(|r| r.sockets).sum(),
                 nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+                durable,
             })
         }))
     }

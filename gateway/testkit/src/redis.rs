@@ -118,9 +118,16 @@ impl RedisServer {
         if self.tls_cli.is_none() {
             command.args(["--port", &self.port.to_string()]);
         }
+        // A replica's full sync still writes a file: in the temp dir, never
+        // in the test's working directory.
+        let dir = std::env::temp_dir();
+        let file = format!("ringway-test-{}.rdb", self.port);
         let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--dbfilename", &file])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -251,6 +258,9 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|i| {
                 let conf = dir.file(&format!("nodes-{i}.conf"));
+                // The cluster bus on a free port of its own (by default the
+                // port + 10000, out of range for a high free port).
+                let bus = free_port().to_string();
                 RedisServer::start_with(&[
                     "--cluster-enabled",
                     "yes",
@@ -258,6 +268,8 @@ impl RedisCluster {
                     &conf,
                     "--cluster-node-timeout",
                     "2000",
+                    "--cluster-port",
+                    &bus,
                 ])
             })
             .collect();

@@ -167,6 +167,13 @@ never in a URL: it is a mounted file (--redis-password-file).
 - name: RINGWAY_REDIS_SENTINEL_MASTER
   value: {{ . | quote }}
 {{- end }}
+{{- if .Values.redis.waitReplicas }}
+{{- if .Values.redis.embedded.enabled }}
+{{- fail "redis.waitReplicas needs replicas: the embedded Redis has none" }}
+{{- end }}
+- name: RINGWAY_REDIS_WAIT_REPLICAS
+  value: {{ .Values.redis.waitReplicas | quote }}
+{{- end }}
 {{- if .Values.redis.auth.existingSecret }}
 - name: RINGWAY_REDIS_PASSWORD_FILE
   value: {{ printf "%s/%s" (include "ringway.redis.authDir" .) .Values.redis.auth.passwordKey | quote }}

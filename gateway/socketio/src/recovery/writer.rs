@@ -12,6 +12,7 @@ use tracing::warn;
 use super::deliverer::{fail, Command};
 use super::{Recovery, APPEND_BATCH};
 use crate::log::{Control, LogEntry};
+use crate::store::Appended;
 
 pub(super) struct Append {
     pub(super) entry: Bytes,
@@ -25,8 +26,9 @@ impl Recovery {
         self.submit(entry, None);
     }
 
-    /// Appends and tells when the entry is in the log (`true`) or was
-    /// delivered unlogged (`false`).
+    /// Appends and tells when the entry is in the log as durably as the
+    /// store makes it (`true`), or was delivered unlogged or is in the log
+    /// without the replicas' confirmation (`false`).
     pub fn append_confirmed(&self, entry: LogEntry) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         self.submit(entry, Some(tx));
@@ -107,8 +109,9 @@ impl Recovery {
                 .log_append_duration
                 .record(ringway_telemetry::seconds(started), &[]);
             let ok = result.is_ok();
+            let durable = matches!(result, Ok(Appended::Durable));
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     if failing {
                         tracing::info!("recovery log: appending again");
                         failing = false;
@@ -128,13 +131,18 @@ impl Recovery {
                     }
                 }
             }
-            crate::metrics::metrics().log_appends.add(
-                n,
-                &ringway_telemetry::attr("outcome", if ok { "ok" } else { "unlogged" }),
-            );
+            let outcome = match (ok, durable) {
+                (true, true) => "ok",
+                // In the log, not confirmed on the replicas in time.
+                (true, false) => "unreplicated",
+                (false, _) => "unlogged",
+            };
+            crate::metrics::metrics()
+                .log_appends
+                .add(n, &ringway_telemetry::attr("outcome", outcome));
             for append in batch.drain(..) {
                 if let Some(done) = append.done {
-                    let _ = done.send(ok);
+                    let _ = done.send(durable);
                 }
             }
         }

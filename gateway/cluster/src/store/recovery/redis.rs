@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    Offset, Range, Record, RecoveryStore, StateWrite, StoreError as RecoveryError, StoredState,
-    Tail, TAIL_BATCHES,
+    Appended, Offset, Range, Record, RecoveryStore, StateWrite, StoreError as RecoveryError,
+    StoredState, Tail, TAIL_BATCHES,
 };
 use crate::store::{bounded, connect_redis, StoreError, CALL_TIMEOUT};
 use ringway_engineio::BoxFuture;
@@ -35,6 +35,8 @@ const TAIL_BLOCK_MS: u64 = 1000;
 const TAIL_COUNT: usize = 512;
 /// State writes per pipeline.
 const STATE_BATCH: usize = 500;
+/// Longest an append waits for its replicas (`--redis-wait-replicas`).
+pub const WAIT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Makes sure the log has a generation; a missing one means the log is
 /// new or lost: `since` becomes the millisecond before Redis' clock now.
@@ -142,6 +144,12 @@ pub struct RedisRecoveryStore {
     state_prefix: String,
     max_len: usize,
     max_bytes: u64,
+    /// Replicas an append waits for (`WAIT`), 0: none.
+    wait_replicas: u32,
+    /// The appends' connection: its own when they wait (a `WAIT` holds
+    /// back every later command of its connection until it returns), else
+    /// the shared one.
+    append_conn: RedisConn,
     ensure_gen: Script,
     range: Script,
     put_update: Script,
@@ -225,14 +233,22 @@ fn xread_records(v: &Value) -> Vec<Record> {
 impl RedisRecoveryStore {
     /// Connects (failing fast if Redis does not answer). `max_len` bounds
     /// the log (approximately, as `MAXLEN ~` does); `max_bytes` bounds the
-    /// memory it takes in Redis, checked at each trim.
+    /// memory it takes in Redis, checked at each trim. With
+    /// `wait_replicas`, every append waits (up to [`WAIT_TIMEOUT`]) for
+    /// that many replicas to have it.
     pub async fn connect(
         redis: &RedisConfig,
         prefix: &str,
         max_len: usize,
         max_bytes: u64,
+        wait_replicas: u32,
     ) -> Result<Self, StoreError> {
         let conn = connect_redis(redis, CALL_TIMEOUT).await?;
+        let append_conn = if wait_replicas > 0 {
+            connect_redis(redis, CALL_TIMEOUT).await?
+        } else {
+            conn.clone()
+        };
         // The log's keys share one hash slot (its scripts read several).
         let log = format!("{prefix}:{{log}}");
         Ok(RedisRecoveryStore {
@@ -244,6 +260,8 @@ impl RedisRecoveryStore {
             state_prefix: format!("{prefix}:rec:"),
             max_len: max_len.max(1),
             max_bytes: max_bytes.max(1),
+            wait_replicas,
+            append_conn,
             ensure_gen: Script::new(ENSURE_GEN),
             range: Script::new(RANGE),
             put_update: Script::new(PUT_UPDATE),
@@ -275,11 +293,11 @@ impl RedisRecoveryStore {
 }
 
 impl RecoveryStore for RedisRecoveryStore {
-    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<(), RecoveryError>> {
-        let mut conn = self.conn.clone();
+    fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<Appended, RecoveryError>> {
+        let mut conn = self.append_conn.clone();
         Box::pin(async move {
             if entries.is_empty() {
-                return Ok(());
+                return Ok(Appended::Durable);
             }
             let mut pipe = redis::pipe();
             for data in &entries {
@@ -293,8 +311,22 @@ impl RecoveryStore for RedisRecoveryStore {
                     .arg(data.as_ref())
                     .ignore();
             }
-            let () = bounded("log_append", pipe.query_async(&mut conn)).await?;
-            Ok(())
+            if self.wait_replicas == 0 {
+                let () = bounded("log_append", pipe.query_async(&mut conn)).await?;
+                return Ok(Appended::Durable);
+            }
+            // In the same pipeline, so on the same connection (and, on a
+            // Redis Cluster, the same master): the batch's writes on that
+            // many replicas, or the count that confirmed in time.
+            pipe.cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(WAIT_TIMEOUT.as_millis() as u64);
+            let (acked,): (u64,) = bounded("log_append", pipe.query_async(&mut conn)).await?;
+            Ok(if acked >= u64::from(self.wait_replicas) {
+                Appended::Durable
+            } else {
+                Appended::Unreplicated
+            })
         })
     }
 
