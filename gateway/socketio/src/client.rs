@@ -84,20 +84,25 @@ impl ClientState {
         self.lock().connecting.iter().any(|n| n.as_ref() == nsp)
     }
 
-    /// Ends a CONNECT; adds the socket if one was accepted. False when the
-    /// session closed meanwhile (the caller must undo the socket).
-    pub(crate) fn end_connect(&self, nsp: &str, socket: Option<SocketRef>) -> bool {
+    /// Adds the socket of an accepted CONNECT, whose namespace stays
+    /// "connecting" (a handoff waits) until [`ClientState::end_connect`],
+    /// once its answer is queued: packets the client sends after reading
+    /// the answer find the socket, and a handoff never takes the socket
+    /// without its answer. False when the session closed meanwhile (the
+    /// caller must undo the socket).
+    pub(crate) fn join_connecting(&self, socket: SocketRef) -> bool {
         let mut inner = self.lock();
-        inner.connecting.retain(|n| n.as_ref() != nsp);
-        match socket {
-            Some(_) if inner.closed => false,
-            Some(socket) => {
-                inner.joined = true;
-                inner.sockets.push(socket);
-                true
-            }
-            None => true,
+        if inner.closed {
+            return false;
         }
+        inner.joined = true;
+        inner.sockets.push(socket);
+        true
+    }
+
+    /// Ends a CONNECT (answered, refused, or its session closed).
+    pub(crate) fn end_connect(&self, nsp: &str) {
+        self.lock().connecting.retain(|n| n.as_ref() != nsp);
     }
 
     pub(crate) fn remove_socket(&self, socket: &Socket) {

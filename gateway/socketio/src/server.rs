@@ -466,11 +466,9 @@ fn finish_connect<A: Application>(
     result: Result<Grant, Refusal>,
     recovery: Option<&Arc<Recovery>>,
 ) {
-    let state = session.data();
     let grant = match result {
         Ok(grant) => grant,
         Err(refusal) => {
-            state.end_connect(ns.name(), None);
             let frame = if v2::is_v2(session) {
                 v2::connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
             } else {
@@ -478,7 +476,7 @@ fn finish_connect<A: Application>(
                     .encode_connect_error(ns.name(), &refusal.message, refusal.data.as_ref())
             };
             let _ = session.send(frame);
-            connect_ended(session);
+            connect_ended(session, ns.name());
             failed_connect(session, ns.limits());
             return;
         }
@@ -517,13 +515,14 @@ fn finish_connect<A: Application>(
     // The namespace stays "connecting" (so the session is not handed off)
     // until its answer is queued.
     let connected = move |app: &A| {
-        if !session.data().end_connect(ns.name(), Some(socket.clone())) {
+        if !session.data().join_connecting(socket.clone()) {
             // The session closed while the CONNECT was being decided.
+            connect_ended(&session, ns.name());
             socket.detach();
             return;
         }
         let answered = socket.connected() && session.send(answer).is_ok();
-        connect_ended(&session);
+        connect_ended(&session, ns.name());
         if answered {
             app.on_connect(&socket);
         }
@@ -589,8 +588,9 @@ fn finish_recoverable<A: Application>(
         socket.set_rooms(rooms);
         ns.insert(socket.clone());
         socket.attach_rooms();
-        if !session.data().end_connect(ns.name(), Some(socket.clone())) {
+        if !session.data().join_connecting(socket.clone()) {
             // The session closed while the CONNECT was being decided.
+            connect_ended(session, ns.name());
             socket.detach();
             return;
         }
@@ -605,7 +605,7 @@ fn finish_recoverable<A: Application>(
             ns.parser().encode_connect(ns.name(), &answer)
         };
         let answered = session.send(answer).is_ok();
-        connect_ended(session);
+        connect_ended(session, ns.name());
         if !answered {
             return;
         }
@@ -727,21 +727,20 @@ async fn recover(
 }
 
 /// Ends an accepted CONNECT whose answer goes out now: the socket joins
-/// its session's sockets, then the answer is queued. False if the session
-/// closed meanwhile.
+/// its session's sockets, then the answer is queued, then the namespace
+/// stops "connecting". False if the session closed meanwhile.
 fn answer_connect(socket: &SocketRef, answer: Frame) -> bool {
     let session = socket.session();
-    let answered = session
-        .data()
-        .end_connect(socket.namespace().name(), Some(socket.clone()))
-        && session.send(answer).is_ok();
-    connect_ended(session);
+    let answered = session.data().join_connecting(socket.clone()) && session.send(answer).is_ok();
+    connect_ended(session, socket.namespace().name());
     answered
 }
 
 /// A CONNECT of this session ended (answered, refused, or its session
-/// closed): a handoff waiting for it looks again.
-fn connect_ended(session: &SessionRef<ClientState>) {
+/// closed): the namespace stops "connecting", and a handoff waiting for
+/// it looks again.
+fn connect_ended(session: &SessionRef<ClientState>, nsp: &str) {
+    session.data().end_connect(nsp);
     session.upper_changed();
 }
 
