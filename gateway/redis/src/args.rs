@@ -1,12 +1,16 @@
-//! The Redis flags of the gateway and the coordinator, and what they
-//! resolve to.
+//! The Redis flags of the gateway and the coordinator (feature `args`:
+//! the binaries; the stores take only what they resolve to), and what
+//! they resolve to.
 
+#[cfg(feature = "args")]
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "args")]
 use redis::IntoConnectionInfo;
 
 /// How Ringway reaches Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "args", derive(clap::ValueEnum))]
 pub enum RedisMode {
     /// One Redis server (`--redis-url` once).
     #[default]
@@ -31,6 +35,7 @@ impl RedisMode {
 }
 
 /// The Redis flags (flattened into each binary's own).
+#[cfg(feature = "args")]
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL (`redis://host:port/db`; `rediss://` for TLS). Repeat it
@@ -144,6 +149,7 @@ impl RedisConfig {
     }
 }
 
+#[cfg(feature = "args")]
 impl RedisArgs {
     /// Whether a Redis is configured at all.
     pub fn is_set(&self) -> bool {
@@ -245,6 +251,7 @@ impl RedisArgs {
     }
 }
 
+#[cfg(feature = "args")]
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, RedisConfigError> {
     std::fs::read(path).map_err(|e| RedisConfigError::File {
         flag,
@@ -272,7 +279,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "args"))]
 mod tests {
     use clap::Parser;
 

@@ -14,5 +14,7 @@
 mod args;
 mod conn;
 
-pub use args::{redact_url, RedisArgs, RedisConfig, RedisConfigError, RedisMode};
+#[cfg(feature = "args")]
+pub use args::RedisArgs;
+pub use args::{redact_url, RedisConfig, RedisConfigError, RedisMode};
 pub use conn::{ConnectOptions, RedisConn};
