@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_node, wait_routes, Cluster, RegistryExt, LEASE_TTL_MS};
-use common::{get, wait_sample, ws_connect, ws_open, ws_send, ws_text, Polling, Ws};
+use common::{
+    get, wait_sample, ws_connect, ws_connect_main, ws_expect, ws_send, ws_text, Polling, Ws,
+};
 use ringway_gateway::cluster::ring::{Ring, DEFAULT_VNODES};
 use ringway_testkit::eventually;
 
@@ -37,23 +39,9 @@ async fn expect_packets(p: &Polling, want: &[&str]) -> Vec<String> {
     }
 }
 
-/// Reads WebSocket text frames until one starts with `prefix`.
-async fn ws_expect(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let text = ws_text(ws).await.expect("websocket closed");
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
 /// A WebSocket client connected to the main namespace of `addr`.
 async fn ws_client(addr: &str) -> Ws {
-    let (mut ws, _) = ws_open(addr).await;
-    ws_send(&mut ws, "40").await;
-    ws_expect(&mut ws, "40{\"sid\"").await;
-    ws_expect(&mut ws, "42[\"auth\"").await;
-    ws
+    ws_connect_main(addr).await.0
 }
 
 async fn ws_join(ws: &mut Ws, room: &str) {
@@ -478,6 +466,7 @@ async fn redis_outage_keeps_established_sessions_and_recovers() {
             },
         )
         .await;
+        wait_sample(addr, "ringway_degraded", |v| v == 1.0).await;
     }
 
     // Redis comes back (empty): within 5 s every node is ready again; new

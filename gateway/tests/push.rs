@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{push_client as client, Cluster, PushClient as Client};
-use common::{ws_open, ws_send, ws_text, Polling, Ws};
+use common::{ws_connect_main, ws_expect, ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_proto::v1::{
     target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
     RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
@@ -25,34 +25,15 @@ async fn start() -> (Cluster, Vec<Client>) {
     (c, clients)
 }
 
-/// A WebSocket client on the main namespace: (ws, engine sid).
-async fn connect(addr: &str) -> (Ws, String) {
-    let (mut ws, open) = ws_open(addr).await;
-    let sid = open["sid"].as_str().expect("sid").to_owned();
-    ws_send(&mut ws, "40").await;
-    expect(&mut ws, "40{\"sid\"").await;
-    expect(&mut ws, "42[\"auth\"").await;
-    (ws, sid)
-}
-
-async fn expect(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let text = ws_text(ws).await.expect("websocket closed");
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
 async fn join(ws: &mut Ws, room: &str) {
     ws_send(ws, &format!("421[\"join\",\"{room}\"]")).await;
-    expect(ws, "431[true]").await;
+    ws_expect(ws, "431[true]").await;
 }
 
 /// Nothing but a round trip arrives: no stray message is queued.
 async fn nothing_more(ws: &mut Ws) {
     ws_send(ws, "42[\"message\",\"sync\"]").await;
-    assert_eq!(expect(ws, "42[").await, "42[\"message-back\",\"sync\"]");
+    assert_eq!(ws_expect(ws, "42[").await, "42[\"message-back\",\"sync\"]");
 }
 
 fn to_sid(sid: &str) -> Option<Target> {
@@ -85,9 +66,9 @@ fn emit(target: Option<Target>, event: &str, args: &str) -> EmitRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
     let (c, mut api) = start().await;
-    let (mut a, sid_a) = connect(c.addr(0)).await;
-    let (mut b, _) = connect(c.addr(1)).await;
-    let (mut d, _) = connect(c.addr(2)).await;
+    let (mut a, sid_a) = ws_connect_main(c.addr(0)).await;
+    let (mut b, _) = ws_connect_main(c.addr(1)).await;
+    let (mut d, _) = ws_connect_main(c.addr(2)).await;
 
     // To one session owned by node 1, called on node 3.
     let reply = api[2]
@@ -97,7 +78,7 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (1, 1));
     assert_eq!(
-        expect(&mut a, "42[\"news\"").await,
+        ws_expect(&mut a, "42[\"news\"").await,
         "42[\"news\",1,{\"x\":\"y\"}]"
     );
 
@@ -112,8 +93,14 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
         .expect("emit")
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (2, 2));
-    assert_eq!(expect(&mut a, "42[\"room\"").await, "42[\"room\",\"hi\"]");
-    assert_eq!(expect(&mut b, "42[\"room\"").await, "42[\"room\",\"hi\"]");
+    assert_eq!(
+        ws_expect(&mut a, "42[\"room\"").await,
+        "42[\"room\",\"hi\"]"
+    );
+    assert_eq!(
+        ws_expect(&mut b, "42[\"room\"").await,
+        "42[\"room\",\"hi\"]"
+    );
     nothing_more(&mut d).await;
 
     // To the namespace: everyone, once.
@@ -131,7 +118,7 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (3, 3));
     for ws in [&mut a, &mut b, &mut d] {
-        assert_eq!(expect(ws, "42[\"all\"").await, "42[\"all\"]");
+        assert_eq!(ws_expect(ws, "42[\"all\"").await, "42[\"all\"]");
         nothing_more(ws).await;
     }
 
@@ -139,7 +126,7 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
     let mut req = emit(to_sid(&sid_a), "bin", "[{\"_placeholder\":true,\"num\":0}]");
     req.attachments = vec![bytes::Bytes::from_static(b"\x01\x02")];
     api[1].emit(req).await.expect("binary emit");
-    let header = expect(&mut a, "451-[\"bin\"").await;
+    let header = ws_expect(&mut a, "451-[\"bin\"").await;
     assert_eq!(header, "451-[\"bin\",{\"_placeholder\":true,\"num\":0}]");
     match common::ws_frame(&mut a).await {
         Some(tokio_tungstenite::tungstenite::Message::Binary(data)) => {
@@ -165,7 +152,10 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
     assert_eq!(answered, 50);
     for ws in [&mut a, &mut b, &mut d] {
         for i in 0..50 {
-            assert_eq!(expect(ws, "42[\"seq\"").await, format!("42[\"seq\",{i}]"));
+            assert_eq!(
+                ws_expect(ws, "42[\"seq\"").await,
+                format!("42[\"seq\",{i}]")
+            );
         }
     }
 }
@@ -173,8 +163,8 @@ async fn emits_reach_sessions_rooms_and_namespaces_on_other_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_acks_disconnects_and_presence_by_api() {
     let (c, mut api) = start().await;
-    let (mut a, sid_a) = connect(c.addr(0)).await;
-    let (mut b, sid_b) = connect(c.addr(1)).await;
+    let (mut a, sid_a) = ws_connect_main(c.addr(0)).await;
+    let (mut b, sid_b) = ws_connect_main(c.addr(1)).await;
 
     // Join by API (called on node 3), then a room emit reaches both.
     for sid in [&sid_a, &sid_b] {
@@ -195,8 +185,8 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
         .expect("emit")
         .into_inner();
     assert_eq!(reply.sockets, 2);
-    expect(&mut a, "42[\"t\"").await;
-    expect(&mut b, "42[\"t\"").await;
+    ws_expect(&mut a, "42[\"t\"").await;
+    ws_expect(&mut b, "42[\"t\"").await;
 
     // Presence and rooms, from any node.
     let presence = api[2]
@@ -267,7 +257,7 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
         .expect("emit")
         .into_inner();
     assert_eq!(reply.sockets, 1);
-    expect(&mut a, "42[\"t2\"").await;
+    ws_expect(&mut a, "42[\"t2\"").await;
     nothing_more(&mut b).await;
 
     // Emit with ack, called on node 3 for a socket of node 2.
@@ -286,7 +276,7 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
             .await
         })
     };
-    let question = expect(&mut b, "42").await;
+    let question = ws_expect(&mut b, "42").await;
     let rest = question.strip_prefix("42").expect("event");
     let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     assert!(!id.is_empty(), "an ack id: {question}");
@@ -321,7 +311,7 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
         .expect("disconnect")
         .into_inner();
     assert_eq!(reply.sockets, 1);
-    assert_eq!(expect(&mut a, "41").await, "41");
+    assert_eq!(ws_expect(&mut a, "41").await, "41");
 
     // Stats: every node, with its sessions.
     let stats = api[1]
@@ -338,7 +328,7 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_grpc_status_codes() {
     let (c, mut api) = start().await;
-    let (_a, sid_a) = connect(c.addr(0)).await;
+    let (_a, sid_a) = ws_connect_main(c.addr(0)).await;
 
     // Tokens.
     let mut anonymous = client(c.nodes[0].api.as_deref().expect("api"), None).await;
@@ -438,8 +428,8 @@ async fn connect_as(addr: &str, user: &str) -> (Ws, String) {
     let (mut ws, open) = ws_open(addr).await;
     let sid = open["sid"].as_str().expect("sid").to_owned();
     ws_send(&mut ws, &format!("40{{\"token\":\"{}\"}}", token(user))).await;
-    expect(&mut ws, "40{\"sid\"").await;
-    expect(&mut ws, "42[\"auth\"").await;
+    ws_expect(&mut ws, "40{\"sid\"").await;
+    ws_expect(&mut ws, "42[\"auth\"").await;
     (ws, sid)
 }
 
@@ -466,7 +456,10 @@ async fn users_with_sessions_on_several_nodes() {
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (2, 2));
     for ws in [&mut alice1, &mut alice2] {
-        assert_eq!(expect(ws, "42[\"dm\"").await, "42[\"dm\",\"hello alice\"]");
+        assert_eq!(
+            ws_expect(ws, "42[\"dm\"").await,
+            "42[\"dm\",\"hello alice\"]"
+        );
     }
     nothing_more(&mut bob).await;
 
@@ -523,8 +516,8 @@ async fn users_with_sessions_on_several_nodes() {
         .into_inner();
     assert_eq!(reply.sockets, 2);
     for ws in [&mut alice1, &mut alice2] {
-        expect(ws, "42[\"vip\"").await;
-        assert_eq!(expect(ws, "41").await, "41");
+        ws_expect(ws, "42[\"vip\"").await;
+        assert_eq!(ws_expect(ws, "41").await, "41");
     }
     nothing_more(&mut bob).await;
     let reply = api
@@ -563,19 +556,19 @@ async fn volatile_everyone_and_disconnects_with_a_reason() {
     let mut api = client(c.nodes[2].api.as_deref().expect("api"), Some(TOKEN)).await;
 
     // Everyone: every namespace of every node, once per socket.
-    let (mut a, sid_a) = connect(c.addr(0)).await;
+    let (mut a, sid_a) = ws_connect_main(c.addr(0)).await;
     let (mut custom, _) = ws_open(c.addr(1)).await;
     ws_send(&mut custom, "40/custom,").await;
-    expect(&mut custom, "40/custom,{\"sid\"").await;
+    ws_expect(&mut custom, "40/custom,{\"sid\"").await;
     let reply = api
         .emit(emit(everyone(), "hello", "[1]"))
         .await
         .expect("emit to everyone")
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (2, 2));
-    assert_eq!(expect(&mut a, "42[\"hello\"").await, "42[\"hello\",1]");
+    assert_eq!(ws_expect(&mut a, "42[\"hello\"").await, "42[\"hello\",1]");
     assert_eq!(
-        expect(&mut custom, "42/custom,[\"hello\"").await,
+        ws_expect(&mut custom, "42/custom,[\"hello\"").await,
         "42/custom,[\"hello\",1]"
     );
 
@@ -625,13 +618,13 @@ async fn volatile_everyone_and_disconnects_with_a_reason() {
         .into_inner();
     assert_eq!(reply.sockets, 1);
     assert_eq!(
-        expect(&mut a, "42[\"ringway:disconnect\"").await,
+        ws_expect(&mut a, "42[\"ringway:disconnect\"").await,
         "42[\"ringway:disconnect\",\"maintenance\"]"
     );
-    assert_eq!(expect(&mut a, "41").await, "41");
+    assert_eq!(ws_expect(&mut a, "41").await, "41");
 
     // close_session: the whole Engine.IO session ends.
-    let (mut b, sid_b) = connect(c.addr(1)).await;
+    let (mut b, sid_b) = ws_connect_main(c.addr(1)).await;
     api.disconnect(DisconnectRequest {
         namespace: "/".into(),
         target: to_sid(&sid_b),
@@ -697,9 +690,9 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         let (mut ws, open) = ws_open(c.addr(i)).await;
         let sid = open["sid"].as_str().expect("sid").to_owned();
         ws_send(&mut ws, "40").await;
-        let answer = expect(&mut ws, "40{").await;
+        let answer = ws_expect(&mut ws, "40{").await;
         assert!(answer.contains("\"pid\""), "{answer}");
-        expect(&mut ws, "42[\"auth\"").await;
+        ws_expect(&mut ws, "42[\"auth\"").await;
         join(&mut ws, "r").await;
         socks.push((ws, sid));
     }
@@ -712,7 +705,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         .expect("emit")
         .into_inner();
     assert_eq!(reply.sockets, 1);
-    let text = expect(&mut socks[0].0, "42[\"one\"").await;
+    let text = ws_expect(&mut socks[0].0, "42[\"one\"").await;
     assert_eq!(without_offset(&text, "42"), "42[\"one\",1]");
     let reply = api[1]
         .emit(emit(to_rooms(&["r"], &[]), "room", "[\"hi\"]"))
@@ -721,7 +714,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
         .into_inner();
     assert_eq!((reply.sockets, reply.nodes), (3, 3));
     for (ws, _) in socks.iter_mut() {
-        let text = expect(ws, "42[\"room\"").await;
+        let text = ws_expect(ws, "42[\"room\"").await;
         assert_eq!(without_offset(&text, "42"), "42[\"room\",\"hi\"]");
     }
     // The whole namespace, and everyone (every namespace): logged too.
@@ -742,7 +735,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
             .into_inner();
         assert_eq!((reply.sockets, reply.nodes), (3, 3), "{event}");
         for (ws, _) in socks.iter_mut() {
-            let text = expect(ws, &format!("42[\"{event}\"")).await;
+            let text = ws_expect(ws, &format!("42[\"{event}\"")).await;
             assert_eq!(without_offset(&text, "42"), format!("42[\"{event}\",true]"));
         }
     }
@@ -764,7 +757,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
     assert_eq!(answered, 300);
     for (ws, _) in socks.iter_mut() {
         for i in 0..300 {
-            let text = expect(ws, "42[\"seq\"").await;
+            let text = ws_expect(ws, "42[\"seq\"").await;
             assert_eq!(without_offset(&text, "42"), format!("42[\"seq\",{i}]"));
         }
     }
@@ -773,7 +766,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
     v.volatile = true;
     api[1].emit(v).await.expect("volatile");
     assert_eq!(
-        expect(&mut socks[0].0, "42[\"v\"").await,
+        ws_expect(&mut socks[0].0, "42[\"v\"").await,
         "42[\"v\",\"now\"]"
     );
 
@@ -783,10 +776,10 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
     let (mut ws, open) = ws_open(c.addr(0)).await;
     let sid = open["sid"].as_str().expect("sid").to_owned();
     ws_send(&mut ws, "40").await;
-    let answer = expect(&mut ws, "40{").await;
+    let answer = ws_expect(&mut ws, "40{").await;
     let first: serde_json::Value =
         serde_json::from_str(answer.trim_start_matches("40")).expect("json");
-    expect(&mut ws, "42[\"auth\"").await;
+    ws_expect(&mut ws, "42[\"auth\"").await;
     api[2]
         .emit(emit(to_sid(&sid), "bye", "[1]"))
         .await
@@ -815,7 +808,7 @@ async fn with_recovery_on_pushes_go_through_the_log_in_order() {
     let auth = serde_json::json!({"pid": first["pid"], "offset": offset[2]});
     let (mut again, _) = ws_open(c.addr(1)).await;
     ws_send(&mut again, &format!("40{auth}")).await;
-    let answer = expect(&mut again, "40{").await;
+    let answer = ws_expect(&mut again, "40{").await;
     let answer: serde_json::Value =
         serde_json::from_str(answer.trim_start_matches("40")).expect("json");
     assert_ne!(
@@ -899,7 +892,7 @@ async fn an_ack_pending_across_a_handoff_reaches_its_waiter() {
         let sid = p.sid.clone();
         tokio::spawn(async move { api.emit_with_ack(question(&sid, "second?")).await })
     };
-    let asked = expect(&mut ws, "42").await;
+    let asked = ws_expect(&mut ws, "42").await;
     let (second, args) = ack_id(&asked);
     assert_eq!(args, "[\"question\",\"second?\"]");
     assert_eq!(second, first + 1, "ack ids go on after the move");

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{push_client, redis_flags, Cluster, ClusterOn};
-use common::{connect_ws, get, next_event, ws_open, ws_send, ws_text, Polling, Ws};
+use common::{
+    connect_ws, get, next_event, wait_sample, ws_connect_main, ws_expect, ws_send, Polling, Ws,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use ringway_proto::v1::{target, EmitRequest, Target};
 use ringway_testkit::eventually;
@@ -17,29 +19,10 @@ use ringway_testkit::redis::{cli, RedisCluster, RedisSentinel, RedisServer};
 
 const TOKEN: &str = "redis-modes-token";
 
-async fn expect(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let text = ws_text(ws).await.expect("websocket closed");
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
-/// A WebSocket client on the main namespace: (ws, engine sid).
-async fn connect(addr: &str) -> (Ws, String) {
-    let (mut ws, open) = ws_open(addr).await;
-    let sid = open["sid"].as_str().expect("sid").to_owned();
-    ws_send(&mut ws, "40").await;
-    expect(&mut ws, "40{\"sid\"").await;
-    expect(&mut ws, "42[\"auth\"").await;
-    (ws, sid)
-}
-
 /// An echo round trip (the answer may carry its recovery offset).
 async fn echo(ws: &mut Ws, text: &str) {
     ws_send(ws, &format!("42[\"message\",\"{text}\"]")).await;
-    let back = expect(ws, "42[\"message-back\"").await;
+    let back = ws_expect(ws, "42[\"message-back\"").await;
     let want = format!("42[\"message-back\",\"{text}\"");
     assert!(back.starts_with(&want), "{back}");
 }
@@ -86,7 +69,7 @@ async fn a_redis_cluster_serves_polling_upgrades_and_push_with_keys_spread() {
 
     // The Push API reaches a session on another node (recovery on: the
     // emit goes through the log, on the cluster).
-    let (mut ws, sid) = connect(c.addr(1)).await;
+    let (mut ws, sid) = ws_connect_main(c.addr(1)).await;
     let mut push = push_client(c.nodes[0].api.as_deref().expect("api"), Some(TOKEN)).await;
     push.emit(EmitRequest {
         target: Some(Target {
@@ -99,7 +82,7 @@ async fn a_redis_cluster_serves_polling_upgrades_and_push_with_keys_spread() {
     })
     .await
     .expect("push");
-    let got = expect(&mut ws, "42[\"pushed\"").await;
+    let got = ws_expect(&mut ws, "42[\"pushed\"").await;
     assert!(got.starts_with("42[\"pushed\",1,\""), "{got}");
 
     // Sessions' keys land on every master, none holding most of them.
@@ -131,8 +114,8 @@ async fn a_sentinel_failover_keeps_sessions_and_new_ones_open() {
         &["--registry-ttl", "3000", "--recovery-window", "120000"],
     )
     .await;
-    let (mut a, _) = connect(c.addr(0)).await;
-    let (mut b, sid_b) = connect(c.addr(1)).await;
+    let (mut a, _) = ws_connect_main(c.addr(0)).await;
+    let (mut b, sid_b) = ws_connect_main(c.addr(1)).await;
     echo(&mut a, "before").await;
 
     // The primary dies; the Sentinel promotes the replica.
@@ -145,6 +128,13 @@ async fn a_sentinel_failover_keeps_sessions_and_new_ones_open() {
     )
     .await;
     assert!(redis.sentinel_alive());
+    // The coordinator follows the new primary too: still acting.
+    eventually(
+        Duration::from_secs(20),
+        "the coordinator to act",
+        || async { get(&c.coordinator.http, "/readyz").await.status == 200 },
+    )
+    .await;
     // Established sessions were served all along, and still are.
     echo(&mut a, "during").await;
     echo(&mut b, "after").await;
@@ -157,7 +147,7 @@ async fn a_sentinel_failover_keeps_sessions_and_new_ones_open() {
             resp.status == 200 && resp.text() == "ready"
         })
         .await;
-        let (mut fresh, _) = connect(c.addr(i)).await;
+        let (mut fresh, _) = ws_connect_main(c.addr(i)).await;
         echo(&mut fresh, "fresh").await;
     }
     eventually(
@@ -249,7 +239,7 @@ async fn tls_client_certificates_and_a_password_file_reach_redis() {
     .map(|s| s.to_string())
     .collect();
     let c = ClusterOn::start(2, &flags, &[]).await;
-    let (mut ws, sid) = connect(c.addr(1)).await;
+    let (mut ws, sid) = ws_connect_main(c.addr(1)).await;
     echo(&mut ws, "over tls").await;
     eventually(
         Duration::from_secs(10),
@@ -287,6 +277,13 @@ async fn entries_redis_lost_after_a_node_read_them_start_a_new_log_generation() 
     let auth = serde_json::json!({"pid": first["pid"], "offset": offset}).to_string();
     let (_ws, answer) = connect_ws(c.addr(0), &auth).await;
     assert_ne!(answer["sid"], first["sid"], "recovered across lost entries");
+    // Counted as a recovery the log no longer covers.
+    wait_sample(
+        c.addr(0),
+        "ringway_recoveries_total{outcome=\"not_covered\"",
+        |v| v >= 1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +309,7 @@ async fn a_durable_emit_waited_for_the_replica_and_one_it_did_not_says_so() {
         ],
     )
     .await;
-    let (mut ws, _) = connect(c.addr(1)).await;
+    let (mut ws, _) = ws_connect_main(c.addr(1)).await;
     let mut push = push_client(c.nodes[0].api.as_deref().expect("api"), Some(TOKEN)).await;
     let everyone = || {
         Some(Target {
@@ -333,7 +330,7 @@ async fn a_durable_emit_waited_for_the_replica_and_one_it_did_not_says_so() {
         .expect("push")
         .into_inner();
     assert!(reply.durable, "{reply:?}");
-    expect(&mut ws, "42[\"replicated\"").await;
+    ws_expect(&mut ws, "42[\"replicated\"").await;
     // Without the replica the append is not confirmed in time: delivered
     // all the same, and the caller is told it is not durable.
     replica.stop();
@@ -348,5 +345,5 @@ async fn a_durable_emit_waited_for_the_replica_and_one_it_did_not_says_so() {
     .await;
     let reply = push.emit(emit("alone")).await.expect("push").into_inner();
     assert!(!reply.durable, "{reply:?}");
-    expect(&mut ws, "42[\"alone\"").await;
+    ws_expect(&mut ws, "42[\"alone\"").await;
 }

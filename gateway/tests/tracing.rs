@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::{push_client, Cluster};
-use common::{ws_open, ws_send, ws_text, Gateway, Polling, Ws};
+use common::{ws_expect, ws_open, ws_send, Gateway, Polling};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -182,15 +182,6 @@ fn descends<'a>(by_id: &HashMap<&'a [u8], &'a Span>, root: &Span, mut span: &'a 
     false
 }
 
-async fn expect(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let text = ws_text(ws).await.expect("websocket closed");
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
     let (collector, _serial) = Collector::start(600_000).await;
@@ -200,9 +191,9 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
     for i in 0..3 {
         let (mut ws, _) = ws_open(c.addr(i)).await;
         ws_send(&mut ws, "40").await;
-        expect(&mut ws, "42[\"auth\"").await;
+        ws_expect(&mut ws, "42[\"auth\"").await;
         ws_send(&mut ws, "421[\"join\",\"traced\"]").await;
-        expect(&mut ws, "431[true]").await;
+        ws_expect(&mut ws, "431[true]").await;
         members.push(ws);
     }
     let mut api = push_client(c.nodes[0].api.as_deref().expect("api"), Some("t")).await;
@@ -225,7 +216,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
         .into_inner();
     assert_eq!(reply.sockets, 3);
     for ws in members.iter_mut() {
-        expect(ws, "42[\"t\"").await;
+        ws_expect(ws, "42[\"t\"").await;
     }
 
     // The trace of the push: its root on node 1, the fan-out's spans on
@@ -446,7 +437,7 @@ async fn handshake_forward_handoff_upgrade_and_redis_spans_are_exported() {
     p.on(n2).send("40").await;
     let mut ws = p.on(n3).upgrade().await;
     ws_send(&mut ws, "42[\"message\",1]").await;
-    expect(&mut ws, "42[\"message-back\"").await;
+    ws_expect(&mut ws, "42[\"message-back\"").await;
 
     for (node, name) in [
         ("n1", "handshake"),

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tonic::{Request, Response, Status};
 
 use common::cluster::{free_port, push_client, Cluster};
-use common::{get, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
+use common::{get, ws_expect, ws_frame, ws_open, ws_send, ws_text, Gateway, Polling, Ws};
 
 // ---------------------------------------------------------------------------
 // The test backend.
@@ -274,16 +274,6 @@ async fn polling_open(addr: &str, query: &str) -> Polling {
         path: "/socket.io/".to_owned(),
         sid: open["sid"].as_str().expect("sid").to_owned(),
         open,
-    }
-}
-
-/// Reads WebSocket text frames until one starts with `prefix`.
-async fn ws_expect(ws: &mut Ws, prefix: &str) -> String {
-    loop {
-        let text = ws_text(ws).await.expect("websocket closed");
-        if text.starts_with(prefix) {
-            return text;
-        }
     }
 }
 

@@ -1299,7 +1299,7 @@ BAD_COMBINATIONS = {
     ),
     "no rule left": (
         {"prometheusRule": {"enabled": True, "alerts": {k: {"enabled": False} for k in (
-            "gatewayNotReady", "slowConsumers", "peerQueueDrops", "membershipBelowExpected",
+            "gatewayNotReady", "redisDegraded", "slowConsumers", "peerQueueDrops", "membershipBelowExpected",
             "registrySlow", "clusterAuthRefusals", "limitsRefusals", "noActingCoordinator")}}},
         "prometheusRule.enabled with every alert off and no extraRules",
     ),
@@ -1735,7 +1735,7 @@ def test_operations_tables_are_read():
 # --- the PrometheusRule ------------------------------------------------------------
 
 ALERTS = {
-    "RingwayGatewayNotReady", "RingwaySlowConsumers", "RingwayPeerQueueDrops",
+    "RingwayGatewayNotReady", "RingwayRedisDegraded", "RingwaySlowConsumers", "RingwayPeerQueueDrops",
     "RingwayMembershipBelowExpected", "RingwayRegistrySlow", "RingwayClusterAuthRefusals",
     "RingwayLimitsRefusals", "RingwayNoActingCoordinator",
 }
@@ -1821,6 +1821,7 @@ def test_prometheus_rule_values(chart):
     alerts = rules_of(render_docs(chart, values))
     assert re.search(r"\) < 5\s", alerts["RingwayMembershipBelowExpected"]["expr"] + " ")
     assert 'ringway_ready{job="rw-gw"} == 0' == alerts["RingwayGatewayNotReady"]["expr"]
+    assert 'ringway_degraded{job="rw-gw"} == 1' == alerts["RingwayRedisDegraded"]["expr"]
     assert 'ringway_coordinator_acting{job="rw-co"}' in alerts["RingwayNoActingCoordinator"]["expr"]
 
     # The coordinator's metrics are on its dashboard port: without it, no

@@ -45,10 +45,7 @@ impl Fabric for Cluster {
                 namespace: namespace.to_owned(),
                 rooms: target.rooms.clone(),
                 except_rooms: target.except_rooms.clone(),
-                except_socket: target
-                    .except_socket
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
+                except_socket: target.except_socket_id(),
                 frames: frames.iter().map(Frame::to_proto).collect(),
             })),
         };

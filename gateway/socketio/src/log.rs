@@ -48,10 +48,7 @@ impl LogEntry {
             namespace: namespace.to_owned(),
             rooms: target.rooms.clone(),
             except_rooms: target.except_rooms.clone(),
-            except_socket: target
-                .except_socket
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            except_socket: target.except_socket_id(),
             event: event.to_owned(),
             args_json: args.json().to_owned(),
             attachments: args.attachments().to_vec(),

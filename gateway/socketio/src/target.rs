@@ -26,4 +26,12 @@ impl Target {
     pub fn all() -> Target {
         Target::default()
     }
+
+    /// The skipped socket's id as records and messages carry it (empty:
+    /// none).
+    pub fn except_socket_id(&self) -> String {
+        self.except_socket
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
 }

@@ -494,3 +494,24 @@ pub async fn next_event(ws: &mut Ws) -> Value {
         }
     }
 }
+
+/// Reads WebSocket text frames until one starts with `prefix`.
+pub async fn ws_expect(ws: &mut Ws, prefix: &str) -> String {
+    loop {
+        let text = ws_text(ws).await.expect("websocket closed");
+        if text.starts_with(prefix) {
+            return text;
+        }
+    }
+}
+
+/// A WebSocket client connected to the main namespace (the echo
+/// application's `auth` event read): the session and its engine sid.
+pub async fn ws_connect_main(addr: &str) -> (Ws, String) {
+    let (mut ws, open) = ws_open(addr).await;
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    ws_send(&mut ws, "40").await;
+    ws_expect(&mut ws, "40{\"sid\"").await;
+    ws_expect(&mut ws, "42[\"auth\"").await;
+    (ws, sid)
+}
