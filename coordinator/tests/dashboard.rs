@@ -10,14 +10,13 @@ mod common;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use ringway_coordinator::proto::LeaveRequest;
 use ringway_ring::{Ring, DEFAULT_VNODES as VNODES};
+use ringway_testkit::cluster::GatewayProcess;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- HTTP ---
@@ -252,25 +251,16 @@ impl EventStream {
 
 // ------------------------------------------------------------ gateways ---
 
-/// `target/debug/ringway-gateway`, next to the coordinator binary.
-fn gateway_binary() -> PathBuf {
-    let path = PathBuf::from(COORDINATOR_BIN).with_file_name("ringway-gateway");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p ringway-gateway)",
-        path.display()
-    );
-    path
-}
-
+/// A clustered gateway (the test kit's process) and its HTTP address.
 struct Gateway {
-    proc: ChildGuard,
+    proc: GatewayProcess,
     http: SocketAddr,
 }
 
 impl Gateway {
     fn start(node: &str, coordinator: SocketAddr, redis_url: &str) -> Gateway {
-        let mut child = Command::new(gateway_binary())
+        let mut command = GatewayProcess::command();
+        command
             .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
             .args(["--node-id", node, "--redis-url", redis_url])
             .args(["--coordinator", &coordinator.to_string()])
@@ -279,26 +269,9 @@ impl Gateway {
             .env("RINGWAY_RECOVERY_WINDOW", "0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringway-gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let proc = ChildGuard::new(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("ringway-gateway listening on http://") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let http = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("gateway {node} did not report its address"))
-            .parse()
-            .expect("an address");
+            .stderr(Stdio::inherit());
+        let proc = GatewayProcess::spawn(command);
+        let http = proc.addr.parse().expect("an address");
         Gateway { proc, http }
     }
 }
@@ -415,7 +388,7 @@ async fn the_state_follows_real_gateways() {
     }
 
     // n3 drains (SIGTERM: Leave at once), n2 dies (SIGKILL: lease lapses).
-    gateways[2].proc.terminate();
+    gateways[2].proc.terminate(Duration::ZERO);
     let s = wait_state(http, "n3's leave", |s| {
         member_ids(s) == ["n1", "n2"] && has_event(s, "leave", "n3")
     });

@@ -4,49 +4,25 @@
 //! runs start a `redis-server`, a `ringway-coordinator` and three gateways
 //! of their own (like gateway/tests/common/cluster.rs).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 // A `redis-server` of the test's own (the test kit's).
+use ringway_testkit::cluster::{secret_file, CoordinatorProcess, CoordinatorSpec, GatewayProcess};
 use ringway_testkit::redis::RedisServer as Redis;
 use serde_json::Value;
 
-/// A binary of the workspace of the same build (same target directory).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/smoke-xxxx -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace (cargo build --workspace) first",
-        bin.display()
-    );
-    bin
-}
-
-fn gateway_binary() -> PathBuf {
-    workspace_binary("ringway-gateway")
-}
-
+/// A gateway of the same build (the test kit's process), its URL.
 struct Server {
-    child: Child,
+    proc: GatewayProcess,
     url: String,
-    /// The Push API listener, when there is one.
-    api: Option<String>,
 }
 
-/// A file holding the test clusters' shared secret (written once).
-fn secret_file() -> &'static str {
-    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FILE.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("ringway-loadtest-secret-{}", std::process::id()));
-        std::fs::write(&path, "ringway-loadtest-cluster-secret-0123456789").expect("write secret");
-        path.to_str().expect("utf-8 temp dir").to_owned()
-    })
+impl std::ops::Deref for Server {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.proc
+    }
 }
 
 impl Server {
@@ -55,47 +31,15 @@ impl Server {
     }
 
     fn start_with(extra: &[&str]) -> Server {
-        let mut child = Command::new(gateway_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--ping-interval",
-                "500",
-                "--ping-timeout",
-                "2000",
-            ])
+        let mut command = GatewayProcess::command();
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--ping-interval", "500", "--ping-timeout", "2000"])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            // Tests run side by side: no fixed ports.
-            .env("RINGWAY_GRPC_LISTEN", "127.0.0.1:0")
-            .env("RINGWAY_API_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // The API line, when there is one, comes first.
-        let mut api = None;
-        let line = loop {
-            let line = lines.next().and_then(Result::ok).expect("listening line");
-            if let Some(addr) = line.strip_prefix("ringway-gateway api listening on ") {
-                api = Some(addr.trim().to_owned());
-            }
-            if line.contains("listening on http://") {
-                break line;
-            }
-        };
-        // Keep reading stdout so that the gateway never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        let url = line.rsplit(' ').next().expect("url").to_owned();
-        Server { child, url, api }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env("RUST_LOG", "warn");
+        let proc = GatewayProcess::spawn(command);
+        let url = format!("http://{}", proc.addr);
+        Server { proc, url }
     }
 }
 
@@ -109,7 +53,7 @@ fn run_on(servers: &[&Server], args: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway-loadtest"));
     cmd.args(args);
     for s in servers {
-        cmd.args(["--url", &s.url, "--server-pid", &s.child.id().to_string()]);
+        cmd.args(["--url", &s.url, "--server-pid", &s.pid().to_string()]);
     }
     let out = cmd
         .args(["--json", "--quiet"])
@@ -284,50 +228,11 @@ fn connect_with_upgrade() {
 
 // ----- a 3-node cluster -------------------------------------------------
 
-struct Coordinator {
-    child: Child,
-    addr: String,
-}
-
-impl Coordinator {
-    fn start(redis: &Redis) -> Coordinator {
-        let mut child = Command::new(workspace_binary("ringway-coordinator"))
-            .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
-            .args(["--lease-ttl", "1500", "--heartbeat-interval", "300"])
-            .args(["--cluster-secret-file", secret_file()])
-            // Its dashboard port too (default 7080): tests run side by side.
-            .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start ringway-coordinator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("ringway-coordinator listening on ")
-                    .map(|a| a.trim().to_owned())
-            })
-            .expect("coordinator address");
-        std::thread::spawn(move || for _ in lines {});
-        Coordinator { child, addr }
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Redis, a coordinator and gateways n1..n3, every gateway in every view.
 /// Fields drop in order: the gateways first.
 struct Cluster {
     nodes: Vec<Server>,
-    _coordinator: Coordinator,
+    _coordinator: CoordinatorProcess,
     _redis: Redis,
 }
 
@@ -338,7 +243,8 @@ impl Cluster {
 
     fn start_with(extra: &[&str]) -> Cluster {
         let redis = Redis::start();
-        let coordinator = Coordinator::start(&redis);
+        let coordinator = CoordinatorSpec::new(&redis.url()).start();
+        let coordinator_addr = coordinator.addr().to_string();
         let redis_url = redis.url();
         let nodes: Vec<Server> = (1..=3)
             .map(|i| {
@@ -349,7 +255,7 @@ impl Cluster {
                     "--node-id",
                     &node,
                     "--coordinator",
-                    &coordinator.addr,
+                    &coordinator_addr,
                     "--redis-url",
                     &redis_url,
                     "--cluster-secret-file",
@@ -463,7 +369,7 @@ fn cluster_upgrade_hands_sessions_off() {
 #[test]
 fn cluster_chaos_recovers_a_killed_nodes_receivers() {
     let cluster = Cluster::start_with(&["--recovery-window", "120000"]);
-    let killed = cluster.nodes[2].child.id().to_string();
+    let killed = cluster.nodes[2].pid().to_string();
     let r = run_on(
         &cluster.servers(),
         &[
@@ -618,7 +524,7 @@ fn soak_holds_churns_echoes_and_fans_out() {
             "30",
         ])
         .args(["--report-every", "1", "--url", &server.url])
-        .args(["--server-pid", &server.child.id().to_string()])
+        .args(["--server-pid", &server.pid().to_string()])
         .args(["--json", "--quiet"])
         .output()
         .expect("run ringway-loadtest");

@@ -4,12 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringway_coordinator::proto::membership_client::MembershipClient;
 use ringway_coordinator::proto::{JoinRequest, View, WatchRequest};
@@ -24,6 +21,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 pub const COORDINATOR_BIN: &str = env!("CARGO_BIN_EXE_ringway-coordinator");
 
+pub use ringway_testkit::cluster::Timing;
+use ringway_testkit::cluster::{CoordinatorProcess, CoordinatorSpec};
 /// A port that was free a moment ago; children killed on drop; a
 /// `redis-server` of the test's own: the test kit's.
 #[allow(unused_imports)] // not every test binary uses each
@@ -68,20 +67,23 @@ impl CoordinatorKeys for RedisServer {
     }
 }
 
-/// A `ringway-coordinator` process.
-pub struct Coordinator {
-    proc: ChildGuard,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    addr: Option<SocketAddr>,
-    http: Option<SocketAddr>,
+/// A `ringway-coordinator` process (the test kit's), with this suite's
+/// log filter; `Deref` gives the kit's calls (`wait_listening`,
+/// `wait_http`, `addr`, `http_addr`, `stderr`, `kill`, `terminate`,
+/// `wait_exit`).
+pub struct Coordinator(CoordinatorProcess);
+
+impl std::ops::Deref for Coordinator {
+    type Target = CoordinatorProcess;
+    fn deref(&self) -> &CoordinatorProcess {
+        &self.0
+    }
 }
 
-/// Lease TTL and heartbeat interval (ms).
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub ttl: u64,
-    pub interval: u64,
+impl std::ops::DerefMut for Coordinator {
+    fn deref_mut(&mut self) -> &mut CoordinatorProcess {
+        &mut self.0
+    }
 }
 
 pub const FAST: Timing = Timing {
@@ -94,141 +96,30 @@ pub const RELAXED: Timing = Timing {
 };
 
 impl Coordinator {
+    fn spec(redis_url: &str, timing: Timing, extra: &[&str]) -> CoordinatorSpec {
+        let spec = CoordinatorSpec::new(redis_url)
+            .timing(timing)
+            .args(extra)
+            .rust_log("info,ringway_coordinator=debug");
+        // The test's own credential flags replace the secret.
+        if extra
+            .iter()
+            .any(|a| a.starts_with("--cluster-") || *a == "--insecure-cluster")
+        {
+            spec.without_secret()
+        } else {
+            spec
+        }
+    }
+
     /// Spawns the binary without waiting for it to listen.
     pub fn spawn(redis_url: &str, timing: Timing, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(COORDINATOR_BIN);
-        for var in [
-            "RINGWAY_LISTEN",
-            "RINGWAY_HTTP_LISTEN",
-            "RINGWAY_REDIS_URL",
-            "RINGWAY_LEASE_TTL",
-            "RINGWAY_HEARTBEAT_INTERVAL",
-            "RINGWAY_KEY_PREFIX",
-            "RINGWAY_LOG_FORMAT",
-        ] {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--redis-url", redis_url])
-            // The dashboard's port too: several coordinators run at once.
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(["--lease-ttl", &timing.ttl.to_string()])
-            .args(["--heartbeat-interval", &timing.interval.to_string()])
-            .args(credential(extra))
-            .args(extra)
-            .env("RUST_LOG", "info,ringway_coordinator=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringway-coordinator");
-        let pid = child.id();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err_pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines() {
-                let Ok(line) = line else { break };
-                // Shown by the test harness when a test fails.
-                eprintln!("[coordinator {pid}] {line}");
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
-        Coordinator {
-            proc: ChildGuard::new(child),
-            lines,
-            stderr,
-            addr: None,
-            http: None,
-        }
+        Coordinator(Self::spec(redis_url, timing, extra).spawn())
     }
 
     /// Spawns it and waits for its `listening on` line.
     pub fn start(redis_url: &str, timing: Timing) -> Self {
-        let mut c = Self::spawn(redis_url, timing, &[]);
-        if c.wait_listening(WAIT).is_none() {
-            panic!(
-                "the coordinator did not print its address in {WAIT:?}; stderr:\n{}",
-                c.stderr()
-            );
-        }
-        c
-    }
-
-    /// Waits up to `timeout` for the `listening on` line.
-    pub fn wait_listening(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        let deadline = Instant::now() + timeout;
-        while self.addr.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.read_line(left)?;
-        }
-        self.addr
-    }
-
-    /// Waits up to `timeout` for the `http on` line (printed before the
-    /// coordinator takes the lock).
-    pub fn wait_http(&mut self, timeout: Duration) -> Option<SocketAddr> {
-        let deadline = Instant::now() + timeout;
-        while self.http.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.read_line(left)?;
-        }
-        self.http
-    }
-
-    /// Reads one stdout line, noting the addresses it reports.
-    fn read_line(&mut self, timeout: Duration) -> Option<()> {
-        let line = self.lines.recv_timeout(timeout).ok()?;
-        if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
-            let addr = addr
-                .trim()
-                .parse()
-                .expect("an address after 'listening on'");
-            self.addr = Some(addr);
-        } else if let Some(addr) = line.strip_prefix("ringway-coordinator http on ") {
-            let addr = addr.trim().parse().expect("an address after 'http on'");
-            self.http = Some(addr);
-        }
-        Some(())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("the coordinator is listening")
-    }
-
-    /// The HTTP address (dashboard, health), once reported.
-    pub fn http_addr(&mut self) -> SocketAddr {
-        self.wait_http(WAIT)
-            .expect("the coordinator reports its HTTP address")
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
-    pub fn terminate(&self) {
-        self.proc.terminate();
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.proc.wait_exit(timeout)
+        Coordinator(Self::spec(redis_url, timing, &[]).start())
     }
 
     pub async fn client(&self) -> Client {
@@ -236,33 +127,9 @@ impl Coordinator {
     }
 }
 
-/// The shared secret of the test coordinators.
-pub const SECRET: &str = "ringway-test-cluster-secret-0123456789abcdef";
-
-/// A file holding [`SECRET`] (written once per test process).
-pub fn secret_file() -> &'static str {
-    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "ringway-coordinator-test-secret-{}",
-            std::process::id()
-        ));
-        std::fs::write(&path, SECRET).expect("write the cluster secret");
-        path.to_str().expect("utf-8 temp dir").to_owned()
-    })
-}
-
-/// The secret's flag, unless `extra` chooses the credential itself.
-fn credential(extra: &[&str]) -> Vec<&'static str> {
-    if extra
-        .iter()
-        .any(|a| a.starts_with("--cluster-") || *a == "--insecure-cluster")
-    {
-        vec![]
-    } else {
-        vec!["--cluster-secret-file", secret_file()]
-    }
-}
+/// The shared secret of the test clusters, and a file holding it.
+#[allow(unused_imports)] // not every test binary uses each
+pub use ringway_testkit::cluster::{secret_file, SECRET};
 
 /// A Membership client signed with the test secret.
 pub type Client = MembershipClient<InterceptedService<Channel, Signer>>;

@@ -1,5 +1,6 @@
 //! What Ringway's tests share. See `README.md`.
 
+pub mod cluster;
 pub mod process;
 pub mod redis;
 

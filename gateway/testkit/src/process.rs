@@ -26,6 +26,11 @@ impl ChildGuard {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The child, while it has not been reaped.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
     /// SIGKILL and reap (a crash, as far as the others can tell).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -2,16 +2,13 @@
 //! and real gateway processes on 127.0.0.1, each on a free port, started
 //! and stopped by the tests themselves.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use ringway_proto::auth::{ClusterSecret, Signer};
 use ringway_proto::cluster::v1::membership_client::MembershipClient;
 use ringway_proto::cluster::v1::node_client::NodeClient;
 use ringway_proto::cluster::v1::{View, WatchRequest};
+use ringway_testkit::cluster::{CoordinatorProcess, CoordinatorSpec, CLUSTER_TIMING};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -31,21 +28,9 @@ impl Gateway {
     }
 }
 
-/// The shared secret of every test cluster, as its bytes.
-pub const SECRET: &str = "ringway-test-cluster-secret-0123456789abcdef";
-
-/// A file holding [`SECRET`] (written once per test process).
-pub fn secret_file() -> &'static str {
-    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "ringway-test-cluster-secret-{}",
-            std::process::id()
-        ));
-        std::fs::write(&path, format!("{SECRET}\n")).expect("write the cluster secret");
-        path.to_str().expect("utf-8 temp dir").to_owned()
-    })
-}
+/// The shared secret of every test cluster, and a file holding it (the
+/// test kit's).
+pub use ringway_testkit::cluster::{secret_file, SECRET};
 
 /// Signs calls as `node_id` with the test clusters' secret.
 pub fn signer(node_id: &str) -> Signer {
@@ -84,11 +69,6 @@ pub async fn membership_client(addr: &str, as_node: Option<&str>) -> MembershipC
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub use ringway_testkit::process::free_port;
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A `redis-server` of the test's own (the test kit's).
 pub use ringway_testkit::redis::RedisServer as Redis;
 
@@ -102,18 +82,6 @@ impl RegistryExt for Redis {
     fn registry_entry(&self, sid: &str) -> Option<String> {
         self.get(&format!("ringway:sid:{sid}"))
     }
-}
-
-/// The binary of another package of the workspace, next to the gateway's.
-pub fn sibling_binary(name: &str) -> PathBuf {
-    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_ringway-gateway"));
-    let path = gateway.with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace (cargo build --workspace)",
-        path.display()
-    );
-    path
 }
 
 /// Mutual TLS for a test cluster: PEM files, and the name the
@@ -167,21 +135,19 @@ impl TestTls {
     }
 }
 
-/// A `ringway-coordinator` process.
+/// A `ringway-coordinator` process (the test kit's) on a port of its
+/// own, so that a test can stop it and start it again at the same address.
 pub struct Coordinator {
-    child: Option<Child>,
+    process: Option<CoordinatorProcess>,
+    spec: CoordinatorSpec,
     pub addr: String,
     /// The HTTP port (dashboard, health), `host:port`.
     pub http: String,
-    /// Its Redis flags (`--redis-url ...`, a mode).
-    redis: Vec<String>,
-    port: u16,
     tls: Option<TestTls>,
 }
 
 /// Lease settings of the tests: short, so that failures show quickly.
-pub const LEASE_TTL_MS: u64 = 1500;
-pub const HEARTBEAT_MS: u64 = 300;
+pub const LEASE_TTL_MS: u64 = CLUSTER_TIMING.ttl;
 
 impl Coordinator {
     pub fn start(redis_url: &str) -> Coordinator {
@@ -196,12 +162,12 @@ impl Coordinator {
     /// A coordinator on any Redis set-up (its flags: a mode, URLs, TLS
     /// files).
     pub fn start_on(redis: Vec<String>, tls: Option<TestTls>) -> Coordinator {
+        let tls_flags: Vec<String> = tls.iter().flat_map(TestTls::coordinator_flags).collect();
         let mut c = Coordinator {
-            child: None,
+            process: None,
+            spec: CoordinatorSpec::on(redis).fixed_port().args(&tls_flags),
             addr: String::new(),
             http: String::new(),
-            redis,
-            port: free_port(),
             tls,
         };
         c.restart();
@@ -210,62 +176,16 @@ impl Coordinator {
 
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "coordinator is running");
-        let mut child = Command::new(sibling_binary("ringway-coordinator"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--lease-ttl",
-                &LEASE_TTL_MS.to_string(),
-                "--heartbeat-interval",
-                &HEARTBEAT_MS.to_string(),
-                "--cluster-secret-file",
-                secret_file(),
-            ])
-            .args(&self.redis)
-            .args(self.tls.iter().flat_map(TestTls::coordinator_flags))
-            // Its dashboard port too (default 7080): tests run side by side.
-            .env("RINGWAY_HTTP_LISTEN", "127.0.0.1:0")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ringway-coordinator");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(addr) = line.strip_prefix("ringway-coordinator http on ") {
-                    let _ = tx.send((true, addr.trim().to_owned()));
-                }
-                if let Some(addr) = line.strip_prefix("ringway-coordinator listening on ") {
-                    let _ = tx.send((false, addr.trim().to_owned()));
-                }
-            }
-        });
-        // The HTTP line comes first.
-        loop {
-            let (http, addr) = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("coordinator did not report its address");
-            if http {
-                self.http = addr;
-            } else {
-                self.addr = addr;
-                break;
-            }
-        }
-        self.child = Some(child);
+        assert!(self.process.is_none(), "coordinator is running");
+        let mut process = self.spec.start();
+        self.addr = process.addr().to_string();
+        self.http = process.http_addr().to_string();
+        self.process = Some(process);
     }
 
+    /// SIGKILL.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill(&mut child);
-        }
+        self.process = None;
     }
 
     /// The current membership view (the first message of a watch).
@@ -297,12 +217,6 @@ impl Coordinator {
             (have == want).then_some(view)
         })
         .await
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

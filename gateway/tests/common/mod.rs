@@ -7,8 +7,7 @@ pub mod cluster;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use ringway_testkit::cluster::GatewayProcess;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -102,21 +102,21 @@ impl Log {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Listener {
-    Grpc,
-    Api,
-    Http,
+/// A gateway process, killed when dropped (the test kit's, with the
+/// listeners it reported: `addr`, `grpc`, `api`).
+pub struct Gateway(ringway_testkit::cluster::GatewayProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = ringway_testkit::cluster::GatewayProcess;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-/// A gateway process, killed when dropped.
-pub struct Gateway {
-    child: Child,
-    pub addr: String,
-    /// The node-to-node gRPC listener (cluster mode).
-    pub grpc: Option<String>,
-    /// The Push API listener (with API tokens).
-    pub api: Option<String>,
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Gateway {
@@ -148,26 +148,26 @@ impl Gateway {
     /// recovery offsets and the log change (see tests/recovery.rs).
     pub fn start_raw(args: &[&str]) -> Gateway {
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"));
+        let mut command = GatewayProcess::command();
         command
             .args(args)
             .env(RECOVERY_ENV, "0")
             .env("RUST_LOG", rust_log)
             .stderr(Stdio::inherit());
-        Gateway::spawn(command)
+        Gateway(GatewayProcess::spawn(command))
     }
 
     /// Starts the gateway with exactly these flags and `RUST_LOG`, its log
     /// (stderr) read line by line into the returned [`Log`].
     pub fn start_logged(args: &[&str], rust_log: &str) -> (Gateway, Log) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ringway-gateway"));
+        let mut command = GatewayProcess::command();
         command
             .args(args)
             .env(RECOVERY_ENV, "0")
             .env("RUST_LOG", rust_log)
             .stderr(Stdio::piped());
-        let mut gateway = Gateway::spawn(command);
-        let stderr = gateway.child.stderr.take().expect("stderr");
+        let mut gateway = GatewayProcess::spawn(command);
+        let stderr = gateway.take_stderr().expect("stderr");
         let log = Log::default();
         let lines = log.0.clone();
         std::thread::spawn(move || {
@@ -175,82 +175,11 @@ impl Gateway {
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        (gateway, log)
-    }
-
-    fn spawn(mut command: Command) -> Gateway {
-        // Listeners the flags do not place go to free ports: tests run side
-        // by side (a flag overrides these).
-        command
-            .env("RINGWAY_GRPC_LISTEN", "127.0.0.1:0")
-            .env("RINGWAY_API_LISTEN", "127.0.0.1:0");
-        let mut child = command
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start ringway-gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                for (kind, prefix) in [
-                    (Listener::Grpc, "ringway-gateway grpc listening on "),
-                    (Listener::Api, "ringway-gateway api listening on "),
-                    (Listener::Http, "ringway-gateway listening on http://"),
-                ] {
-                    if let Some(addr) = line.strip_prefix(prefix) {
-                        let _ = tx.send((kind, addr.to_owned()));
-                    }
-                }
-            }
-        });
-        // The gRPC and API lines, when there are any, come first.
-        let (mut grpc, mut api) = (None, None);
-        let addr = loop {
-            let (kind, addr) = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("gateway did not report its address");
-            match kind {
-                Listener::Grpc => grpc = Some(addr),
-                Listener::Api => api = Some(addr),
-                Listener::Http => break addr,
-            }
-        };
-        Gateway {
-            child,
-            addr,
-            grpc,
-            api,
-        }
+        (Gateway(gateway), log)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: the node dies without a word.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits for the exit status (at most `within`).
-    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        ringway_testkit::poll_until_blocking(within, || self.child.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
