@@ -61,7 +61,7 @@ async fn polling_requests_of_one_session_land_on_every_node() {
     // Handshake on node 1: the sid maps to node 1 on the ring, and the
     // registry says so.
     let p = Polling::open(n1, "/socket.io/").await;
-    assert_eq!(ring(&["n1", "n2", "n3"]).owner(&p.sid), Some("n1"));
+    assert_eq!(ring(&["n1", "n2", "n3"]).owner_of_sid(&p.sid), Some("n1"));
     eventually(Duration::from_secs(10), "the registry entry", || async {
         c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1")
     })
@@ -359,7 +359,7 @@ async fn nodes_join_and_die_during_traffic() {
     }
     for _ in 0..5 {
         let p = Polling::open(c.addr(1), "/socket.io/").await;
-        assert_eq!(ring(&["n1", "n2"]).owner(&p.sid), Some("n2"));
+        assert_eq!(ring(&["n1", "n2"]).owner_of_sid(&p.sid), Some("n2"));
     }
 
     // A fourth node joins.
@@ -370,7 +370,7 @@ async fn nodes_join_and_die_during_traffic() {
     }
     for _ in 0..5 {
         let p = Polling::open(&n4.addr, "/socket.io/").await;
-        assert_eq!(ring(&["n1", "n2", "n4"]).owner(&p.sid), Some("n4"));
+        assert_eq!(ring(&["n1", "n2", "n4"]).owner_of_sid(&p.sid), Some("n4"));
         // And its sessions are reachable from the old nodes.
         p.on(c.addr(0)).send("40").await;
         expect_packets(&p.on(c.addr(1)), &["40{\"sid\""]).await;
@@ -516,7 +516,7 @@ async fn coordinator_outage_serves_on_the_last_view_and_rejoins() {
 
     // Everything still works across nodes on the last view.
     let p = Polling::open(c.addr(2), "/socket.io/").await;
-    assert_eq!(ring(&["n1", "n2", "n3"]).owner(&p.sid), Some("n3"));
+    assert_eq!(ring(&["n1", "n2", "n3"]).owner_of_sid(&p.sid), Some("n3"));
     p.on(c.addr(0)).send("40").await;
     expect_packets(&p.on(c.addr(1)), &["40{\"sid\""]).await;
     let mut a = ws_client(c.addr(0)).await;
@@ -564,7 +564,7 @@ async fn sigterm_drains_a_node_out_of_the_cluster() {
     assert_eq!(resp.status, 400);
     // The others serve on.
     let q = Polling::open(c.addr(2), "/socket.io/").await;
-    assert_eq!(ring(&["n1", "n3"]).owner(&q.sid), Some("n3"));
+    assert_eq!(ring(&["n1", "n3"]).owner_of_sid(&q.sid), Some("n3"));
 }
 
 #[test]

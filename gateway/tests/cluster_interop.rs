@@ -179,7 +179,7 @@ fn sids_of(stdout: &str) -> Vec<String> {
 /// The node whose handshake created `sid`: the ring owner among n1..n3.
 fn owner(sid: &str) -> &'static str {
     let owner = Ring::new(NODES, DEFAULT_VNODES)
-        .owner(sid)
+        .owner_of_sid(sid)
         .unwrap_or_else(|| panic!("no ring owner for {sid}"))
         .to_owned();
     NODES

@@ -288,7 +288,10 @@ impl Cluster {
     }
 
     fn ring_owner(&self, sid: &Sid) -> Option<String> {
-        self.view().ring.owner(sid.as_str()).map(str::to_owned)
+        self.view()
+            .ring
+            .owner_of_sid(sid.as_str())
+            .map(str::to_owned)
     }
 
     fn cached_owner(&self, sid: &Sid) -> Option<String> {

@@ -82,10 +82,13 @@ pub struct Handover<S> {
 /// How the engine reaches the rest of the cluster; `S` is the state of
 /// the layer above that moves with a session.
 pub trait Directory<S: Send + 'static>: Send + Sync + 'static {
-    /// Whether this node may give a new session this sid (the hash ring
-    /// maps it here).
-    fn accepts(&self, _sid: &Sid) -> bool {
-        true
+    /// Where a new session's id must point so that every node finds its
+    /// owner here without I/O: a point of this node's part of the hash
+    /// ring, written into the sid (see [`Sid::signed_at`]); `None` when
+    /// any sid will do (a node alone, or one out of the ring: the
+    /// registry then says where the session lives).
+    fn placement(&self) -> Option<u64> {
+        None
     }
 
     /// Whether new sessions are taken (false while draining).

@@ -6,6 +6,12 @@
 //! request with an id this cluster did not make is refused at once, with
 //! no lookup and before its body is read. Socket ids (the same type) are
 //! plain random ids.
+//!
+//! In a cluster the first 8 of the random bytes are a point of the hash
+//! ring that the node which made the session owns ([`Sid::signed_at`]):
+//! every node reads the owner from the id (`ringway_ring::sid_point`). The
+//! point is itself a uniform draw over the node's part of the ring, so the
+//! id stays unguessable; the tag covers it.
 
 use std::fmt;
 
@@ -78,8 +84,15 @@ impl Sid {
 
     /// A fresh session id signed with `key`.
     pub fn signed(key: &SidKey) -> Sid {
+        Sid::signed_at(key, rand::rng().next_u64())
+    }
+
+    /// A fresh session id signed with `key` whose first 8 bytes are
+    /// `point` (big-endian): the ring point that names its owner.
+    pub fn signed_at(key: &SidKey, point: u64) -> Sid {
         let mut raw = [0u8; 15];
-        rand::rng().fill_bytes(&mut raw[..SIGNED_RANDOM]);
+        raw[..8].copy_from_slice(&point.to_be_bytes());
+        rand::rng().fill_bytes(&mut raw[8..SIGNED_RANDOM]);
         let tag = key.tag(&raw[..SIGNED_RANDOM]);
         raw[SIGNED_RANDOM..].copy_from_slice(&tag);
         let mut out = [0u8; SID_LEN];

@@ -435,15 +435,17 @@ impl<H: EngineHandler> Engine<H> {
     ) -> SessionRef<H::Data> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         let _span = tracing::info_span!("handshake", transport = transport.as_str()).entered();
-        // The sid must map to this node on the ring, so that any node
-        // finds the owner without I/O while membership holds still.
-        // (With n members a try succeeds with odds 1/n; past 256 tries the
-        // ring is taken as a hint only.)
-        let mut tries = 0u32;
+        // The sid carries a point of this node's part of the ring, so
+        // that any node finds the owner without I/O while membership holds
+        // still: one draw, no retries (but for an id already taken, which
+        // 88 random bits make a formality).
+        let placement = self.directory.placement();
         let sid = loop {
-            let sid = Sid::signed(&self.config.sid_key);
-            tries += 1;
-            if !sessions.contains_key(&sid) && (tries > 256 || self.directory.accepts(&sid)) {
+            let sid = match placement {
+                Some(point) => Sid::signed_at(&self.config.sid_key, point),
+                None => Sid::signed(&self.config.sid_key),
+            };
+            if !sessions.contains_key(&sid) {
                 break sid;
             }
         };
