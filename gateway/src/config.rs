@@ -11,6 +11,9 @@ use ringway_redis::RedisArgs;
 use crate::engineio::EngineConfig;
 use crate::socketio::SocketIoConfig;
 
+/// The default of `--registry-ttl`: 6 hours.
+pub const REGISTRY_TTL_MS: u64 = 6 * 60 * 60 * 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AppKind {
     /// The built-in echo application (docs/ECHO_APP.md).
@@ -212,9 +215,14 @@ pub struct Config {
     #[arg(long, env = "RINGWAY_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
 
-    /// Milliseconds a session's registry entry lives without a refresh
-    /// (the owner refreshes it every third of this while it lives).
-    #[arg(long, env = "RINGWAY_REGISTRY_TTL", default_value_t = 120_000)]
+    /// Milliseconds a session's registry entry (and a live socket's
+    /// recovery state) lives without a refresh; the owner refreshes them
+    /// every third of this. Long by default (6 hours): what makes entries
+    /// go missing sooner (Redis losing data, an outage, a failover) is
+    /// caught by a heartbeat key per node and a check of each write, and
+    /// answered by a rewrite at once, so idle sessions cost Redis next to
+    /// nothing. It bounds how long a dead node's entries stay in Redis.
+    #[arg(long, env = "RINGWAY_REGISTRY_TTL", default_value_t = REGISTRY_TTL_MS)]
     pub registry_ttl: u64,
 
     /// Prefix of every Redis key the cluster writes.

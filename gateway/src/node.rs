@@ -194,13 +194,13 @@ impl<A: Application> Node<A> {
             recovery.clone(),
             SidKey::new(&sid_key),
         );
-        if let Some(recovery) = recovery {
-            let (refresher, trimmer) = (recovery.clone(), recovery);
-            let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-            spawn_ticker(every, stop_rx.clone(), move || {
-                let recovery = refresher.clone();
-                async move { recovery.refresh().await }
-            });
+        spawn_upkeep(
+            cluster.clone(),
+            recovery.clone(),
+            refresh_interval(Duration::from_millis(config.registry_ttl)),
+            stop_rx.clone(),
+        );
+        if let Some(trimmer) = recovery {
             spawn_ticker(RECOVERY_TRIM_EVERY, stop_rx.clone(), move || {
                 let recovery = trimmer.clone();
                 async move { recovery.trim().await }
@@ -338,12 +338,6 @@ impl<A: Application> Node<A> {
                     MembershipClientTask::new(cluster.clone(), coordinator, registration, load);
                 tokio::spawn(task.clone().run(stop_rx.clone()));
                 membership = Some(task);
-                let every = refresh_interval(Duration::from_millis(config.registry_ttl));
-                let refresher = cluster.clone();
-                spawn_ticker(every, stop_rx.clone(), move || {
-                    let cluster = refresher.clone();
-                    async move { cluster.refresh_registry().await }
-                });
                 let checker = cluster.clone();
                 spawn_ticker(HEALTH_CHECK_EVERY, stop_rx.clone(), move || {
                     let cluster = checker.clone();
@@ -596,6 +590,32 @@ const RECOVERY_TRIM_EVERY: Duration = Duration::from_secs(1);
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `job` every `period` until `stop` turns true.
+/// Refreshes the registry entries of this node's sessions and the
+/// recovery states of its live sockets every `every` (a third of
+/// `--registry-ttl`), and at once when the cluster asks for a rewrite
+/// (Redis lost data, answers again, or refused writes).
+fn spawn_upkeep(
+    cluster: Arc<Cluster>,
+    recovery: Option<Arc<Recovery>>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = cluster.rewrite_requested() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            cluster.refresh_registry().await;
+            if let Some(recovery) = &recovery {
+                recovery.refresh().await;
+            }
+        }
+    });
+}
+
 fn spawn_ticker<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)
 where
     F: Fn() -> Fut + Send + 'static,

@@ -398,9 +398,10 @@ async fn nodes_join_and_die_during_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_established_sessions_and_recovers() {
-    // Registry entries refreshed every second: the refresh writes again
-    // what the restarted Redis lost.
-    let mut c = Cluster::start(3, &["--registry-ttl", "3000"]).await;
+    // The default --registry-ttl (hours): what the restarted Redis lost is
+    // written again because the nodes' heartbeat keys went missing, not by
+    // a periodic refresh.
+    let mut c = Cluster::start(3, &[]).await;
     let (n1, n2, n3) = (
         c.addr(0).to_owned(),
         c.addr(1).to_owned(),
@@ -487,6 +488,14 @@ async fn redis_outage_keeps_established_sessions_and_recovers() {
         || async { c.redis.registry_entry(&fresh.sid).is_some() },
     )
     .await;
+    // The session of before the outage, which the empty Redis lost.
+    eventually(
+        Duration::from_secs(15),
+        "the session Redis lost to be registered again",
+        || async { c.redis.registry_entry(&p.sid).as_deref() == Some("1 n1") },
+    )
+    .await;
+    wait_sample(&n1, "ringway_registry_rewrites_total", |v| v >= 1.0).await;
     // A registry write races the connection's recovery: new sessions
     // until one of them is registered.
     let opened = std::sync::Mutex::new(Vec::new());

@@ -646,8 +646,6 @@ async fn recovery_cluster() -> (Cluster, Nginx) {
             "1000",
             "--ping-timeout",
             "2000",
-            "--registry-ttl",
-            "3000",
         ],
     )
     .await;

@@ -194,6 +194,38 @@ async fn past_the_window_a_recovery_gets_a_fresh_socket() {
     assert_ne!(answer["sid"], first["sid"], "recovered after the window");
 }
 
+/// A killed node's sockets are recoverable for the window from the node's
+/// death (its last heartbeat), not for as long as their states live in
+/// Redis (hours: `--registry-ttl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_window_a_killed_nodes_socket_gets_a_fresh_one() {
+    let mut c = Cluster::start(2, &["--recovery-window", "2000"]).await;
+    let (mut ws, first) = connect_ws(c.addr(1), "{}").await;
+    let offset = next_event(&mut ws).await[2].clone();
+    // A join's ack waits for the state's write.
+    join(&mut ws, "r").await;
+    let alive = c.redis.get("ringway:alive:n2").expect("n2's heartbeat");
+    assert!(alive.split_once(' ').is_some(), "{alive}");
+    c.nodes[1].kill();
+    // fixed: the window (2 s) and the heartbeat's leeway (3 s) passing
+    // after the death is what is tested.
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    let state = format!("ringway:rec:{}", first["pid"].as_str().expect("pid"));
+    assert!(
+        c.redis.command(&["EXISTS", &state]).as_deref() == Some(":1"),
+        "the state is still in Redis"
+    );
+    let auth = json!({"pid": first["pid"], "offset": offset}).to_string();
+    let (_ws, answer) = connect_ws(c.addr(0), &auth).await;
+    assert_ne!(answer["sid"], first["sid"], "recovered after the window");
+    common::wait_sample(
+        c.addr(0),
+        "ringway_recoveries_total{outcome=\"unknown_pid\"",
+        |v| v >= 1.0,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_for_good_cannot_be_recovered() {
     let gw = Gateway::start(RECOVERY);
@@ -328,9 +360,6 @@ const CLUSTER_ARGS: &[&str] = &[
     "1000",
     "--ping-timeout",
     "2000",
-    // States refreshed (and rewritten after a Redis restart) every second.
-    "--registry-ttl",
-    "3000",
 ];
 
 impl Setup {
@@ -634,8 +663,9 @@ async fn a_redis_restart_mid_stream_keeps_sessions_and_later_recoveries() {
     setup.cluster.redis.stop();
     publish(&mut push, 51, 60, 50).await;
     setup.cluster.redis.restart();
-    // The states are written again at the next refresh (1 s here): every
-    // client's is back in Redis. What is emitted now is logged again.
+    // The states are written again at once (the nodes' heartbeat keys are
+    // gone: Redis lost its data): every client's is back in Redis. What is
+    // emitted now is logged again.
     ringway_testkit::eventually(
         Duration::from_secs(20),
         "the 15 states rewritten",

@@ -108,12 +108,7 @@ async fn a_redis_cluster_serves_polling_upgrades_and_push_with_keys_spread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_keeps_sessions_and_new_ones_open() {
     let mut redis = RedisSentinel::start();
-    let c = ClusterOn::start(
-        2,
-        &redis.flags(),
-        &["--registry-ttl", "3000", "--recovery-window", "120000"],
-    )
-    .await;
+    let c = ClusterOn::start(2, &redis.flags(), &["--recovery-window", "120000"]).await;
     let (mut a, _) = ws_connect_main(c.addr(0)).await;
     let (mut b, sid_b) = ws_connect_main(c.addr(1)).await;
     echo(&mut a, "before").await;

@@ -31,9 +31,7 @@ done
 out=${out:-$root/target/bench/outage-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-[ ${#bin_args[@]} -eq 0 ] && cargo build --release -q -p ringway-loadtest -p ringway-gateway -p ringway-coordinator
-lt="$root/target/release/ringway-loadtest"
-[ "${bin_args[0]:-}" = --debug ] && lt="$root/target/debug/ringway-loadtest"
+bench_binaries
 cluster="$root/loadtest/scripts/cluster.sh"
 export RINGWAY_CLUSTER_DIR="$out/cluster"
 trap '"$cluster" down >/dev/null 2>&1 || true; stop_pid "${redis_again:-}"' EXIT

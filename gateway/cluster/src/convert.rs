@@ -337,6 +337,7 @@ pub fn recovery_state(s: &RecoveryState) -> pb::RecoveryState {
             })
             .collect(),
         started_at: s.started_at.clone(),
+        saved_at_ms: s.saved_at_ms,
     }
 }
 
@@ -358,5 +359,6 @@ pub fn recovery_state_from(s: pb::RecoveryState) -> RecoveryState {
             })
             .collect(),
         started_at: s.started_at,
+        saved_at_ms: s.saved_at_ms,
     }
 }

@@ -17,6 +17,9 @@ pub use ringway_ring as ring;
 pub mod rooms;
 pub mod service;
 pub mod store;
+mod upkeep;
+
+pub use upkeep::{Rewrite, VERIFY_AFTER};
 
 pub use self::directory::ClusterDirectory;
 
@@ -61,6 +64,11 @@ pub struct Cluster {
     joined: AtomicBool,
     /// The registry answered its last health check.
     registry_ok: AtomicBool,
+    /// What keeps the registry true between its rare refreshes.
+    upkeep: upkeep::Upkeep,
+    /// When this run of the node started (ms since the epoch): its
+    /// heartbeat says so, for the recovery window of its sockets.
+    started_ms: u64,
     /// How this node authenticates to the others (the cluster credential,
     /// mutual TLS).
     security: ClusterSecurity,
@@ -107,6 +115,8 @@ impl Cluster {
             draining: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             registry_ok: AtomicBool::new(true),
+            upkeep: upkeep::Upkeep::default(),
+            started_ms: ringway_socketio::store::now_ms(),
             security,
         })
     }
@@ -136,16 +146,68 @@ impl Cluster {
         self.joined.store(true, Ordering::Release);
     }
 
-    /// Checks the registry (for readiness).
+    /// Checks the registry (for readiness) with this node's heartbeat,
+    /// checks the entries written [`VERIFY_AFTER`] ago, and asks for a
+    /// rewrite of every entry when Redis lost data, answers again, or
+    /// refused writes (see `upkeep.rs`). Every second.
     pub async fn check_registry(&self) {
-        let ok = self.registry.ping().await.is_ok();
-        if self.registry_ok.swap(ok, Ordering::AcqRel) != ok {
+        let beat = self
+            .registry
+            .heartbeat(&self.node_id, self.started_ms)
+            .await;
+        let ok = beat.is_ok();
+        let was_ok = self.registry_ok.swap(ok, Ordering::AcqRel);
+        if was_ok != ok {
             if ok {
                 info!("registry (Redis) reachable again: taking new sessions");
             } else {
                 warn!("registry (Redis) unreachable: degraded; sessions are served, registry writes wait for Redis, recoveries get fresh sockets and emits go out unlogged until it answers");
             }
         }
+        let Ok(kept) = beat else {
+            return;
+        };
+        if let Some(why) = self.upkeep.after_beat(kept, !was_ok) {
+            info!(
+                reason = why.describe(),
+                "writing this node's registry entries and recovery states again"
+            );
+            crate::metrics::metrics()
+                .registry_rewrites
+                .add(1, &ringway_telemetry::attr("reason", why.as_str()));
+            self.upkeep.request_rewrite();
+            return;
+        }
+        let due: Vec<(Sid, Entry)> = {
+            let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            self.upkeep
+                .due(std::time::Instant::now())
+                .into_iter()
+                // Still here at that epoch: its entry must be there.
+                .filter(|(sid, entry)| local.get(sid) == Some(&entry.epoch))
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        match self.registry.refresh(due).await {
+            Ok(0) => {}
+            Ok(rewritten) => warn!(
+                rewritten,
+                "registry entries lost by Redis after their write (a failover): written again"
+            ),
+            Err(err) => {
+                debug!(%err, "registry check failed");
+                self.upkeep.write_failed();
+            }
+        }
+    }
+
+    /// Resolves when this node should write its registry entries and its
+    /// live sockets' recovery states again at once (see
+    /// [`Cluster::check_registry`]).
+    pub async fn rewrite_requested(&self) {
+        self.upkeep.rewrite_requested().await;
     }
 
     pub fn node_id(&self) -> &str {
@@ -436,12 +498,16 @@ impl Cluster {
 
     fn spawn_registry_write(self: &Arc<Self>, sid: Sid, entry: Entry, remove: bool) {
         let registry = self.registry.clone();
+        let cluster = self.clone();
         let mut write = Box::pin(async move {
             let result = if remove {
                 registry.remove(sid, entry).await
             } else {
-                match registry.put(sid, entry).await {
-                    Ok(true) => Ok(()),
+                match registry.put(sid, entry.clone()).await {
+                    Ok(true) => {
+                        cluster.upkeep.written(sid, entry);
+                        Ok(())
+                    }
                     Ok(false) => {
                         debug!(%sid, "registry holds a later owner for this session");
                         Ok(())
@@ -450,6 +516,7 @@ impl Cluster {
                 }
             };
             if let Err(err) = result {
+                cluster.upkeep.write_failed();
                 ringway_telemetry::warn_every!(Duration::from_secs(10), %err, "registry write failed");
                 debug!(%sid, %err, "registry write failed");
             }

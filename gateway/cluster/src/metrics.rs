@@ -20,6 +20,9 @@ pub struct Metrics {
     pub registry_duration: Histogram<f64>,
     /// Internal calls refused for their cluster credential, by reason.
     pub cluster_auth_refusals: Counter<u64>,
+    /// Rewrites of every registry entry and recovery state of the node,
+    /// by reason (Redis lost data, answers again, writes failed).
+    pub registry_rewrites: Counter<u64>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -42,6 +45,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cluster_auth_refusals: m
             .u64_counter("ringway.cluster.auth.refusals")
             .with_description("Node-to-node calls refused for their cluster credential, by reason")
+            .build(),
+        registry_rewrites: m
+            .u64_counter("ringway.registry.rewrites")
+            .with_description(
+                "Rewrites of this node's registry entries and recovery states, by reason",
+            )
             .build(),
     }
 });

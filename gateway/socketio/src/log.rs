@@ -99,6 +99,8 @@ pub struct RecoveryState {
     pub rooms: Vec<RoomSince>,
     /// The log offset the socket started at.
     pub started_at: String,
+    /// When its holder wrote it (ms since the epoch; 0: unknown).
+    pub saved_at_ms: u64,
 }
 
 /// How records are kept as bytes in a [`super::store::RecoveryStore`]:

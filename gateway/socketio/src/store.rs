@@ -146,7 +146,48 @@ pub enum Appended {
     Unreplicated,
 }
 
+/// What a node's heartbeat says of it: when its current run started and
+/// when it last beat (ms since the epoch, its clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub started_ms: u64,
+    pub last_ms: u64,
+}
+
+/// Leeway for a heartbeat (one a second) and clocks that differ a little.
+const HEARTBEAT_SLACK_MS: u64 = 3_000;
+
+impl NodeSeen {
+    /// Parses `"<started> <last>"`.
+    pub fn parse(s: &str) -> Option<NodeSeen> {
+        let (started, last) = s.split_once(' ')?;
+        Some(NodeSeen {
+            started_ms: started.parse().ok()?,
+            last_ms: last.parse().ok()?,
+        })
+    }
+
+    /// Whether a socket whose state this node wrote at `saved_ms` has
+    /// been without its node for more than `window` at `now_ms`: the node
+    /// restarted since (the socket died at the latest when the new run
+    /// started), or it stopped beating.
+    pub fn gone_longer_than(&self, saved_ms: u64, now_ms: u64, window: Duration) -> bool {
+        let died = if self.started_ms > saved_ms {
+            self.started_ms
+        } else {
+            self.last_ms
+        };
+        now_ms > died + window.as_millis() as u64 + HEARTBEAT_SLACK_MS
+    }
+}
+
 pub trait RecoveryStore: Send + Sync + 'static {
+    /// The heartbeat of the node `node` (see [`NodeSeen`]); `None` when
+    /// the store keeps none (a node alone) or it is gone.
+    fn node_seen(&self, _node: &str) -> BoxFuture<'_, Result<Option<NodeSeen>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Appends entries, in order; resolves once they are in the log (and,
     /// for [`Appended::Durable`], on the replicas the store waits for).
     fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<Appended, StoreError>>;
@@ -210,6 +251,31 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_is_gone_from_its_last_beat_or_its_restart() {
+        let window = Duration::from_secs(60);
+        let seen = NodeSeen::parse("1000 500000").unwrap();
+        assert_eq!(
+            seen,
+            NodeSeen {
+                started_ms: 1000,
+                last_ms: 500_000
+            }
+        );
+        // Alive (beating now): never gone.
+        assert!(!seen.gone_longer_than(400_000, 500_500, window));
+        // Stopped beating 70 s ago: gone longer than the window.
+        assert!(seen.gone_longer_than(400_000, 570_000, window));
+        assert!(!seen.gone_longer_than(400_000, 560_000, window));
+        // Restarted after the state was written: gone since the restart.
+        let restarted = NodeSeen::parse("450000 900000").unwrap();
+        assert!(restarted.gone_longer_than(400_000, 900_000, window));
+        assert!(!restarted.gone_longer_than(400_000, 500_000, window));
+        for bad in ["", "1", "1 x", "x 1", "1  2"] {
+            assert_eq!(NodeSeen::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn offsets_parse_strictly_and_order_like_stream_ids() {

@@ -21,3 +21,14 @@ stop_pid() {
   for i in $(seq 200); do alive "$pid" || return 0; sleep 0.05; done
   kill -KILL "$pid" 2>/dev/null || true
 }
+
+# bench_binaries: builds the release binaries unless `bin_args` (the
+# cluster's `--debug` or `--bin-dir DIR`) names others; sets `lt`, the
+# load tester to run.
+bench_binaries() {
+  if [ ${#bin_args[@]} -eq 0 ]; then
+    cargo build --release -q -p ringway-loadtest -p ringway-gateway -p ringway-coordinator
+  fi
+  lt="$root/target/release/ringway-loadtest"
+  if [ "${bin_args[0]:-}" = --debug ]; then lt="$root/target/debug/ringway-loadtest"; fi
+}

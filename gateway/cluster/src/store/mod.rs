@@ -36,6 +36,13 @@ impl Entry {
     }
 }
 
+/// A node's heartbeat key: `"<started ms> <last beat ms>"`, written every
+/// second, living as long as the registry's entries (so it says when a
+/// dead node's sockets lost it, as long as their states may be there).
+pub fn alive_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}:alive:{node}")
+}
+
 /// Bound of every Redis call: a lost Redis fails calls, never hangs them.
 pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
@@ -108,6 +115,21 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Whether the backing store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Writes this node's heartbeat key ([`alive_key`]: when its run
+    /// started, `started_ms`, and now) and says whether the store still
+    /// held the previous one: `false` on a node's first call, and whenever
+    /// the store lost what it had (a restart without persistence, a
+    /// failover that lost writes on that server). The node then writes
+    /// its sessions' entries again at once, instead of at the next
+    /// refresh.
+    fn heartbeat(
+        &self,
+        _node_id: &str,
+        _started_ms: u64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
 
     /// The key every node of the cluster signs session ids with: made once
     /// (random) and shared through the store; a node alone makes its own.

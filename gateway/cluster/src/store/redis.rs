@@ -1,7 +1,9 @@
 //! The registry in Redis: one key per session,
-//! `{prefix}:sid:{sid}` = `"<epoch> <owner>"`, with a TTL that the owner
-//! refreshes while the session lives (so a dead node's entries go away by
-//! themselves).
+//! `{prefix}:sid:{sid}` = `"<epoch> <owner>"`, with a long TTL that the
+//! owner refreshes rarely while the session lives (so a dead node's
+//! entries go away by themselves), and one heartbeat key per node,
+//! `{prefix}:alive:{node}`, written every second, that tells the node when
+//! Redis lost its data.
 
 use std::time::Duration;
 
@@ -33,12 +35,21 @@ end
 return 0
 ";
 
+/// Writes the heartbeat key; 1 if the previous one was still there.
+const HEARTBEAT: &str = r"
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+if old then return 1 end
+return 0
+";
+
 pub struct RedisRegistry {
     conn: RedisConn,
     prefix: String,
     ttl: Duration,
     put: Script,
     remove: Script,
+    heartbeat: Script,
 }
 
 impl RedisRegistry {
@@ -55,6 +66,7 @@ impl RedisRegistry {
             ttl,
             put: Script::new(PUT),
             remove: Script::new(REMOVE),
+            heartbeat: Script::new(HEARTBEAT),
         };
         registry.ping().await?;
         Ok(registry)
@@ -139,6 +151,19 @@ impl Registry for RedisRegistry {
         Box::pin(async move {
             let _: String = bounded("ping", redis::cmd("PING").query_async(&mut conn)).await?;
             Ok(())
+        })
+    }
+
+    fn heartbeat(&self, node_id: &str, started_ms: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = super::alive_key(&self.prefix, node_id);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let mut call = self.heartbeat.key(key);
+            let now = ringway_socketio::store::now_ms();
+            call.arg(self.ttl.as_millis() as u64)
+                .arg(format!("{started_ms} {now}"));
+            let kept: i64 = bounded("heartbeat", call.invoke_async(&mut conn)).await?;
+            Ok(kept == 1)
         })
     }
 

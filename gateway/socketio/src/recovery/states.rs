@@ -129,6 +129,7 @@ impl Recovery {
                 })
                 .collect(),
             started_at: r.started_at.to_string(),
+            saved_at_ms: crate::store::now_ms(),
         };
         Some((r.pid.clone(), r.generation, self.codec.encode_state(&state)))
     }
@@ -260,16 +261,41 @@ impl Recovery {
             return Ok(None);
         }
         match self.store.get_state(pid).await {
-            Ok(Some(stored)) => Ok(self
-                .codec
-                .decode_state(&stored.data)
-                .map(|state| (stored.generation, state))),
+            Ok(Some(stored)) => {
+                let Some(state) = self.codec.decode_state(&stored.data) else {
+                    return Ok(None);
+                };
+                if self.holder_gone_too_long(&state).await {
+                    return Ok(None);
+                }
+                Ok(Some((stored.generation, state)))
+            }
             Ok(None) => Ok(None),
             Err(err) => {
                 ringway_telemetry::warn_every!(std::time::Duration::from_secs(10), %err, "recovery state read failed");
                 Err(Missed::StoreDown)
             }
         }
+    }
+
+    /// Whether the state's holder died more than the window ago: a live
+    /// socket's state lives long (`live_ttl`, refreshed rarely), so the
+    /// window of a socket whose node died is measured from the death, as
+    /// the holder's heartbeat tells it (its last beat, or the start of
+    /// the node's next run). Unknown (no heartbeat, an older state, the
+    /// store not answering): not gone.
+    async fn holder_gone_too_long(&self, state: &RecoveryState) -> bool {
+        if state.node == self.node_id || state.saved_at_ms == 0 {
+            return false;
+        }
+        let Ok(Some(seen)) = self.store.node_seen(&state.node).await else {
+            return false;
+        };
+        seen.gone_longer_than(
+            state.saved_at_ms,
+            crate::store::now_ms(),
+            self.config.window,
+        )
     }
 
     /// Takes a stored state over for a recovery (generation + 1).

@@ -66,6 +66,7 @@ mod tests {
                 since: "1-2".into(),
             }],
             started_at: "0-0".into(),
+            saved_at_ms: 1_700_000_000_000,
         };
         assert_eq!(
             ProstCodec.decode_state(&ProstCodec.encode_state(&state)),

@@ -22,6 +22,6 @@ pub use self::codec::ProstCodec;
 pub use self::redis::RedisRecoveryStore;
 pub use ringway_socketio::memory_store::MemoryRecoveryStore;
 pub use ringway_socketio::store::{
-    now_ms, Appended, Offset, Range, Record, RecoveryStore, StateWrite, StoreError, StoredState,
-    Tail, TAIL_BATCHES,
+    now_ms, Appended, NodeSeen, Offset, Range, Record, RecoveryStore, StateWrite, StoreError,
+    StoredState, Tail, TAIL_BATCHES,
 };

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    Appended, Offset, Range, Record, RecoveryStore, StateWrite, StoreError as RecoveryError,
-    StoredState, Tail, TAIL_BATCHES,
+    Appended, NodeSeen, Offset, Range, Record, RecoveryStore, StateWrite,
+    StoreError as RecoveryError, StoredState, Tail, TAIL_BATCHES,
 };
 use crate::store::{bounded, connect_redis, StoreError, CALL_TIMEOUT};
 use ringway_engineio::BoxFuture;
@@ -142,6 +142,8 @@ pub struct RedisRecoveryStore {
     gen_key: String,
     since_key: String,
     state_prefix: String,
+    /// The key prefix, for the nodes' heartbeat keys.
+    prefix: String,
     max_len: usize,
     max_bytes: u64,
     /// Replicas an append waits for (`WAIT`), 0: none.
@@ -258,6 +260,7 @@ impl RedisRecoveryStore {
             since_key: format!("{log}:since"),
             log_key: log,
             state_prefix: format!("{prefix}:rec:"),
+            prefix: prefix.to_owned(),
             max_len: max_len.max(1),
             max_bytes: max_bytes.max(1),
             wait_replicas,
@@ -293,6 +296,19 @@ impl RedisRecoveryStore {
 }
 
 impl RecoveryStore for RedisRecoveryStore {
+    fn node_seen(&self, node: &str) -> BoxFuture<'_, Result<Option<NodeSeen>, RecoveryError>> {
+        let key = crate::store::alive_key(&self.prefix, node);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let raw: Option<String> = bounded(
+                "node_seen",
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await?;
+            Ok(raw.as_deref().and_then(NodeSeen::parse))
+        })
+    }
+
     fn append(&self, entries: Vec<Bytes>) -> BoxFuture<'_, Result<Appended, RecoveryError>> {
         let mut conn = self.append_conn.clone();
         Box::pin(async move {
