@@ -60,6 +60,7 @@ fn emit(target: Option<Target>, event: &str, args: &str) -> EmitRequest {
         args_json: args.into(),
         attachments: vec![],
         volatile: false,
+        skip_count: false,
     }
 }
 
@@ -202,11 +203,48 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
     let rooms = api[2]
         .rooms(RoomsRequest {
             namespace: "/".into(),
+            ..RoomsRequest::default()
         })
         .await
         .expect("rooms")
         .into_inner();
     assert_eq!(rooms.rooms, vec!["all-hands".to_owned(), "team".to_owned()]);
+    assert_eq!(rooms.next_page_token, "");
+    // A page at a time (the names of this node and the others').
+    let first = api[2]
+        .rooms(RoomsRequest {
+            namespace: "/".into(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("rooms")
+        .into_inner();
+    assert_eq!(first.rooms, vec!["all-hands".to_owned()]);
+    assert_eq!(first.next_page_token, "all-hands");
+    let second = api[2]
+        .rooms(RoomsRequest {
+            namespace: "/".into(),
+            page_size: 1,
+            page_token: first.next_page_token,
+        })
+        .await
+        .expect("rooms")
+        .into_inner();
+    assert_eq!(second.rooms, vec!["team".to_owned()]);
+    assert_eq!(second.next_page_token, "");
+    // Uncounted without recovery: delivered, counts left out.
+    let reply = api[1]
+        .emit(EmitRequest {
+            skip_count: true,
+            ..emit(to_rooms(&["team"], &[]), "quiet", "[]")
+        })
+        .await
+        .expect("emit")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (0, 0));
+    ws_expect(&mut a, "42[\"quiet\"").await;
+    ws_expect(&mut b, "42[\"quiet\"").await;
 
     // Sessions, paged, across nodes.
     let mut seen = Vec::new();
@@ -234,6 +272,15 @@ async fn rooms_acks_disconnects_and_presence_by_api() {
         }
         token = page.next_page_token;
     }
+    let forged = api[1]
+        .sessions(SessionsRequest {
+            namespace: "/".into(),
+            page_token: "not a sid".into(),
+            ..SessionsRequest::default()
+        })
+        .await
+        .expect_err("a token the API did not give");
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument);
     seen.sort();
     let mut want = vec![
         (sid_a.clone(), "n1".to_owned()),

@@ -325,7 +325,34 @@ async fn a_durable_emit_waited_for_the_replica_and_one_it_did_not_says_so() {
         .expect("push")
         .into_inner();
     assert!(reply.durable, "{reply:?}");
+    assert_eq!((reply.sockets, reply.nodes), (1, 1), "{reply:?}");
     ws_expect(&mut ws, "42[\"replicated\"").await;
+    // Uncounted: the same delivery and durability, no call to the other
+    // node (its count is not asked for).
+    let local_calls = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ringway_peer_duration_seconds_count{")
+                    && l.contains("method=\"local\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = local_calls(&get(c.addr(0), "/metrics").await.text());
+    let reply = push
+        .emit(EmitRequest {
+            skip_count: true,
+            ..emit("uncounted")
+        })
+        .await
+        .expect("push")
+        .into_inner();
+    assert!(reply.durable, "{reply:?}");
+    assert_eq!((reply.sockets, reply.nodes), (0, 0), "{reply:?}");
+    ws_expect(&mut ws, "42[\"uncounted\"").await;
+    let after = local_calls(&get(c.addr(0), "/metrics").await.text());
+    assert_eq!(after, before, "an uncounted emit called another node");
     // Without the replica the append is not confirmed in time: delivered
     // all the same, and the caller is told it is not durable.
     replica.stop();

@@ -127,6 +127,7 @@ fn emit_to(sid: &str, event: &str) -> EmitRequest {
         args_json: "[\"injected\"]".into(),
         attachments: vec![],
         volatile: false,
+        skip_count: false,
     }
 }
 

@@ -104,6 +104,7 @@ async fn the_grpc_ports_speak_tls_between_nodes_and_to_backends() {
             args_json: "[]".into(),
             attachments: vec![],
             volatile: false,
+            skip_count: false,
         })
         .await
         .expect("push over TLS")

@@ -210,6 +210,7 @@ async fn one_push_into_a_room_is_one_trace_across_the_nodes() {
             args_json: "[]".into(),
             attachments: vec![],
             volatile: false,
+            skip_count: false,
         })
         .await
         .expect("emit")

@@ -373,6 +373,7 @@ async fn hooks_decide_receive_and_hear_of_leaving_across_three_nodes() {
                 args_json: "[1]".into(),
                 attachments: vec![],
                 volatile: false,
+                skip_count: false,
             })
             .await
             .expect("push")

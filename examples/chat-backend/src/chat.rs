@@ -212,6 +212,7 @@ impl Chat {
             args_json: args.to_string(),
             attachments: Vec::new(),
             volatile: false,
+            skip_count: false,
         };
         Ok(self
             .push

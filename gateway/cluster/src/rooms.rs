@@ -73,12 +73,15 @@ impl RoomIndex {
     }
 
     /// Rooms of `namespace` with members on other nodes.
-    pub fn rooms_of(&self, namespace: &str) -> Vec<String> {
+    /// Calls `f` with every room of `namespace` that other nodes
+    /// announced, under the index's read lock: `f` must not call back.
+    pub fn for_each_room(&self, namespace: &str, mut f: impl FnMut(&str)) {
         let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        index
-            .get(namespace)
-            .map(|ns| ns.keys().cloned().collect())
-            .unwrap_or_default()
+        if let Some(rooms) = index.get(namespace) {
+            for name in rooms.keys() {
+                f(name);
+            }
+        }
     }
 
     /// How many rooms of each namespace each other node has members in,

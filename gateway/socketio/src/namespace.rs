@@ -126,6 +126,14 @@ impl Namespace {
     }
 
     /// Rooms with members here (not the hidden ones).
+    /// Calls `f` with the name of every room with members here (hidden
+    /// rooms too), under the rooms' read lock: `f` must not call back.
+    pub fn for_each_room_name(&self, mut f: impl FnMut(&str)) {
+        for name in self.rooms().keys() {
+            f(name);
+        }
+    }
+
     pub fn room_names(&self) -> Vec<String> {
         self.rooms()
             .keys()

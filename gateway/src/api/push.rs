@@ -26,6 +26,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, Instrument};
 
+use super::page::{self, FirstAfter};
 use crate::cluster::convert::{self, ProtoFrame};
 use crate::cluster::Cluster;
 use crate::engineio::{BoxFuture, Engine, Frame, Located, Sid};
@@ -437,23 +438,28 @@ impl<A: Application> LocalPush<A> {
         } else {
             Target::all()
         };
+        // One more than the page, so the caller knows whether more follow;
+        // only the page's sockets are looked at closely.
         let page = page_size(req.page_size) as usize;
-        let mut sessions: Vec<SessionInfo> = namespace
-            .sockets_of(&target)
-            .iter()
-            .filter(|s| s.user().unwrap_or("") == req.user || req.user.is_empty())
-            .map(|s| SessionInfo {
-                sid: s.session().sid().to_string(),
+        let token = Sid::parse(&req.page_token);
+        let mut first = FirstAfter::new(token.as_ref(), page + 1);
+        namespace.for_each_target(&target, |s| {
+            if req.user.is_empty() || s.user().unwrap_or("") == req.user {
+                first.offer(s.session().sid(), || s.clone());
+            }
+        });
+        let sessions = first
+            .into_sorted()
+            .into_iter()
+            .map(|(sid, s)| SessionInfo {
+                sid: sid.to_string(),
                 socket_id: s.id().to_string(),
                 user: s.user().unwrap_or("").to_owned(),
                 node_id: String::new(),
                 transport: s.session().transport().as_str().to_owned(),
                 rooms: s.public_rooms(),
             })
-            .filter(|s| s.sid.as_str() > req.page_token.as_str())
             .collect();
-        sessions.sort_by(|a, b| a.sid.cmp(&b.sid));
-        sessions.truncate(page + 1);
         LocalReply {
             sessions,
             ..served(0)
@@ -642,6 +648,7 @@ impl<A: Application> PushService<A> {
         req: EmitRequest,
         target: ringway_proto::v1::Target,
     ) -> Result<EmitReply, Status> {
+        let skip_count = req.skip_count;
         let request = LocalRequest {
             op: Some(local_request::Op::Emit(req.clone())),
         };
@@ -649,18 +656,24 @@ impl<A: Application> PushService<A> {
             let reply = self.on_session(sid, request).await?;
             // With recovery on, the owner logs it without confirming.
             return Ok(EmitReply {
-                sockets: reply.sockets,
-                nodes: 1,
+                sockets: if skip_count { 0 } else { reply.sockets },
+                nodes: u32::from(!skip_count),
                 durable: false,
             });
         }
         let replies = self
             .fan_out(self.nodes_for(&req.namespace, &target), request)
             .await?;
-        let reply = EmitReply {
-            sockets: replies.iter().map(|r| r.sockets).sum(),
-            nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
-            durable: false,
+        // The nodes deliver it themselves: their counts come with it, and
+        // are left out when not asked for.
+        let reply = if skip_count {
+            EmitReply::default()
+        } else {
+            EmitReply {
+                sockets: replies.iter().map(|r| r.sockets).sum(),
+                nodes: replies.iter().filter(|r| r.sockets > 0).count() as u32,
+                durable: false,
+            }
         };
         debug!(sockets = reply.sockets, nodes = reply.nodes, "pushed");
         Ok(reply)
@@ -696,6 +709,16 @@ impl<A: Application> PushService<A> {
             entry.namespace.clear();
         }
         let durable = recovery.append_confirmed(entry);
+        if req.skip_count {
+            // Nobody else is asked anything.
+            return Ok(Box::pin(async move {
+                Ok(EmitReply {
+                    sockets: 0,
+                    nodes: 0,
+                    durable: durable.await.unwrap_or(false),
+                })
+            }));
+        }
         let nodes = self.nodes_for(&req.namespace, target);
         // The nodes only count: the payload travels in the log.
         let count = LocalRequest {
@@ -893,6 +916,11 @@ impl<A: Application> Push for PushService<A> {
 
     async fn sessions(&self, request: Request<SessionsRequest>) -> ServiceResult<SessionsReply> {
         let req = request.into_inner();
+        if !req.page_token.is_empty() && Sid::parse(&req.page_token).is_none() {
+            return Err(Status::invalid_argument(
+                "page_token: not one this API gave",
+            ));
+        }
         let ns = namespace_name(&req.namespace).to_owned();
         let nodes = if !req.user.is_empty() {
             self.cluster.room_nodes(&ns, &[user_room(&req.user)])
@@ -924,32 +952,38 @@ impl<A: Application> Push for PushService<A> {
                 s
             }));
         }
+        // Each node sent at most a page and one: the merge sorts that.
         all.sort_by(|a, b| a.sid.cmp(&b.sid));
-        let more = all.len() > page;
-        all.truncate(page);
-        let next_page_token = if more {
-            all.last().map(|s| s.sid.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (sessions, next_page_token) = page::cut(all, page, |s| s.sid.clone());
         Ok(Response::new(SessionsReply {
-            sessions: all,
+            sessions,
             next_page_token,
         }))
     }
 
+    /// The rooms this node knows of (its own and the other nodes', as
+    /// announced), a page at a time, without listing them all.
     async fn rooms(&self, request: Request<RoomsRequest>) -> ServiceResult<RoomsReply> {
-        let ns = namespace_name(&request.get_ref().namespace).to_owned();
-        let mut rooms: Vec<String> = self
-            .local
-            .namespace(&ns)
-            .map(|n| n.room_names())
-            .unwrap_or_default();
-        rooms.extend(self.cluster.rooms().rooms_of(&ns));
-        rooms.retain(|r| !is_hidden_room(r));
-        rooms.sort();
-        rooms.dedup();
-        Ok(Response::new(RoomsReply { rooms }))
+        let req = request.into_inner();
+        let ns = namespace_name(&req.namespace).to_owned();
+        let page = page_size(req.page_size) as usize;
+        let token = (!req.page_token.is_empty()).then_some(&req.page_token);
+        let mut first: FirstAfter<'_, String, ()> = FirstAfter::new(token, page + 1);
+        let mut offer = |name: &str| {
+            if !is_hidden_room(name) && first.wants(name) {
+                first.offer(name.to_owned(), || ());
+            }
+        };
+        if let Some(namespace) = self.local.namespace(&ns) {
+            namespace.for_each_room_name(&mut offer);
+        }
+        self.cluster.rooms().for_each_room(&ns, &mut offer);
+        let rooms: Vec<String> = first.into_sorted().into_iter().map(|(r, ())| r).collect();
+        let (rooms, next_page_token) = page::cut(rooms, page, String::clone);
+        Ok(Response::new(RoomsReply {
+            rooms,
+            next_page_token,
+        }))
     }
 
     async fn presence(&self, request: Request<PresenceRequest>) -> ServiceResult<PresenceReply> {
