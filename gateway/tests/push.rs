@@ -7,11 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{push_client as client, Cluster, PushClient as Client};
-use common::{ws_connect_main, ws_expect, ws_open, ws_send, ws_text, Polling, Ws};
+use common::{get, ws_connect_main, ws_expect, ws_open, ws_send, ws_text, Polling, Ws};
 use ringway_proto::v1::{
     target, DisconnectRequest, EmitRequest, EmitWithAckRequest, PresenceRequest, RoomList,
     RoomsChange, RoomsRequest, SessionsRequest, StatsRequest, Target,
 };
+use ringway_testkit::eventually;
 use tonic::Code;
 
 const TOKEN: &str = "s3cret-token";
@@ -510,6 +511,27 @@ async fn users_with_sessions_on_several_nodes() {
     }
     nothing_more(&mut bob).await;
 
+    // Users are found through the registry, not announced to the peers:
+    // Redis says which nodes have alice, and no node routes her room.
+    let alice_key = "ringway:user:1:/:alice";
+    assert_eq!(c.redis.command(&["HLEN", alice_key]).as_deref(), Some(":2"));
+    for node in ["n1", "n2"] {
+        assert_eq!(
+            c.redis.command(&["HEXISTS", alice_key, node]).as_deref(),
+            Some(":1"),
+            "{node}"
+        );
+    }
+    for node in &c.nodes {
+        let metrics = get(&node.addr, "/metrics").await.text();
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("ringway_cluster_room_routes") && !l.ends_with(" 0")),
+            "a node routes rooms though nobody joined one:\n{metrics}"
+        );
+    }
+
     // The user's sessions are listed, and join a room by user.
     let sessions = api
         .sessions(SessionsRequest {
@@ -573,6 +595,24 @@ async fn users_with_sessions_on_several_nodes() {
         .expect("emit")
         .into_inner();
     assert_eq!(reply.sockets, 0);
+    // Her last sockets gone, the nodes took themselves out.
+    eventually(
+        Duration::from_secs(10),
+        "alice's entry to empty",
+        || async {
+            c.redis
+                .command(&["HLEN", "ringway:user:1:/:alice"])
+                .as_deref()
+                == Some(":0")
+        },
+    )
+    .await;
+    assert_eq!(
+        c.redis
+            .command(&["HLEN", "ringway:user:1:/:bob"])
+            .as_deref(),
+        Some(":1")
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ use tracing::debug;
 
 use crate::convert::{self, ProtoFrame};
 use crate::peer::Peer;
+use crate::store::UserPresence;
+use crate::users::USER_WRITE_TIMEOUT;
 use crate::Cluster;
 
 /// Longest a join waits for the other nodes to confirm a new room.
@@ -55,6 +57,25 @@ impl Fabric for Cluster {
     }
 
     fn room_changed(&self, namespace: &str, room: &str, present: bool) -> Option<RoomReceipt> {
+        if let Some(user) = ringway_socketio::user_of_room(room) {
+            // Not announced: written to the registry (see users.rs).
+            let upkeep = self.upkeep.clone();
+            let written = self.users.changed(
+                &self.registry,
+                move || upkeep.write_failed(),
+                UserPresence {
+                    namespace: namespace.to_owned(),
+                    user: user.to_owned(),
+                    node: self.node_id.clone(),
+                    present,
+                },
+            );
+            return present.then(|| -> RoomReceipt {
+                Box::pin(async move {
+                    let _ = tokio::time::timeout(USER_WRITE_TIMEOUT, written).await;
+                })
+            });
+        }
         self.local_rooms.set(namespace, room, present);
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         if peers.is_empty() {

@@ -18,6 +18,7 @@ pub mod rooms;
 pub mod service;
 pub mod store;
 mod upkeep;
+mod users;
 
 pub use upkeep::{Rewrite, VERIFY_AFTER};
 
@@ -65,7 +66,9 @@ pub struct Cluster {
     /// The registry answered its last health check.
     registry_ok: AtomicBool,
     /// What keeps the registry true between its rare refreshes.
-    upkeep: upkeep::Upkeep,
+    upkeep: Arc<upkeep::Upkeep>,
+    /// The users this node has sockets of, written to the registry.
+    users: users::Users,
     /// When this run of the node started (ms since the epoch): its
     /// heartbeat says so, for the recovery window of its sockets.
     started_ms: u64,
@@ -115,7 +118,8 @@ impl Cluster {
             draining: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             registry_ok: AtomicBool::new(true),
-            upkeep: upkeep::Upkeep::default(),
+            upkeep: Arc::default(),
+            users: users::Users::default(),
             started_ms: ringway_socketio::store::now_ms(),
             security,
         })
@@ -251,6 +255,25 @@ impl Cluster {
     /// The peer of another member.
     pub fn peer_for(&self, node: &str) -> Option<Arc<Peer>> {
         self.peer(node)
+    }
+
+    /// The other nodes that have sockets of `user` in `namespace`, from
+    /// the registry (users' rooms are not announced); every peer when the
+    /// registry does not answer.
+    pub async fn user_nodes(&self, namespace: &str, user: &str) -> Vec<String> {
+        match self.registry.user_nodes(namespace, user).await {
+            Ok(nodes) => {
+                let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+                nodes
+                    .into_iter()
+                    .filter(|n| peers.contains_key(n))
+                    .collect()
+            }
+            Err(err) => {
+                ringway_telemetry::warn_every!(Duration::from_secs(10), %err, "user lookup failed: asking every node");
+                self.peer_ids()
+            }
+        }
     }
 
     /// Other nodes with members in any of these rooms.
@@ -466,8 +489,18 @@ impl Cluster {
         Err(RequestError::UnknownSid)
     }
 
-    /// Keeps the registry entries of live sessions from expiring.
+    /// Keeps the registry entries of live sessions (and of the users with
+    /// sockets here) from expiring.
     pub async fn refresh_registry(&self) {
+        match self
+            .registry
+            .refresh_users(self.users.snapshot(&self.node_id))
+            .await
+        {
+            Ok(0) => {}
+            Ok(rewritten) => warn!(rewritten, "user entries lost by Redis: written again"),
+            Err(err) => warn!(%err, "user entries refresh failed"),
+        }
         let entries: Vec<(Sid, Entry)> = self
             .local
             .lock()

@@ -31,7 +31,7 @@ pub use recovery::{NamespaceSource, Recovery, RecoveryConfig};
 pub use server::{SocketIo, SocketIoConfig};
 pub use snapshot::{ClientSnapshot, MovedAckSnapshot, PartialSnapshot, SocketSnapshot};
 pub use socket::{
-    is_hidden_room, user_room, AckError, AckSender, DisconnectReason, JoinError, RecoverySink,
-    Socket, SocketRecovery, SocketRef,
+    is_hidden_room, user_of_room, user_room, AckError, AckSender, DisconnectReason, JoinError,
+    RecoverySink, Socket, SocketRecovery, SocketRef,
 };
 pub use target::Target;

@@ -54,6 +54,11 @@ impl JoinError {
     }
 }
 
+/// The user whose hidden room this is, if it is one.
+pub fn user_of_room(room: &str) -> Option<&str> {
+    room.strip_prefix(HIDDEN_ROOM_PREFIX)?.strip_prefix("user:")
+}
+
 pub fn is_hidden_room(room: &str) -> bool {
     room.starts_with(HIDDEN_ROOM_PREFIX)
 }

@@ -588,10 +588,11 @@ impl<A: Application> PushService<A> {
     }
 
     /// The nodes that may hold sockets of a target.
-    fn nodes_for(&self, ns: &str, target: &ringway_proto::v1::Target) -> Vec<String> {
+    async fn nodes_for(&self, ns: &str, target: &ringway_proto::v1::Target) -> Vec<String> {
         let ns = namespace_name(ns);
         match target.to.as_ref() {
-            Some(target::To::User(user)) => self.cluster.room_nodes(ns, &[user_room(user)]),
+            // Users' rooms are not announced: the registry says.
+            Some(target::To::User(user)) => self.cluster.user_nodes(ns, user).await,
             Some(target::To::Rooms(list)) => self.cluster.room_nodes(ns, &list.rooms),
             _ => self.cluster.peer_ids(),
         }
@@ -662,7 +663,7 @@ impl<A: Application> PushService<A> {
             });
         }
         let replies = self
-            .fan_out(self.nodes_for(&req.namespace, &target), request)
+            .fan_out(self.nodes_for(&req.namespace, &target).await, request)
             .await?;
         // The nodes deliver it themselves: their counts come with it, and
         // are left out when not asked for.
@@ -719,8 +720,9 @@ impl<A: Application> PushService<A> {
                 })
             }));
         }
-        let nodes = self.nodes_for(&req.namespace, target);
+        let target = target.clone();
         // The nodes only count: the payload travels in the log.
+        let namespace = req.namespace.clone();
         let count = LocalRequest {
             op: Some(local_request::Op::Count(EmitRequest {
                 args_json: String::new(),
@@ -730,6 +732,7 @@ impl<A: Application> PushService<A> {
         };
         let service = self.clone();
         Ok(Box::pin(async move {
+            let nodes = service.nodes_for(&namespace, &target).await;
             let (replies, durable) = tokio::join!(service.fan_out(nodes, count), durable);
             let durable = durable.unwrap_or(false);
             if !durable {
@@ -771,7 +774,7 @@ impl<A: Application> PushService<A> {
         match target.to.as_ref() {
             Some(target::To::Sid(sid)) => Ok(self.on_session(sid, request).await?.sockets),
             Some(target::To::User(_)) => Ok(self
-                .fan_out(self.nodes_for(ns, target), request)
+                .fan_out(self.nodes_for(ns, target).await, request)
                 .await?
                 .iter()
                 .map(|r| r.sockets)
@@ -923,7 +926,7 @@ impl<A: Application> Push for PushService<A> {
         }
         let ns = namespace_name(&req.namespace).to_owned();
         let nodes = if !req.user.is_empty() {
-            self.cluster.room_nodes(&ns, &[user_room(&req.user)])
+            self.cluster.user_nodes(&ns, &req.user).await
         } else if !req.room.is_empty() {
             self.cluster
                 .room_nodes(&ns, std::slice::from_ref(&req.room))

@@ -43,6 +43,16 @@ pub fn alive_key(prefix: &str, node: &str) -> String {
     format!("{prefix}:alive:{node}")
 }
 
+/// A node has (or no longer has) sockets of a user in a namespace (see
+/// `users.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPresence {
+    pub namespace: String,
+    pub user: String,
+    pub node: String,
+    pub present: bool,
+}
+
 /// Bound of every Redis call: a lost Redis fails calls, never hangs them.
 pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
@@ -115,6 +125,31 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Whether the backing store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Writes, in order, which nodes have sockets of which users. A node
+    /// alone keeps nothing: its own sockets are all there is.
+    fn user_presence(&self, _changes: Vec<UserPresence>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The nodes that wrote they have sockets of `user` in `namespace`
+    /// (dead ones too, until their entries expire: filter by the view).
+    fn user_nodes(
+        &self,
+        _namespace: &str,
+        _user: &str,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Extends the life of this node's user entries, writing again those
+    /// the store lost; returns how many were written again.
+    fn refresh_users(
+        &self,
+        _present: Vec<UserPresence>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
 
     /// Writes this node's heartbeat key ([`alive_key`]: when its run
     /// started, `started_ms`, and now) and says whether the store still

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::Script;
 use ringway_redis::{RedisConfig, RedisConn};
 
-use super::{bounded, connect_redis, Entry, Registry, StoreError, CALL_TIMEOUT};
+use super::{bounded, connect_redis, Entry, Registry, StoreError, UserPresence, CALL_TIMEOUT};
 use ringway_engineio::{BoxFuture, Sid};
 
 /// Keys refreshed per pipeline.
@@ -74,6 +74,34 @@ impl RedisRegistry {
 
     fn key(&self, sid: Sid) -> String {
         format!("{}:sid:{}", self.prefix, sid)
+    }
+
+    /// `{prefix}:user:<namespace length>:<namespace>:<user>`: a hash of
+    /// node -> 1 (the length keeps namespaces and users apart whatever
+    /// they contain).
+    fn user_key(&self, namespace: &str, user: &str) -> String {
+        format!(
+            "{}:user:{}:{}:{}",
+            self.prefix,
+            namespace.len(),
+            namespace,
+            user
+        )
+    }
+
+    /// The commands that write one presence: the field, and the key's life.
+    fn presence_commands(&self, change: &UserPresence) -> Vec<(String, redis::Cmd)> {
+        let key = self.user_key(&change.namespace, &change.user);
+        if !change.present {
+            let mut del = redis::cmd("HDEL");
+            del.arg(&key).arg(&change.node);
+            return vec![(key, del)];
+        }
+        let mut set = redis::cmd("HSET");
+        set.arg(&key).arg(&change.node).arg(1);
+        let mut life = redis::cmd("PEXPIRE");
+        life.arg(&key).arg(self.ttl.as_millis() as u64);
+        vec![(key.clone(), set), (key, life)]
     }
 }
 
@@ -143,6 +171,63 @@ impl Registry for RedisRegistry {
                 }
             }
             Ok(rewritten)
+        })
+    }
+
+    fn user_presence(&self, changes: Vec<UserPresence>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            // One key stays in one slot: the order of its writes holds.
+            let commands: Vec<(String, redis::Cmd)> = changes
+                .iter()
+                .flat_map(|c| self.presence_commands(c))
+                .collect();
+            if commands.is_empty() {
+                return Ok(());
+            }
+            bounded("user_presence", conn.query_keyed(commands)).await?;
+            Ok(())
+        })
+    }
+
+    fn user_nodes(
+        &self,
+        namespace: &str,
+        user: &str,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let key = self.user_key(namespace, user);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            bounded(
+                "user_nodes",
+                redis::cmd("HKEYS").arg(&key).query_async(&mut conn),
+            )
+            .await
+        })
+    }
+
+    fn refresh_users(
+        &self,
+        present: Vec<UserPresence>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let mut lost = 0;
+            for chunk in present.chunks(REFRESH_BATCH) {
+                // HSET answers how many fields were new: 1 for one the
+                // store had lost.
+                let commands: Vec<(String, redis::Cmd)> = chunk
+                    .iter()
+                    .flat_map(|c| self.presence_commands(c))
+                    .collect();
+                let replies = bounded("user_refresh", conn.query_keyed(commands)).await?;
+                lost += replies
+                    .iter()
+                    .step_by(2)
+                    .filter(|r| matches!(r, redis::Value::Int(1)))
+                    .count();
+            }
+            Ok(lost)
         })
     }
 
