@@ -82,8 +82,13 @@ impl Upkeep {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A registry write that Redis acknowledged: checked later.
+    /// A registry write that Redis acknowledged: checked later. Only once
+    /// heartbeats run (a node with a shared registry; a node alone keeps
+    /// its registry in memory and never checks it).
     pub(crate) fn written(&self, sid: Sid, entry: Entry) {
+        if !self.beat.load(Ordering::Acquire) {
+            return;
+        }
         let mut recent = self.recent();
         if recent.len() >= RECENT_MAX {
             recent.pop_front();
@@ -165,6 +170,10 @@ mod tests {
     #[test]
     fn writes_come_due_after_the_delay_in_order() {
         let upkeep = Upkeep::default();
+        // Before the first heartbeat (or on a node alone): not kept.
+        upkeep.written(Sid::random(), entry(0));
+        assert!(upkeep.recent().is_empty());
+        upkeep.after_beat(false, false);
         let (a, b) = (Sid::random(), Sid::random());
         upkeep.written(a, entry(1));
         upkeep.written(b, entry(2));

@@ -26,6 +26,11 @@ use crate::store::{Registry, UserPresence};
 pub const USER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writes per round trip.
 const BATCH: usize = 512;
+/// Writes waiting (Redis slow or away); past this a change is not queued
+/// and the registry is marked for a rewrite, which writes every user this
+/// node has (a departure not written leaves a stale field: a user lookup
+/// then asks one node too many, never one too few).
+const QUEUE: usize = 65_536;
 
 type Write = (UserPresence, Option<oneshot::Sender<()>>);
 
@@ -34,7 +39,7 @@ pub(crate) struct Users {
     /// The users this node has sockets of: (namespace, user).
     here: Mutex<HashSet<(String, String)>>,
     /// The writer's queue, started on first use (inside the runtime).
-    writes: OnceLock<mpsc::UnboundedSender<Write>>,
+    writes: OnceLock<mpsc::Sender<Write>>,
 }
 
 impl Users {
@@ -57,12 +62,15 @@ impl Users {
 
     /// Records a change here and queues its write; the receiver resolves
     /// once it is written (or failed).
-    pub(crate) fn changed(
+    pub(crate) fn changed<F>(
         &self,
         registry: &std::sync::Arc<dyn Registry>,
-        on_failure: impl Fn() + Send + Sync + 'static,
+        on_failure: F,
         change: UserPresence,
-    ) -> oneshot::Receiver<()> {
+    ) -> oneshot::Receiver<()>
+    where
+        F: Fn() + Clone + Send + Sync + 'static,
+    {
         let key = (change.namespace.clone(), change.user.clone());
         if change.present {
             self.here().insert(key);
@@ -71,19 +79,21 @@ impl Users {
         }
         let (done, receipt) = oneshot::channel();
         let writes = self.writes.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_in_order(registry.clone(), rx, on_failure));
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(write_in_order(registry.clone(), rx, on_failure.clone()));
             tx
         });
-        // The queue ends only with the runtime.
-        let _ = writes.send((change, Some(done)));
+        if writes.try_send((change, Some(done))).is_err() {
+            // Full (or the runtime ending): the rewrite will do it.
+            on_failure();
+        }
         receipt
     }
 }
 
 async fn write_in_order(
     registry: std::sync::Arc<dyn Registry>,
-    mut rx: mpsc::UnboundedReceiver<Write>,
+    mut rx: mpsc::Receiver<Write>,
     on_failure: impl Fn(),
 ) {
     let mut batch = Vec::with_capacity(BATCH);

@@ -282,10 +282,11 @@ impl Recovery {
     /// socket's state lives long (`live_ttl`, refreshed rarely), so the
     /// window of a socket whose node died is measured from the death, as
     /// the holder's heartbeat tells it (its last beat, or the start of
-    /// the node's next run). Unknown (no heartbeat, an older state, the
+    /// the node's next run: this node's too, when it wrote the state in a
+    /// run before this one). Unknown (no heartbeat, an older state, the
     /// store not answering): not gone.
     async fn holder_gone_too_long(&self, state: &RecoveryState) -> bool {
-        if state.node == self.node_id || state.saved_at_ms == 0 {
+        if state.saved_at_ms == 0 {
             return false;
         }
         let Ok(Some(seen)) = self.store.node_seen(&state.node).await else {
