@@ -458,27 +458,10 @@ async fn errors_are_grpc_status_codes() {
 }
 
 /// An HS256 token for `user`, valid for an hour.
-fn token(user: &str) -> String {
-    use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
-    let claims = serde_json::json!({ "sub": user, "exp": get_current_timestamp() + 3600 });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("encode a token")
-}
-
 const JWT_SECRET: &str = "jwt-secret-for-tests";
 
-/// A WebSocket client of `user` (JWT in the CONNECT auth).
 async fn connect_as(addr: &str, user: &str) -> (Ws, String) {
-    let (mut ws, open) = ws_open(addr).await;
-    let sid = open["sid"].as_str().expect("sid").to_owned();
-    ws_send(&mut ws, &format!("40{{\"token\":\"{}\"}}", token(user))).await;
-    ws_expect(&mut ws, "40{\"sid\"").await;
-    ws_expect(&mut ws, "42[\"auth\"").await;
-    (ws, sid)
+    common::connect_as(addr, JWT_SECRET, user).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{push_client, redis_flags, Cluster, ClusterOn};
 use common::{
-    connect_ws, get, next_event, wait_sample, ws_connect_main, ws_expect, ws_send, Polling, Ws,
+    connect_as, connect_ws, get, next_event, wait_sample, ws_connect_main, ws_expect, ws_send,
+    Polling, Ws,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use ringway_proto::v1::{target, EmitRequest, Target};
@@ -18,6 +19,7 @@ use ringway_testkit::eventually;
 use ringway_testkit::redis::{cli, RedisCluster, RedisSentinel, RedisServer};
 
 const TOKEN: &str = "redis-modes-token";
+const JWT_SECRET: &str = "redis-modes-jwt";
 
 /// An echo round trip (the answer may carry its recovery offset).
 async fn echo(ws: &mut Ws, text: &str) {
@@ -103,6 +105,57 @@ async fn a_redis_cluster_serves_polling_upgrades_and_push_with_keys_spread() {
             "one master holds {n} of {total} keys: {keys:?}"
         );
     }
+}
+
+/// Users are found through the registry (`{prefix}:user:...`, a key per
+/// user): on a Redis Cluster too, and their entries go when they leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_finds_users_through_the_registry() {
+    let redis = RedisCluster::start(3, 0);
+    let c = ClusterOn::start(
+        3,
+        &redis.flags(),
+        &["--api-token", TOKEN, "--jwt-hs256-secret", JWT_SECRET],
+    )
+    .await;
+    let mut push = push_client(c.nodes[0].api.as_deref().expect("api"), Some(TOKEN)).await;
+    // A user on two nodes is found through the registry, on the cluster.
+    let (mut carol1, _) = connect_as(c.addr(1), JWT_SECRET, "carol").await;
+    let (mut carol2, _) = connect_as(c.addr(2), JWT_SECRET, "carol").await;
+    let reply = push
+        .emit(EmitRequest {
+            target: Some(Target {
+                to: Some(target::To::User("carol".into())),
+                ..Target::default()
+            }),
+            event: "dm".into(),
+            args_json: "[]".into(),
+            ..EmitRequest::default()
+        })
+        .await
+        .expect("push to a user")
+        .into_inner();
+    assert_eq!((reply.sockets, reply.nodes), (2, 2), "{reply:?}");
+    for ws in [&mut carol1, &mut carol2] {
+        ws_expect(ws, "42[\"dm\"").await;
+    }
+    // Her entry is on the master of its slot (the others redirect).
+    let key = "ringway:user:1:/:carol";
+    let fields = || -> Vec<String> {
+        redis
+            .masters()
+            .iter()
+            .filter_map(|m| m.command(&["HLEN", key]))
+            .filter(|reply| !reply.starts_with("-MOVED"))
+            .collect()
+    };
+    assert_eq!(fields(), vec![":2".to_owned()]);
+    drop((carol1, carol2));
+    // Her sockets gone, the nodes take themselves out of it.
+    eventually(Duration::from_secs(10), "carol's entry to go", || async {
+        fields() == vec![":0".to_owned()]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

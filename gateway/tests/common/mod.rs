@@ -444,3 +444,31 @@ pub async fn ws_connect_main(addr: &str) -> (Ws, String) {
     ws_expect(&mut ws, "42[\"auth\"").await;
     (ws, sid)
 }
+
+/// An HS256 token for `user` (`sub`), valid for an hour.
+pub fn jwt_for(secret: &str, user: &str) -> String {
+    use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+    let claims = serde_json::json!({ "sub": user, "exp": get_current_timestamp() + 3600 });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+/// A WebSocket client of `user` on a gateway with `--jwt-hs256-secret
+/// secret` (the token in the CONNECT auth; the echo application answers
+/// with its `auth` event): the socket and the session id.
+pub async fn connect_as(addr: &str, secret: &str, user: &str) -> (Ws, String) {
+    let (mut ws, open) = ws_open(addr).await;
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    ws_send(
+        &mut ws,
+        &format!("40{{\"token\":\"{}\"}}", jwt_for(secret, user)),
+    )
+    .await;
+    ws_expect(&mut ws, "40{\"sid\"").await;
+    ws_expect(&mut ws, "42[\"auth\"").await;
+    (ws, sid)
+}
