@@ -592,8 +592,11 @@ const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Runs `job` every `period` until `stop` turns true.
 /// Refreshes the registry entries of this node's sessions and the
 /// recovery states of its live sockets every `every` (a third of
-/// `--registry-ttl`), and at once when the cluster asks for a rewrite
-/// (Redis lost data, answers again, or refused writes).
+/// `--registry-ttl`); both soon when the cluster asks for a rewrite (Redis
+/// lost data, answers again, or refused writes), the states alone when a
+/// state write was dropped or failed. Early refreshes are at least
+/// [`EARLY_REFRESH_SPACING`] apart: a store failing for long is not
+/// hammered with them.
 fn spawn_upkeep(
     cluster: Arc<Cluster>,
     recovery: Option<Arc<Recovery>>,
@@ -603,18 +606,34 @@ fn spawn_upkeep(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = cluster.rewrite_requested() => {}
+            let states_due = async {
+                match &recovery {
+                    Some(recovery) => recovery.refresh_requested().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // (registry too, asked early)
+            let (registry, early) = tokio::select! {
+                _ = ticker.tick() => (true, false),
+                _ = cluster.rewrite_requested() => (true, true),
+                _ = states_due => (false, true),
                 _ = stop.wait_for(|stop| *stop) => return,
+            };
+            if registry {
+                cluster.refresh_registry().await;
             }
-            cluster.refresh_registry().await;
             if let Some(recovery) = &recovery {
                 recovery.refresh().await;
+            }
+            if early {
+                tokio::time::sleep(EARLY_REFRESH_SPACING).await;
             }
         }
     });
 }
+
+/// Least time between two refreshes asked for early.
+const EARLY_REFRESH_SPACING: Duration = Duration::from_secs(5);
 
 fn spawn_ticker<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, job: F)
 where

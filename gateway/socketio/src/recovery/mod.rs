@@ -206,6 +206,9 @@ pub struct Recovery {
     position: Mutex<Offset>,
     /// Live sockets with recovery state here, by pid (for refreshes).
     live: Mutex<HashMap<Box<str>, Weak<super::socket::Socket>>>,
+    /// Woken when a state write was dropped or failed (see
+    /// [`Recovery::refresh_requested`]).
+    refresh_soon: tokio::sync::Notify,
     /// Set once by [`Recovery::start`]: the receiving ends of the queues.
     receivers: Mutex<Option<Receivers>>,
 }
@@ -241,6 +244,7 @@ impl Recovery {
             states,
             fabric: std::sync::OnceLock::new(),
             live: Mutex::new(HashMap::new()),
+            refresh_soon: tokio::sync::Notify::new(),
             receivers: Mutex::new(Some(Receivers {
                 appends: appends_rx,
                 commands: commands_rx,

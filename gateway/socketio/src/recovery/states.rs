@@ -139,6 +139,7 @@ impl Recovery {
     /// and a dropped expiry or delete leaves a state to its time to live.
     fn queue_state(&self, op: StateOp) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.states.try_send(op) {
+            self.refresh_soon.notify_one();
             crate::metrics::metrics()
                 .log_appends
                 .add(1, &ringway_telemetry::attr("outcome", "state_dropped"));
@@ -210,8 +211,16 @@ impl Recovery {
             };
             if let Err(err) = result {
                 debug!(%err, "recovery state write failed");
+                self.refresh_soon.notify_one();
             }
         }
+    }
+
+    /// Resolves when a state write was dropped or failed: the refresh
+    /// (which writes again the live states the store does not have) is
+    /// due now rather than at its interval.
+    pub async fn refresh_requested(&self) {
+        self.refresh_soon.notified().await;
     }
 
     /// Keeps live sockets' states from expiring; writes again those the
