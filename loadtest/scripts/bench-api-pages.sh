@@ -52,29 +52,17 @@ for _ in $(seq 300); do
 done
 [ "${n%.*}" -ge "$sessions" ] || { echo "only $n of $sessions sockets" >&2; exit 1; }
 
-"$python" - "$root" "127.0.0.1:$api" "$gw_pid" "$calls" "$sessions" <<'PY' | tee "$out/summary.md"
-import os, sys, tempfile, time
-root, addr, pid, calls, sessions = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-sys.path.insert(0, os.path.join(root, "examples", "python-publisher"))
-import grpc
-from publisher import generate_stubs, DEFAULT_PROTO_ROOT
-push_pb2, push_grpc = generate_stubs(DEFAULT_PROTO_ROOT, tempfile.mkdtemp())
-stub = push_grpc.PushStub(grpc.insecure_channel(addr))
-meta = [("authorization", "Bearer bench")]
-tick = os.sysconf("SC_CLK_TCK")
-def cpu():
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / tick
+PYTHONPATH="$root/loadtest/scripts/lib" "$python" - "127.0.0.1:$api" "$gw_pid" "$calls" "$sessions" <<'PY' | tee "$out/summary.md"
+import sys
+from push_bench import push_stub, timed
+addr, pid, calls, sessions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+pb, stub, meta = push_stub(addr, "bench")
 def measure(name, req):
-    stub.Sessions(req, metadata=meta)  # warm
-    c0, t0 = cpu(), time.perf_counter()
-    for _ in range(calls):
-        reply = stub.Sessions(req, metadata=meta)
-    t, c = time.perf_counter() - t0, cpu() - c0
-    print(f"| {name} | {len(reply.sessions)} | {t / calls * 1e3:.2f} | {c / calls * 1e3:.2f} |")
+    ms, cpu_ms, reply = timed(pid, calls, lambda: stub.Sessions(req, metadata=meta), warmup=1)
+    print(f"| {name} | {len(reply.sessions)} | {ms:.2f} | {cpu_ms:.2f} |")
 print(f"Push.Sessions with {sessions} sockets on the node, {calls} calls each\n")
 print("| call | sessions per page | ms per call | gateway CPU ms per call |")
 print("|---|---:|---:|---:|")
-measure("namespace, page 100", push_pb2.SessionsRequest(namespace="/", page_size=100))
-measure("namespace, page 1000", push_pb2.SessionsRequest(namespace="/", page_size=1000))
+measure("namespace, page 100", pb.SessionsRequest(namespace="/", page_size=100))
+measure("namespace, page 1000", pb.SessionsRequest(namespace="/", page_size=1000))
 PY

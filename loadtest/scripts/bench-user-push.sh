@@ -39,27 +39,14 @@ source "$RINGWAY_CLUSTER_DIR/state.env"
 python="${PYTHON:-$root/.venv-test/bin/python}"
 [ -x "$python" ] || python=python3
 
-"$python" - "$root" "$NODE1_API" "$NODE1_PID" "$calls" <<'PY' | tee "$out/summary.md"
-import os, sys, tempfile, time
-root, addr, pid, calls = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-sys.path.insert(0, os.path.join(root, "examples", "python-publisher"))
-import grpc
-from publisher import generate_stubs, DEFAULT_PROTO_ROOT
-pb, push_grpc = generate_stubs(DEFAULT_PROTO_ROOT, tempfile.mkdtemp())
-stub = push_grpc.PushStub(grpc.insecure_channel(addr))
-meta = [("authorization", "Bearer bench")]
-tick = os.sysconf("SC_CLK_TCK")
-def cpu():
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / tick
+PYTHONPATH="$root/loadtest/scripts/lib" "$python" - "$NODE1_API" "$NODE1_PID" "$calls" <<'PY' | tee "$out/summary.md"
+import sys
+from push_bench import push_stub, timed
+addr, pid, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pb, stub, meta = push_stub(addr, "bench")
 def measure(name, call):
-    for _ in range(20):
-        call()
-    c0, t0 = cpu(), time.perf_counter()
-    for _ in range(calls):
-        call()
-    t, c = time.perf_counter() - t0, cpu() - c0
-    print(f"| {name} | {t / calls * 1e3:.3f} | {c / calls * 1e3:.3f} |")
+    ms, cpu_ms, _ = timed(pid, calls, call)
+    print(f"| {name} | {ms:.3f} | {cpu_ms:.3f} |")
 user = pb.Target(user="nobody")
 room = pb.Target(rooms=pb.RoomList(rooms=["nobody"]))
 emit = lambda target: lambda: stub.Emit(pb.EmitRequest(namespace="/", target=target, event="e", args_json="[]"), metadata=meta)

@@ -260,6 +260,29 @@ pub fn start_node_on(
     Gateway::start_raw(&args)
 }
 
+/// Gateways `n1..n{n}` of `coordinator` on a Redis set-up (its flags),
+/// once every one is in the view and serves on it.
+async fn start_members(
+    coordinator: &Coordinator,
+    n: usize,
+    redis: &[String],
+    extra: &[&str],
+) -> Vec<Gateway> {
+    let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+    let nodes: Vec<Gateway> = ids
+        .iter()
+        .map(|id| start_node_on(id, coordinator, redis, extra))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let view = coordinator.wait_members(&ids).await;
+    // Views reach the gateways by their watch streams: wait until each
+    // serves on this one (its epoch gauge).
+    for node in &nodes {
+        node.wait_epoch(view.epoch).await;
+    }
+    nodes
+}
+
 /// A coordinator and `n` gateways `n1..` on a Redis set-up the test holds
 /// (a Redis Cluster, a Sentinel set, TLS), every gateway in the view.
 pub struct ClusterOn {
@@ -270,15 +293,7 @@ pub struct ClusterOn {
 impl ClusterOn {
     pub async fn start(n: usize, redis: &[String], extra: &[&str]) -> ClusterOn {
         let coordinator = Coordinator::start_on(redis.to_vec(), None);
-        let nodes: Vec<Gateway> = (1..=n)
-            .map(|i| start_node_on(&format!("n{i}"), &coordinator, redis, extra))
-            .collect();
-        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let view = coordinator.wait_members(&ids).await;
-        for node in &nodes {
-            node.wait_epoch(view.epoch).await;
-        }
+        let nodes = start_members(&coordinator, n, redis, extra).await;
         ClusterOn { coordinator, nodes }
     }
 
@@ -307,17 +322,7 @@ impl Cluster {
         let tls_flags: Vec<String> = tls.iter().flat_map(TestTls::flags).collect();
         let mut all: Vec<&str> = tls_flags.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
-        let nodes: Vec<Gateway> = (1..=n)
-            .map(|i| start_node(&format!("n{i}"), &coordinator, &redis, &all))
-            .collect();
-        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let view = coordinator.wait_members(&ids).await;
-        // Views reach the gateways by their watch streams: wait until
-        // each serves on this one (its epoch gauge).
-        for node in &nodes {
-            node.wait_epoch(view.epoch).await;
-        }
+        let nodes = start_members(&coordinator, n, &redis_flags(&redis.url()), &all).await;
         Cluster {
             redis,
             coordinator,
